@@ -1,0 +1,196 @@
+"""`build_model`: input -> in-model preprocessing -> backbone (inference mode) -> head."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import keras
+
+from keras_transfer.backbones import BACKBONES, get_spec
+from keras_transfer.heads import add_head
+from keras_transfer.preprocessing import BackbonePreprocessing
+
+logger = logging.getLogger(__name__)
+
+
+def build_model(
+    backbone,
+    num_classes,
+    *,
+    input_shape=None,
+    weights="imagenet",
+    head="avg",
+    dense_units=(),
+    dropout=0.0,
+    activation="softmax",
+):
+    """Builds a transfer-learning classifier around a `keras.applications` backbone.
+
+    The model takes float RGB images in 0-255 of any height and width; it resizes them to `input_shape` and
+    applies the backbone's own preprocessing inside the graph. The backbone is called with `training=False`,
+    and the model is named after the backbone (`model.name == backbone`). Layer names are fixed: `images`,
+    `preprocessing`, `backbone`, `head_pool`, `head_dense_<i>`, `head_dropout_<i>`, `predictions`.
+
+    Args:
+        backbone: a key of `BACKBONES`, e.g. `"resnet50"` (see `list_backbones()`).
+        num_classes: number of classes; 1 gives a single sigmoid unit for binary problems.
+        input_shape: `(height, width)`, `(height, width, 3)` or an int side; None uses the backbone's default
+            size. `(None, None)` skips resizing, so the backbone runs at whatever size comes in.
+        weights: `"imagenet"` (downloaded by Keras), None (random), a backbone weights file (`.weights.h5`
+            or legacy `.h5`), or a saved model (`.keras`, or a full-model `.h5`) whose `backbone` layer
+            (or the model itself) is the pretrained start.
+        head: `"avg"`, `"max"` or `"flatten"` (needs a fixed input size).
+        dense_units: sizes of hidden ReLU layers in the head, e.g. `(1024,)`.
+        dropout: dropout rate before each dense layer of the head.
+        activation: `"softmax"` or `"sigmoid"` (multi-label).
+
+    Returns:
+        An uncompiled `keras.Model` mapping `(batch, H, W, 3)` images to `(batch, num_classes)` probabilities.
+
+    Raises:
+        ValueError: for an unknown backbone, head or activation, an input smaller than the backbone allows,
+            a missing weights file or one that does not fit the architecture, or `num_classes < 1`.
+        OSError: when the ImageNet weights cannot be downloaded; the message lists the offline alternatives.
+
+    Example:
+    >>> import numpy as np
+    >>> model = build_model("mobilenet_v2", 3, input_shape=(32, 32), weights=None)
+    >>> model.predict(np.zeros((2, 50, 50, 3)), verbose=0).shape
+    (2, 3)
+    """
+    spec = get_spec(backbone)
+    height, width = _image_size(backbone, input_shape, spec.min_size, spec.default_size)
+    fixed = height is not None
+
+    images = keras.Input(shape=(None, None, 3), name="images")
+    x = BackbonePreprocessing(
+        spec.preprocessing, size=(height, width) if fixed else None, dtype="float32", name="preprocessing"
+    )(images)
+    base = _construct_backbone(backbone, (height, width, 3), weights)
+    features = base(x, training=False)
+    outputs = add_head(
+        features, num_classes, head=head, dense_units=dense_units, dropout=dropout, activation=activation
+    )
+    return keras.Model(images, outputs, name=backbone)
+
+
+def _image_size(backbone, input_shape, min_size, default_size):
+    if input_shape is None:
+        return default_size, default_size
+    shape = (input_shape, input_shape) if isinstance(input_shape, int) else tuple(input_shape)
+    if len(shape) == 3 and shape[2] != 3 or len(shape) not in (2, 3):
+        raise ValueError(
+            "input_shape must be (height, width), (height, width, 3) or an int; images are RGB. "
+            f"Received: input_shape={input_shape!r}"
+        )
+    height, width = shape[:2]
+    if (height is None) != (width is None):
+        raise ValueError(
+            f"input_shape must fix both height and width or neither. Received: input_shape={input_shape!r}"
+        )
+    if height is not None and min(height, width) < min_size:
+        raise ValueError(
+            f"Backbone {backbone!r} needs inputs of at least {min_size}x{min_size} pixels "
+            f"(default {default_size}x{default_size}). Received: input_shape={input_shape!r}"
+        )
+    return height, width
+
+
+def _construct_backbone(backbone, shape, weights):
+    constructor = getattr(keras.applications, BACKBONES[backbone].constructor)
+    if weights in ("imagenet", None):
+        try:
+            base = constructor(include_top=False, weights=weights, input_shape=shape)
+        except ValueError:
+            raise
+        except Exception as e:  # Keras raises a bare Exception when the download fails
+            raise OSError(
+                f"Could not download the ImageNet weights for backbone {backbone!r}: {e}. "
+                "Without internet, use weights=None (random initialization), weights='path/to/file.weights.h5' "
+                "(a local backbone weights file), or place the Keras weights file named in the URL above in "
+                "~/.keras/models/ and retry."
+            ) from e
+    else:
+        base = constructor(include_top=False, weights=None, input_shape=shape)
+        _load_weights(base, backbone, os.fspath(weights))
+    base.name = "backbone"
+    return base
+
+
+def _load_weights(base, backbone, path):
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"Weights file {path!r} does not exist. weights must be 'imagenet', None, or the path of a "
+            f"'.weights.h5', '.h5' or '.keras' file. Received: weights={path!r}"
+        )
+    if path.endswith(".keras") or (path.endswith(".h5") and _is_full_model_h5(path)):
+        try:
+            source = keras.saving.load_model(path, compile=False)
+        except Exception as e:
+            raise ValueError(f"Could not load the model in {path!r}: {e}. Received: weights={path!r}") from e
+        source = _find_backbone(source)
+        _copy_weights(source, base, backbone, path)
+    elif path.endswith(".h5"):
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                base.load_weights(path)
+            # Keras only warns when parts of the model find nothing to load; a partial load is a wrong model.
+            problem = next((str(w.message) for w in caught if "Skipping" in str(w.message)), None)
+        except Exception as e:
+            problem = str(e)
+        if problem:
+            raise ValueError(
+                f"Weights file {path!r} does not fit backbone {backbone!r} at input shape {base.input_shape[1:]}: "
+                f"{problem.splitlines()[0]} Received: weights={path!r}"
+            )
+    else:
+        raise ValueError(
+            f"Unsupported weights file {path!r}. Expected a '.weights.h5', '.h5' or '.keras' file. "
+            f"Received: weights={path!r}"
+        )
+    logger.info("Loaded %s backbone weights from %s", backbone, path)
+
+
+def _is_full_model_h5(path):
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return "model_config" in f.attrs
+
+
+def _find_backbone(model):
+    try:
+        return model.get_layer("backbone")
+    except ValueError:
+        return model  # a bare backbone saved on its own
+
+
+def _copy_weights(source, target, backbone, path):
+    got = [tuple(w.shape) for w in source.weights]
+    want = [tuple(w.shape) for w in target.weights]
+    if got != want:
+        raise ValueError(
+            f"The model in {path!r} does not fit backbone {backbone!r}: it has {len(got)} weight tensors, "
+            f"the backbone needs {len(want)}"
+            + ("" if len(got) != len(want) else " of other shapes")
+            + f". Received: weights={path!r}"
+        )
+    target.set_weights(source.get_weights())
+
+
+def get_backbone(model):
+    """Returns the `backbone` sub-model of a model made by `build_model`.
+
+    Raises:
+        ValueError: if the model has no layer named `backbone`.
+    """
+    try:
+        return model.get_layer("backbone")
+    except ValueError:
+        raise ValueError(
+            f"Model {model.name!r} has no layer named 'backbone'; build it with keras_transfer.build_model. "
+            f"Received: model={model.name!r}"
+        ) from None

@@ -1,0 +1,147 @@
+"""Trainable policies: which backbone layers a fine-tuning stage updates.
+
+BatchNormalization layers stay frozen (and so in inference mode) unless asked otherwise. With Keras 3 the
+backbone's `training=False` call alone does not hold them: `fit()` still updates moving statistics of
+trainable BatchNormalization layers, while `trainable=False` does. Recompile after every change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import keras
+
+from keras_transfer.backbones import BACKBONES
+from keras_transfer.models import get_backbone
+
+logger = logging.getLogger(__name__)
+
+POLICIES = ("none", "all", "top:N", "from:NAME", "stages:K")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainableSummary:
+    """What `set_trainable` changed; prints as a short report."""
+
+    policy: str
+    first_trainable: str | None
+    trainable_layers: int
+    frozen_layers: int
+    trainable_params: int
+    frozen_params: int
+    frozen_batchnorm: int
+
+    def __str__(self):
+        start = f" from {self.first_trainable!r}" if self.first_trainable else ""
+        total = self.trainable_layers + self.frozen_layers
+        return (
+            f"policy {self.policy!r}: {self.trainable_layers} of {total} backbone layers with weights "
+            f"trainable{start}\n"
+            f"  parameters: {self.trainable_params:,} trainable, {self.frozen_params:,} frozen\n"
+            f"  batch normalization layers kept in inference mode: {self.frozen_batchnorm}"
+        )
+
+
+def set_trainable(model, policy="none", *, train_batchnorm=False):
+    """Sets which backbone layers train; head layers always train.
+
+    Policies, over the backbone's layers in graph order:
+    - `"none"`: freeze the whole backbone (train the head only).
+    - `"all"`: train every backbone layer.
+    - `"top:N"`: train the last N backbone layers.
+    - `"from:NAME"`: train the first layer whose name starts with NAME and every layer after it
+      (`"from:block5"` on vgg16).
+    - `"stages:K"`: train the last K stages listed in the backbone's table row.
+
+    Args:
+        model: a model from `build_model`.
+        policy: one of the policies above.
+        train_batchnorm: also train BatchNormalization layers inside the trainable part. By default they stay
+            frozen, so their moving statistics and scale/offset keep their pretrained values.
+
+    Returns:
+        A `TrainableSummary`.
+
+    Raises:
+        ValueError: for an unknown or malformed policy, a NAME no layer starts with, or K out of range.
+
+    Example:
+    >>> from keras_transfer import build_model
+    >>> model = build_model("vgg16", 2, input_shape=(32, 32), weights=None)
+    >>> print(set_trainable(model, "from:block5").trainable_layers)
+    3
+    """
+    backbone = get_backbone(model)
+    layers = [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
+    start = _first_trainable(model.name, layers, policy)
+
+    backbone.trainable = start < len(layers)
+    for i, layer in enumerate(layers):
+        layer.trainable = i >= start
+    frozen_batchnorm = 0
+    for layer in backbone._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization) and not (train_batchnorm and layer.trainable):
+            layer.trainable = False
+            frozen_batchnorm += 1
+    for layer in model.layers:
+        if layer is not backbone:
+            layer.trainable = True
+    if getattr(model, "compiled", False):
+        logger.info("Trainable layers changed: call model.compile() again before training.")
+
+    with_weights = [layer for layer in layers if layer.weights]
+    summary = TrainableSummary(
+        policy=policy,
+        first_trainable=layers[start].name if start < len(layers) else None,
+        trainable_layers=sum(1 for layer in with_weights if layer.trainable),
+        frozen_layers=sum(1 for layer in with_weights if not layer.trainable),
+        trainable_params=_count(model.trainable_weights),
+        frozen_params=_count(model.non_trainable_weights),
+        frozen_batchnorm=frozen_batchnorm,
+    )
+    logger.info("%s", summary)
+    return summary
+
+
+def _count(weights):
+    return int(sum(keras.ops.size(w) for w in weights))
+
+
+def _first_trainable(backbone_name, layers, policy):
+    """Index of the first trainable backbone layer under `policy` (len(layers) when none)."""
+    kind, _, arg = str(policy).partition(":")
+    if policy == "none":
+        return len(layers)
+    if policy == "all":
+        return 0
+    if kind == "top" and arg.isdigit():
+        return max(len(layers) - int(arg), 0)
+    if kind == "from" and arg:
+        for i, layer in enumerate(layers):
+            if layer.name.startswith(arg):
+                return i
+        spec = BACKBONES.get(backbone_name)
+        hint = f" Stage prefixes of {backbone_name!r}: {', '.join(spec.stages)}." if spec else ""
+        raise ValueError(f"No backbone layer name starts with {arg!r}.{hint} Received: policy={policy!r}")
+    if kind == "stages" and arg.isdigit():
+        return _stage_start(backbone_name, layers, int(arg), policy)
+    raise ValueError(f"Unknown policy {policy!r}. Expected one of: {', '.join(POLICIES)}. Received: policy={policy!r}")
+
+
+def _stage_start(backbone_name, layers, k, policy):
+    spec = BACKBONES.get(backbone_name)
+    if spec is None:
+        raise ValueError(
+            f"Policy 'stages:K' needs a backbone from the table, but model {backbone_name!r} is not one; "
+            f"use 'top:N' or 'from:NAME'. Received: policy={policy!r}"
+        )
+    n = len(spec.stages)
+    if not 1 <= k <= n:
+        raise ValueError(f"Backbone {backbone_name!r} has {n} stages; K must be in 1..{n}. Received: policy={policy!r}")
+    if k == n:
+        return 0
+    names = [layer.name for layer in layers]
+    if spec.stage_marks == "end":
+        return names.index(spec.stages[-k - 1]) + 1
+    return next(i for i, name in enumerate(names) if name.startswith(spec.stages[-k]))
