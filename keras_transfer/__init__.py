@@ -1,13 +1,28 @@
-"""keras_transfer: fine-tune pretrained `keras.applications` backbones into exported classifiers."""
+"""keras_transfer: fine-tune pretrained `keras.applications` backbones into evaluated, exported classifiers."""
 
 import logging
 
 from keras_transfer.backbones import BACKBONES, list_backbones
+from keras_transfer.data import load_dataset
+from keras_transfer.distribute import get_strategy
+from keras_transfer.evaluation import evaluate
+from keras_transfer.export import export_saved_model
 from keras_transfer.models import build_model
 from keras_transfer.policies import set_trainable
-from keras_transfer.preprocessing import BackbonePreprocessing
+from keras_transfer.preprocessing import BackbonePreprocessing  # noqa: F401  (registers the layer for loading)
+from keras_transfer.training import fine_tune
 
 __version__ = "0.1.0"
-__all__ = ["BACKBONES", "BackbonePreprocessing", "build_model", "list_backbones", "set_trainable"]
+__all__ = [
+    "BACKBONES",
+    "build_model",
+    "evaluate",
+    "export_saved_model",
+    "fine_tune",
+    "get_strategy",
+    "list_backbones",
+    "load_dataset",
+    "set_trainable",
+]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -46,7 +46,7 @@ class BackbonePreprocessing(keras.layers.Layer):
     def call(self, images):
         x = ops.cast(images, self.compute_dtype)
         if self.size is not None and tuple(x.shape[1:3]) != self.size:
-            x = ops.image.resize(x, self.size, interpolation="bilinear", antialias=True)
+            x = ops.image.resize(x, self.size, interpolation="bilinear")
         if self.mode == "caffe":
             return ops.flip(x, axis=-1) - ops.convert_to_tensor(_CAFFE_BGR_MEAN, dtype=x.dtype)
         if self.mode == "tf":

@@ -1,0 +1,204 @@
+"""The `keras-transfer` command (also `python scripts/finetune.py`): load, build, fine-tune, evaluate, export.
+
+Every flag's default comes from `RunConfig`; `--config file.yaml` sets the same keys, and flags override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import re
+import sys
+
+from keras_transfer.backbones import BACKBONES
+from keras_transfer.config import RunConfig, load_config
+from keras_transfer.distribute import MIXED_PRECISION, STRATEGIES
+from keras_transfer.heads import HEADS
+from keras_transfer.training import OPTIMIZERS
+
+POLICY = re.compile(r"^(none|all|top:\d+|from:.+|stages:\d+)$")
+FLAGS = {  # group -> RunConfig fields shown as flags, in order
+    "Data": ("data", "data_dir", "image_size", "batch_size", "validation_split", "test_split", "classes",
+             "labels_per_class", "augment", "seed"),
+    "Model": ("backbone", "weights", "head", "dense_units", "dropout"),
+    "Training": ("epochs", "fine_tune_epochs", "unfreeze", "learning_rate", "fine_tune_learning_rate", "optimizer",
+                 "label_smoothing", "early_stopping", "cache_features"),
+    "Distribution": ("strategy", "mixed_precision", "xla"),
+    "Output": ("output", "export"),
+}  # fmt: skip
+HELP = {
+    "data": "a folder of class subfolders, tfds:NAME, digits or fashion_mnist",
+    "data_dir": "TFDS data directory",
+    "image_size": "input side in pixels (default: the backbone's)",
+    "batch_size": "images per batch per replica",
+    "classes": "class subset, names or ids (e.g. 5 6 7 8 9)",
+    "labels_per_class": "keep at most this many training images per class",
+    "weights": "imagenet, none, or a .weights.h5 / .h5 / .keras file",
+    "dense_units": "hidden layer sizes of the head (e.g. 1024)",
+    "unfreeze": "stage-2 policy: none, all, top:N, from:NAME, stages:K",
+    "early_stopping": "stop after this many epochs without val_loss improvement (0: off)",
+    "cache_features": "auto, true or false: compute frozen-backbone features once for stage 1",
+    "mixed_precision": "off, auto, mixed_float16 or mixed_bfloat16",
+    "xla": "auto (on for GPUs), on or off",
+    "output": "run folder: config.yaml, history.csv, logs, checkpoints, report.json, confusion.png",
+    "export": "also export a SavedModel (TF Serving layout) into this folder",
+}
+CHOICES = {
+    "backbone": sorted(BACKBONES),
+    "head": list(HEADS),
+    "optimizer": list(OPTIMIZERS),
+    "strategy": list(STRATEGIES),
+    "mixed_precision": list(MIXED_PRECISION),
+    "xla": ["auto", "on", "off"],
+    "cache_features": ["auto", "true", "false"],
+}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="keras-transfer", description="Fine-tune a pretrained backbone into an evaluated, exported classifier."
+    )
+    parser.add_argument("--config", help="YAML file of settings (the flags' names with underscores)")
+    fields = {field.name: field for field in dataclasses.fields(RunConfig)}
+    defaults = RunConfig()
+    for group, names in FLAGS.items():
+        arguments = parser.add_argument_group(group)
+        for name in names:
+            default = getattr(defaults, name)
+            flag = "--" + name.replace("_", "-")
+            kwargs = {"default": argparse.SUPPRESS, "help": f"{HELP.get(name, '')} (default: {default})".strip()}
+            if isinstance(default, bool):
+                arguments.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+                continue
+            if name in ("classes", "dense_units"):
+                kwargs["nargs"] = "+"
+                kwargs["type"] = int if name == "dense_units" else str
+            elif name in CHOICES:
+                kwargs["choices"] = CHOICES[name]
+                kwargs["metavar"] = name.upper()
+                kwargs["help"] = f"one of: {', '.join(CHOICES[name])} (default: {default})"
+            elif name == "unfreeze":
+                kwargs["type"] = _policy
+            else:
+                kwargs["type"] = _type_of(fields[name], default)
+            arguments.add_argument(flag, **kwargs)
+    return parser
+
+
+def _type_of(field, default):
+    if default is not None:
+        return type(default)
+    return int if "int" in str(field.type) else str
+
+
+def _policy(value):
+    if not POLICY.match(value):
+        raise argparse.ArgumentTypeError(f"invalid policy {value!r}: expected none, all, top:N, from:NAME or stages:K")
+    return value
+
+
+def parse_config(argv=None):
+    """Merges RunConfig defaults < --config file < flags. Exits 2 on bad arguments, naming the flag and value."""
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    values = {}
+    if args.get("config"):
+        try:
+            values.update(load_config(args.pop("config")))
+        except (OSError, ValueError) as e:
+            parser.error(f"argument --config: {e}")
+    args.pop("config", None)
+    values.update(args)
+    try:
+        config = RunConfig(**values)
+    except TypeError as e:
+        parser.error(str(e))
+    if config.classes is not None:
+        config.classes = [int(c) if str(c).isdigit() else c for c in config.classes]
+    for name in ("batch_size", "epochs", "fine_tune_epochs", "early_stopping"):
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < (1 if name == "batch_size" else 0):
+            parser.error(f"argument --{name.replace('_', '-')}: invalid value {value!r}")
+    return parser, config
+
+
+def main(argv=None) -> int:
+    parser, config = parse_config(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return _run(config)
+    except ValueError as e:
+        print(f"keras-transfer: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"keras-transfer: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(config):
+    import keras
+
+    from keras_transfer.data import load_dataset
+    from keras_transfer.distribute import get_strategy, set_mixed_precision
+    from keras_transfer.evaluation import evaluate
+    from keras_transfer.export import export_saved_model
+    from keras_transfer.models import build_model
+    from keras_transfer.training import fine_tune
+
+    os.makedirs(config.output, exist_ok=True)
+    with open(os.path.join(config.output, "config.yaml"), "w") as f:
+        f.write(config.to_yaml())
+    keras.utils.set_random_seed(config.seed)
+    policy = set_mixed_precision(config.mixed_precision)
+    strategy = get_strategy(config.strategy)
+    size = config.image_size or BACKBONES[config.backbone].default_size
+    train, val, test, info = load_dataset(
+        config.data, image_size=size, batch_size=config.batch_size * strategy.num_replicas_in_sync,
+        validation_split=config.validation_split, test_split=config.test_split, seed=config.seed,
+        augment=config.augment, classes=config.classes, labels_per_class=config.labels_per_class,
+        data_dir=config.data_dir,
+    )  # fmt: skip
+    print(info)
+    weights = None if config.weights.lower() == "none" else config.weights
+    with strategy.scope():
+        model = build_model(config.backbone, info.num_classes, input_shape=size, weights=weights, head=config.head,
+                            dense_units=tuple(config.dense_units), dropout=config.dropout)  # fmt: skip
+    callbacks = []
+    if config.early_stopping:
+        monitor = "val_loss" if val is not None else "loss"
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping,
+                                                       restore_best_weights=True))  # fmt: skip
+    history = fine_tune(
+        model, train, val, epochs=config.epochs, fine_tune_epochs=config.fine_tune_epochs, unfreeze=config.unfreeze,
+        learning_rate=config.learning_rate, fine_tune_learning_rate=config.fine_tune_learning_rate,
+        optimizer=config.optimizer, label_smoothing=config.label_smoothing, callbacks=callbacks,
+        run_dir=config.output, strategy=strategy,
+        cache_features={"auto": "auto", "true": True, "false": False}[config.cache_features],
+        jit_compile={"auto": "auto", "on": True, "off": False}[config.xla],
+    )  # fmt: skip
+    model.save(os.path.join(config.output, "model.keras"))
+    evaluated = test if test is not None else val
+    split = "test" if test is not None else "validation"
+    report = evaluate(model, evaluated, info.class_names, output_dir=config.output) if evaluated is not None else None
+    exported = None
+    if config.export:
+        metrics = {"accuracy": report.accuracy, "split": split} if report else {}
+        exported = export_saved_model(model, config.export, class_names=info.class_names,
+                                      metadata={"backbone": config.backbone, "metrics": metrics})  # fmt: skip
+
+    print(f"\nRun folder: {config.output}  (dtype policy {policy}, {strategy.num_replicas_in_sync} replica(s))")
+    print(f"{'epoch':>5}  {'stage':<6} " + " ".join(f"{k:>12}" for k in history.history))
+    for i, epoch in enumerate(history.epoch):
+        stage = "head" if epoch < config.epochs else "tune"
+        print(f"{epoch + 1:>5}  {stage:<6} " + " ".join(f"{v[i]:>12.4f}" for v in history.history.values()))
+    if report:
+        print(f"\n{split}: {report}")
+    if exported:
+        print(f"\nSavedModel: {exported}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

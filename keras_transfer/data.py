@@ -1,0 +1,571 @@
+"""tf.data input pipelines: image folders, TFDS names, NumPy arrays and the offline datasets.
+
+Every source becomes the same thing: integer labels in memory, images read lazily, split stratified and
+deterministically for a seed, then one pipeline (parallel decode + resize, cache, shuffle, batch, augment,
+prefetch). Images come out as float32 RGB in 0-255 at `image_size`; the model does its own preprocessing.
+Bad files are found before training by their bytes, reported with path and reason, and left out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import logging
+import os
+import threading
+
+import numpy as np
+import tensorflow as tf
+
+logger = logging.getLogger(__name__)
+
+AUTOTUNE = tf.data.AUTOTUNE
+SPLITS = ("train", "validation", "test")
+# Folder names accepted for each split in the root/train, root/validation, root/test layout.
+SPLIT_FOLDERS = {"train": ("train",), "validation": ("validation", "val", "valid"), "test": ("test",)}
+TFDS_DEADLINE_S = 30  # tfds itself retries a failing download for minutes
+SHUFFLE_BUFFER = 10_000
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+# Where Fashion-MNIST's IDX files are looked for, in order: Debian's dataset-fashion-mnist, Keras's cache.
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist", "~/.keras/datasets/fashion-mnist")
+
+
+@dataclasses.dataclass
+class DatasetInfo:
+    """What `load_dataset` found.
+
+    Attributes:
+        source: the source as given (a path, `"tfds:NAME"`, `"digits"`, `"fashion_mnist"` or `"arrays"`).
+        class_names: names of the classes, in label order (label i is `class_names[i]`).
+        label_map: original label (folder name, or original integer id) -> label id used here.
+        counts: split -> class name -> number of images.
+        skipped: `(path, reason)` for every file or folder left out.
+        image_size: `(height, width)` of the images the datasets yield.
+    """
+
+    source: str
+    class_names: list
+    label_map: dict
+    counts: dict
+    skipped: list
+    image_size: tuple
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    def __str__(self):
+        sizes = ", ".join(f"{split} {sum(c.values())}" for split, c in self.counts.items() if sum(c.values()))
+        text = f"{self.source}: {self.num_classes} classes, {sizes} images at {self.image_size[0]}x{self.image_size[1]}"
+        if self.skipped:
+            text += f"; {len(self.skipped)} skipped:" + "".join(f"\n  {p}: {r}" for p, r in self.skipped)
+        return text
+
+
+def load_dataset(
+    source,
+    *,
+    image_size=(224, 224),
+    batch_size=32,
+    validation_split=0.2,
+    test_split=0.0,
+    seed=0,
+    augment=False,
+    cache=True,
+    classes=None,
+    labels_per_class=None,
+    deterministic=False,
+    data_dir=None,
+):
+    """Loads an image classification dataset as batched `tf.data` pipelines.
+
+    Args:
+        source: a folder of class subfolders (or with `train/`, `validation/`, `test/` inside), `"tfds:NAME"`,
+            `"digits"` (scikit-learn's 8x8 digits), `"fashion_mnist"`, or a tuple of NumPy arrays `(x, y)` with
+            `x` of shape `(n, height, width[, channels])` in 0-255 and integer labels `y`.
+        image_size: `(height, width)` or an int; images are resized (bilinear, as the model does) to it.
+        batch_size: images per batch.
+        validation_split: fraction of the training images held out for validation when the source has no
+            validation split of its own.
+        test_split: the same for a test split.
+        seed: fixes the splits, the shuffling and the augmentation.
+        augment: apply random flip, rotation, zoom, translation and contrast to the training split.
+        cache: True caches decoded, resized images in memory (skipped with a warning when they would not fit
+            in half the available memory), a path prefix caches them on disk, False does not cache.
+        classes: a subset of classes, as original names or ids (e.g. `range(5, 10)`); they are relabelled
+            0..k-1 in the order of their original ids, and their names are kept.
+        labels_per_class: keep at most this many training images per class (few-shot runs).
+        deterministic: keep a reproducible element order (slower parallel decoding).
+        data_dir: the TFDS data directory for `"tfds:NAME"`.
+
+    Returns:
+        `(train, validation, test, info)`: datasets of `(images, labels)` batches, float32 `(batch, height,
+        width, 3)` in 0-255 and int32 `(batch,)`; a split with no images is None. `info` is a `DatasetInfo`.
+
+    Raises:
+        ValueError: for an unknown source, a folder with no images or one class only, bad arrays, unknown
+            classes or bad fractions.
+        OSError: when a TFDS dataset or Fashion-MNIST is not on this machine and cannot be downloaded.
+
+    Example:
+    >>> train, val, test, info = load_dataset("digits", image_size=32, batch_size=8, test_split=0.1)
+    >>> info.num_classes, sum(info.counts["test"].values())
+    (10, 180)
+    """
+    size = _image_size(image_size)
+    for name, value in (("validation_split", validation_split), ("test_split", test_split)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1). Received: {name}={value!r}")
+    if validation_split + test_split >= 1.0:
+        raise ValueError(
+            "validation_split + test_split must leave images for training. "
+            f"Received: validation_split={validation_split!r}, test_split={test_split!r}"
+        )
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
+    if labels_per_class is not None and (not isinstance(labels_per_class, int) or labels_per_class < 1):
+        raise ValueError(f"labels_per_class must be a positive integer. Received: labels_per_class={labels_per_class!r}")
+
+    records = _records(source, data_dir)
+    keep_ids, class_names = _select_classes(records.class_names, classes)
+    relabel = np.full(len(records.class_names), -1, dtype=np.int64)
+    relabel[keep_ids] = np.arange(len(keep_ids))
+
+    rng = np.random.default_rng(seed)
+    indices = {}
+    for split in SPLITS:
+        if split in records.labels:
+            idx = np.flatnonzero(relabel[records.labels[split]] >= 0)
+            indices[split] = rng.permutation(idx)
+    derived = _stratified_split(relabel[records.labels["train"][indices["train"]]], validation_split, test_split,
+                                rng, need_validation="validation" not in indices, need_test="test" not in indices)
+    train_positions = indices["train"]
+    indices["train"] = train_positions[derived["train"]]
+    for split in ("validation", "test"):
+        if split not in indices:
+            indices[split] = train_positions[derived[split]]
+    if labels_per_class is not None:
+        indices["train"] = _limit_per_class(indices["train"], relabel[records.labels["train"][indices["train"]]],
+                                            labels_per_class)
+
+    info = DatasetInfo(
+        source=records.name,
+        class_names=list(class_names),
+        label_map={records.original_ids[i]: int(relabel[i]) for i in keep_ids},
+        counts={},
+        skipped=list(records.skipped),
+        image_size=size,
+    )
+    datasets = {}
+    for split in SPLITS:
+        origin = split if split in records.labels else "train"
+        idx = indices[split]
+        labels = relabel[records.labels[origin][idx]]
+        info.counts[split] = {name: int(np.sum(labels == i)) for i, name in enumerate(class_names)}
+        if len(idx) == 0:
+            datasets[split] = None
+            continue
+        images = records.images(origin, idx)
+        datasets[split] = _pipeline(
+            images, labels, size=size, batch_size=batch_size, training=split == "train", augment=augment,
+            cache=cache if cache is not True else _fits_in_memory(len(idx), size, records.dtype),
+            cache_name=split, seed=seed, deterministic=deterministic,
+        )  # fmt: skip
+    if not sum(info.counts["train"].values()):
+        raise ValueError(f"No training images left in {records.name!r} after the class selection and splits.")
+    logger.info("%s", info)
+    return datasets["train"], datasets["validation"], datasets["test"], info
+
+
+# --- sources -------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Records:
+    """A source before splitting: labels per predefined split and a way to get the images of some indices."""
+
+    name: str
+    class_names: list  # original class names, index = original label id
+    original_ids: list  # what label_map reports for each original class (folder name or integer id)
+    labels: dict  # predefined split -> int array of original label ids
+    images: object  # (split, indices) -> (dataset of items, item -> image of any size, uint8 or float32)
+    dtype: object = np.uint8
+    skipped: list = dataclasses.field(default_factory=list)
+
+
+def _records(source, data_dir):
+    if isinstance(source, tuple) and len(source) == 2:
+        x, y = source
+        return _array_records("arrays", {"train": (x, y)}, None)
+    if isinstance(source, (str, os.PathLike)):
+        source = os.fspath(source)
+        if source == "digits":
+            return _array_records("digits", {"train": _digits()}, [str(i) for i in range(10)])
+        if source == "fashion_mnist":
+            return _array_records("fashion_mnist", _fashion_mnist(), list(FASHION_MNIST_CLASSES))
+        if source.startswith("tfds:"):
+            return _tfds_records(source[len("tfds:"):], data_dir)
+        if os.path.isdir(source):
+            return _folder_records(source)
+        if not os.path.exists(source):
+            raise ValueError(
+                f"Dataset source {source!r} is not a folder, and not one of 'tfds:NAME', 'digits', "
+                f"'fashion_mnist' or an (x, y) tuple of arrays. Received: source={source!r}"
+            )
+    raise ValueError(
+        "source must be a folder of class subfolders, 'tfds:NAME', 'digits', 'fashion_mnist' or an (x, y) tuple "
+        f"of arrays. Received: source={source!r}"
+    )
+
+
+def _array_records(name, splits, class_names):
+    arrays = {split: _check_arrays(x, y) for split, (x, y) in splits.items()}
+    if class_names is None:
+        ids = sorted(set(np.concatenate([y for _, y in arrays.values()]).tolist()))
+        if ids and (ids[0] < 0):
+            raise ValueError(f"Labels must be integers >= 0. Received: a label {ids[0]}")
+        class_names = [str(i) for i in range(ids[-1] + 1)] if ids else []
+    dtype = next(iter(arrays.values()))[0].dtype
+
+    def images(split, idx):
+        return tf.data.Dataset.from_tensor_slices(arrays[split][0][idx]), tf.identity
+
+    return _Records(name, class_names, list(range(len(class_names))), {s: y for s, (_, y) in arrays.items()},
+                    images, dtype=dtype)
+
+
+def _check_arrays(x, y):
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            "x must have shape (n, height, width) or (n, height, width, channels) with 1, 3 or 4 channels. "
+            f"Received: x.shape={x.shape}"
+        )
+    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(
+            f"y must be one integer label per image. Received: y.shape={y.shape}, y.dtype={y.dtype}, "
+            f"x.shape={x.shape}"
+        )
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    elif x.shape[-1] == 4:
+        x = x[..., :3]
+    if x.dtype != np.uint8:
+        x = x.astype(np.float32)
+    return x, y.astype(np.int64)
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return np.round(digits.images * (255.0 / 16.0)).astype(np.uint8), digits.target
+
+
+def _fashion_mnist():
+    """Fashion-MNIST's official 60,000 training and 10,000 test images, from a local copy or Keras's download."""
+    for folder in FASHION_MNIST_DIRS:
+        folder = os.path.expanduser(folder)
+        files = [os.path.join(folder, f"{p}-{k}-idx{3 if k == 'images' else 1}-ubyte.gz")
+                 for p in ("train", "t10k") for k in ("images", "labels")]  # fmt: skip
+        if all(os.path.isfile(f) for f in files):
+            train_x, train_y, test_x, test_y = (_read_idx(f) for f in files)
+            logger.info("Fashion-MNIST from %s", folder)
+            return {"train": (train_x, train_y), "test": (test_x, test_y)}
+    try:
+        import keras
+
+        (train_x, train_y), (test_x, test_y) = keras.datasets.fashion_mnist.load_data()
+    except Exception as e:
+        raise OSError(
+            f"Fashion-MNIST is not on this machine and could not be downloaded ({e}). Looked in: "
+            f"{FASHION_MNIST_DIRS[0]} (Debian package: apt-get install dataset-fashion-mnist), "
+            f"{FASHION_MNIST_DIRS[1]} (Keras's cache), and keras.datasets.fashion_mnist.load_data() (needs "
+            "internet). Install the Debian package or copy the four *-ubyte.gz files into one of those folders."
+        ) from e
+    return {"train": (train_x, train_y), "test": (test_x, test_y)}
+
+
+def _read_idx(path):
+    """Reads an IDX file (the MNIST format): big-endian magic, dimensions, then uint8 data."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _folder_records(root):
+    layout = {}
+    for split, names in SPLIT_FOLDERS.items():
+        found = next((os.path.join(root, n) for n in names if os.path.isdir(os.path.join(root, n))), None)
+        if found:
+            layout[split] = found
+    if "train" not in layout:
+        layout = {"train": root}
+    skipped = []
+    scans = {split: _scan_classes(folder, skipped) for split, folder in layout.items()}
+    class_names = sorted(name for name, files in scans["train"].items() if files)
+    if len(class_names) < 2:
+        raise ValueError(
+            f"Image folder {layout['train']!r} needs at least two class subfolders with images; found "
+            f"{len(class_names)} ({', '.join(class_names) or 'none'}). Expected root/<class>/<image> or "
+            f"root/train/<class>/<image>. Received: source={root!r}"
+        )
+    for split, scan in scans.items():
+        extra = sorted(name for name, files in scan.items() if files and name not in class_names)
+        if extra:
+            raise ValueError(
+                f"The {split} folder {layout[split]!r} has classes the training folder lacks: {', '.join(extra)}. "
+                f"Training classes: {', '.join(class_names)}."
+            )
+    ids = {name: i for i, name in enumerate(class_names)}
+    paths = {split: [p for name in class_names for p in scan.get(name, [])] for split, scan in scans.items()}
+    labels = {split: np.array([ids[name] for name in class_names for _ in scan.get(name, [])], dtype=np.int64)
+              for split, scan in scans.items()}  # fmt: skip
+
+    def images(split, idx):
+        files = tf.data.Dataset.from_tensor_slices(np.array(paths[split], dtype=object)[idx].astype(str))
+        return files, _decode_file
+
+    return _Records(root, class_names, class_names, labels, images, skipped=skipped)
+
+
+def _scan_classes(folder, skipped):
+    """class name -> sorted readable image paths (subfolders included, hidden files ignored)."""
+    classes = {}
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        files = []
+        for dirpath, dirnames, filenames in os.walk(entry.path):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for filename in sorted(filenames):
+                if filename.startswith("."):
+                    continue
+                path = os.path.join(dirpath, filename)
+                reason = image_problem(path)
+                if reason:
+                    skipped.append((path, reason))
+                else:
+                    files.append(path)
+        if not files:
+            skipped.append((entry.path, "empty class folder: no readable images"))
+            logger.warning("Class folder %s has no readable images; it is left out.", entry.path)
+        classes[entry.name] = files
+    return classes
+
+
+def image_problem(path):
+    """Why the file at `path` cannot be used as an image, or None when it looks whole.
+
+    Reads only the first and last bytes: recognizes JPEG, PNG, GIF, BMP and WebP by their signature and
+    finds truncation by their end markers or declared sizes.
+    """
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "empty file (0 bytes)"
+        with open(path, "rb") as f:
+            head = f.read(16)
+            f.seek(max(size - 1024, 0))
+            tail = f.read()
+    except OSError as e:
+        return f"unreadable: {e.strerror or e}"
+    if head.startswith(b"\xff\xd8\xff"):
+        return None if b"\xff\xd9" in tail else "truncated JPEG (no end-of-image marker)"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return None if b"IEND" in tail else "truncated PNG (no IEND chunk)"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return None if b";" in tail[-16:] else "truncated GIF (no trailer)"
+    if head.startswith(b"BM") and size >= 26:
+        declared = int.from_bytes(head[2:6], "little")
+        return None if declared <= size else f"truncated BMP ({size} of {declared} bytes)"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        declared = int.from_bytes(head[4:8], "little") + 8
+        return None if declared <= size else f"truncated WebP ({size} of {declared} bytes)"
+    return "not an image (expected JPEG, PNG, GIF, BMP or WebP)"
+
+
+def _decode_file(path):
+    # channels=3 turns grayscale, RGBA, palette and 16-bit images into RGB uint8; GIFs give their first frame.
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False, dtype=tf.uint8)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _tfds_records(name, data_dir):
+    import tensorflow_datasets as tfds  # imported here: it is slow to import and only this source needs it
+
+    builder = tfds.builder(name, data_dir=data_dir)
+    _prepare_with_deadline(builder, name, data_dir)
+    class_names = list(builder.info.features[builder.info.supervised_keys[1]].names)
+    available = set(builder.info.splits.keys()) or {"train"}  # mocked datasets list no splits
+    splits = {"train": "train"}
+    for split, names in SPLIT_FOLDERS.items():
+        found = next((n for n in names if n in available), None)
+        if found and split != "train":
+            splits[split] = found
+    image_key, label_key = builder.info.supervised_keys
+    gray = builder.info.features[image_key].shape[-1] == 1
+
+    def labels_of(split_name):
+        # Labels only: the images are not decoded for this pass.
+        ds = builder.as_dataset(split=split_name, decoders={image_key: tfds.decode.SkipDecoding()}, shuffle_files=False)
+        return np.fromiter(ds.map(lambda example: example[label_key]).as_numpy_iterator(), dtype=np.int64)
+
+    labels = {split: labels_of(split_name) for split, split_name in splits.items()}
+
+    def images(split, idx):
+        keep = np.zeros(len(labels[split]), dtype=bool)
+        keep[idx] = True
+        keep = tf.constant(keep)
+        ds = builder.as_dataset(split=splits[split], as_supervised=True, shuffle_files=False)
+        ds = ds.enumerate().filter(lambda i, example: tf.gather(keep, i)).map(lambda i, example: example[0])
+        return ds, tf.image.grayscale_to_rgb if gray else tf.identity
+
+    return _Records(f"tfds:{name}", class_names, list(range(len(class_names))), labels, images)
+
+
+def _prepare_with_deadline(builder, name, data_dir):
+    """`download_and_prepare` that gives up after TFDS_DEADLINE_S with a message on preparing offline."""
+    outcome = {}
+
+    def run():
+        try:
+            builder.download_and_prepare()
+        except BaseException as e:  # reported to the caller below
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, name=f"tfds-prepare-{name}", daemon=True)
+    thread.start()
+    thread.join(TFDS_DEADLINE_S)
+    if thread.is_alive() or "error" in outcome:
+        why = f"not prepared within {TFDS_DEADLINE_S} s" if thread.is_alive() else str(outcome["error"])
+        where = data_dir or "~/tensorflow_datasets"
+        raise OSError(
+            f"TFDS dataset {name!r} is not prepared in {where} and could not be downloaded ({why}). "
+            f"To use it offline: on a machine with internet run `tfds build {name} --data_dir DIR` (or "
+            f"`tfds.load({name!r}, data_dir=DIR)`), copy DIR here and pass data_dir=DIR."
+        ) from outcome.get("error")
+
+
+# --- selection and splits ------------------------------------------------------------------------------------
+
+
+def _select_classes(class_names, classes):
+    """Original ids to keep (sorted) and their names; every class when `classes` is None."""
+    if classes is None:
+        return np.arange(len(class_names)), list(class_names)
+    wanted = list(classes)
+    ids = []
+    for c in wanted:
+        if isinstance(c, (int, np.integer)) and 0 <= c < len(class_names):
+            ids.append(int(c))
+        elif isinstance(c, str) and c in class_names:
+            ids.append(class_names.index(c))
+        else:
+            raise ValueError(
+                f"Unknown class {c!r}. Expected ids 0..{len(class_names) - 1} or names: {', '.join(class_names)}. "
+                f"Received: classes={wanted!r}"
+            )
+    ids = sorted(set(ids))
+    if len(ids) < 2:
+        raise ValueError(f"classes must name at least two classes. Received: classes={wanted!r}")
+    return np.array(ids), [class_names[i] for i in ids]
+
+
+def _stratified_split(labels, validation_split, test_split, rng, *, need_validation, need_test):
+    """Positions into `labels` for train/validation/test, the same fraction taken from every class."""
+    out = {"train": [], "validation": [], "test": []}
+    for label in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        n_test = int(round(len(idx) * test_split)) if need_test else 0
+        n_val = int(round(len(idx) * validation_split)) if need_validation else 0
+        n_test, n_val = min(n_test, len(idx) - 1), min(n_val, max(len(idx) - 1 - n_test, 0))
+        out["test"].append(idx[:n_test])
+        out["validation"].append(idx[n_test : n_test + n_val])
+        out["train"].append(idx[n_test + n_val :])
+    return {split: np.sort(np.concatenate(parts)) if parts else np.array([], dtype=np.int64)
+            for split, parts in out.items()}  # fmt: skip
+
+
+def _limit_per_class(indices, labels, n):
+    keep = np.concatenate([np.flatnonzero(labels == label)[:n] for label in np.unique(labels)])
+    return indices[np.sort(keep)]
+
+
+# --- the pipeline --------------------------------------------------------------------------------------------
+
+
+def _image_size(image_size):
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or not all(isinstance(s, int) and s >= 1 for s in size):
+        raise ValueError(f"image_size must be an int or (height, width) of positive ints. Received: image_size={image_size!r}")
+    return size
+
+
+def _fits_in_memory(n, size, dtype):
+    need = n * size[0] * size[1] * 3 * np.dtype(dtype).itemsize
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return True
+    if need > available / 2:
+        logger.warning(
+            "Not caching %d images in memory (%.1f GB, %.1f GB available); pass cache='path/prefix' to cache on disk.",
+            n, need / 1e9, available / 1e9,
+        )  # fmt: skip
+        return False
+    return True
+
+
+def _resize(image, size):
+    # Bilinear without antialiasing, as Keras resizes (and as the model resizes inside, see preprocessing.py).
+    resized = tf.image.resize(image, size, method="bilinear")
+    if image.dtype == tf.uint8:  # cached as uint8: a quarter of the memory of float32
+        return tf.saturate_cast(resized + 0.5, tf.uint8)  # round to nearest, clipped to 0..255
+    return resized
+
+
+def augmentation(seed=None):
+    """The training augmentation: Keras preprocessing layers on batches of 0-255 images."""
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomRotation(0.1, fill_mode="reflect", seed=seed),
+            keras.layers.RandomZoom(0.1, fill_mode="reflect", seed=seed),
+            keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed),
+            keras.layers.RandomContrast(0.1, seed=seed),
+        ],
+        name="augmentation",
+    )
+
+
+def _pipeline(images, labels, *, size, batch_size, training, augment, cache, cache_name, seed, deterministic):
+    items, load = images
+    ds = tf.data.Dataset.zip(items, tf.data.Dataset.from_tensor_slices(labels.astype(np.int32)))
+    ds = ds.map(lambda item, label: (_resize(load(item), size), label), num_parallel_calls=AUTOTUNE)
+    # A file that passed the byte check but still fails to decode is dropped, never a crash mid-epoch.
+    ds = ds.ignore_errors(log_warning=True)
+    if cache:
+        ds = ds.cache(f"{cache}_{cache_name}" if isinstance(cache, (str, os.PathLike)) else "")
+    if training:
+        ds = ds.shuffle(min(len(labels), SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
+    if training and augment:
+        augmenter = augmentation(seed)
+        ds = ds.map(lambda x, y: (tf.clip_by_value(augmenter(x, training=True), 0.0, 255.0), y),
+                    num_parallel_calls=AUTOTUNE)  # fmt: skip
+    options = tf.data.Options()
+    options.deterministic = bool(deterministic)
+    ds = ds.with_options(options).prefetch(AUTOTUNE)
+    ds.keras_transfer_augmented = bool(training and augment)  # fine_tune caches no features of augmented data
+    return ds

@@ -1,0 +1,170 @@
+"""Export for serving: a SavedModel in TF Serving's layout, `<export_dir>/<version>/`, written atomically."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+
+logger = logging.getLogger(__name__)
+
+
+def export_saved_model(model, export_dir, *, version=None, class_names=None, metadata=None):
+    """Writes `model` as a SavedModel version that TF Serving can load.
+
+    Signatures: `serving_default` takes float32 `images` `[batch, height, width, 3]` in 0-255 of any size (the
+    model resizes and preprocesses them inside); `serve_bytes` takes `image_bytes` `[batch]`, encoded JPEG, PNG,
+    GIF, BMP or WebP. Both return `probabilities` and `class_ids`. `labels.txt` and `metadata.json` are written
+    beside the graph. The version is written to a temporary folder and renamed
+    at the end, so it appears whole or not at all, and existing versions are never touched.
+
+    Args:
+        model: a model from `build_model` (or any Keras model taking RGB images).
+        export_dir: the model's base folder (TF Serving's `--model_base_path`).
+        version: a positive integer; None takes the next one after the versions present.
+        class_names: names of the classes, written to `labels.txt`.
+        metadata: extra JSON-serializable facts for `metadata.json` (e.g. training metrics).
+
+    Returns:
+        The path of the written version folder.
+
+    Raises:
+        ValueError: for a version that exists or is not a positive integer, or class names that do not match
+            the model's outputs.
+        OSError: when `export_dir` cannot be written.
+    """
+    try:
+        os.makedirs(export_dir, exist_ok=True)
+        existing = sorted(int(n) for n in os.listdir(export_dir) if n.isdigit())
+    except OSError as e:
+        raise OSError(f"Cannot write an export into {export_dir!r}: {e.strerror or e}. Choose a writable folder.") from e
+    version = (existing[-1] + 1 if existing else 1) if version is None else version
+    if not isinstance(version, int) or version < 1:
+        raise ValueError(f"version must be a positive integer. Received: version={version!r}")
+    if version in existing:
+        raise ValueError(f"Version {version} already exists in {export_dir!r}; existing versions: {existing}. "
+                         f"Received: version={version!r}")  # fmt: skip
+    num_classes = model.output_shape[-1]
+    if class_names is not None and len(class_names) != max(num_classes, 2 if num_classes == 1 else num_classes):
+        raise ValueError(f"class_names has {len(class_names)} names but the model predicts {num_classes} classes. "
+                         f"Received: class_names={list(class_names)!r}")  # fmt: skip
+
+    final = os.path.join(export_dir, str(version))
+    tmp = os.path.join(export_dir, f".tmp-{version}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_saved_model(model, tmp)
+        with open(os.path.join(tmp, "labels.txt"), "w") as f:
+            f.writelines(f"{name}\n" for name in (class_names or [str(i) for i in range(num_classes)]))
+        with open(os.path.join(tmp, "metadata.json"), "w") as f:
+            json.dump(_metadata(model, class_names, metadata), f, indent=2)
+        os.rename(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("Exported %s", final)
+    return final
+
+
+# Signatures of the encoded formats `tf.io.decode_image` reads; anything else is refused with a clear message.
+_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"RIFF")
+
+
+def _write_saved_model(model, path):
+    size = _input_size(model)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def predict(images):
+        probabilities = model(images, training=False)
+        if probabilities.shape[-1] == 1:
+            class_ids = tf.cast(probabilities[:, 0] > 0.5, tf.int64)
+        else:
+            class_ids = tf.argmax(probabilities, axis=-1)
+        return {"probabilities": probabilities, "class_ids": class_ids}
+
+    def decode(image_bytes):
+        known = tf.reduce_any([tf.strings.substr(image_bytes, 0, len(m)) == m for m in _IMAGE_SIGNATURES])
+        tf.debugging.Assert(known, ["serve_bytes: an input is not a JPEG, PNG, GIF, BMP or WebP image"])
+        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False, dtype=tf.uint8)
+        # The same bilinear resize the model does inside, done here so that images of different sizes batch.
+        return tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear")
+
+    def predict_bytes(image_bytes):
+        return predict(tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec([*size, 3], tf.float32)))
+
+    archive.add_endpoint(
+        "serving_default", predict, input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")]
+    )
+    archive.add_endpoint(
+        "serve_bytes", predict_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")]
+    )
+    archive.write_out(path, verbose=False)
+
+
+def _input_size(model):
+    """The (height, width) the model resizes to; the bytes signature needs it to batch decoded images."""
+    try:
+        size = model.get_layer("preprocessing").size
+    except ValueError:
+        size = tuple(model.input_shape[1:3])
+    if not size or None in size:
+        raise ValueError(
+            f"Model {model.name!r} takes images of any size, so encoded images cannot be batched for 'serve_bytes'; "
+            "build it with a fixed input_shape to export it."
+        )
+    return tuple(int(s) for s in size)
+
+
+def export_tflite(model, path, *, quantize=None):
+    """Converts `model` to a TensorFlow Lite flatbuffer taking float32 images at the model's input size.
+
+    Args:
+        model: a model from `build_model` with a fixed input size.
+        path: the `.tflite` file to write (written to a temporary file and renamed).
+        quantize: None for float32 weights, or `"dynamic"` for dynamic-range quantization (int8 weights, float
+            activations: about 4x smaller).
+
+    Returns:
+        The size of the written file in bytes.
+
+    Raises:
+        ValueError: for an unknown `quantize` or a model without a fixed input size.
+    """
+    if quantize not in (None, "dynamic"):
+        raise ValueError(f"quantize must be None or 'dynamic'. Received: quantize={quantize!r}")
+    height, width = _input_size(model)
+    # Through a SavedModel: converting a concrete function of a Keras 3 model directly gave NaN outputs (TF 2.21).
+    with tempfile.TemporaryDirectory(prefix="keras_transfer_tflite_") as saved:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint("serving_default", lambda images: model(images, training=False),
+                             input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name="images")])  # fmt: skip
+        archive.write_out(saved, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["serving_default"])
+        if quantize == "dynamic":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        flatbuffer = converter.convert()
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(flatbuffer)
+    os.replace(tmp, path)
+    logger.info("Wrote %s (%d bytes)", path, len(flatbuffer))
+    return len(flatbuffer)
+
+
+def _metadata(model, class_names, extra):
+    facts = {"model": model.name, "num_classes": int(model.output_shape[-1])}
+    try:
+        preprocessing = model.get_layer("preprocessing")
+        facts["input_size"] = list(preprocessing.size) if preprocessing.size else None
+        facts["preprocessing"] = preprocessing.mode
+    except ValueError:
+        pass
+    facts["class_names"] = list(class_names) if class_names is not None else None
+    facts.update(extra or {})
+    return facts

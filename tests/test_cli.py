@@ -1,0 +1,99 @@
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from keras_transfer import load_dataset
+from keras_transfer.cli import main, parse_config
+
+
+@pytest.fixture
+def small_folder(tmp_path):
+    """Three classes of 12 generated PNGs whose colour carries the class."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("red", "green", "blue")):
+        os.makedirs(tmp_path / "images" / name)
+        for i in range(12):
+            pixels = rng.integers(0, 80, (48, 56, 3), dtype=np.uint8)
+            pixels[..., c] += 150
+            Image.fromarray(pixels).save(tmp_path / "images" / name / f"{i}.png")
+    return tmp_path / "images"
+
+
+@pytest.mark.slow
+def test_end_to_end_run_folder_report_and_export(small_folder, tmp_path, capsys):
+    run, export = tmp_path / "run", tmp_path / "export"
+    code = main(["--data", str(small_folder), "--backbone", "mobilenet_v3_small", "--image-size", "64",
+                 "--weights", "none", "--epochs", "1", "--fine-tune-epochs", "1", "--batch-size", "4",
+                 "--test-split", "0.25", "--output", str(run), "--export", str(export)])  # fmt: skip
+    assert code == 0
+    for name in ("config.yaml", "history.csv", "report.json", "report.txt", "confusion.png", "model.keras",
+                 "checkpoints/best.keras"):  # fmt: skip
+        assert (run / name).exists(), name
+    assert os.listdir(run / "logs")
+    out = capsys.readouterr().out
+    assert "epoch  stage" in out and "tune" in out and "test: " in out
+
+    # The report's numbers, recomputed from the saved model on the same test split.
+    report = json.loads((run / "report.json").read_text())
+    _, _, test, info = load_dataset(str(small_folder), image_size=64, batch_size=4, test_split=0.25)
+    model = keras.saving.load_model(run / "model.keras")
+    probs, labels = [], []
+    for x, y in test:
+        probs.append(model.predict(x, verbose=0))
+        labels.append(y.numpy())
+    probs, labels = np.concatenate(probs), np.concatenate(labels)
+    assert report["num_examples"] == len(labels) == 9
+    assert report["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == labels))
+    assert report["confusion"] == [[int(np.sum((labels == t) & (probs.argmax(1) == p))) for p in range(3)]
+                                   for t in range(3)]  # fmt: skip
+
+    # The export loads with TensorFlow alone and agrees with the Keras model.
+    loaded = tf.saved_model.load(str(export / "1"))
+    x = np.random.default_rng(1).uniform(0, 255, (2, 70, 50, 3)).astype("float32")
+    served = loaded.signatures["serving_default"](images=tf.constant(x))
+    np.testing.assert_allclose(served["probabilities"].numpy(), model.predict(x, verbose=0), atol=1e-5)
+    assert (export / "1" / "labels.txt").read_text().split() == info.class_names
+    assert json.loads((export / "1" / "metadata.json").read_text())["backbone"] == "mobilenet_v3_small"
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--backbone", "resnet5"], r"argument --backbone: invalid choice: 'resnet5'"),
+        (["--unfreeze", "freeze"], r"argument --unfreeze: invalid policy 'freeze'"),
+        (["--batch-size", "0"], r"argument --batch-size: invalid value 0"),
+        (["--epochs", "x"], r"argument --epochs: invalid int value: 'x'"),
+        (["--head", "gap"], r"argument --head: invalid choice: 'gap'"),
+    ],
+)
+def test_bad_flags_exit_2_naming_flag_and_value(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    import re
+
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_library_errors_exit_2_with_the_message(tmp_path, capsys):
+    code = main(["--data", str(tmp_path / "missing"), "--output", str(tmp_path / "run"), "--weights", "none"])
+    assert code == 2
+    assert "Dataset source" in capsys.readouterr().err
+
+
+def test_config_file_sets_defaults_and_flags_override(tmp_path):
+    config = tmp_path / "recipe.yaml"
+    config.write_text("backbone: vgg16\nhead: flatten\ndense_units: [1024]\nepochs: 10\nunfreeze: from:block5\n")
+    _, run = parse_config(["--config", str(config), "--epochs", "3"])
+    assert (run.backbone, run.head, run.dense_units, run.epochs, run.unfreeze) == ("vgg16", "flatten", [1024], 3,
+                                                                                   "from:block5")  # fmt: skip
+    assert run.learning_rate == 1e-3  # untouched default from RunConfig
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("backbone: vgg16\nepoch: 3\n")
+    with pytest.raises(SystemExit):
+        parse_config(["--config", str(bad)])

@@ -1,0 +1,251 @@
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import keras_transfer as kt
+from keras_transfer.training import feature_extractor, head_model
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}
+
+
+def _weights(layer):
+    return [np.array(keras.ops.convert_to_numpy(w)) for w in layer.weights]
+
+
+def _digits(n_classes=3, per_class=8, batch_size=16, **kwargs):
+    return kt.load_dataset("digits", image_size=32, batch_size=batch_size, classes=range(n_classes),
+                           labels_per_class=per_class, deterministic=True, **kwargs)
+
+
+def test_two_stages_with_continuous_epochs_and_the_policy_applied_in_stage_two():
+    train, val, _, _ = _digits(validation_split=0.2)
+    model = kt.build_model("vgg16", 3, input_shape=32, weights=None, dense_units=(8,))
+    backbone = model.get_layer("backbone")
+    before = {name: _weights(backbone.get_layer(name)) for name in ("block1_conv1", "block5_conv3")}
+    head_before = _weights(model.get_layer("predictions"))
+
+    history = kt.fine_tune(model, train, val, epochs=2, fine_tune_epochs=1, unfreeze="from:block5")
+
+    assert history.epoch == [0, 1, 2]
+    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert all(len(v) == 3 for v in history.history.values())
+    np.testing.assert_array_equal(before["block1_conv1"][0], _weights(backbone.get_layer("block1_conv1"))[0])
+    assert not np.array_equal(before["block5_conv3"][0], _weights(backbone.get_layer("block5_conv3"))[0])
+    assert not np.array_equal(head_before[0], _weights(model.get_layer("predictions"))[0])
+    schedule = model.optimizer.learning_rate
+    assert isinstance(model.optimizer._learning_rate, keras.optimizers.schedules.CosineDecay)
+    assert model.optimizer._learning_rate.warmup_target == pytest.approx(1e-5)
+    assert float(schedule) <= 1e-5
+
+
+def test_cached_features_train_the_same_head_as_plain_fit():
+    x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    train, _, _, _ = kt.load_dataset((x, y), image_size=32, batch_size=8, validation_split=0.0, deterministic=True)
+    models = {}
+    for cache in (False, True):
+        keras.utils.set_random_seed(0)
+        models[cache] = kt.build_model("resnet50", 3, input_shape=32, weights=None, dense_units=(16,))
+        # SGD: Adam's g / sqrt(v) turns float-rounding differences in near-zero gradients into full steps.
+        kt.fine_tune(models[cache], train, epochs=3, fine_tune_epochs=0, optimizer="sgd", learning_rate=1e-4,
+                     cache_features=cache)
+    full = models[True].predict(x, verbose=0)
+    np.testing.assert_allclose(full, models[False].predict(x, verbose=0), atol=1e-4)
+    # The full model and the head on cached features are one set of weights.
+    features = feature_extractor(models[True]).predict(x, verbose=0)
+    np.testing.assert_allclose(head_model(models[True]).predict(features, verbose=0), full, atol=1e-6)
+
+
+def test_augmented_data_is_not_feature_cached(caplog):
+    train, _, _, _ = _digits(augment=True, validation_split=0.0)
+    model = kt.build_model("vgg16", 3, input_shape=32, weights=None)
+    with caplog.at_level("INFO", logger="keras_transfer.training"):
+        kt.fine_tune(model, train, epochs=1, fine_tune_epochs=0)
+    assert "Stage 1: head on a frozen backbone for 1 epochs" in caplog.text
+    assert "cached backbone features" not in caplog.text
+
+
+def test_label_smoothing_and_bad_arguments():
+    train, _, _, _ = _digits(validation_split=0.0)
+    model = kt.build_model("vgg16", 3, input_shape=32, weights=None)
+    history = kt.fine_tune(model, train, epochs=1, fine_tune_epochs=0, label_smoothing=0.1)
+    assert np.isfinite(history.history["loss"][0])
+    with pytest.raises(ValueError, match=r"Unknown optimizer 'adagrad'\. Expected one of: adam, adamw, sgd, rmsprop"):
+        kt.fine_tune(model, train, optimizer="adagrad")
+    with pytest.raises(ValueError, match=r"fine_tune_epochs must be an integer >= 0\. Received: fine_tune_epochs=-1"):
+        kt.fine_tune(model, train, fine_tune_epochs=-1)
+    with pytest.raises(ValueError, match=r"cache_features must be 'auto', True or False"):
+        kt.fine_tune(model, train, cache_features="yes")
+
+
+RESUME_SCRIPT = """
+import json, os, signal, sys
+import keras
+import keras_transfer as kt
+
+run_dir, kill_after = sys.argv[1], int(os.environ.get("KILL_AFTER_EPOCH", "-1"))
+
+class Kill(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+keras.utils.set_random_seed(0)
+train, val, _, _ = kt.load_dataset("digits", image_size=32, batch_size=16, classes=range(3), labels_per_class=16,
+                                   validation_split=0.2, deterministic=True)
+model = kt.build_model("vgg16", 3, input_shape=32, weights=None)
+history = kt.fine_tune(model, train, val, epochs=1, fine_tune_epochs=3, unfreeze="from:block5", run_dir=run_dir,
+                       callbacks=[Kill()])
+with open(os.path.join(run_dir, "result.json"), "w") as f:
+    json.dump({"epochs": history.epoch, "iterations": int(model.optimizer.iterations.numpy())}, f)
+"""
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_at_the_next_epoch_with_optimizer_state(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(RESUME_SCRIPT)
+    run_dir = tmp_path / "run"
+    first = subprocess.run([sys.executable, str(script), str(run_dir)], env={**ENV, "KILL_AFTER_EPOCH": "2"},
+                           capture_output=True, text=True, timeout=300)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    assert not (run_dir / "result.json").exists()
+    epochs_logged = [line.split(",")[0] for line in (run_dir / "history.csv").read_text().splitlines()[1:]]
+    assert epochs_logged == ["0", "1", "2"]
+
+    second = subprocess.run([sys.executable, str(script), str(run_dir)], env=ENV, capture_output=True, text=True,
+                            timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["epochs"] == [3]  # only the epoch that was left
+    # 48 training images in batches of 16: 3 steps per epoch. The stage-2 optimizer counted the two epochs
+    # before the kill, so its state was restored rather than started again.
+    assert result["iterations"] == 3 * 3
+    lines = (run_dir / "history.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines if line[0].isdigit()] == ["0", "1", "2", "3"]
+    assert (run_dir / "checkpoints" / "best.keras").exists()
+    assert os.listdir(run_dir / "logs")
+
+
+MIRRORED_SCRIPT = """
+import json, sys
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+import keras_transfer as kt
+
+x = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+y = np.arange(16) % 2
+results = {}
+for name in ("default", "mirrored"):
+    strategy = kt.get_strategy(name)
+    train, _, _, _ = kt.load_dataset((x, y), image_size=32, batch_size=16, validation_split=0.0, deterministic=True)
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = kt.build_model("vgg16", 2, input_shape=32, weights=None)
+    history = kt.fine_tune(model, train, epochs=2, fine_tune_epochs=1, unfreeze="from:block5", strategy=strategy,
+                           learning_rate=1e-2, fine_tune_learning_rate=1e-3)
+    results[name] = {"replicas": strategy.num_replicas_in_sync, "loss": history.history["loss"],
+                     "weights": [w.tolist() for w in (model.get_layer("predictions").get_weights()
+                                 + model.get_layer("backbone").get_layer("block5_conv3").get_weights())]}
+json.dump(results, sys.stdout)
+"""
+
+
+def _max_diff(a, b):
+    return max(float(np.max(np.abs(np.array(u) - np.array(v)))) for u, v in zip(a, b))
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_over_two_cpu_devices_trains_like_one_device(tmp_path):
+    script = tmp_path / "mirrored.py"
+    script.write_text(MIRRORED_SCRIPT)
+    out = subprocess.run([sys.executable, str(script)], env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    assert results["default"]["replicas"] == 1 and results["mirrored"]["replicas"] == 2
+    # Two replicas of 8 images each, gradients all-reduced: the same losses and weights as one device on 16.
+    np.testing.assert_allclose(results["mirrored"]["loss"], results["default"]["loss"], rtol=1e-4)
+    assert _max_diff(results["default"]["weights"], results["mirrored"]["weights"]) < 1e-4
+
+
+WORKER_SCRIPT = """
+import json, os, sys
+import numpy as np
+import keras
+import keras_transfer as kt
+
+strategy = kt.get_strategy(sys.argv[1])
+x = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+y = np.arange(16) % 2
+train, _, _, _ = kt.load_dataset((x, y), image_size=32, batch_size=8, validation_split=0.0, deterministic=True)
+keras.utils.set_random_seed(0)
+with strategy.scope():
+    model = kt.build_model("vgg16", 2, input_shape=32, weights=None)
+history = kt.fine_tune(model, train, epochs=1, fine_tune_epochs=1, unfreeze="from:block5", strategy=strategy,
+                       learning_rate=1e-2, fine_tune_learning_rate=1e-3)
+weights = model.get_layer("predictions").get_weights() + model.get_layer("backbone").get_layer("block5_conv3").get_weights()
+with open(sys.argv[2], "w") as f:
+    json.dump({"replicas": strategy.num_replicas_in_sync, "epochs": history.epoch,
+               "weights": [w.tolist() for w in weights]}, f)
+"""
+
+
+def _free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_multi_worker_strategy_two_local_workers_train_identical_weights(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER_SCRIPT)
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    workers = []
+    for i in range(2):
+        env = {**ENV, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+        workers.append(subprocess.Popen([sys.executable, str(script), "multi_worker", str(tmp_path / f"w{i}.json")],
+                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for w in workers:
+        _, err = w.communicate(timeout=300)
+        assert w.returncode == 0, err[-3000:]
+    results = [json.loads((tmp_path / f"w{i}.json").read_text()) for i in range(2)]
+    assert [r["replicas"] for r in results] == [2, 2]
+    assert results[0]["epochs"] == results[1]["epochs"] == [0, 1]
+    assert _max_diff(results[0]["weights"], results[1]["weights"]) == 0.0
+    for a, b in zip(results[0]["weights"], _initial_weights()):
+        assert not np.allclose(np.array(a), b)  # they trained, identically
+
+
+def _initial_weights():
+    keras.utils.set_random_seed(0)
+    model = kt.build_model("vgg16", 2, input_shape=32, weights=None)
+    return model.get_layer("predictions").get_weights() + model.get_layer("backbone").get_layer("block5_conv3").get_weights()
+
+
+def test_mixed_precision_training_keeps_float32_outputs():
+    from keras_transfer.distribute import set_mixed_precision
+
+    set_mixed_precision("auto")  # mixed_bfloat16 on this CPU; the conftest fixture resets the policy
+    train, _, _, _ = _digits(validation_split=0.0)
+    model = kt.build_model("vgg16", 3, input_shape=32, weights=None, dense_units=(8,))
+    assert model.get_layer("head_dense_0").compute_dtype == "bfloat16"
+    history = kt.fine_tune(model, train, epochs=1, fine_tune_epochs=1, unfreeze="from:block5")
+    assert all(np.isfinite(history.history["loss"]))
+    images, _ = next(iter(train))
+    assert model(images).dtype == "float32"
