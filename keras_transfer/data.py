@@ -113,7 +113,7 @@ def load_dataset(
     Example:
     >>> train, val, test, info = load_dataset("digits", image_size=32, batch_size=8, test_split=0.1)
     >>> info.num_classes, sum(info.counts["test"].values())
-    (10, 180)
+    (10, 179)
     """
     size = _image_size(image_size)
     for name, value in (("validation_split", validation_split), ("test_split", test_split)):
@@ -342,23 +342,29 @@ def _scan_classes(folder, skipped):
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if entry.name.startswith(".") or not entry.is_dir():
             continue
-        files = []
-        for dirpath, dirnames, filenames in os.walk(entry.path):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for filename in sorted(filenames):
-                if filename.startswith("."):
-                    continue
-                path = os.path.join(dirpath, filename)
-                reason = image_problem(path)
-                if reason:
-                    skipped.append((path, reason))
-                else:
-                    files.append(path)
+        files, bad = find_images(entry.path)
+        skipped.extend(bad)
         if not files:
             skipped.append((entry.path, "empty class folder: no readable images"))
             logger.warning("Class folder %s has no readable images; it is left out.", entry.path)
         classes[entry.name] = files
     return classes
+
+
+def find_images(folder):
+    """Readable image files under `folder` (sorted, subfolders included, hidden files and folders ignored),
+    and `(path, reason)` for every other file."""
+    found, skipped = [], []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for filename in sorted(f for f in filenames if not f.startswith(".")):
+            path = os.path.join(dirpath, filename)
+            reason = image_problem(path)
+            if reason:
+                skipped.append((path, reason))
+            else:
+                found.append(path)
+    return found, skipped
 
 
 def image_problem(path):

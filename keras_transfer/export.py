@@ -168,3 +168,50 @@ def _metadata(model, class_names, extra):
     facts["class_names"] = list(class_names) if class_names is not None else None
     facts.update(extra or {})
     return facts
+
+
+def load_predictor(path):
+    """Loads an export or a `.keras` model for prediction on encoded images.
+
+    Args:
+        path: a SavedModel version folder, a base folder of numbered versions (the newest is used), or a
+            `.keras` file.
+
+    Returns:
+        `(predict, class_names)`: `predict(list_of_encoded_images) -> probabilities` as a NumPy array
+        `(n, num_classes)`; class names from `labels.txt` (or "0", "1", ... for a `.keras` file).
+
+    Raises:
+        ValueError: when `path` is none of those.
+    """
+    import numpy as np
+
+    if path.endswith(".keras") and os.path.isfile(path):
+        model = keras.saving.load_model(path)
+
+        def predict_keras(blobs):
+            # One image at a time: the model resizes any size inside, so no resize is needed here.
+            return np.concatenate([np.asarray(model(_decode(b)[None], training=False)) for b in blobs])
+
+        return predict_keras, [str(i) for i in range(model.output_shape[-1])]
+    version = path
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "saved_model.pb")):
+        versions = sorted(int(n) for n in os.listdir(path) if n.isdigit())
+        if versions:
+            version = os.path.join(path, str(versions[-1]))
+    if not os.path.exists(os.path.join(version, "saved_model.pb")):
+        raise ValueError(f"{path!r} is not a SavedModel folder, a folder of numbered versions, or a .keras file. "
+                         f"Received: model={path!r}")  # fmt: skip
+    serve_bytes = tf.saved_model.load(version).signatures["serve_bytes"]
+    labels_file = os.path.join(version, "labels.txt")
+    with open(labels_file) as f:
+        class_names = [line.rstrip("\n") for line in f]
+
+    def predict_saved_model(blobs):
+        return serve_bytes(image_bytes=tf.constant(list(blobs)))["probabilities"].numpy()
+
+    return predict_saved_model, class_names
+
+
+def _decode(blob):
+    return tf.cast(tf.io.decode_image(blob, channels=3, expand_animations=False, dtype=tf.uint8), tf.float32)

@@ -1,0 +1,84 @@
+"""Serving cost: the exported SavedModel vs Keras `predict`, measured side by side in one run.
+
+Builds a model (random weights: speed does not depend on them), exports it, then measures batch-32 images/s and
+batch-1 latency (p50 / p99) for `model.predict`, the SavedModel's `serving_default` (float images) and its
+`serve_bytes` (JPEG bytes, decoded inside).
+
+Usage: python bench/serving.py [--backbone mobilenet_v2] [--image-size 224] [--batches 10] [--calls 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import keras_transfer as kt  # noqa: E402
+
+
+def timed(fn, repeats):
+    fn()  # warm up (tracing)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return np.array(times)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="mobilenet_v2")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batches", type=int, default=10, help="batch-32 calls per measurement")
+    parser.add_argument("--calls", type=int, default=50, help="batch-1 calls per latency measurement")
+    args = parser.parse_args(argv)
+
+    size = args.image_size
+    model = kt.build_model(args.backbone, 10, input_shape=size, weights=None)
+    export = kt.export_saved_model(model, tempfile.mkdtemp(prefix="keras_transfer_serving_"))
+    loaded = tf.saved_model.load(export)
+    floats, encoded = loaded.signatures["serving_default"], loaded.signatures["serve_bytes"]
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (32, size, size, 3)).astype("float32")
+    jpegs = []
+    for image in images:
+        buf = io.BytesIO()
+        Image.fromarray(image.astype(np.uint8)).save(buf, "JPEG", quality=90)
+        jpegs.append(buf.getvalue())
+    batch, batch_bytes = tf.constant(images), tf.constant(jpegs)
+    one, one_bytes = tf.constant(images[:1]), tf.constant(jpegs[:1])
+
+    rows = {
+        "Keras model.predict": (lambda: model.predict(images, batch_size=32, verbose=0),
+                                lambda: model.predict(images[:1], verbose=0)),
+        "Keras model(x) (no predict loop)": (lambda: model(batch, training=False), lambda: model(one, training=False)),
+        "SavedModel serving_default": (lambda: floats(images=batch), lambda: floats(images=one)),
+        "SavedModel serve_bytes (JPEG)": (lambda: encoded(image_bytes=batch_bytes), lambda: encoded(image_bytes=one_bytes)),
+    }  # fmt: skip
+    print(f"{args.backbone} at {size} px, {os.cpu_count()} CPU cores, export {export}")
+    print(f"{'':36} {'batch-32 img/s':>15} {'batch-1 p50 ms':>15} {'p99 ms':>8}")
+    results = {}
+    for name, (batched, single) in rows.items():
+        rate = 32 * args.batches / timed(batched, args.batches).sum()
+        latency = timed(single, args.calls) * 1000
+        results[name] = rate
+        print(f"{name:36} {rate:15.1f} {np.percentile(latency, 50):15.1f} {np.percentile(latency, 99):8.1f}")
+    ratio = results["SavedModel serve_bytes (JPEG)"] / results["SavedModel serving_default"]
+    print(f"bytes endpoint throughput / float endpoint: {ratio:.2f}x (JPEG decode + resize inside the graph)")
+    print(f"SavedModel serving_default / Keras predict: {results['SavedModel serving_default'] / results['Keras model.predict']:.2f}x")
+
+
+if __name__ == "__main__":
+    keras.utils.set_random_seed(0)
+    main()

@@ -1,0 +1,76 @@
+"""scripts/predict.py and scripts/export.py, called through their main(argv)."""
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+import keras_transfer as kt
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A .keras model, its SavedModel export (via scripts/export.py) and a few images."""
+    root = tmp_path_factory.mktemp("scripts")
+    keras.utils.set_random_seed(0)
+    model = kt.build_model("resnet50", 3, input_shape=32, weights=None)
+    model.save(root / "model.keras")
+    (root / "labels.txt").write_text("cat\ndog\nfox\n")
+    code = _script("export").main([str(root / "model.keras"), "--saved-model", str(root / "served"),
+                                   "--labels", str(root / "labels.txt")])  # fmt: skip
+    assert code == 0
+    rng = np.random.default_rng(0)
+    os.makedirs(root / "images" / "nested")
+    for i, size in enumerate([(40, 30), (32, 32), (50, 64)]):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+    Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(root / "images" / "nested" / "n.jpg")
+    (root / "images" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 no end")
+    return root, model
+
+
+def test_predict_saved_model_json_matches_keras(saved, capsys):
+    root, model = saved
+    assert _script("predict").main([str(root / "served"), str(root / "images"), "--json", "--top-k", "2"]) == 0
+    captured = capsys.readouterr()
+    results = json.loads(captured.out)
+    assert [os.path.basename(r["path"]) for r in results] == ["0.png", "1.png", "2.png", "n.jpg"]
+    assert "broken.jpg: truncated JPEG" in captured.err
+    image = np.asarray(Image.open(root / "images" / "0.png"), dtype="float32")[None]
+    probs = model.predict(image, verbose=0)[0]
+    top = results[0]["predictions"]
+    assert len(top) == 2 and top[0]["label"] == ["cat", "dog", "fox"][int(probs.argmax())]
+    assert top[0]["probability"] == pytest.approx(float(probs.max()), abs=1e-5)
+
+
+def test_predict_keras_file_table(saved, capsys):
+    root, _ = saved
+    assert _script("predict").main([str(root / "model.keras"), str(root / "images" / "1.png"), "--top-k", "3"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(str(root / "images" / "1.png")) and line.count("%") == 3
+
+
+def test_export_tflite_and_bad_arguments(saved, capsys):
+    root, _ = saved
+    export = _script("export")
+    assert export.main([str(root / "model.keras"), "--tflite", str(root / "m.tflite"), "--quantize", "dynamic"]) == 0
+    assert "TFLite:" in capsys.readouterr().out and (root / "m.tflite").stat().st_size > 0
+    with pytest.raises(SystemExit) as e:
+        export.main([str(root / "model.keras")])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit):
+        _script("predict").main([str(root / "nowhere"), str(root / "images")])
+    assert "is not a SavedModel folder" in capsys.readouterr().err
