@@ -24,7 +24,7 @@ FLAGS = {  # group -> RunConfig fields shown as flags, in order
              "labels_per_class", "augment", "seed"),
     "Model": ("backbone", "weights", "head", "dense_units", "dropout"),
     "Training": ("epochs", "fine_tune_epochs", "unfreeze", "learning_rate", "fine_tune_learning_rate", "optimizer",
-                 "label_smoothing", "early_stopping", "cache_features"),
+                 "label_smoothing", "train_batchnorm", "early_stopping", "cache_features"),
     "Distribution": ("strategy", "mixed_precision", "xla"),
     "Output": ("output", "export"),
 }  # fmt: skip
@@ -38,6 +38,7 @@ HELP = {
     "weights": "imagenet, none, or a .weights.h5 / .h5 / .keras file",
     "dense_units": "hidden layer sizes of the head (e.g. 1024)",
     "unfreeze": "stage-2 policy: none, all, top:N, from:NAME, stages:K",
+    "train_batchnorm": "stage 2 also trains BatchNormalization (training from scratch); statistics recomputed",
     "early_stopping": "stop after this many epochs without val_loss improvement (0: off)",
     "cache_features": "auto, true or false: compute frozen-backbone features once for stage 1",
     "mixed_precision": "off, auto, mixed_float16 or mixed_bfloat16",
@@ -176,7 +177,7 @@ def _run(config):
         optimizer=config.optimizer, label_smoothing=config.label_smoothing, callbacks=callbacks,
         run_dir=config.output, strategy=strategy,
         cache_features={"auto": "auto", "true": True, "false": False}[config.cache_features],
-        jit_compile={"auto": "auto", "on": True, "off": False}[config.xla],
+        jit_compile={"auto": "auto", "on": True, "off": False}[config.xla], train_batchnorm=config.train_batchnorm,
     )  # fmt: skip
     model.save(os.path.join(config.output, "model.keras"))
     evaluated = test if test is not None else val

@@ -36,6 +36,7 @@ class RunConfig:
     fine_tune_learning_rate: float = 1e-5
     optimizer: str = "adam"
     label_smoothing: float = 0.0
+    train_batchnorm: bool = False  # stage 2 trains BatchNormalization too (from scratch), statistics recomputed
     early_stopping: int = 0  # patience in epochs; 0 turns it off
     cache_features: str = "auto"
     # Distribution

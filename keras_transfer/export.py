@@ -158,7 +158,7 @@ def export_tflite(model, path, *, quantize=None):
 
 
 def _metadata(model, class_names, extra):
-    facts = {"model": model.name, "num_classes": int(model.output_shape[-1])}
+    facts = {"backbone": model.name, "num_classes": int(model.output_shape[-1])}  # build_model names models so
     try:
         preprocessing = model.get_layer("preprocessing")
         facts["input_size"] = list(preprocessing.size) if preprocessing.size else None

@@ -45,6 +45,7 @@ def fine_tune(
     strategy=None,
     cache_features="auto",
     jit_compile="auto",
+    train_batchnorm=False,
 ):
     """Trains a model from `build_model` in two stages: the head, then the unfrozen top of the backbone.
 
@@ -68,6 +69,9 @@ def fine_tune(
             (marked by `load_dataset(augment=True)`) or the strategy spans several workers; True or False force it.
         jit_compile: XLA compilation, passed to `model.compile`; `"auto"` turns it on for GPUs only (on this
             project's 2-core CPU machines XLA measured slower).
+        train_batchnorm: let stage 2 train the BatchNormalization layers it unfreezes (for training from scratch).
+            Their moving statistics then lag behind the weights after a short run, so they are recomputed over
+            the training images at the end (`recompute_batchnorm`).
 
     Returns:
         A `keras.callbacks.History` covering the epochs this call trained, numbered continuously across stages.
@@ -83,6 +87,8 @@ def fine_tune(
             raise ValueError(f"{name} must be an integer >= 0. Received: {name}={value!r}")
     if cache_features not in ("auto", True, False):
         raise ValueError(f"cache_features must be 'auto', True or False. Received: cache_features={cache_features!r}")
+    if fine_tune_epochs:
+        set_trainable(model, unfreeze, train_batchnorm=train_batchnorm)  # a bad policy fails now, not after stage 1
     strategy = strategy or tf.distribute.get_strategy()
     augmented = getattr(train, "keras_transfer_augmented", False)  # datasets derived below lose the mark
     loss, metrics, prepare = _loss_and_metrics(model, label_smoothing)
@@ -91,6 +97,7 @@ def fine_tune(
     history = keras.callbacks.History()
     history.history, history.epoch = {}, []
     paths = _run_paths(run_dir)
+    shared = _run_callbacks(model, paths, val is not None)  # one best checkpoint across both stages
 
     if epochs:
         set_trainable(model, "none")
@@ -112,22 +119,58 @@ def fine_tune(
             logger.info("Stage 1: head on a frozen backbone for %d epochs%s", epochs,
                         " (cached backbone features)" if use_cache else "")  # fmt: skip
             h = fit_model.fit(fit_train, validation_data=fit_val, epochs=epochs,
-                              callbacks=_callbacks(model, paths, "stage1", val is not None) + list(callbacks))  # fmt: skip
+                              callbacks=_backup(paths, "stage1") + shared + list(callbacks))  # fmt: skip
             _extend(history, h)
             if paths:
                 _save_atomically(model, paths["stage1"])
 
     if fine_tune_epochs:
-        summary = set_trainable(model, unfreeze)
+        summary = set_trainable(model, unfreeze, train_batchnorm=train_batchnorm)
         logger.info("Stage 2: %s", summary)
         steps = int(train.cardinality()) * fine_tune_epochs
         with strategy.scope():
             model.compile(optimizer=_optimizer(optimizer, _schedule(fine_tune_learning_rate, steps)),
                           loss=loss, metrics=metrics, jit_compile=jit_compile)  # fmt: skip
         h = model.fit(train, validation_data=val, initial_epoch=epochs, epochs=epochs + fine_tune_epochs,
-                      callbacks=_callbacks(model, paths, "stage2", val is not None) + list(callbacks))  # fmt: skip
+                      callbacks=_backup(paths, "stage2") + shared + list(callbacks))  # fmt: skip
         _extend(history, h)
+        if train_batchnorm and summary.trainable_layers:
+            recompute_batchnorm(model, train)
     return history
+
+
+def recompute_batchnorm(model, dataset):
+    """Sets the moving statistics of the model's trainable BatchNormalization layers to their average over
+    `dataset`, in one pass.
+
+    After a short training run the moving averages (momentum 0.99, 0.999 in MobileNet) still sit near their
+    initial values, and inference-mode accuracy can read as chance. Each batch is run in training mode with the
+    momentum set so that the moving value becomes the running mean of the batch statistics. Layers that are
+    frozen keep their statistics.
+
+    Args:
+        model: a Keras model.
+        dataset: batches of `(images, labels)` or of images.
+
+    Returns:
+        The number of BatchNormalization layers updated.
+    """
+    layers = [layer for layer in model._flatten_layers(include_self=False)
+              if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]  # fmt: skip
+    if not layers:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    try:
+        for k, batch in enumerate(dataset):
+            images = batch[0] if isinstance(batch, tuple) else batch
+            for layer in layers:
+                layer.momentum = k / (k + 1)  # moving = (k * moving + batch) / (k + 1)
+            model(images, training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    logger.info("Recomputed the statistics of %d BatchNormalization layers over %d batches", len(layers), k + 1)
+    return len(layers)
 
 
 def _loss_and_metrics(model, label_smoothing):
@@ -260,13 +303,16 @@ class _FullModelCheckpoint(keras.callbacks.ModelCheckpoint):
         super().set_model(self._full_model)
 
 
-def _callbacks(model, paths, stage, has_val):
+def _backup(paths, stage):
+    # Kept after training ends, so rerunning a finished run trains nothing more.
+    return [keras.callbacks.BackupAndRestore(os.path.join(paths["backup"], stage), delete_checkpoint=False)] if paths else []
+
+
+def _run_callbacks(model, paths, has_val):
     if not paths:
         return []
-    monitor = "val_loss" if has_val else "loss"
     return [
-        keras.callbacks.BackupAndRestore(os.path.join(paths["backup"], stage), delete_checkpoint=False),
-        _FullModelCheckpoint(model, paths["best"], monitor=monitor, save_best_only=True),
+        _FullModelCheckpoint(model, paths["best"], monitor="val_loss" if has_val else "loss", save_best_only=True),
         keras.callbacks.CSVLogger(paths["csv"], append=True),
         keras.callbacks.TensorBoard(paths["logs"]),
     ]

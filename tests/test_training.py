@@ -82,6 +82,8 @@ def test_label_smoothing_and_bad_arguments():
         kt.fine_tune(model, train, optimizer="adagrad")
     with pytest.raises(ValueError, match=r"fine_tune_epochs must be an integer >= 0\. Received: fine_tune_epochs=-1"):
         kt.fine_tune(model, train, fine_tune_epochs=-1)
+    with pytest.raises(ValueError, match=r"No backbone layer name starts with 'block9'"):
+        kt.fine_tune(model, train, unfreeze="from:block9")  # refused before stage 1 spends any time
     with pytest.raises(ValueError, match=r"cache_features must be 'auto', True or False"):
         kt.fine_tune(model, train, cache_features="yes")
 
@@ -249,3 +251,24 @@ def test_mixed_precision_training_keeps_float32_outputs():
     assert all(np.isfinite(history.history["loss"]))
     images, _ = next(iter(train))
     assert model(images).dtype == "float32"
+
+
+def test_recompute_batchnorm_sets_the_dataset_statistics():
+    from keras_transfer.training import recompute_batchnorm
+
+    x = np.random.default_rng(0).uniform(0, 255, (12, 32, 32, 3)).astype("float32")
+    import tensorflow as tf
+
+    train = tf.data.Dataset.from_tensor_slices(x).batch(4)  # in order: per-batch variances depend on the batches
+    model = kt.build_model("resnet50", 2, input_shape=32, weights=None)
+    kt.set_trainable(model, "all", train_batchnorm=True)
+    assert recompute_batchnorm(model, train) == 53
+    backbone = model.get_layer("backbone")
+    bn = backbone.get_layer("conv1_bn")
+    # The input of conv1_bn over the whole dataset, computed directly.
+    inner = keras.Model(backbone.input, backbone.get_layer("conv1_conv").output)
+    activations = inner(model.get_layer("preprocessing")(x)).numpy()
+    np.testing.assert_allclose(bn.moving_mean.numpy(), activations.mean(axis=(0, 1, 2)), rtol=1e-3, atol=1e-3)
+    per_batch_var = np.mean([activations[i:i + 4].var(axis=(0, 1, 2)) for i in range(0, 12, 4)], axis=0)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), per_batch_var, rtol=1e-3, atol=1e-3)
+    assert bn.momentum == 0.99  # restored
