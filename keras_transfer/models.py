@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -61,6 +62,9 @@ def build_model(
     (2, 3)
     """
     spec = get_spec(backbone)
+    pretrained = _pretrained_metadata(weights)
+    if pretrained:
+        input_shape = _check_pretrained(pretrained, backbone, input_shape, weights)
     height, width = _image_size(backbone, input_shape, spec.min_size, spec.default_size)
     fixed = height is not None
 
@@ -74,6 +78,36 @@ def build_model(
         features, num_classes, head=head, dense_units=dense_units, dropout=dropout, activation=activation
     )
     return keras.Model(images, outputs, name=backbone)
+
+
+def _pretrained_metadata(weights):
+    """The metadata JSON that `pretrain` writes beside `<stem>.weights.h5` as `<stem>.json`, if there is one."""
+    if not isinstance(weights, (str, os.PathLike)) or not os.fspath(weights).endswith(".weights.h5"):
+        return None
+    path = os.fspath(weights)[: -len(".weights.h5")] + ".json"
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _check_pretrained(metadata, backbone, input_shape, weights):
+    """The input shape to build with: the pretrained size when none is given; a mismatch is an error."""
+    if metadata.get("backbone") != backbone:
+        raise ValueError(
+            f"Weights file {os.fspath(weights)!r} was pretrained for backbone {metadata.get('backbone')!r}, not "
+            f"{backbone!r}. Build with backbone={metadata.get('backbone')!r}. Received: backbone={backbone!r}"
+        )
+    size = tuple(metadata.get("image_size") or ())
+    if input_shape is None:
+        return size or None
+    requested = (input_shape, input_shape) if isinstance(input_shape, int) else tuple(input_shape)[:2]
+    if size and requested != size:
+        raise ValueError(
+            f"Weights file {os.fspath(weights)!r} was pretrained at {size[0]}x{size[1]} pixels; build with "
+            f"input_shape={size} or None. Received: input_shape={input_shape!r}"
+        )
+    return input_shape
 
 
 def _image_size(backbone, input_shape, min_size, default_size):

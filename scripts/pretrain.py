@@ -1,0 +1,52 @@
+"""Pretrain a backbone from scratch, supervised or self-supervised (SimCLR), for `build_model(weights=...)`.
+
+Usage: python scripts/pretrain.py --data fashion_mnist --classes 0 1 2 3 4 --backbone mobilenet_v3_small \
+           --image-size 32 --method supervised --epochs 2 --output saved_models/pretrained
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from keras_transfer.backbones import BACKBONES  # noqa: E402
+from keras_transfer.pretraining import METHODS, pretrain  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="fashion_mnist", help="a load_dataset source (default: fashion_mnist)")
+    parser.add_argument("--classes", nargs="+", help="class subset, names or ids")
+    parser.add_argument("--backbone", default="mobilenet_v3_small", choices=sorted(BACKBONES), metavar="BACKBONE")
+    parser.add_argument("--method", default="supervised", choices=METHODS)
+    parser.add_argument("--image-size", type=int, default=None, help="default: the backbone's")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--output", default="saved_models/pretrained")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.epochs < 1 or args.batch_size < 1:
+        parser.error(f"argument --epochs/--batch-size: must be >= 1, got {args.epochs}/{args.batch_size}")
+    classes = [int(c) if c.isdigit() else c for c in args.classes] if args.classes else None
+    try:
+        path = pretrain(args.backbone, args.data, method=args.method, image_size=args.image_size, epochs=args.epochs,
+                        batch_size=args.batch_size, learning_rate=args.learning_rate, classes=classes,
+                        output_dir=args.output, seed=args.seed)  # fmt: skip
+    except ValueError as e:
+        print(f"pretrain: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"pretrain: error: {e}", file=sys.stderr)
+        return 1
+    with open(path[: -len(".weights.h5")] + ".json") as f:
+        print(f"{path}\n{json.dumps(json.load(f)['metrics'], indent=2)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
