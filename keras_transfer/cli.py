@@ -145,7 +145,7 @@ def _run(config):
     from keras_transfer.distribute import get_strategy, set_mixed_precision
     from keras_transfer.evaluation import evaluate
     from keras_transfer.export import export_saved_model
-    from keras_transfer.models import build_model
+    from keras_transfer.models import build_model, pretrained_metadata
     from keras_transfer.training import fine_tune
 
     os.makedirs(config.output, exist_ok=True)
@@ -154,7 +154,9 @@ def _run(config):
     keras.utils.set_random_seed(config.seed)
     policy = set_mixed_precision(config.mixed_precision)
     strategy = get_strategy(config.strategy)
-    size = config.image_size or BACKBONES[config.backbone].default_size
+    weights = None if config.weights.lower() == "none" else config.weights
+    pretrained = pretrained_metadata(weights) or {}
+    size = config.image_size or (pretrained.get("image_size") or [BACKBONES[config.backbone].default_size])[0]
     train, val, test, info = load_dataset(
         config.data, image_size=size, batch_size=config.batch_size * strategy.num_replicas_in_sync,
         validation_split=config.validation_split, test_split=config.test_split, seed=config.seed,
@@ -162,7 +164,6 @@ def _run(config):
         data_dir=config.data_dir,
     )  # fmt: skip
     print(info)
-    weights = None if config.weights.lower() == "none" else config.weights
     with strategy.scope():
         model = build_model(config.backbone, info.num_classes, input_shape=size, weights=weights, head=config.head,
                             dense_units=tuple(config.dense_units), dropout=config.dropout)  # fmt: skip

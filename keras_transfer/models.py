@@ -62,7 +62,7 @@ def build_model(
     (2, 3)
     """
     spec = get_spec(backbone)
-    pretrained = _pretrained_metadata(weights)
+    pretrained = pretrained_metadata(weights)
     if pretrained:
         input_shape = _check_pretrained(pretrained, backbone, input_shape, weights)
     height, width = _image_size(backbone, input_shape, spec.min_size, spec.default_size)
@@ -80,7 +80,7 @@ def build_model(
     return keras.Model(images, outputs, name=backbone)
 
 
-def _pretrained_metadata(weights):
+def pretrained_metadata(weights):
     """The metadata JSON that `pretrain` writes beside `<stem>.weights.h5` as `<stem>.json`, if there is one."""
     if not isinstance(weights, (str, os.PathLike)) or not os.fspath(weights).endswith(".weights.h5"):
         return None

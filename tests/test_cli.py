@@ -97,3 +97,16 @@ def test_config_file_sets_defaults_and_flags_override(tmp_path):
     bad.write_text("backbone: vgg16\nepoch: 3\n")
     with pytest.raises(SystemExit):
         parse_config(["--config", str(bad)])
+
+
+def test_pretrained_weights_set_the_image_size_when_none_is_given(tmp_path):
+    base = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(32, 32, 3))
+    base.save_weights(str(tmp_path / "mine.weights.h5"))
+    (tmp_path / "mine.json").write_text(json.dumps({"backbone": "mobilenet_v3_small", "image_size": [32, 32]}))
+    run = tmp_path / "run"
+    code = main(["--data", "digits", "--classes", "0", "1", "--backbone", "mobilenet_v3_small",
+                 "--weights", str(tmp_path / "mine.weights.h5"), "--epochs", "0", "--fine-tune-epochs", "0",
+                 "--output", str(run)])  # fmt: skip
+    assert code == 0
+    model = keras.saving.load_model(run / "model.keras")
+    assert model.get_layer("preprocessing").size == (32, 32)
