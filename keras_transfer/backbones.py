@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-PREPROCESSING_MODES = ("caffe", "tf", "torch", "none")
+PREPROCESSING_MODES = ("caffe", "tf", "torch", "unit", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,10 +16,13 @@ class BackboneSpec:
     """One row of the backbone table.
 
     Attributes:
-        constructor: name of the constructor in `keras.applications`, e.g. `"ResNet50"`.
-        module: the `keras.applications` submodule whose `preprocess_input` matches the weights.
+        constructor: name of the constructor in `keras.applications`, e.g. `"ResNet50"`, or in
+            `keras_transfer.architectures` for backbones Keras lacks (`"ResNet18"`, `"SmallCNN"`).
+        module: the `keras.applications` submodule whose `preprocess_input` matches the weights; None for
+            backbones outside `keras.applications`.
         preprocessing: `"caffe"` (RGB->BGR, ImageNet mean subtracted), `"tf"` (scaled to [-1, 1]),
-            `"torch"` (scaled to [0, 1], ImageNet mean/std) or `"none"` (the model rescales by itself).
+            `"torch"` (scaled to [0, 1], ImageNet mean/std), `"unit"` (scaled to [0, 1]: TF Hub modules) or
+            `"none"` (the model rescales by itself).
         default_size: the input size the ImageNet weights were trained at.
         min_size: the smallest input side the architecture accepts.
         stages: ordered layer-name prefixes of the backbone's stages, used by `stages:K` freezing.
@@ -29,7 +32,7 @@ class BackboneSpec:
     """
 
     constructor: str
-    module: str
+    module: str | None
     preprocessing: str
     default_size: int
     min_size: int
@@ -112,6 +115,9 @@ BACKBONES: dict[str, BackboneSpec] = {
         32,
         ("convnext_tiny_stem",) + tuple(f"convnext_tiny_downsampling_block_{i}" for i in range(3)),
     ),
+    # Not in keras.applications (keras_transfer.architectures); no ImageNet weights.
+    "resnet18": BackboneSpec("ResNet18", None, "torch", 224, 32, _RESNET),
+    "small_cnn": BackboneSpec("SmallCNN", None, "tf", 32, 16, tuple(f"block{i}_" for i in range(1, 5))),
 }
 
 
@@ -129,6 +135,16 @@ def get_spec(backbone: str) -> BackboneSpec:
     return BACKBONES[backbone]
 
 
+def backbone_constructor(backbone: str):
+    """The function that builds `backbone`: `keras.applications.<constructor>` or our own architecture."""
+    import keras
+
+    from keras_transfer import architectures
+
+    name = get_spec(backbone).constructor
+    return getattr(keras.applications, name, None) or getattr(architectures, name)
+
+
 def list_backbones() -> str:
     """Returns the backbone table as aligned text, one row per backbone.
 
@@ -136,7 +152,7 @@ def list_backbones() -> str:
     >>> print(list_backbones().splitlines()[1])
     vgg16                VGG16               caffe          224      32   5
     """
-    header = ("backbone", "keras.applications", "preprocessing", "default", "min", "stages")
+    header = ("backbone", "constructor", "preprocessing", "default", "min", "stages")
     rows = [header] + [
         (
             name,

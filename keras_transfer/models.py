@@ -9,8 +9,9 @@ import warnings
 
 import keras
 
-from keras_transfer.backbones import BACKBONES, get_spec
+from keras_transfer.backbones import backbone_constructor, get_spec
 from keras_transfer.heads import add_head
+from keras_transfer.hub import DEFAULT_SIZE, MIN_SIZE, PREFIX, hub_backbone, hub_model_name, is_hub
 from keras_transfer.preprocessing import BackbonePreprocessing
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ def build_model(
     `preprocessing`, `backbone`, `head_pool`, `head_dense_<i>`, `head_dropout_<i>`, `predictions`.
 
     Args:
-        backbone: a key of `BACKBONES`, e.g. `"resnet50"` (see `list_backbones()`).
+        backbone: a key of `BACKBONES`, e.g. `"resnet50"` (see `list_backbones()`), or `"hub:<handle>"`: a TF Hub
+            image module by URL or local SavedModel folder (images reach it scaled to [0, 1]; default size 224).
         num_classes: number of classes; 1 gives a single sigmoid unit for binary problems.
         input_shape: `(height, width)`, `(height, width, 3)` or an int side; None uses the backbone's default
             size. `(None, None)` skips resizing, so the backbone runs at whatever size comes in.
@@ -61,6 +63,8 @@ def build_model(
     >>> model.predict(np.zeros((2, 50, 50, 3)), verbose=0).shape
     (2, 3)
     """
+    if is_hub(backbone):
+        return _build_hub_model(backbone, num_classes, input_shape, weights, head, dense_units, dropout, activation)
     spec = get_spec(backbone)
     pretrained = pretrained_metadata(weights)
     if pretrained:
@@ -78,6 +82,22 @@ def build_model(
         features, num_classes, head=head, dense_units=dense_units, dropout=dropout, activation=activation
     )
     return keras.Model(images, outputs, name=backbone)
+
+
+def _build_hub_model(backbone, num_classes, input_shape, weights, head, dense_units, dropout, activation):
+    """A TF Hub module as the backbone: images scaled to [0, 1] (the hub image convention), the module's own
+    weights (`weights` must be "imagenet", meaning pretrained, or None to keep them too)."""
+    if weights not in ("imagenet", None):
+        raise ValueError(f"A hub backbone brings its own weights; weights files do not apply. Use weights='imagenet' "
+                         f"(or None). Received: weights={weights!r}")  # fmt: skip
+    handle = backbone[len(PREFIX) :]
+    height, width = _image_size(backbone, input_shape, MIN_SIZE, DEFAULT_SIZE)
+    images = keras.Input(shape=(None, None, 3), name="images")
+    size = (height, width) if height is not None else None
+    x = BackbonePreprocessing("unit", size=size, dtype="float32", name="preprocessing")(images)
+    features = hub_backbone(handle, (height, width, 3))(x, training=False)
+    outputs = add_head(features, num_classes, head=head, dense_units=dense_units, dropout=dropout, activation=activation)
+    return keras.Model(images, outputs, name=hub_model_name(handle))
 
 
 def pretrained_metadata(weights):
@@ -133,7 +153,7 @@ def _image_size(backbone, input_shape, min_size, default_size):
 
 
 def _construct_backbone(backbone, shape, weights):
-    constructor = getattr(keras.applications, BACKBONES[backbone].constructor)
+    constructor = backbone_constructor(backbone)
     if weights in ("imagenet", None):
         try:
             base = constructor(include_top=False, weights=weights, input_shape=shape)

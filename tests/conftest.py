@@ -7,7 +7,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 # The small sizes the suite builds each backbone at: its minimum (75 px for InceptionV3).
-SMALL_INPUT = {"vgg16": 32, "resnet50": 32, "inception_v3": 75}
+SMALL_INPUT = {"vgg16": 32, "resnet50": 32, "inception_v3": 75, "resnet18": 32, "small_cnn": 32}
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,8 @@ import keras
 import pytest
 
 import keras_transfer as kt
-from keras_transfer.backbones import BACKBONES, PREPROCESSING_MODES, get_spec
+from keras_transfer import architectures
+from keras_transfer.backbones import BACKBONES, PREPROCESSING_MODES, backbone_constructor, get_spec
 
 REQUIRED = """vgg16 vgg19 resnet50 resnet101 resnet152 resnet50v2 inception_v3 inception_resnet_v2 xception mobilenet
 mobilenet_v2 mobilenet_v3_small mobilenet_v3_large densenet121 efficientnet_b0 efficientnet_b1 efficientnet_b2
@@ -16,10 +17,13 @@ def test_table_has_every_required_backbone():
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_row_is_consistent(name):
     spec = BACKBONES[name]
-    assert hasattr(keras.applications, spec.constructor)
-    assert hasattr(getattr(keras.applications, spec.module), "preprocess_input")
+    if spec.module is None:  # our own architecture
+        assert backbone_constructor(name) is getattr(architectures, spec.constructor)
+    else:
+        assert backbone_constructor(name) is getattr(keras.applications, spec.constructor)
+        assert hasattr(getattr(keras.applications, spec.module), "preprocess_input")
     assert spec.preprocessing in PREPROCESSING_MODES
-    assert 32 <= spec.min_size <= spec.default_size
+    assert 16 <= spec.min_size <= spec.default_size
     assert spec.stage_marks in ("start", "end")
     assert len(spec.stages) >= 2 and len(set(spec.stages)) == len(spec.stages)
 
@@ -56,3 +60,18 @@ def test_every_row_builds_at_min_size_and_its_stages_exist_in_order(name):
     assert counts == sorted(counts) and len(set(counts)) == len(counts)
     everything = kt.set_trainable(model, "all", train_batchnorm=True)
     assert everything.frozen_layers == 0
+
+
+@pytest.mark.parametrize("name", ["resnet18", "small_cnn"])
+def test_own_architectures_refuse_imagenet_weights_with_the_way_out(name):
+    with pytest.raises(ValueError, match=rf"Backbone '{name}' has no ImageNet weights.*pretrain"):
+        kt.build_model(name, 2, input_shape=32, weights="imagenet")
+
+
+def test_resnet18_has_the_published_size():
+    # He et al. 2016: ResNet-18 has 11.7M parameters with its 1000-class top (512 * 1000 + 1000 of them).
+    base = backbone_constructor("resnet18")(input_shape=(224, 224, 3))
+    assert base.output_shape == (None, 7, 7, 512)
+    assert base.count_params() - sum(  # BatchNorm moving statistics are not parameters in the paper's count
+        int(w.shape[0]) * 2 for w in base.weights if "moving_mean" in w.path
+    ) + 513_000 == pytest.approx(11_689_512, abs=1)
