@@ -15,6 +15,7 @@ import sys
 from keras_transfer.backbones import BACKBONES
 from keras_transfer.config import RunConfig, load_config
 from keras_transfer.distribute import MIXED_PRECISION, STRATEGIES
+from keras_transfer import hub
 from keras_transfer.heads import HEADS
 from keras_transfer.training import OPTIMIZERS
 
@@ -24,7 +25,7 @@ FLAGS = {  # group -> RunConfig fields shown as flags, in order
              "labels_per_class", "augment", "seed"),
     "Model": ("backbone", "weights", "head", "dense_units", "dropout"),
     "Training": ("epochs", "fine_tune_epochs", "unfreeze", "learning_rate", "fine_tune_learning_rate", "optimizer",
-                 "label_smoothing", "train_batchnorm", "early_stopping", "cache_features"),
+                 "label_smoothing", "train_batchnorm", "early_stopping", "cache_features", "compare_scratch"),
     "Distribution": ("strategy", "mixed_precision", "xla"),
     "Output": ("output", "export"),
 }  # fmt: skip
@@ -41,13 +42,14 @@ HELP = {
     "train_batchnorm": "stage 2 also trains BatchNormalization (training from scratch); statistics recomputed",
     "early_stopping": "stop after this many epochs without val_loss improvement (0: off)",
     "cache_features": "auto, true or false: compute frozen-backbone features once for stage 1",
+    "compare_scratch": "also train the same model from random weights on the same images (all layers, BatchNorm "
+    "trained, as many epochs as both stages) and compare test accuracy; written to <output>/scratch/",
     "mixed_precision": "off, auto, mixed_float16 or mixed_bfloat16",
     "xla": "auto (on for GPUs), on or off",
     "output": "run folder: config.yaml, history.csv, logs, checkpoints, report.json, confusion.png",
     "export": "also export a SavedModel (TF Serving layout) into this folder",
 }
 CHOICES = {
-    "backbone": sorted(BACKBONES),
     "head": list(HEADS),
     "optimizer": list(OPTIMIZERS),
     "strategy": list(STRATEGIES),
@@ -82,6 +84,10 @@ def build_parser():
                 kwargs["help"] = f"one of: {', '.join(CHOICES[name])} (default: {default})"
             elif name == "unfreeze":
                 kwargs["type"] = _policy
+            elif name == "backbone":
+                kwargs["type"] = _backbone
+                kwargs["metavar"] = "BACKBONE"
+                kwargs["help"] = f"one of: {', '.join(BACKBONES)}, or hub:URL_OR_FOLDER (default: {default})"
             else:
                 kwargs["type"] = _type_of(fields[name], default)
             arguments.add_argument(flag, **kwargs)
@@ -92,6 +98,13 @@ def _type_of(field, default):
     if default is not None:
         return type(default)
     return int if "int" in str(field.type) else str
+
+
+def _backbone(value):
+    if value not in BACKBONES and not value.startswith("hub:"):
+        raise argparse.ArgumentTypeError(f"invalid backbone {value!r}: expected one of {', '.join(sorted(BACKBONES))}, "
+                                         "or hub:URL_OR_FOLDER")  # fmt: skip
+    return value
 
 
 def _policy(value):
@@ -146,7 +159,6 @@ def _run(config):
     from keras_transfer.evaluation import evaluate
     from keras_transfer.export import export_saved_model
     from keras_transfer.models import build_model, pretrained_metadata
-    from keras_transfer.training import fine_tune
 
     os.makedirs(config.output, exist_ok=True)
     with open(os.path.join(config.output, "config.yaml"), "w") as f:
@@ -155,8 +167,15 @@ def _run(config):
     policy = set_mixed_precision(config.mixed_precision)
     strategy = get_strategy(config.strategy)
     weights = None if config.weights.lower() == "none" else config.weights
+    if config.compare_scratch and weights is None:
+        raise ValueError("--compare-scratch compares pretrained weights with random ones; give --weights imagenet "
+                         f"or a weights file. Received: weights={config.weights!r}")  # fmt: skip
+    if config.compare_scratch and not (config.validation_split or config.test_split):
+        raise ValueError("--compare-scratch needs images to compare on: give --test-split or --validation-split "
+                         "above 0 (or a data folder with test/ or validation/).")  # fmt: skip
     pretrained = pretrained_metadata(weights) or {}
-    size = config.image_size or (pretrained.get("image_size") or [BACKBONES[config.backbone].default_size])[0]
+    default_size = BACKBONES[config.backbone].default_size if config.backbone in BACKBONES else hub.DEFAULT_SIZE
+    size = config.image_size or (pretrained.get("image_size") or [default_size])[0]
     train, val, test, info = load_dataset(
         config.data, image_size=size, batch_size=config.batch_size * strategy.num_replicas_in_sync,
         validation_split=config.validation_split, test_split=config.test_split, seed=config.seed,
@@ -167,19 +186,7 @@ def _run(config):
     with strategy.scope():
         model = build_model(config.backbone, info.num_classes, input_shape=size, weights=weights, head=config.head,
                             dense_units=tuple(config.dense_units), dropout=config.dropout)  # fmt: skip
-    callbacks = []
-    if config.early_stopping:
-        monitor = "val_loss" if val is not None else "loss"
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping,
-                                                       restore_best_weights=True))  # fmt: skip
-    history = fine_tune(
-        model, train, val, epochs=config.epochs, fine_tune_epochs=config.fine_tune_epochs, unfreeze=config.unfreeze,
-        learning_rate=config.learning_rate, fine_tune_learning_rate=config.fine_tune_learning_rate,
-        optimizer=config.optimizer, label_smoothing=config.label_smoothing, callbacks=callbacks,
-        run_dir=config.output, strategy=strategy,
-        cache_features={"auto": "auto", "true": True, "false": False}[config.cache_features],
-        jit_compile={"auto": "auto", "on": True, "off": False}[config.xla], train_batchnorm=config.train_batchnorm,
-    )  # fmt: skip
+    history = _train(config, model, train, val, strategy, config.output)
     model.save(os.path.join(config.output, "model.keras"))
     evaluated = test if test is not None else val
     split = "test" if test is not None else "validation"
@@ -199,7 +206,63 @@ def _run(config):
         print(f"\n{split}: {report}")
     if exported:
         print(f"\nSavedModel: {exported}")
+    if config.compare_scratch and report:
+        _compare_scratch(config, report, size, train, val, evaluated, split, info, strategy)
     return 0
+
+
+def _compare_scratch(config, transfer, size, train, val, evaluated, split, info, strategy):
+    """Trains the same architecture from random weights on the same batches; prints and saves the comparison."""
+    import json
+
+    import keras
+
+    from keras_transfer.evaluation import evaluate
+    from keras_transfer.models import build_model
+
+    run_dir = os.path.join(config.output, "scratch")
+    epochs = config.epochs + config.fine_tune_epochs
+    print(f"\n--compare-scratch: {config.backbone} from random weights, all layers, {epochs} epochs -> {run_dir}")
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        model = build_model(config.backbone, info.num_classes, input_shape=size, weights=None, head=config.head,
+                            dense_units=tuple(config.dense_units), dropout=config.dropout)  # fmt: skip
+    _train(config, model, train, val, strategy, run_dir, scratch=True)
+    scratch = evaluate(model, evaluated, info.class_names, output_dir=run_dir)
+    rows = {f"pretrained ({config.weights})": transfer, "scratch": scratch}
+    print(f"\n{split} accuracy on {transfer.num_examples} images:")
+    for name, report in rows.items():
+        print(f"  {name:<60} {report.accuracy:6.1%}")
+    gain = transfer.accuracy - scratch.accuracy
+    print(f"  transfer - scratch: {100 * gain:+.1f} points")
+    with open(os.path.join(config.output, "comparison.json"), "w") as f:
+        json.dump({"split": split, "num_examples": transfer.num_examples, "transfer_accuracy": transfer.accuracy,
+                   "scratch_accuracy": scratch.accuracy, "gain": gain, "weights": config.weights}, f, indent=2)
+
+
+def _train(config, model, train, val, strategy, run_dir, scratch=False):
+    """fine_tune with the run's settings; `scratch` trains every layer from the start for both stages' epochs."""
+    import keras
+
+    from keras_transfer.training import fine_tune
+
+    callbacks = []
+    if config.early_stopping:
+        monitor = "val_loss" if val is not None else "loss"
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping,
+                                                       restore_best_weights=True))  # fmt: skip
+    stages = dict(epochs=config.epochs, fine_tune_epochs=config.fine_tune_epochs, unfreeze=config.unfreeze,
+                  learning_rate=config.learning_rate, fine_tune_learning_rate=config.fine_tune_learning_rate,
+                  train_batchnorm=config.train_batchnorm)  # fmt: skip
+    if scratch:
+        stages = dict(epochs=0, fine_tune_epochs=config.epochs + config.fine_tune_epochs, unfreeze="all",
+                      fine_tune_learning_rate=config.learning_rate, train_batchnorm=True)  # fmt: skip
+    return fine_tune(
+        model, train, val, optimizer=config.optimizer, label_smoothing=config.label_smoothing, callbacks=callbacks,
+        run_dir=run_dir, strategy=strategy,
+        cache_features={"auto": "auto", "true": True, "false": False}[config.cache_features],
+        jit_compile={"auto": "auto", "on": True, "off": False}[config.xla], **stages,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ class RunConfig:
     train_batchnorm: bool = False  # stage 2 trains BatchNormalization too (from scratch), statistics recomputed
     early_stopping: int = 0  # patience in epochs; 0 turns it off
     cache_features: str = "auto"
+    compare_scratch: bool = False  # also train the same model from random weights on the same data, compare
     # Distribution
     strategy: str = "auto"
     mixed_precision: str = "off"

@@ -58,6 +58,9 @@ def evaluate(model, dataset, class_names=None, *, output_dir=None):
     Raises:
         ValueError: if the dataset is empty or `class_names` does not match the model's outputs.
     """
+    if dataset is None:
+        raise ValueError("No dataset to evaluate (None): load_dataset returns None for a split it was not asked for; "
+                         "pass test_split= or validation_split= above 0.")  # fmt: skip
     probs, labels = [], []
     for images, y in dataset:
         probs.append(np.asarray(model(images, training=False), dtype=np.float64))

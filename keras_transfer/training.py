@@ -46,6 +46,7 @@ def fine_tune(
     cache_features="auto",
     jit_compile="auto",
     train_batchnorm=False,
+    verbose="auto",
 ):
     """Trains a model from `build_model` in two stages: the head, then the unfrozen top of the backbone.
 
@@ -72,6 +73,7 @@ def fine_tune(
         train_batchnorm: let stage 2 train the BatchNormalization layers it unfreezes (for training from scratch).
             Their moving statistics then lag behind the weights after a short run, so they are recomputed over
             the training images at the end (`recompute_batchnorm`).
+        verbose: passed to `model.fit`: `"auto"`, 0 (silent), 1 (progress bar) or 2 (one line per epoch).
 
     Returns:
         A `keras.callbacks.History` covering the epochs this call trained, numbered continuously across stages.
@@ -118,7 +120,7 @@ def fine_tune(
                                   jit_compile=jit_compile)
             logger.info("Stage 1: head on a frozen backbone for %d epochs%s", epochs,
                         " (cached backbone features)" if use_cache else "")  # fmt: skip
-            h = fit_model.fit(fit_train, validation_data=fit_val, epochs=epochs,
+            h = fit_model.fit(fit_train, validation_data=fit_val, epochs=epochs, verbose=verbose,
                               callbacks=_backup(paths, "stage1") + shared + list(callbacks))  # fmt: skip
             _extend(history, h)
             if paths:
@@ -131,7 +133,7 @@ def fine_tune(
         with strategy.scope():
             model.compile(optimizer=_optimizer(optimizer, _schedule(fine_tune_learning_rate, steps)),
                           loss=loss, metrics=metrics, jit_compile=jit_compile)  # fmt: skip
-        h = model.fit(train, validation_data=val, initial_epoch=epochs, epochs=epochs + fine_tune_epochs,
+        h = model.fit(train, validation_data=val, initial_epoch=epochs, epochs=epochs + fine_tune_epochs, verbose=verbose,
                       callbacks=_backup(paths, "stage2") + shared + list(callbacks))  # fmt: skip
         _extend(history, h)
         if train_batchnorm and summary.trainable_layers:

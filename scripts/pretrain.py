@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 
@@ -33,6 +34,7 @@ def main(argv=None) -> int:
     if args.epochs < 1 or args.batch_size < 1:
         parser.error(f"argument --epochs/--batch-size: must be >= 1, got {args.epochs}/{args.batch_size}")
     classes = [int(c) if c.isdigit() else c for c in args.classes] if args.classes else None
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         path = pretrain(args.backbone, args.data, method=args.method, image_size=args.image_size, epochs=args.epochs,
                         batch_size=args.batch_size, learning_rate=args.learning_rate, classes=classes,

@@ -64,7 +64,7 @@ def test_end_to_end_run_folder_report_and_export(small_folder, tmp_path, capsys)
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--backbone", "resnet5"], r"argument --backbone: invalid choice: 'resnet5'"),
+        (["--backbone", "resnet5"], r"argument --backbone: invalid backbone 'resnet5': expected one of .*hub:URL_OR_FOLDER"),
         (["--unfreeze", "freeze"], r"argument --unfreeze: invalid policy 'freeze'"),
         (["--batch-size", "0"], r"argument --batch-size: invalid value 0"),
         (["--epochs", "x"], r"argument --epochs: invalid int value: 'x'"),
@@ -110,3 +110,31 @@ def test_pretrained_weights_set_the_image_size_when_none_is_given(tmp_path):
     assert code == 0
     model = keras.saving.load_model(run / "model.keras")
     assert model.get_layer("preprocessing").size == (32, 32)
+
+
+def test_compare_scratch_trains_both_on_the_same_split_and_reports_the_gain(small_folder, tmp_path, capsys):
+    keras.utils.set_random_seed(0)
+    weights = tmp_path / "small.weights.h5"
+    from keras_transfer import build_model
+
+    build_model("small_cnn", 3, input_shape=32, weights=None).get_layer("backbone").save_weights(weights)
+    run = tmp_path / "run"
+    code = main(["--data", str(small_folder), "--backbone", "small_cnn", "--image-size", "32", "--weights",
+                 str(weights), "--epochs", "1", "--fine-tune-epochs", "1", "--batch-size", "4", "--test-split", "0.25",
+                 "--compare-scratch", "--output", str(run)])  # fmt: skip
+    assert code == 0
+    comparison = json.loads((run / "comparison.json").read_text())
+    transfer = json.loads((run / "report.json").read_text())
+    scratch = json.loads((run / "scratch" / "report.json").read_text())
+    assert comparison["transfer_accuracy"] == transfer["accuracy"]
+    assert comparison["scratch_accuracy"] == scratch["accuracy"]
+    assert comparison["num_examples"] == transfer["num_examples"] == scratch["num_examples"] == 9
+    assert comparison["gain"] == pytest.approx(transfer["accuracy"] - scratch["accuracy"])
+    assert (run / "scratch" / "checkpoints" / "best.keras").exists()
+    assert "transfer - scratch:" in capsys.readouterr().out
+
+
+def test_compare_scratch_needs_pretrained_weights(small_folder, tmp_path, capsys):
+    code = main(["--data", str(small_folder), "--weights", "none", "--compare-scratch", "--output", str(tmp_path)])
+    assert code == 2
+    assert "--compare-scratch compares pretrained weights with random ones" in capsys.readouterr().err
