@@ -55,6 +55,8 @@ class BackbonePreprocessing(keras.layers.Layer):
             mean = ops.convert_to_tensor(_TORCH_MEAN, dtype=x.dtype)
             std = ops.convert_to_tensor(_TORCH_STD, dtype=x.dtype)
             return (x / 255.0 - mean) / std
+        if self.mode == "unit":  # TF Hub's image convention: RGB in [0, 1]
+            return x / 255.0
         return x
 
     def compute_output_shape(self, input_shape):

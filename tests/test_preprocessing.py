@@ -10,7 +10,10 @@ from keras_transfer.preprocessing import BackbonePreprocessing
 def test_in_model_preprocessing_matches_keras_preprocess_input(name, rgb_images):
     spec = BACKBONES[name]
     x = rgb_images(3, 16)
-    expected = getattr(keras.applications, spec.module).preprocess_input(x.copy())
+    if spec.module is None:
+        expected = keras.applications.imagenet_utils.preprocess_input(x.copy(), mode=spec.preprocessing)
+    else:
+        expected = getattr(keras.applications, spec.module).preprocess_input(x.copy())
     got = keras.ops.convert_to_numpy(BackbonePreprocessing(spec.preprocessing)(x))
     np.testing.assert_allclose(got, np.asarray(expected), rtol=0, atol=1e-4)
 
@@ -32,5 +35,5 @@ def test_config_round_trip():
 
 
 def test_unknown_mode_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"Unknown preprocessing mode 'bgr'.*caffe, tf, torch, none"):
+    with pytest.raises(ValueError, match=r"Unknown preprocessing mode 'bgr'.*caffe, tf, torch, unit, none"):
         BackbonePreprocessing("bgr")
