@@ -10,11 +10,14 @@ from keras_transfer.export import export_saved_model
 from keras_transfer.models import build_model
 from keras_transfer.policies import set_trainable
 from keras_transfer.preprocessing import BackbonePreprocessing  # noqa: F401  (registers the layer for loading)
+from keras_transfer.pretraining import pretrain
+from keras_transfer.retrieval import FeatureIndex
 from keras_transfer.training import fine_tune
 
 __version__ = "0.1.0"
 __all__ = [
     "BACKBONES",
+    "FeatureIndex",
     "build_model",
     "evaluate",
     "export_saved_model",
@@ -22,6 +25,7 @@ __all__ = [
     "get_strategy",
     "list_backbones",
     "load_dataset",
+    "pretrain",
     "set_trainable",
 ]
 

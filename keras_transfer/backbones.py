@@ -150,7 +150,7 @@ def list_backbones() -> str:
 
     Example:
     >>> print(list_backbones().splitlines()[1])
-    vgg16                VGG16               caffe          224      32   5
+    vgg16                VGG16              caffe          224      32   5
     """
     header = ("backbone", "constructor", "preprocessing", "default", "min", "stages")
     rows = [header] + [

@@ -12,10 +12,10 @@ import os
 import re
 import sys
 
+from keras_transfer import hub
 from keras_transfer.backbones import BACKBONES
 from keras_transfer.config import RunConfig, load_config
 from keras_transfer.distribute import MIXED_PRECISION, STRATEGIES
-from keras_transfer import hub
 from keras_transfer.heads import HEADS
 from keras_transfer.training import OPTIMIZERS
 
@@ -170,9 +170,6 @@ def _run(config):
     if config.compare_scratch and weights is None:
         raise ValueError("--compare-scratch compares pretrained weights with random ones; give --weights imagenet "
                          f"or a weights file. Received: weights={config.weights!r}")  # fmt: skip
-    if config.compare_scratch and not (config.validation_split or config.test_split):
-        raise ValueError("--compare-scratch needs images to compare on: give --test-split or --validation-split "
-                         "above 0 (or a data folder with test/ or validation/).")  # fmt: skip
     pretrained = pretrained_metadata(weights) or {}
     default_size = BACKBONES[config.backbone].default_size if config.backbone in BACKBONES else hub.DEFAULT_SIZE
     size = config.image_size or (pretrained.get("image_size") or [default_size])[0]
@@ -183,6 +180,9 @@ def _run(config):
         data_dir=config.data_dir,
     )  # fmt: skip
     print(info)
+    if config.compare_scratch and test is None and val is None:
+        raise ValueError("--compare-scratch needs images to compare on: give --test-split or --validation-split "
+                         "above 0 (or a data folder with test/ or validation/).")  # fmt: skip
     with strategy.scope():
         model = build_model(config.backbone, info.num_classes, input_shape=size, weights=weights, head=config.head,
                             dense_units=tuple(config.dense_units), dropout=config.dropout)  # fmt: skip
