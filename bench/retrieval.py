@@ -121,9 +121,9 @@ def main(argv=None):
 
     results, n_test = quality(args.pretrained, args.epochs)
     print(f"\nDigits retrieval, small_cnn 32 px features, {n_test} test images querying each other:")
-    print(f"  {'features':<62} {'recall@1':>8} {'recall@5':>8} {'mAP':>6}")
+    print(f"  {'features':<66} {'recall@1':>8} {'recall@5':>8} {'mAP':>6}")
     for name, m in results.items():
-        print(f"  {name:<62} {m['recall@1']:>8.3f} {m['recall@5']:>8.3f} {m['mAP']:>6.3f}")
+        print(f"  {name:<66} {m['recall@1']:>8.3f} {m['recall@5']:>8.3f} {m['mAP']:>6.3f}")
     return 0
 
 

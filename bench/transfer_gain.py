@@ -45,8 +45,8 @@ def parse_args(argv):
     parser.add_argument("--pretrain-epochs", type=int, default=2, help="supervised pretraining epochs")
     parser.add_argument("--simclr-epochs", type=int, default=5)
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps per stage (at least one epoch)")
-    parser.add_argument("--head-lr", type=float, default=1e-2, help="Adam learning rate of probes and stage 1")
-    parser.add_argument("--fine-tune-lr", type=float, default=1e-3, help="stage-2 peak learning rate (scratch: 1e-3)")
+    parser.add_argument("--head-lr", type=float, default=1e-1, help="Adam learning rate of probes and stage 1")
+    parser.add_argument("--fine-tune-lr", type=float, default=3e-4, help="stage-2 peak learning rate (scratch: 1e-3)")
     parser.add_argument("--batch-size", type=int, default=8, help="fine-tuning batch (64 with all labels)")
     parser.add_argument("--pretrained", default="saved_models/pretrained/bench", help="reused when present")
     parser.add_argument("--output", default="bench/results/transfer_gain.md")
@@ -96,7 +96,8 @@ def run(args, recipe, weights, labels, seed):
 
 def table(args, results):
     rows = ["scratch"] + [f"{m} {r}" for m in args.methods for r in ("probe", "2-stage")]
-    header = "| recipe | " + " | ".join(f"{n} label{'s' if n != '1' else ''}/class" for n in args.labels) + " |"
+    names = ["all labels" if n == "all" else f"{n} label{'s' if n != '1' else ''}/class" for n in args.labels]
+    header = "| recipe | " + " | ".join(names) + " |"
     lines = [header, "|---" * (len(args.labels) + 1) + "|"]
     for row in rows:
         cells = []
