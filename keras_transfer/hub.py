@@ -73,8 +73,8 @@ class HubLayer(keras.layers.Layer):
             raise ValueError(f"Hub module {self.handle!r} is not callable; expected a TF2 image module called as "
                              f"module(images, training=...). Received: {type(self._module).__name__}")  # fmt: skip
         module_variables = list(getattr(self._module, "variables", None) or _find_variables(self._module))
-        trainable = getattr(self._module, "trainable_variables", None)
-        trainable_ids = {id(v) for v in (module_variables if trainable is None else trainable) if v.trainable}
+        listed = getattr(self._module, "trainable_variables", None)
+        trainable_ids = {id(v) for v in (module_variables if listed is None else listed) if v.trainable}
         for variable in module_variables:
             # A Keras variable around the module's own tf.Variable (no copy): training updates the module.
             wrapped = keras.Variable(variable, trainable=id(variable) in trainable_ids, dtype=variable.dtype,

@@ -80,12 +80,16 @@ def test_exports_and_reloads_with_tensorflow_alone(hub_dir, tmp_path, rgb_images
 
 def test_keras_file_needs_an_explicit_opt_in(hub_dir, tmp_path, rgb_images):
     model = kt.build_model(f"hub:{hub_dir}", 2, input_shape=32, weights=None)
+    kernel = model.get_layer("backbone").get_layer("hub_module").weights[0]
+    kernel.assign(kernel * 2.0)  # as if fine-tuned: the .keras file must carry the new values, not the module's
     model.save(tmp_path / "hub.keras")
     with pytest.raises(ValueError, match=r"holds the TF Hub module .*safe_mode=False"):
         keras.saving.load_model(tmp_path / "hub.keras")
     loaded = keras.saving.load_model(tmp_path / "hub.keras", safe_mode=False)
     x = rgb_images(2, 32)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    reloaded = loaded.get_layer("backbone").get_layer("hub_module")
+    np.testing.assert_array_equal(np.array(reloaded._module.variables[0]), np.array(kernel))  # inside the module
 
 
 def test_bad_handles_say_what_to_do(tmp_path, monkeypatch):
