@@ -3,7 +3,7 @@
 Usage:
   python scripts/retrieve.py index FOLDER --model resnet50 [--weights imagenet] --index saved_models/index
   python scripts/retrieve.py index FOLDER --model run/model.keras --index saved_models/index   (fine-tuned)
-  python scripts/retrieve.py query saved_models/index IMAGE [IMAGE ...] [--k 5] [--json] [--faiss]
+  python scripts/retrieve.py query saved_models/index IMAGE [IMAGE ...] [--k 5] [--json] [--output F] [--faiss]
   python scripts/retrieve.py evaluate saved_models/index        (recall@k and mAP; class = parent folder name)
 """
 
@@ -36,6 +36,7 @@ def build_parser():
     query.add_argument("images", nargs="+")
     query.add_argument("--k", type=int, default=5)
     query.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    query.add_argument("--output", help="also write the results as JSON to this file")
     query.add_argument("--faiss", action="store_true", help="approximate search with faiss-cpu")
     evaluate = commands.add_parser("evaluate", help="recall@k and mAP, relevant = same parent folder")
     evaluate.add_argument("index")
@@ -91,6 +92,9 @@ def query(args):
 
     index = FeatureIndex.load(args.index, search="faiss" if args.faiss else None)
     results = [{"query": image, "results": index.query(image, k=args.k)} for image in args.images]
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(results, f, indent=2)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -149,8 +149,9 @@ def test_retrieve_script_indexes_queries_adds_and_evaluates(photo_folder, tmp_pa
                      "--add"]) == 0  # fmt: skip
     assert "12 in" in capsys.readouterr().out
     query = str(photo_folder / "blue" / "2.png")
-    assert retrieve(["query", str(index_dir), query, "--k", "3", "--json"]) == 0
+    assert retrieve(["query", str(index_dir), query, "--k", "3", "--json", "--output", str(tmp_path / "r.json")]) == 0
     results = json.loads(capsys.readouterr().out)
+    assert json.loads((tmp_path / "r.json").read_text()) == results
     assert results[0]["query"] == query and results[0]["results"][0]["path"] == query
     assert len(results[0]["results"]) == 3
     assert retrieve(["evaluate", str(index_dir)]) == 0
