@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transfer.backbones import get_spec
-from keras_transfer.data import augmentation, load_dataset
+from keras_transfer.data import load_dataset
 from keras_transfer.models import build_model
 from keras_transfer.policies import set_trainable
 from keras_transfer.training import recompute_batchnorm
@@ -104,12 +104,27 @@ def nt_xent(z1, z2, temperature=0.5):
     return tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(partners, logits, from_logits=True))
 
 
+def simclr_augmentation(seed=None):
+    """SimCLR's views: stronger than the training augmentation, above all random crops (zooming in to 50-100% of
+    each side) and contrast / brightness changes; with weak views the contrastive task is too easy to teach much."""
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomZoom((-0.5, 0.0), fill_mode="reflect", seed=seed),
+            keras.layers.RandomTranslation(0.15, 0.15, fill_mode="reflect", seed=seed),
+            keras.layers.RandomContrast(0.5, seed=seed),
+            keras.layers.RandomBrightness(0.3, value_range=(0, 255), seed=seed),
+        ],
+        name="simclr_augmentation",
+    )
+
+
 def _simclr(model, images, epochs, learning_rate, seed):
     encoder = keras.Model(model.input, model.get_layer("head_pool").output, name="encoder")
     projection = keras.Sequential(
         [keras.layers.Dense(128, activation="relu"), keras.layers.Dense(64)], name="projection"
     )
-    augment = augmentation(seed)
+    augment = simclr_augmentation(seed)
     optimizer = keras.optimizers.Adam(learning_rate)
 
     @tf.function
