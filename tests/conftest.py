@@ -1,6 +1,9 @@
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The EfficientNet-Lite conversions land in a cache of the suite's own, not in the user's ~/.keras.
+os.environ["KERAS_HOME"] = os.path.join(tempfile.gettempdir(), "keras_transfer_tests_keras_home")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

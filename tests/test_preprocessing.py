@@ -10,7 +10,9 @@ from keras_transfer.preprocessing import BackbonePreprocessing
 def test_in_model_preprocessing_matches_keras_preprocess_input(name, rgb_images):
     spec = BACKBONES[name]
     x = rgb_images(3, 16)
-    if spec.module is None:
+    if spec.preprocessing == "lite":  # TensorFlow's EfficientNet-Lite: MEAN_RGB = 127.0, STDDEV_RGB = 128.0
+        expected = (x - 127.0) / 128.0
+    elif spec.module is None:
         expected = keras.applications.imagenet_utils.preprocess_input(x.copy(), mode=spec.preprocessing)
     else:
         expected = getattr(keras.applications, spec.module).preprocess_input(x.copy())
@@ -35,5 +37,5 @@ def test_config_round_trip():
 
 
 def test_unknown_mode_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"Unknown preprocessing mode 'bgr'.*caffe, tf, torch, unit, none"):
+    with pytest.raises(ValueError, match=r"Unknown preprocessing mode 'bgr'.*caffe, tf, torch, unit, lite, none"):
         BackbonePreprocessing("bgr")
