@@ -64,6 +64,8 @@ def build_parser():
         prog="keras-transfer", description="Fine-tune a pretrained backbone into an evaluated, exported classifier."
     )
     parser.add_argument("--config", help="YAML file of settings (the flags' names with underscores)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="Keras progress bars and warnings, TensorFlow's own log lines")  # fmt: skip
     fields = {field.name: field for field in dataclasses.fields(RunConfig)}
     defaults = RunConfig()
     for group, names in FLAGS.items():
@@ -117,6 +119,7 @@ def parse_config(argv=None):
     """Merges RunConfig defaults < --config file < flags. Exits 2 on bad arguments, naming the flag and value."""
     parser = build_parser()
     args = vars(parser.parse_args(argv))
+    args.pop("verbose")
     values = {}
     if args.get("config"):
         try:
@@ -140,9 +143,10 @@ def parse_config(argv=None):
 
 def main(argv=None) -> int:
     parser, config = parse_config(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    verbose = "--verbose" in (sys.argv[1:] if argv is None else argv)
+    quiet_frameworks(verbose)
     try:
-        return _run(config)
+        return _run(config, verbose)
     except ValueError as e:
         print(f"keras-transfer: error: {e}", file=sys.stderr)
         return 2
@@ -151,7 +155,21 @@ def main(argv=None) -> int:
         return 1
 
 
-def _run(config):
+def quiet_frameworks(verbose=False):
+    """What a command shows: our INFO lines; without `verbose`, none of Keras's UserWarnings (about choices the
+    library made for the user) nor TensorFlow's Python log lines."""
+    import warnings
+
+    import tensorflow as tf
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    if not verbose:
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"keras(\.|$)")
+        tf.get_logger().setLevel(logging.ERROR)
+        tf.autograph.set_verbosity(0)
+
+
+def _run(config, verbose=False):
     import keras
 
     from keras_transfer.data import load_dataset
@@ -186,10 +204,16 @@ def _run(config):
     with strategy.scope():
         model = build_model(config.backbone, info.num_classes, input_shape=size, weights=weights, head=config.head,
                             dense_units=tuple(config.dense_units), dropout=config.dropout)  # fmt: skip
-    history = _train(config, model, train, val, strategy, config.output)
-    model.save(os.path.join(config.output, "model.keras"))
     evaluated = test if test is not None else val
     split = "test" if test is not None else "validation"
+    probe = None
+    if config.compare_scratch:  # on the pretrained features, before fine-tuning changes them
+        from keras_transfer.evaluation import linear_probe
+
+        probe = linear_probe(model, train, evaluated)
+        print(f"linear probe on the pretrained features: {split} accuracy {probe:.1%}")
+    history = _train(config, model, train, val, strategy, config.output, verbose=verbose)
+    model.save(os.path.join(config.output, "model.keras"))
     report = evaluate(model, evaluated, info.class_names, output_dir=config.output) if evaluated is not None else None
     exported = None
     if config.export:
@@ -198,21 +222,19 @@ def _run(config):
                                       metadata={"backbone": config.backbone, "metrics": metrics})  # fmt: skip
 
     print(f"\nRun folder: {config.output}  (dtype policy {policy}, {strategy.num_replicas_in_sync} replica(s))")
-    print(f"{'epoch':>5}  {'stage':<6} " + " ".join(f"{k:>12}" for k in history.history))
-    for i, epoch in enumerate(history.epoch):
-        stage = "head" if epoch < config.epochs else "tune"
-        print(f"{epoch + 1:>5}  {stage:<6} " + " ".join(f"{v[i]:>12.4f}" for v in history.history.values()))
+    print_history(history, config.epochs)
     if report:
         print(f"\n{split}: {report}")
     if exported:
         print(f"\nSavedModel: {exported}")
     if config.compare_scratch and report:
-        _compare_scratch(config, report, size, train, val, evaluated, split, info, strategy)
+        _compare_scratch(config, report, probe, size, train, val, evaluated, split, info, strategy, verbose)
     return 0
 
 
-def _compare_scratch(config, transfer, size, train, val, evaluated, split, info, strategy):
-    """Trains the same architecture from random weights on the same batches; prints and saves the comparison."""
+def _compare_scratch(config, transfer, probe, size, train, val, evaluated, split, info, strategy, verbose):
+    """Trains the same architecture from random weights on the same batches; prints and saves the comparison with
+    the fine-tuned model and the linear probe."""
     import json
 
     import keras
@@ -227,20 +249,35 @@ def _compare_scratch(config, transfer, size, train, val, evaluated, split, info,
     with strategy.scope():
         model = build_model(config.backbone, info.num_classes, input_shape=size, weights=None, head=config.head,
                             dense_units=tuple(config.dense_units), dropout=config.dropout)  # fmt: skip
-    _train(config, model, train, val, strategy, run_dir, scratch=True)
+    _train(config, model, train, val, strategy, run_dir, scratch=True, verbose=verbose)
     scratch = evaluate(model, evaluated, info.class_names, output_dir=run_dir)
-    rows = {f"pretrained ({config.weights})": transfer, "scratch": scratch}
+    rows = {f"{config.backbone} ({config.weights}), fine-tuned": transfer.accuracy,
+            f"linear probe on the {config.weights} features": probe,
+            f"{config.backbone} from scratch": scratch.accuracy}  # fmt: skip
     print(f"\n{split} accuracy on {transfer.num_examples} images:")
-    for name, report in rows.items():
-        print(f"  {name:<60} {report.accuracy:6.1%}")
+    for name, accuracy in rows.items():
+        print(f"  {name:<60} {accuracy:6.1%}")
     gain = transfer.accuracy - scratch.accuracy
-    print(f"  transfer - scratch: {100 * gain:+.1f} points")
+    print(f"  fine-tuned - scratch: {100 * gain:+.1f} points; fine-tuned - probe: {100 * (transfer.accuracy - probe):+.1f}")
     with open(os.path.join(config.output, "comparison.json"), "w") as f:
         json.dump({"split": split, "num_examples": transfer.num_examples, "transfer_accuracy": transfer.accuracy,
-                   "scratch_accuracy": scratch.accuracy, "gain": gain, "weights": config.weights}, f, indent=2)
+                   "scratch_accuracy": scratch.accuracy, "linear_probe_accuracy": probe, "gain": gain,
+                   "weights": config.weights}, f, indent=2)  # fmt: skip
 
 
-def _train(config, model, train, val, strategy, run_dir, scratch=False):
+def print_history(history, stage1_epochs):
+    """The last epoch of each stage, as a table: the per-epoch lines were printed while training."""
+    keys = [k for k in history.history if k != "learning_rate"]
+    print(f"{'stage':<6} {'epochs':>9} " + " ".join(f"{k:>12}" for k in keys))
+    for stage, epochs in (("head", [e for e in history.epoch if e < stage1_epochs]),
+                          ("tune", [e for e in history.epoch if e >= stage1_epochs])):  # fmt: skip
+        if epochs:
+            i = history.epoch.index(epochs[-1])
+            span = f"{epochs[0] + 1}-{epochs[-1] + 1}"
+            print(f"{stage:<6} {span:>9} " + " ".join(f"{history.history[k][i]:>12.4f}" for k in keys))
+
+
+def _train(config, model, train, val, strategy, run_dir, scratch=False, verbose=False):
     """fine_tune with the run's settings; `scratch` trains every layer from the start for both stages' epochs."""
     import keras
 
@@ -261,7 +298,8 @@ def _train(config, model, train, val, strategy, run_dir, scratch=False):
         model, train, val, optimizer=config.optimizer, label_smoothing=config.label_smoothing, callbacks=callbacks,
         run_dir=run_dir, strategy=strategy,
         cache_features={"auto": "auto", "true": True, "false": False}[config.cache_features],
-        jit_compile={"auto": "auto", "on": True, "off": False}[config.xla], **stages,
+        jit_compile={"auto": "auto", "on": True, "off": False}[config.xla], verbose="auto" if verbose else "lines",
+        **stages,
     )  # fmt: skip
 
 

@@ -176,7 +176,7 @@ def load_dataset(
         )  # fmt: skip
     if not sum(info.counts["train"].values()):
         raise ValueError(f"No training images left in {records.name!r} after the class selection and splits.")
-    logger.info("%s", info)
+    logger.debug("%s", info)
     return datasets["train"], datasets["validation"], datasets["test"], info
 
 
@@ -275,7 +275,7 @@ def _fashion_mnist():
                  for p in ("train", "t10k") for k in ("images", "labels")]  # fmt: skip
         if all(os.path.isfile(f) for f in files):
             train_x, train_y, test_x, test_y = (_read_idx(f) for f in files)
-            logger.info("Fashion-MNIST from %s", folder)
+            logger.debug("Fashion-MNIST from %s", folder)
             return {"train": (train_x, train_y), "test": (test_x, test_y)}
     try:
         import keras

@@ -51,7 +51,7 @@ def get_strategy(name="auto"):
         _fix_keras_multi_worker_fit()
     else:
         strategy = _tpu_strategy()
-    logger.info("Strategy %s with %d replicas", type(strategy).__name__, strategy.num_replicas_in_sync)
+    logger.debug("Strategy %s with %d replicas", type(strategy).__name__, strategy.num_replicas_in_sync)
     return strategy
 
 

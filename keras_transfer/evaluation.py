@@ -85,6 +85,41 @@ def evaluate(model, dataset, class_names=None, *, output_dir=None):
     return report
 
 
+def linear_probe(model, train, dataset):
+    """Accuracy on `dataset` of a logistic regression fitted on `train` over the model's pooled backbone features:
+    the baseline a fine-tuning recipe has to beat (call it before fine-tuning to probe the pretrained features).
+
+    Features are L2-normalised; the regression is scikit-learn's multinomial `LogisticRegression(C=10)`.
+
+    Args:
+        model: a model from `build_model`.
+        train: `(images, labels)` batches to fit on.
+        dataset: `(images, labels)` batches to score on.
+
+    Returns:
+        The accuracy as a float in [0, 1].
+
+    Raises:
+        ValueError: if `train` holds fewer than two classes.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    from keras_transfer.training import feature_extractor
+
+    extractor = feature_extractor(model)
+
+    def features(ds):  # one pass, so images and labels stay paired whatever order the pipeline yields
+        pairs = [(np.asarray(extractor(x, training=False)), np.asarray(y).reshape(-1)) for x, y in ds]
+        x = np.concatenate([f for f, _ in pairs])
+        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), np.concatenate([y for _, y in pairs])
+
+    x_train, y_train = features(train)
+    if len(np.unique(y_train)) < 2:
+        raise ValueError(f"A linear probe needs at least two classes in the training images; found {np.unique(y_train)}.")
+    x_test, y_test = features(dataset)
+    return float(LogisticRegression(C=10.0, max_iter=2000).fit(x_train, y_train).score(x_test, y_test))
+
+
 def _report(probs, labels, class_names):
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 

@@ -188,12 +188,7 @@ def load_predictor(path):
 
     if path.endswith(".keras") and os.path.isfile(path):
         model = keras.saving.load_model(path)
-
-        def predict_keras(blobs):
-            # One image at a time: the model resizes any size inside, so no resize is needed here.
-            return np.concatenate([np.asarray(model(_decode(b)[None], training=False)) for b in blobs])
-
-        return predict_keras, [str(i) for i in range(model.output_shape[-1])]
+        return keras_predictor(model), [str(i) for i in range(model.output_shape[-1])]
     version = path
     if os.path.isdir(path) and not os.path.exists(os.path.join(path, "saved_model.pb")):
         versions = sorted(int(n) for n in os.listdir(path) if n.isdigit())
@@ -211,6 +206,17 @@ def load_predictor(path):
         return serve_bytes(image_bytes=tf.constant(list(blobs)))["probabilities"].numpy()
 
     return predict_saved_model, class_names
+
+
+def keras_predictor(model):
+    """`predict(list_of_encoded_images) -> probabilities` for a Keras model taking RGB 0-255 images of any size."""
+    import numpy as np
+
+    def predict(blobs):
+        # One image at a time: the model resizes any size inside, so no resize is needed here.
+        return np.concatenate([np.asarray(model(_decode(b)[None], training=False)) for b in blobs])
+
+    return predict
 
 
 def _decode(blob):

@@ -100,7 +100,7 @@ def set_trainable(model, policy="none", *, train_batchnorm=False):
         frozen_params=_count(model.non_trainable_weights),
         frozen_batchnorm=frozen_batchnorm,
     )
-    logger.info("%s", summary)
+    logger.debug("%s", summary)
     return summary
 
 

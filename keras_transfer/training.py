@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 
 import keras
 import numpy as np
@@ -73,7 +74,9 @@ def fine_tune(
         train_batchnorm: let stage 2 train the BatchNormalization layers it unfreezes (for training from scratch).
             Their moving statistics then lag behind the weights after a short run, so they are recomputed over
             the training images at the end (`recompute_batchnorm`).
-        verbose: passed to `model.fit`: `"auto"`, 0 (silent), 1 (progress bar) or 2 (one line per epoch).
+        verbose: `"lines"` logs one line per epoch through `logging` (about ten per stage when a stage is longer
+            than 10 epochs), with the stage in it; anything else is passed to `model.fit`: `"auto"`, 0 (silent),
+            1 (progress bar) or 2 (Keras's per-epoch line).
 
     Returns:
         A `keras.callbacks.History` covering the epochs this call trained, numbered continuously across stages.
@@ -87,6 +90,8 @@ def fine_tune(
     for name, value in (("epochs", epochs), ("fine_tune_epochs", fine_tune_epochs)):
         if not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be an integer >= 0. Received: {name}={value!r}")
+    if verbose not in ("auto", "lines", 0, 1, 2):
+        raise ValueError(f"verbose must be 'auto', 'lines', 0, 1 or 2. Received: verbose={verbose!r}")
     if cache_features not in ("auto", True, False):
         raise ValueError(f"cache_features must be 'auto', True or False. Received: cache_features={cache_features!r}")
     if fine_tune_epochs:
@@ -118,10 +123,12 @@ def fine_tune(
                     fit_model, fit_train, fit_val = _head_on_features(model, train, val, run_dir)
                 fit_model.compile(optimizer=_optimizer(optimizer, learning_rate), loss=loss, metrics=metrics,
                                   jit_compile=jit_compile)
+            progress = _progress(verbose, "head", 0, epochs + fine_tune_epochs)
             logger.info("Stage 1: head on a frozen backbone for %d epochs%s", epochs,
                         " (cached backbone features)" if use_cache else "")  # fmt: skip
-            h = fit_model.fit(fit_train, validation_data=fit_val, epochs=epochs, verbose=verbose,
-                              callbacks=_backup(paths, "stage1") + shared + list(callbacks))  # fmt: skip
+            h = fit_model.fit(fit_train, validation_data=fit_val, epochs=epochs, shuffle=False,
+                              verbose=progress["verbose"], callbacks=_backup(paths, "stage1") + shared
+                              + list(callbacks) + progress["callbacks"])  # fmt: skip
             _extend(history, h)
             if paths:
                 _save_atomically(model, paths["stage1"])
@@ -133,12 +140,45 @@ def fine_tune(
         with strategy.scope():
             model.compile(optimizer=_optimizer(optimizer, _schedule(fine_tune_learning_rate, steps)),
                           loss=loss, metrics=metrics, jit_compile=jit_compile)  # fmt: skip
-        h = model.fit(train, validation_data=val, initial_epoch=epochs, epochs=epochs + fine_tune_epochs, verbose=verbose,
-                      callbacks=_backup(paths, "stage2") + shared + list(callbacks))  # fmt: skip
+        progress = _progress(verbose, "tune", epochs, epochs + fine_tune_epochs)
+        h = model.fit(train, validation_data=val, initial_epoch=epochs, epochs=epochs + fine_tune_epochs, shuffle=False,
+                      verbose=progress["verbose"], callbacks=_backup(paths, "stage2") + shared + list(callbacks)
+                      + progress["callbacks"])  # fmt: skip
         _extend(history, h)
         if train_batchnorm and summary.trainable_layers:
             recompute_batchnorm(model, train)
     return history
+
+
+class EpochLines(keras.callbacks.Callback):
+    """Logs one line per epoch, `stage` and the metrics in it; in a stage longer than 10 epochs, every
+    `ceil(epochs / 10)`-th epoch and the last (a 200-epoch few-shot stage would otherwise print 200 lines)."""
+
+    def __init__(self, stage, first_epoch=0, total_epochs=None):
+        super().__init__()
+        self.stage, self.first_epoch, self.total_epochs = stage, first_epoch, total_epochs
+
+    def on_train_begin(self, logs=None):
+        length = self.params["epochs"] - self.first_epoch
+        self.every = -(-length // 10) if length > 10 else 1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        last = epoch + 1 == self.params["epochs"]
+        if (epoch + 1 - self.first_epoch) % self.every and not last:
+            return
+        metrics = "  ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items() if k != "learning_rate")
+        total = self.total_epochs or self.params["epochs"]
+        logger.info("epoch %*d/%d  %-4s  %s  (%.1f s)", len(str(total)), epoch + 1, total, self.stage, metrics,
+                    time.perf_counter() - self.started)  # fmt: skip
+
+
+def _progress(verbose, stage, first_epoch, total_epochs):
+    if verbose == "lines":
+        return {"verbose": 0, "callbacks": [EpochLines(stage, first_epoch, total_epochs)]}
+    return {"verbose": verbose, "callbacks": []}
 
 
 def recompute_batchnorm(model, dataset):

@@ -35,8 +35,12 @@ def test_end_to_end_run_folder_report_and_export(small_folder, tmp_path, capsys)
                  "checkpoints/best.keras"):  # fmt: skip
         assert (run / name).exists(), name
     assert os.listdir(run / "logs")
-    out = capsys.readouterr().out
-    assert "epoch  stage" in out and "tune" in out and "test: " in out
+    captured = capsys.readouterr()
+    out, err = captured.out, captured.err
+    assert "stage     epochs" in out and "\nhead " in out and "\ntune " in out and "test: " in out
+    # One line per epoch with its stage, no framework warnings, the dataset described once.
+    assert err.count("epoch 1/2  head") == 1 and err.count("epoch 2/2  tune") == 1, err
+    assert "Warning" not in out + err and (out + err).count("3 classes, train") == 1, out + err
 
     # The report's numbers, recomputed from the saved model on the same test split.
     report = json.loads((run / "report.json").read_text())
@@ -131,7 +135,9 @@ def test_compare_scratch_trains_both_on_the_same_split_and_reports_the_gain(smal
     assert comparison["num_examples"] == transfer["num_examples"] == scratch["num_examples"] == 9
     assert comparison["gain"] == pytest.approx(transfer["accuracy"] - scratch["accuracy"])
     assert (run / "scratch" / "checkpoints" / "best.keras").exists()
-    assert "transfer - scratch:" in capsys.readouterr().out
+    assert 0.0 <= comparison["linear_probe_accuracy"] <= 1.0
+    out = capsys.readouterr().out
+    assert "fine-tuned - scratch:" in out and f"linear probe on the pretrained features: test accuracy" in out
 
 
 def test_compare_scratch_needs_pretrained_weights(small_folder, tmp_path, capsys):

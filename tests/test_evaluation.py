@@ -65,3 +65,24 @@ def test_binary_sigmoid_model_and_errors():
         evaluate(model, tf.data.Dataset.from_tensor_slices((x, np.array([1, 0, 0]))).batch(2), ["a", "b", "c"])
     with pytest.raises(ValueError, match=r"The dataset to evaluate is empty"):
         evaluate(model, tf.data.Dataset.from_tensor_slices((x[:0], np.array([], int))).batch(2))
+
+
+def test_linear_probe_separates_an_easy_problem_and_needs_two_classes():
+    import tensorflow as tf
+
+    from keras_transfer import build_model
+    from keras_transfer.evaluation import linear_probe
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    x = rng.uniform(0, 60, (60, 32, 32, 3)).astype("float32")
+    x[np.arange(60), :, :, y] += 180  # the colour carries the class
+    keras.utils.set_random_seed(0)
+    model = build_model("small_cnn", 3, input_shape=32, weights=None)
+    order = rng.permutation(60)
+    train = tf.data.Dataset.from_tensor_slices((x[order[:30]], y[order[:30]])).shuffle(30).batch(8)  # reshuffled per pass
+    test = tf.data.Dataset.from_tensor_slices((x[order[30:]], y[order[30:]])).shuffle(30).batch(8)
+    assert linear_probe(model, train, test) >= 0.9
+    one_class = tf.data.Dataset.from_tensor_slices((x[:5], np.zeros(5, int))).batch(5)
+    with pytest.raises(ValueError, match="at least two classes"):
+        linear_probe(model, one_class, test)

@@ -74,3 +74,17 @@ def test_export_tflite_and_bad_arguments(saved, capsys):
     with pytest.raises(SystemExit):
         _script("predict").main([str(root / "nowhere"), str(root / "images")])
     assert "is not a SavedModel folder" in capsys.readouterr().err
+
+
+def test_predict_imagenet_names_the_flower_offline(tmp_path, capsys):
+    from sklearn.datasets import load_sample_images
+
+    sample = load_sample_images()
+    flower = tmp_path / "flower.jpg"
+    Image.fromarray(sample.images[sample.filenames.index(next(f for f in sample.filenames if f.endswith("flower.jpg")))]).save(flower)
+    assert _script("predict").main(["--imagenet", str(flower), "--top-k", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)[0]
+    assert result["predictions"][0]["label"] == "daisy" and len(result["predictions"]) == 3
+    with pytest.raises(SystemExit):
+        _script("predict").main(["--imagenet", "--backbone", "small_cnn", str(flower)])
+    assert "Backbone 'small_cnn' has no ImageNet classifier" in capsys.readouterr().err

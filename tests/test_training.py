@@ -73,6 +73,21 @@ def test_augmented_data_is_not_feature_cached(caplog):
     assert "cached backbone features" not in caplog.text
 
 
+def test_lines_mode_logs_about_ten_lines_per_long_stage(caplog):
+    train, _, _, _ = _digits(validation_split=0.0)
+    model = kt.build_model("small_cnn", 3, input_shape=32, weights=None)
+    with caplog.at_level("INFO", logger="keras_transfer.training"):
+        kt.fine_tune(model, train.take(1), epochs=25, fine_tune_epochs=2, unfreeze="all", verbose="lines")
+    head = [line for line in caplog.messages if "  head  " in line]
+    tune = [line for line in caplog.messages if "  tune  " in line]
+    # Stage 1 has 25 epochs: every 3rd and the last; stage 2 has 2: both. Each line names loss and accuracy.
+    assert [line.split()[1] for line in head] == [f"{e}/27" for e in (3, 6, 9, 12, 15, 18, 21, 24, 25)]
+    assert [line.split()[1] for line in tune] == ["26/27", "27/27"]
+    assert all("loss" in line and "accuracy" in line for line in head + tune)
+    with pytest.raises(ValueError, match="verbose must be 'auto', 'lines', 0, 1 or 2. Received: verbose='loud'"):
+        kt.fine_tune(model, train, epochs=1, fine_tune_epochs=0, verbose="loud")
+
+
 def test_label_smoothing_and_bad_arguments():
     train, _, _, _ = _digits(validation_split=0.0)
     model = kt.build_model("vgg16", 3, input_shape=32, weights=None)
