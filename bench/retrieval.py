@@ -113,7 +113,7 @@ def main(argv=None):
 
     print("Index build (decode JPEG + resize + embed), batch 32:")
     for backbone, size in (("small_cnn", 32), ("efficientnet_lite0", 224), ("mobilenet_v2", 224), ("resnet50", 224)):
-        print(f"  {backbone:<14} {size:>3} px  {build_speed(backbone, size, args.images, 32):8.1f} images/s", flush=True)
+        print(f"  {backbone:<18} {size:>3} px  {build_speed(backbone, size, args.images, 32):8.1f} images/s", flush=True)
 
     print(f"\nOne query, top 10, 1280-d vectors (median of 200 queries):")
     print(f"  {'vectors':>8}  {'exact ms':>9}  {'faiss ms':>9}  {'speed-up':>8}  {'faiss build s':>13}  faiss recall@10")
