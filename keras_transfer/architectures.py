@@ -2,7 +2,7 @@
 
 `ResNet18` is the ResNet of He et al. (2016) with basic blocks [2, 2, 2, 2]; `keras.applications` starts at
 ResNet50. `SmallCNN` is a CIFAR-style VGG network (4 blocks of a 3x3 convolution with BatchNormalization) sized
-for 32-pixel images, where ImageNet-style stems shrink the picture to a single pixel; the offline demo uses it.
+for 32-pixel images, where ImageNet-style stems shrink the picture to a single pixel; the transfer-gain benchmark uses it.
 
 `EfficientNetLite0/1/2` are the EfficientNet-Lite networks of TensorFlow's model garden (the default of the TF
 Lite and MediaPipe model makers): EfficientNet-B0's blocks without squeeze-and-excitation, ReLU6, a stem and head

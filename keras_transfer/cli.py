@@ -25,7 +25,7 @@ FLAGS = {  # group -> RunConfig fields shown as flags, in order
              "labels_per_class", "augment", "seed"),
     "Model": ("backbone", "weights", "head", "dense_units", "dropout"),
     "Training": ("epochs", "fine_tune_epochs", "unfreeze", "learning_rate", "fine_tune_learning_rate", "optimizer",
-                 "label_smoothing", "train_batchnorm", "early_stopping", "cache_features", "compare_scratch"),
+                 "label_smoothing", "train_batchnorm", "head_init", "early_stopping", "cache_features", "compare_scratch"),
     "Distribution": ("strategy", "mixed_precision", "xla"),
     "Output": ("output", "export"),
 }  # fmt: skip
@@ -39,6 +39,7 @@ HELP = {
     "weights": "imagenet, none, or a .weights.h5 / .h5 / .keras file",
     "dense_units": "hidden layer sizes of the head (e.g. 1024)",
     "unfreeze": "stage-2 policy: none, all, top:N, from:NAME, stages:K",
+    "head_init": "probe: stage 1 starts from a logistic regression on the cached features (LP-FT)",
     "train_batchnorm": "stage 2 also trains BatchNormalization (training from scratch); statistics recomputed",
     "early_stopping": "stop after this many epochs without val_loss improvement (0: off)",
     "cache_features": "auto, true or false: compute frozen-backbone features once for stage 1",
@@ -56,6 +57,7 @@ CHOICES = {
     "mixed_precision": list(MIXED_PRECISION),
     "xla": ["auto", "on", "off"],
     "cache_features": ["auto", "true", "false"],
+    "head_init": ["none", "probe"],
 }
 
 
@@ -290,7 +292,7 @@ def _train(config, model, train, val, strategy, run_dir, scratch=False, verbose=
                                                        restore_best_weights=True))  # fmt: skip
     stages = dict(epochs=config.epochs, fine_tune_epochs=config.fine_tune_epochs, unfreeze=config.unfreeze,
                   learning_rate=config.learning_rate, fine_tune_learning_rate=config.fine_tune_learning_rate,
-                  train_batchnorm=config.train_batchnorm)  # fmt: skip
+                  train_batchnorm=config.train_batchnorm, head_init=None if config.head_init == "none" else "probe")  # fmt: skip
     if scratch:
         stages = dict(epochs=0, fine_tune_epochs=config.epochs + config.fine_tune_epochs, unfreeze="all",
                       fine_tune_learning_rate=config.learning_rate, train_batchnorm=True)  # fmt: skip

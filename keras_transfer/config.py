@@ -37,6 +37,7 @@ class RunConfig:
     optimizer: str = "adam"
     label_smoothing: float = 0.0
     train_batchnorm: bool = False  # stage 2 trains BatchNormalization too (from scratch), statistics recomputed
+    head_init: str = "none"  # "probe": stage 1 starts from a logistic regression on the cached features (LP-FT)
     early_stopping: int = 0  # patience in epochs; 0 turns it off
     cache_features: str = "auto"
     compare_scratch: bool = False  # also train the same model from random weights on the same data, compare

@@ -47,6 +47,7 @@ def fine_tune(
     cache_features="auto",
     jit_compile="auto",
     train_batchnorm=False,
+    head_init=None,
     verbose="auto",
 ):
     """Trains a model from `build_model` in two stages: the head, then the unfrozen top of the backbone.
@@ -74,6 +75,9 @@ def fine_tune(
         train_batchnorm: let stage 2 train the BatchNormalization layers it unfreezes (for training from scratch).
             Their moving statistics then lag behind the weights after a short run, so they are recomputed over
             the training images at the end (`recompute_batchnorm`).
+        head_init: None, or `"probe"`: start stage 1 from a logistic regression fitted on the cached features
+            (LP-FT, Kumar et al. 2022), so fine-tuning starts at the linear probe's accuracy with a loss that is
+            not yet zero. Needs cached features and a head without hidden dense layers.
         verbose: `"lines"` logs one line per epoch through `logging` (about ten per stage when a stage is longer
             than 10 epochs), with the stage in it; anything else is passed to `model.fit`: `"auto"`, 0 (silent),
             1 (progress bar) or 2 (Keras's per-epoch line).
@@ -92,6 +96,8 @@ def fine_tune(
             raise ValueError(f"{name} must be an integer >= 0. Received: {name}={value!r}")
     if verbose not in ("auto", "lines", 0, 1, 2):
         raise ValueError(f"verbose must be 'auto', 'lines', 0, 1 or 2. Received: verbose={verbose!r}")
+    if head_init not in (None, "probe"):
+        raise ValueError(f"head_init must be None or 'probe'. Received: head_init={head_init!r}")
     if cache_features not in ("auto", True, False):
         raise ValueError(f"cache_features must be 'auto', True or False. Received: cache_features={cache_features!r}")
     if fine_tune_epochs:
@@ -121,6 +127,8 @@ def fine_tune(
             with strategy.scope():  # the head model and its optimizer must belong to the strategy too
                 if use_cache:
                     fit_model, fit_train, fit_val = _head_on_features(model, train, val, run_dir)
+                if head_init == "probe":
+                    _probe_head(model, fit_train if use_cache else None)
                 fit_model.compile(optimizer=_optimizer(optimizer, learning_rate), loss=loss, metrics=metrics,
                                   jit_compile=jit_compile)
             progress = _progress(verbose, "head", 0, epochs + fine_tune_epochs)
@@ -314,6 +322,33 @@ def _head_on_features(model, train, val, run_dir):
 
     logger.info("Computing backbone features once for stage 1")
     return (head_model(model), cached(train, "train", True), cached(val, "validation", False) if val is not None else None)
+
+
+def _probe_head(model, features):
+    """Sets the `predictions` layer to a logistic regression fitted on cached `(features, labels)` batches, on
+    features divided by their mean L2 norm (a scale, so the fit stays a linear map of the raw features)."""
+    from sklearn.linear_model import LogisticRegression
+
+    dense = model.get_layer("predictions")
+    if features is None or dense.get_config()["activation"] != "softmax":
+        raise ValueError("head_init='probe' needs cached features (no augmentation, cache_features not False) and a "
+                         "softmax head. Received: head_init='probe'")  # fmt: skip
+    batches = [(np.asarray(x), np.asarray(y)) for x, y in features]
+    x, y = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+    y = y.argmax(axis=1) if y.ndim == 2 else y.reshape(-1)  # one-hot when label smoothing is on
+    kernel, bias = (np.asarray(w) for w in dense.get_weights())
+    if x.shape[1] != kernel.shape[0]:
+        raise ValueError("head_init='probe' needs a head without hidden dense layers (dense_units=()). "
+                         "Received: head_init='probe'")  # fmt: skip
+    scale = float(np.mean(np.linalg.norm(x, axis=1))) or 1.0
+    fit = LogisticRegression(C=10.0, max_iter=2000).fit(x / scale, y)
+    coef, intercept = fit.coef_, fit.intercept_
+    if len(fit.classes_) == 2:  # scikit-learn keeps one row for two classes: the logit of the second
+        coef, intercept = np.stack([np.zeros_like(coef[0]), coef[0]]), np.array([0.0, intercept[0]])
+    kernel[:], bias[:] = 0.0, -10.0  # classes absent from the training images: never predicted
+    kernel[:, fit.classes_], bias[fit.classes_] = coef.T / scale, intercept
+    dense.set_weights([kernel, bias])
+    logger.info("Stage 1 starts from a logistic regression on the cached features (head_init='probe')")
 
 
 # --- run folder -----------------------------------------------------------------------------------------------

@@ -88,6 +88,28 @@ def test_lines_mode_logs_about_ten_lines_per_long_stage(caplog):
         kt.fine_tune(model, train, epochs=1, fine_tune_epochs=0, verbose="loud")
 
 
+def test_head_init_probe_starts_stage_one_at_the_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+
+    train, _, _, _ = _digits(validation_split=0.0)
+    model = kt.build_model("small_cnn", 3, input_shape=32, weights=None)
+    images, labels = (np.concatenate(parts) for parts in zip(*[(x.numpy(), y.numpy()) for x, y in train]))
+    features = np.asarray(feature_extractor(model).predict(images, verbose=0))
+    # learning rate 0: stage 1 runs (and caches) but leaves the head where head_init put it.
+    kt.fine_tune(model, train, epochs=1, fine_tune_epochs=0, learning_rate=0.0, head_init="probe", verbose=0)
+    scale = np.mean(np.linalg.norm(features, axis=1))
+    expected = LogisticRegression(C=10.0, max_iter=2000).fit(features / scale, labels).predict_proba(features / scale)
+    np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-4)
+
+    with pytest.raises(ValueError, match="head_init must be None or 'probe'. Received: head_init='lp'"):
+        kt.fine_tune(model, train, epochs=1, fine_tune_epochs=0, head_init="lp")
+    with pytest.raises(ValueError, match="needs cached features"):
+        kt.fine_tune(model, train, epochs=1, fine_tune_epochs=0, head_init="probe", cache_features=False)
+    deep = kt.build_model("small_cnn", 3, input_shape=32, weights=None, dense_units=(8,))
+    with pytest.raises(ValueError, match="without hidden dense layers"):
+        kt.fine_tune(deep, train, epochs=1, fine_tune_epochs=0, head_init="probe")
+
+
 def test_label_smoothing_and_bad_arguments():
     train, _, _, _ = _digits(validation_split=0.0)
     model = kt.build_model("vgg16", 3, input_shape=32, weights=None)
