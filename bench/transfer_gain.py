@@ -104,13 +104,13 @@ def run(args, row, weights, labels, seed):
     return float(model.evaluate(test, verbose=0)[1])
 
 
-def ROWS(args):  # noqa: N802  (a table of names, computed from the arguments)
+def row_names(args):
     own = [f"{args.backbone} {m} {r}" for m in args.methods for r in ("probe", "2-stage")]
     return ["scratch"] + own + ["lite0 imagenet probe", "lite0 imagenet 2-stage"]
 
 
 def table(args, results):
-    rows = ROWS(args)
+    rows = row_names(args)
     names = ["all labels" if n == "all" else f"{n} label{'s' if n != '1' else ''}/class" for n in args.labels]
     header = "| recipe | " + " | ".join(names) + " |"
     lines = [header, "|---" * (len(args.labels) + 1) + "|"]
@@ -130,7 +130,7 @@ def main(argv=None):
     results = {}
     for labels in args.labels:
         for seed in range(args.seeds):
-            for row in ROWS(args):
+            for row in row_names(args):
                 w = None if row == "scratch" else "imagenet" if row.startswith("lite0") else weights[row.split()[1]]
                 t = time.time()
                 accuracy = run(args, row, w, labels, seed)

@@ -145,7 +145,7 @@ def parse_config(argv=None):
 
 def main(argv=None) -> int:
     parser, config = parse_config(argv)
-    verbose = "--verbose" in (sys.argv[1:] if argv is None else argv)
+    verbose = parser.parse_args(argv).verbose  # parse_config keeps RunConfig's fields only
     quiet_frameworks(verbose)
     try:
         return _run(config, verbose)
@@ -212,10 +212,14 @@ def _run(config, verbose=False):
     if config.compare_scratch:  # on the pretrained features, before fine-tuning changes them
         from keras_transfer.evaluation import linear_probe
 
+        print(f"linear probe on the pretrained features (one pass over the training and {split} images): ",
+              end="", flush=True)  # fmt: skip
         probe = linear_probe(model, train, evaluated)
-        print(f"linear probe on the pretrained features: {split} accuracy {probe:.1%}")
+        print(f"{split} accuracy {probe:.1%}")
     history = _train(config, model, train, val, strategy, config.output, verbose=verbose)
     model.save(os.path.join(config.output, "model.keras"))
+    if evaluated is not None:
+        print(f"Evaluating on the {sum(info.counts[split].values())} {split} images", flush=True)
     report = evaluate(model, evaluated, info.class_names, output_dir=config.output) if evaluated is not None else None
     exported = None
     if config.export:
@@ -252,6 +256,7 @@ def _compare_scratch(config, transfer, probe, size, train, val, evaluated, split
         model = build_model(config.backbone, info.num_classes, input_shape=size, weights=None, head=config.head,
                             dense_units=tuple(config.dense_units), dropout=config.dropout)  # fmt: skip
     _train(config, model, train, val, strategy, run_dir, scratch=True, verbose=verbose)
+    print(f"Evaluating on the {transfer.num_examples} {split} images", flush=True)
     scratch = evaluate(model, evaluated, info.class_names, output_dir=run_dir)
     rows = {f"{config.backbone} ({config.weights}), fine-tuned": transfer.accuracy,
             f"linear probe on the {config.weights} features": probe,

@@ -190,10 +190,9 @@ def _image_size(backbone, input_shape, min_size, default_size):
 
 
 def _construct_backbone(backbone, shape, weights):
-    if weights in ("imagenet", None):
-        base = _constructed(backbone, include_top=False, weights=weights, input_shape=shape)
-    else:
-        base = _constructed(backbone, include_top=False, weights=None, input_shape=shape)
+    from_file = weights not in ("imagenet", None)
+    base = _constructed(backbone, include_top=False, weights=None if from_file else weights, input_shape=shape)
+    if from_file:
         _load_weights(base, backbone, os.fspath(weights))
     base.name = "backbone"
     return base

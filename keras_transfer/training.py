@@ -143,7 +143,7 @@ def fine_tune(
 
     if fine_tune_epochs:
         summary = set_trainable(model, unfreeze, train_batchnorm=train_batchnorm)
-        logger.info("Stage 2: %s", summary)
+        logger.info("%s: %s", "Stage 2" if epochs else "All stages at once (no head-only stage)", summary)
         steps = int(train.cardinality()) * fine_tune_epochs
         with strategy.scope():
             model.compile(optimizer=_optimizer(optimizer, _schedule(fine_tune_learning_rate, steps)),

@@ -36,6 +36,7 @@ CHECKPOINT_PACKAGES = {
 _STORAGES = {"FloatStorage": "<f4", "DoubleStorage": "<f8", "HalfStorage": "<f2", "LongStorage": "<i8", "IntStorage": "<i4"}
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
+CONVERSION_VERSION = 1  # in the cached file names: a change to the conversion must not reuse older files
 
 
 class _Storage:
@@ -54,7 +55,12 @@ class _LazyTensor:
     def __init__(self, storage, offset, size, stride):
         self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
 
-    def numpy(self):
+    def numpy(self, path):
+        # as_strided does not check bounds: a file whose sizes or strides reach past its storage is refused here.
+        last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride)) if all(self.size) else -1
+        if self.offset < 0 or any(s < 0 for s in self.stride) or last >= self.storage.numel:
+            raise ValueError(f"{path!r} is corrupt: a tensor of size {self.size} reaches past its storage of "
+                             f"{self.storage.numel} values.")  # fmt: skip
         flat = self.storage.data[self.offset :]
         itemsize = flat.dtype.itemsize
         view = np.lib.stride_tricks.as_strided(flat, self.size, tuple(s * itemsize for s in self.stride))
@@ -62,6 +68,9 @@ class _LazyTensor:
 
 
 def _rebuild_tensor(storage, offset, size, stride, *unused):
+    if not (isinstance(storage, _Storage) and isinstance(offset, int) and isinstance(size, tuple)
+            and isinstance(stride, tuple) and len(size) == len(stride)):  # fmt: skip
+        raise pickle.UnpicklingError("a tensor is not made of a storage, an offset, a size and a stride")
     return _LazyTensor(storage, offset, size, stride)
 
 
@@ -131,7 +140,7 @@ def read_torch_checkpoint(path):
             if numel != storage.numel or data.size != numel:
                 raise ValueError(f"{path!r} is truncated or corrupt: storage {key} has {data.size} of {storage.numel} values.")
             storage.data = data
-    return {name: tensor.numpy() for name, tensor in state.items() if isinstance(tensor, _LazyTensor)}
+    return {name: tensor.numpy(path) for name, tensor in state.items() if isinstance(tensor, _LazyTensor)}
 
 
 def checkpoint_path(backbone):
@@ -176,6 +185,7 @@ def imagenet_weights(backbone, include_top=False):
     """
     source = checkpoint_path(backbone)
     stem = os.path.join(_cache_dir(), os.path.basename(source).replace("-", "_").replace(".pth", ""))
+    stem += f"_v{CONVERSION_VERSION}"
     path = stem + (".weights.h5" if include_top else "_notop.weights.h5")
     if not os.path.isfile(path):
         logger.info("Converting %s into %s (once)", source, os.path.dirname(path))

@@ -54,6 +54,41 @@ def test_other_globals_and_non_checkpoints_are_refused(tmp_path):
         weights.read_torch_checkpoint(str(tmp_path / "text.pth"))
 
 
+def _one_tensor_file(path, values, size, stride, offset=0):
+    """A legacy torch file holding {"w": tensor}, written opcode by opcode (no torch needed): one float storage
+    of `values`, viewed with `size`, `stride` and `offset`."""
+
+    def text(s):
+        return b"X" + len(s).to_bytes(4, "little") + s.encode()
+
+    def ints(t):
+        return b"(" + b"".join(b"J" + int(v).to_bytes(4, "little", signed=True) for v in t) + b"t"
+
+    state = (b"\x80\x02ccollections\nOrderedDict\n)R(" + text("w") + b"ctorch._utils\n_rebuild_tensor_v2\n("
+             + b"(" + text("storage") + b"ctorch\nFloatStorage\n" + text("0") + text("cpu")
+             + b"J" + len(values).to_bytes(4, "little") + b"NtQ"
+             + b"J" + offset.to_bytes(4, "little", signed=True) + ints(size) + ints(stride)
+             + b"\x89ccollections\nOrderedDict\n)RtRu.")  # fmt: skip
+    _legacy_file(path, state)
+    with open(path, "r+b") as f:  # _legacy_file ended with an empty key list: list storage "0" and its bytes
+        data = f.read()
+        f.seek(0)
+        f.write(data[: data.rindex(b"\x80\x02")])
+        f.truncate()
+        pickle.dump(["0"], f, protocol=2)
+        f.write(len(values).to_bytes(8, "little") + np.asarray(values, "<f4").tobytes())
+
+
+def test_tensors_are_read_within_their_storage_and_never_past_it(tmp_path):
+    _one_tensor_file(tmp_path / "ok.pth", [1, 2, 3, 4, 5, 6], size=(2, 2), stride=(1, 2), offset=1)
+    np.testing.assert_array_equal(weights.read_torch_checkpoint(str(tmp_path / "ok.pth"))["w"], [[2, 4], [3, 5]])
+    for name, size, stride, offset in (("long", (1000,), (1,), 0), ("stride", (2,), (6,), 0), ("offset", (2,), (1,), 5),
+                                       ("negative", (2,), (-1,), 1)):  # fmt: skip
+        _one_tensor_file(tmp_path / f"{name}.pth", [1, 2, 3, 4, 5, 6], size=size, stride=stride, offset=offset)
+        with pytest.raises(ValueError, match="reaches past its storage of 6 values"):
+            weights.read_torch_checkpoint(str(tmp_path / f"{name}.pth"))
+
+
 def test_a_truncated_checkpoint_is_an_error(tmp_path):
     source = weights.checkpoint_path("efficientnet_lite0")
     data = open(source, "rb").read()
