@@ -92,7 +92,7 @@ def main(argv=None):
     images_per_second(cached)  # first epoch fills the cache
     cached_rate = images_per_second(cached)[0]
 
-    frozen = train_step_rate(args.batch_size, args.train_steps, "none")
+    frozen = train_step_rate(args.batch_size, args.train_steps, "frozen")
     full = train_step_rate(args.batch_size, args.train_steps, "all")
 
     print(f"\nimages/s at 224x224, batch {args.batch_size}, one epoch over {n} JPEGs (best of {args.repeats}):")

@@ -49,12 +49,12 @@ def main(argv=None):
     for seed in range(args.seeds):
         model = build(args, info.num_classes, seed)
         start = time.perf_counter()
-        kt.fine_tune(model, train, val, epochs=args.epochs, fine_tune_epochs=0, learning_rate=1e-3, verbose=0)
+        kt.fine_tune(model, train, val, head_epochs=args.epochs, fine_tune_epochs=0, learning_rate=1e-3, verbose=0)
         times["ours"].append(time.perf_counter() - start)
         accuracies["ours"].append(kt.evaluate(model, val).accuracy)
 
         model = build(args, info.num_classes, seed)  # the Keras guide: freeze the base, compile, fit
-        kt.set_trainable(model, "none")
+        kt.set_trainable(model, "frozen")
         model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
         start = time.perf_counter()
         model.fit(train, validation_data=val, epochs=args.epochs, verbose=0)

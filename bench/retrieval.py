@@ -81,11 +81,11 @@ def quality(pretrained, epochs, lite_size):
         results[name] = _score(model, test)
         if name == "random init":
             continue
-        kt.fine_tune(model, train, epochs=epochs, fine_tune_epochs=epochs, unfreeze="all",
+        kt.fine_tune(model, train, head_epochs=epochs, fine_tune_epochs=epochs, unfreeze="all",
                      fine_tune_learning_rate=1e-3, verbose=0)  # fmt: skip
         results[name + ", fine-tuned on digits"] = _score(model, test)
     model = kt.build_model("small_cnn", info.num_classes, input_shape=32, weights=None)
-    kt.fine_tune(model, train, epochs=0, fine_tune_epochs=2 * epochs, unfreeze="all", train_batchnorm=True,
+    kt.fine_tune(model, train, head_epochs=0, fine_tune_epochs=2 * epochs, unfreeze="all", train_batchnorm=True,
                  fine_tune_learning_rate=1e-3, verbose=0)  # fmt: skip
     results["trained from scratch on digits"] = _score(model, test)
     for weights in (None, "imagenet"):
@@ -115,7 +115,7 @@ def main(argv=None):
     for backbone, size in (("small_cnn", 32), ("efficientnet_lite0", 224), ("mobilenet_v2", 224), ("resnet50", 224)):
         print(f"  {backbone:<18} {size:>3} px  {build_speed(backbone, size, args.images, 32):8.1f} images/s", flush=True)
 
-    print(f"\nOne query, top 10, 1280-d vectors (median of 200 queries):")
+    print("\nOne query, top 10, 1280-d vectors (median of 200 queries):")
     print(f"  {'vectors':>8}  {'exact ms':>9}  {'faiss ms':>9}  {'speed-up':>8}  {'faiss build s':>13}  faiss recall@10")
     for n in args.sizes:
         rows, recall = search_speed(n)

@@ -83,22 +83,22 @@ def run(args, row, weights, labels, seed):
     augment = recipe == "2-stage" and not lite or recipe == "scratch"
     train, _, test, info = kt.load_dataset(
         args.data, image_size=size, batch_size=batch, validation_split=0.0,
-        seed=seed, augment=augment, classes=args.target_classes, labels_per_class=per_class, cache=True,
+        seed=seed, classes=args.target_classes, labels_per_class=per_class, cache=True,
     )  # fmt: skip
-    model = kt.build_model(backbone, info.num_classes, input_shape=size, weights=weights)
+    model = kt.build_model(backbone, info.num_classes, input_shape=size, weights=weights, augment=augment)
     if recipe == "probe":
         return linear_probe(model, train, test)
     batches = math.ceil(sum(info.counts["train"].values()) / batch)
     epochs = max(1, math.ceil(args.steps / batches))
     settings = {"verbose": 0, "optimizer": "adam"}
     if recipe == "scratch":  # twice the steps: it has no stage 1
-        kt.fine_tune(model, train, epochs=0, fine_tune_epochs=2 * epochs, unfreeze="all", train_batchnorm=True,
+        kt.fine_tune(model, train, head_epochs=0, fine_tune_epochs=2 * epochs, unfreeze="all", train_batchnorm=True,
                      fine_tune_learning_rate=1e-3, **settings)  # fmt: skip
     elif lite:  # plain two-stage (the demo now starts the head from a probe: head_init="probe")
-        kt.fine_tune(model, train, epochs=30, fine_tune_epochs=20, unfreeze="all", learning_rate=1e-3,
+        kt.fine_tune(model, train, head_epochs=30, fine_tune_epochs=20, unfreeze="all", learning_rate=1e-3,
                      fine_tune_learning_rate=1e-4, **settings)  # fmt: skip
     else:
-        kt.fine_tune(model, train, epochs=epochs, fine_tune_epochs=epochs, unfreeze="all", learning_rate=args.head_lr,
+        kt.fine_tune(model, train, head_epochs=epochs, fine_tune_epochs=epochs, unfreeze="all", learning_rate=args.head_lr,
                      fine_tune_learning_rate=args.fine_tune_lr, **settings)  # fmt: skip
     model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return float(model.evaluate(test, verbose=0)[1])

@@ -1,6 +1,9 @@
-"""The `keras-transfer` command (also `python scripts/finetune.py`): load, build, fine-tune, evaluate, export.
+"""The `keras-transfer` command (also `python scripts/finetune.py`): load, build, fine-tune, evaluate, export;
+and what every script shares: `run_command` (one exit-code rule), `add_verbose`, and argument types.
 
 Every flag's default comes from `RunConfig`; `--config file.yaml` sets the same keys, and flags override it.
+Exit codes, for every command: 0 done, 2 a usage error (a bad flag or value; `ValueError`), 1 a failure while
+running (a file that cannot be read, a download that fails). Errors print one line; `--verbose` adds the traceback.
 """
 
 from __future__ import annotations
@@ -8,27 +11,28 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import re
 import sys
+import traceback
+import warnings
 
-from keras_transfer import hub
 from keras_transfer.backbones import BACKBONES
 from keras_transfer.config import RunConfig, load_config
 from keras_transfer.distribute import MIXED_PRECISION, STRATEGIES
-from keras_transfer.heads import HEADS
+from keras_transfer.heads import POOLINGS
 from keras_transfer.training import OPTIMIZERS
 
-POLICY = re.compile(r"^(none|all|top:\d+|from:.+|stages:\d+)$")
+POLICY = re.compile(r"^(frozen|none|all|top:\d+|from:.+|stages:\d+)$")
 FLAGS = {  # group -> RunConfig fields shown as flags, in order
     "Data": ("data", "data_dir", "image_size", "batch_size", "validation_split", "test_split", "classes",
              "labels_per_class", "augment", "seed"),
-    "Model": ("backbone", "weights", "head", "dense_units", "dropout"),
-    "Training": ("epochs", "fine_tune_epochs", "unfreeze", "learning_rate", "fine_tune_learning_rate", "optimizer",
+    "Model": ("backbone", "weights", "pooling", "dense_units", "dropout"),
+    "Training": ("head_epochs", "fine_tune_epochs", "unfreeze", "learning_rate", "fine_tune_learning_rate", "optimizer",
                  "label_smoothing", "train_batchnorm", "head_init", "early_stopping", "cache_features", "compare_scratch"),
     "Distribution": ("strategy", "mixed_precision", "xla"),
     "Output": ("output", "export"),
 }  # fmt: skip
+DEPRECATED_FLAGS = {"--head": "--pooling", "--epochs": "--head-epochs"}  # old flag -> new flag, same meaning
 HELP = {
     "data": "a folder of class subfolders, tfds:NAME, digits or fashion_mnist",
     "data_dir": "TFDS data directory",
@@ -36,9 +40,13 @@ HELP = {
     "batch_size": "images per batch per replica",
     "classes": "class subset, names or ids (e.g. 5 6 7 8 9)",
     "labels_per_class": "keep at most this many training images per class",
+    "augment": "random flip, rotation, zoom, translation and contrast, inside the model, in training only",
     "weights": "imagenet, none, or a .weights.h5 / .h5 / .keras file",
+    "pooling": "how the head pools the feature map (formerly --head)",
     "dense_units": "hidden layer sizes of the head (e.g. 1024)",
-    "unfreeze": "stage-2 policy: none, all, top:N, from:NAME, stages:K",
+    "head_epochs": "stage-1 epochs: the head on a frozen backbone (formerly --epochs)",
+    "fine_tune_epochs": "stage-2 epochs: the unfrozen part of the backbone too",
+    "unfreeze": "stage-2 policy: frozen, all, top:N, from:NAME, stages:K",
     "head_init": "probe: stage 1 starts from a logistic regression on the cached features (LP-FT)",
     "train_batchnorm": "stage 2 also trains BatchNormalization (training from scratch); statistics recomputed",
     "early_stopping": "stop after this many epochs without val_loss improvement (0: off)",
@@ -51,7 +59,7 @@ HELP = {
     "export": "also export a SavedModel (TF Serving layout) into this folder",
 }
 CHOICES = {
-    "head": list(HEADS),
+    "pooling": list(POOLINGS),
     "optimizer": list(OPTIMIZERS),
     "strategy": list(STRATEGIES),
     "mixed_precision": list(MIXED_PRECISION),
@@ -59,109 +67,55 @@ CHOICES = {
     "cache_features": ["auto", "true", "false"],
     "head_init": ["none", "probe"],
 }
+POSITIVE = ("batch_size", "learning_rate", "fine_tune_learning_rate", "image_size", "labels_per_class")
+NON_NEGATIVE = ("head_epochs", "fine_tune_epochs", "early_stopping")
+FRACTIONS = ("validation_split", "test_split", "dropout", "label_smoothing")
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="keras-transfer", description="Fine-tune a pretrained backbone into an evaluated, exported classifier."
-    )
-    parser.add_argument("--config", help="YAML file of settings (the flags' names with underscores)")
-    parser.add_argument("--verbose", action="store_true",
-                        help="Keras progress bars and warnings, TensorFlow's own log lines")  # fmt: skip
-    fields = {field.name: field for field in dataclasses.fields(RunConfig)}
-    defaults = RunConfig()
-    for group, names in FLAGS.items():
-        arguments = parser.add_argument_group(group)
-        for name in names:
-            default = getattr(defaults, name)
-            flag = "--" + name.replace("_", "-")
-            kwargs = {"default": argparse.SUPPRESS, "help": f"{HELP.get(name, '')} (default: {default})".strip()}
-            if isinstance(default, bool):
-                arguments.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-                continue
-            if name in ("classes", "dense_units"):
-                kwargs["nargs"] = "+"
-                kwargs["type"] = int if name == "dense_units" else str
-            elif name in CHOICES:
-                kwargs["choices"] = CHOICES[name]
-                kwargs["metavar"] = name.upper()
-                kwargs["help"] = f"one of: {', '.join(CHOICES[name])} (default: {default})"
-            elif name == "unfreeze":
-                kwargs["type"] = _policy
-            elif name == "backbone":
-                kwargs["type"] = _backbone
-                kwargs["metavar"] = "BACKBONE"
-                kwargs["help"] = f"one of: {', '.join(BACKBONES)}, or hub:URL_OR_FOLDER (default: {default})"
-            else:
-                kwargs["type"] = _type_of(fields[name], default)
-            arguments.add_argument(flag, **kwargs)
-    return parser
+# --- what every script shares ---------------------------------------------------------------------------------
 
 
-def _type_of(field, default):
-    if default is not None:
-        return type(default)
-    return int if "int" in str(field.type) else str
-
-
-def _backbone(value):
-    if value not in BACKBONES and not value.startswith("hub:"):
-        raise argparse.ArgumentTypeError(f"invalid backbone {value!r}: expected one of {', '.join(sorted(BACKBONES))}, "
-                                         "or hub:URL_OR_FOLDER")  # fmt: skip
-    return value
-
-
-def _policy(value):
-    if not POLICY.match(value):
-        raise argparse.ArgumentTypeError(f"invalid policy {value!r}: expected none, all, top:N, from:NAME or stages:K")
-    return value
-
-
-def parse_config(argv=None):
-    """Merges RunConfig defaults < --config file < flags. Exits 2 on bad arguments, naming the flag and value."""
-    parser = build_parser()
-    args = vars(parser.parse_args(argv))
-    args.pop("verbose")
-    values = {}
-    if args.get("config"):
-        try:
-            values.update(load_config(args.pop("config")))
-        except (OSError, ValueError) as e:
-            parser.error(f"argument --config: {e}")
-    args.pop("config", None)
-    values.update(args)
+def run_command(prog, parser, argv, work):
+    """Parses `argv`, quiets the frameworks and returns `work(args)`'s exit code under one rule: a bad flag or a
+    `ValueError` is a usage error (2), any other exception a runtime failure (1); either prints one line
+    `prog: error: ...`, and the traceback too with `--verbose`."""
     try:
-        config = RunConfig(**values)
-    except TypeError as e:
-        parser.error(str(e))
-    if config.classes is not None:
-        config.classes = [int(c) if str(c).isdigit() else c for c in config.classes]
-    for name in ("batch_size", "epochs", "fine_tune_epochs", "early_stopping"):
-        value = getattr(config, name)
-        if not isinstance(value, int) or value < (1 if name == "batch_size" else 0):
-            parser.error(f"argument --{name.replace('_', '-')}: invalid value {value!r}")
-    return parser, config
-
-
-def main(argv=None) -> int:
-    parser, config = parse_config(argv)
-    verbose = parser.parse_args(argv).verbose  # parse_config keeps RunConfig's fields only
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse has printed the usage and the problem
+        return int(e.code or 0)
+    verbose = getattr(args, "verbose", False)
     quiet_frameworks(verbose)
     try:
-        return _run(config, verbose)
-    except ValueError as e:
-        print(f"keras-transfer: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"keras-transfer: error: {e}", file=sys.stderr)
-        return 1
+        return int(work(args) or 0)
+    except SystemExit as e:  # parser.error() inside work
+        return int(e.code or 0)
+    except Exception as e:  # noqa: BLE001  every failure becomes one line and an exit code
+        if verbose:
+            traceback.print_exc()
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = "" if verbose or isinstance(e, ValueError) else "  (--verbose shows the traceback)"
+        print(f"{prog}: error: {message}{hint}", file=sys.stderr)
+        return 2 if isinstance(e, ValueError) else 1
+
+
+def script_main(prog, build_parser, work):
+    """A script's `main(argv=None) -> int`: `run_command` with the script's parser and work."""
+
+    def main(argv=None) -> int:
+        return run_command(prog, build_parser(), argv, work)
+
+    return main
+
+
+def add_verbose(parser):
+    parser.add_argument("--verbose", action="store_true",
+                        help="Keras progress bars and warnings, TensorFlow's log lines, tracebacks")  # fmt: skip
+    return parser
 
 
 def quiet_frameworks(verbose=False):
     """What a command shows: our INFO lines; without `verbose`, none of Keras's UserWarnings (about choices the
     library made for the user) nor TensorFlow's Python log lines."""
-    import warnings
-
     import tensorflow as tf
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
@@ -171,143 +125,123 @@ def quiet_frameworks(verbose=False):
         tf.autograph.set_verbosity(0)
 
 
-def _run(config, verbose=False):
-    import keras
-
-    from keras_transfer.data import load_dataset
-    from keras_transfer.distribute import get_strategy, set_mixed_precision
-    from keras_transfer.evaluation import evaluate
-    from keras_transfer.export import export_saved_model
-    from keras_transfer.models import build_model, pretrained_metadata
-
-    os.makedirs(config.output, exist_ok=True)
-    with open(os.path.join(config.output, "config.yaml"), "w") as f:
-        f.write(config.to_yaml())
-    keras.utils.set_random_seed(config.seed)
-    policy = set_mixed_precision(config.mixed_precision)
-    strategy = get_strategy(config.strategy)
-    weights = None if config.weights.lower() == "none" else config.weights
-    if config.compare_scratch and weights is None:
-        raise ValueError("--compare-scratch compares pretrained weights with random ones; give --weights imagenet "
-                         f"or a weights file. Received: weights={config.weights!r}")  # fmt: skip
-    pretrained = pretrained_metadata(weights) or {}
-    default_size = BACKBONES[config.backbone].default_size if config.backbone in BACKBONES else hub.DEFAULT_SIZE
-    size = config.image_size or (pretrained.get("image_size") or [default_size])[0]
-    train, val, test, info = load_dataset(
-        config.data, image_size=size, batch_size=config.batch_size * strategy.num_replicas_in_sync,
-        validation_split=config.validation_split, test_split=config.test_split, seed=config.seed,
-        augment=config.augment, classes=config.classes, labels_per_class=config.labels_per_class,
-        data_dir=config.data_dir,
-    )  # fmt: skip
-    print(info)
-    if config.compare_scratch and test is None and val is None:
-        raise ValueError("--compare-scratch needs images to compare on: give --test-split or --validation-split "
-                         "above 0 (or a data folder with test/ or validation/).")  # fmt: skip
-    with strategy.scope():
-        model = build_model(config.backbone, info.num_classes, input_shape=size, weights=weights, head=config.head,
-                            dense_units=tuple(config.dense_units), dropout=config.dropout)  # fmt: skip
-    evaluated = test if test is not None else val
-    split = "test" if test is not None else "validation"
-    probe = None
-    if config.compare_scratch:  # on the pretrained features, before fine-tuning changes them
-        from keras_transfer.evaluation import linear_probe
-
-        print(f"linear probe on the pretrained features (one pass over the training and {split} images): ",
-              end="", flush=True)  # fmt: skip
-        probe = linear_probe(model, train, evaluated)
-        print(f"{split} accuracy {probe:.1%}")
-    history = _train(config, model, train, val, strategy, config.output, verbose=verbose)
-    model.save(os.path.join(config.output, "model.keras"))
-    if evaluated is not None:
-        print(f"Evaluating on the {sum(info.counts[split].values())} {split} images", flush=True)
-    report = evaluate(model, evaluated, info.class_names, output_dir=config.output) if evaluated is not None else None
-    exported = None
-    if config.export:
-        metrics = {"accuracy": report.accuracy, "split": split} if report else {}
-        exported = export_saved_model(model, config.export, class_names=info.class_names,
-                                      metadata={"backbone": config.backbone, "metrics": metrics})  # fmt: skip
-
-    print(f"\nRun folder: {config.output}  (dtype policy {policy}, {strategy.num_replicas_in_sync} replica(s))")
-    print_history(history, config.epochs)
-    if report:
-        print(f"\n{split}: {report}")
-    if exported:
-        print(f"\nSavedModel: {exported}")
-    if config.compare_scratch and report:
-        _compare_scratch(config, report, probe, size, train, val, evaluated, split, info, strategy, verbose)
-    return 0
+def positive_int(value):
+    """argparse type: an integer >= 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {number}: must be >= 1")
+    return number
 
 
-def _compare_scratch(config, transfer, probe, size, train, val, evaluated, split, info, strategy, verbose):
-    """Trains the same architecture from random weights on the same batches; prints and saves the comparison with
-    the fine-tuned model and the linear probe."""
-    import json
-
-    import keras
-
-    from keras_transfer.evaluation import evaluate
-    from keras_transfer.models import build_model
-
-    run_dir = os.path.join(config.output, "scratch")
-    epochs = config.epochs + config.fine_tune_epochs
-    print(f"\n--compare-scratch: {config.backbone} from random weights, all layers, {epochs} epochs -> {run_dir}")
-    keras.utils.set_random_seed(config.seed)
-    with strategy.scope():
-        model = build_model(config.backbone, info.num_classes, input_shape=size, weights=None, head=config.head,
-                            dense_units=tuple(config.dense_units), dropout=config.dropout)  # fmt: skip
-    _train(config, model, train, val, strategy, run_dir, scratch=True, verbose=verbose)
-    print(f"Evaluating on the {transfer.num_examples} {split} images", flush=True)
-    scratch = evaluate(model, evaluated, info.class_names, output_dir=run_dir)
-    rows = {f"{config.backbone} ({config.weights}), fine-tuned": transfer.accuracy,
-            f"linear probe on the {config.weights} features": probe,
-            f"{config.backbone} from scratch": scratch.accuracy}  # fmt: skip
-    print(f"\n{split} accuracy on {transfer.num_examples} images:")
-    for name, accuracy in rows.items():
-        print(f"  {name:<60} {accuracy:6.1%}")
-    gain = transfer.accuracy - scratch.accuracy
-    print(f"  fine-tuned - scratch: {100 * gain:+.1f} points; fine-tuned - probe: {100 * (transfer.accuracy - probe):+.1f}")
-    with open(os.path.join(config.output, "comparison.json"), "w") as f:
-        json.dump({"split": split, "num_examples": transfer.num_examples, "transfer_accuracy": transfer.accuracy,
-                   "scratch_accuracy": scratch.accuracy, "linear_probe_accuracy": probe, "gain": gain,
-                   "weights": config.weights}, f, indent=2)  # fmt: skip
+def backbone_arg(value):
+    """argparse type: a backbone key or hub:URL_OR_FOLDER."""
+    if value not in BACKBONES and not value.startswith("hub:"):
+        raise argparse.ArgumentTypeError(f"invalid backbone {value!r}: expected one of {', '.join(sorted(BACKBONES))}, "
+                                         "or hub:URL_OR_FOLDER")  # fmt: skip
+    return value
 
 
-def print_history(history, stage1_epochs):
-    """The last epoch of each stage, as a table: the per-epoch lines were printed while training."""
-    keys = [k for k in history.history if k != "learning_rate"]
-    print(f"{'stage':<6} {'epochs':>9} " + " ".join(f"{k:>12}" for k in keys))
-    for stage, epochs in (("head", [e for e in history.epoch if e < stage1_epochs]),
-                          ("tune", [e for e in history.epoch if e >= stage1_epochs])):  # fmt: skip
-        if epochs:
-            i = history.epoch.index(epochs[-1])
-            span = f"{epochs[0] + 1}-{epochs[-1] + 1}"
-            print(f"{stage:<6} {span:>9} " + " ".join(f"{history.history[k][i]:>12.4f}" for k in keys))
+def class_list(values):
+    """Class names or ids from the command line or a config file: digit strings become ids."""
+    return None if values is None else [int(c) if str(c).isdigit() else c for c in values]
 
 
-def _train(config, model, train, val, strategy, run_dir, scratch=False, verbose=False):
-    """fine_tune with the run's settings; `scratch` trains every layer from the start for both stages' epochs."""
-    import keras
+def weights_arg(value):
+    """`"none"` (any case) as None; any other weights value as given."""
+    return None if value is None or str(value).lower() == "none" else value
 
-    from keras_transfer.training import fine_tune
 
-    callbacks = []
-    if config.early_stopping:
-        monitor = "val_loss" if val is not None else "loss"
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping,
-                                                       restore_best_weights=True))  # fmt: skip
-    stages = dict(epochs=config.epochs, fine_tune_epochs=config.fine_tune_epochs, unfreeze=config.unfreeze,
-                  learning_rate=config.learning_rate, fine_tune_learning_rate=config.fine_tune_learning_rate,
-                  train_batchnorm=config.train_batchnorm, head_init=None if config.head_init == "none" else "probe")  # fmt: skip
-    if scratch:
-        stages = dict(epochs=0, fine_tune_epochs=config.epochs + config.fine_tune_epochs, unfreeze="all",
-                      fine_tune_learning_rate=config.learning_rate, train_batchnorm=True)  # fmt: skip
-    return fine_tune(
-        model, train, val, optimizer=config.optimizer, label_smoothing=config.label_smoothing, callbacks=callbacks,
-        run_dir=run_dir, strategy=strategy,
-        cache_features={"auto": "auto", "true": True, "false": False}[config.cache_features],
-        jit_compile={"auto": "auto", "on": True, "off": False}[config.xla], verbose="auto" if verbose else "lines",
-        **stages,
-    )  # fmt: skip
+# --- keras-transfer -------------------------------------------------------------------------------------------
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="keras-transfer", description="Fine-tune a pretrained backbone into an evaluated, exported classifier."
+    )
+    parser.add_argument("--config", help="YAML file of settings (the flags' names with underscores)")
+    add_verbose(parser)
+    fields = {field.name: field for field in dataclasses.fields(RunConfig)}
+    defaults = RunConfig()
+    for group, names in FLAGS.items():
+        arguments = parser.add_argument_group(group)
+        for name in names:
+            flag = "--" + name.replace("_", "-")
+            arguments.add_argument(flag, **_flag_options(name, fields[name], getattr(defaults, name)))
+    return parser
+
+
+def _flag_options(name, field, default):
+    options = {"default": argparse.SUPPRESS, "help": f"{HELP.get(name, '')} (default: {default})".strip()}
+    if isinstance(default, bool):
+        return {**options, "action": argparse.BooleanOptionalAction}
+    if name in ("classes", "dense_units"):
+        return {**options, "nargs": "+", "type": int if name == "dense_units" else str}
+    if name in CHOICES:
+        return {**options, "choices": CHOICES[name], "metavar": name.upper(),
+                "help": f"{HELP.get(name, '')}; one of: {', '.join(CHOICES[name])} (default: {default})".lstrip("; ")}  # fmt: skip
+    if name == "unfreeze":
+        return {**options, "type": _policy}
+    if name == "backbone":
+        return {**options, "type": backbone_arg, "metavar": "BACKBONE",
+                "help": f"one of: {', '.join(BACKBONES)}, or hub:URL_OR_FOLDER (default: {default})"}  # fmt: skip
+    if default is not None:
+        return {**options, "type": type(default)}
+    return {**options, "type": int if "int" in str(field.type) else str}
+
+
+def _policy(value):
+    if not POLICY.match(value):
+        raise argparse.ArgumentTypeError(f"invalid policy {value!r}: expected frozen, all, top:N, from:NAME or stages:K")
+    return value
+
+
+def parse_config(argv=None):
+    """Merges RunConfig defaults < --config file < flags. Exits 2 on bad arguments, naming the flag and value."""
+    parser = build_parser()
+    args = parser.parse_args(_renamed_flags(argv))
+    return parser, config_from_args(parser, args)
+
+
+def _renamed_flags(argv):
+    """argv with deprecated flags replaced by their new names (a note on stderr for each)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if flag in DEPRECATED_FLAGS:
+            print(f"keras-transfer: note: {flag} is deprecated; use {DEPRECATED_FLAGS[flag]}", file=sys.stderr)
+            argv[i] = DEPRECATED_FLAGS[flag] + eq + value
+    return argv
+
+
+def config_from_args(parser, args):
+    """The RunConfig of parsed arguments; every value checked before anything runs (parser.error: exit 2)."""
+    values = {}
+    if getattr(args, "config", None):
+        try:
+            values.update(load_config(args.config))
+        except ValueError as e:
+            parser.error(f"argument --config: {e}")
+    values.update({k: v for k, v in vars(args).items() if k not in ("config", "verbose")})
+    config = RunConfig(**values)
+    config.classes = class_list(config.classes)
+    for name in POSITIVE + NON_NEGATIVE + FRACTIONS:
+        value = getattr(config, name)
+        allowed = "> 0" if name in POSITIVE else ">= 0" if name in NON_NEGATIVE else "in [0, 1)"
+        if value is not None and (value <= 0 if name in POSITIVE else value < 0 or name in FRACTIONS and value >= 1):
+            parser.error(f"argument --{name.replace('_', '-')}: invalid value {value!r}: must be {allowed}")
+    return config
+
+
+def main(argv=None) -> int:
+    """`keras-transfer [flags]`; returns the exit code (see the module docstring)."""
+    from keras_transfer.recipe import run
+
+    parser = build_parser()
+    return run_command("keras-transfer", parser, _renamed_flags(argv),
+                       lambda args: run(config_from_args(parser, args), args.verbose))  # fmt: skip
 
 
 if __name__ == "__main__":

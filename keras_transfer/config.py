@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
+import warnings
 
 import yaml
 
@@ -25,11 +27,11 @@ class RunConfig:
     # Model
     backbone: str = "mobilenet_v2"
     weights: str = "imagenet"  # "imagenet", "none" or a file path
-    head: str = "avg"
+    pooling: str = "avg"  # formerly "head"
     dense_units: list = dataclasses.field(default_factory=list)
     dropout: float = 0.2
     # Training
-    epochs: int = 5
+    head_epochs: int = 5  # stage 1; formerly "epochs"
     fine_tune_epochs: int = 5
     unfreeze: str = "stages:1"
     learning_rate: float = 1e-3
@@ -53,18 +55,70 @@ class RunConfig:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
 
 
+# Keys renamed since 0.1; old files keep working, with a DeprecationWarning.
+DEPRECATED_KEYS = {"head": "pooling", "epochs": "head_epochs"}
+
+
 def load_config(path):
-    """Reads a YAML file of `RunConfig` keys into a dict, rejecting unknown keys.
+    """Reads a YAML file of `RunConfig` keys into a dict, checking every key and the type of every value.
 
     Raises:
-        ValueError: for a file that is not a mapping or has keys `RunConfig` does not know.
+        ValueError: for a file that cannot be read or parsed (one line, naming the file and line), that is not a
+            mapping, or that has unknown keys or values of the wrong type.
     """
-    with open(path) as f:
-        values = yaml.safe_load(f) or {}
+    try:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ValueError(f"Cannot read config file {path!r}: {e.strerror or e}.") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValueError(f"Config file {path!r} is not valid YAML ({where.strip() or 'unknown position'}): "
+                         f"{getattr(e, 'problem', None) or e}.") from None  # fmt: skip
     if not isinstance(values, dict):
         raise ValueError(f"Config file {path!r} must hold a mapping of settings. Received: {type(values).__name__}")
-    known = {field.name for field in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(values) - known)
+    values = _renamed_keys(values, path)
+    types = typing.get_type_hints(RunConfig)
+    unknown = sorted(set(values) - set(types))
     if unknown:
-        raise ValueError(f"Unknown keys in config file {path!r}: {', '.join(unknown)}. Expected keys: {', '.join(sorted(known))}.")
+        raise ValueError(f"Unknown keys in config file {path!r}: {', '.join(unknown)}. Expected keys: {', '.join(sorted(types))}.")
+    for key, value in values.items():
+        if not _fits(value, types[key]):
+            raise ValueError(f"Config file {path!r}: {key} must be {_describe(types[key])}. Received: {key}: {value!r}")
     return values
+
+
+def _renamed_keys(values, path):
+    values = dict(values)
+    for old, new in DEPRECATED_KEYS.items():
+        if old in values:
+            if new in values:
+                raise ValueError(f"Config file {path!r} sets both {old!r} and its new name {new!r}; keep {new!r}.")
+            warnings.warn(f"Config key {old!r} is deprecated; use {new!r} (same meaning).", DeprecationWarning, stacklevel=3)
+            values[new] = values.pop(old)
+    return values
+
+
+def _fits(value, annotation):
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, _UnionType) else (annotation,)
+    for option in options:
+        if option is type(None) and value is None:
+            return True
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if option in (str, bool, list) and type(value) is option:
+            return True
+    return False
+
+
+def _describe(annotation):
+    names = {type(None): "null", float: "a number", int: "an integer", str: "a string", bool: "true or false",
+             list: "a list"}  # fmt: skip
+    options = typing.get_args(annotation) or (annotation,)
+    return " or ".join(names.get(option, str(option)) for option in options)
+
+
+_UnionType = type(int | None)

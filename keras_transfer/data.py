@@ -13,9 +13,12 @@ import gzip
 import logging
 import os
 import threading
+import warnings
 
 import numpy as np
 import tensorflow as tf
+
+from keras_transfer.images import decode_image, find_images, image_problem  # noqa: F401  (image_problem: public here too)
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +95,9 @@ def load_dataset(
             validation split of its own.
         test_split: the same for a test split.
         seed: fixes the splits, the shuffling and the augmentation.
-        augment: apply random flip, rotation, zoom, translation and contrast to the training split.
+        augment: deprecated (a `DeprecationWarning`): apply random flip, rotation, zoom, translation and contrast
+            to the training split in the pipeline. Use `build_model(..., augment=True)` instead: augmentation
+            inside the model acts in training only, `fine_tune` sees it, and this pipeline stays cacheable.
         cache: True caches decoded, resized images in memory (skipped with a warning when they would not fit
             in half the available memory), a path prefix caches them on disk, False does not cache.
         classes: a subset of classes, as original names or ids (e.g. `range(5, 10)`); they are relabelled
@@ -115,69 +120,73 @@ def load_dataset(
     >>> info.num_classes, sum(info.counts["test"].values())
     (10, 179)
     """
+    size = _check_arguments(image_size, batch_size, validation_split, test_split, labels_per_class)
+    if augment:
+        warnings.warn("load_dataset(augment=True) is deprecated: fine_tune cannot see augmentation done in the input "
+                      "pipeline. Use build_model(..., augment=True), which augments inside the model during training "
+                      "only; with pipeline augmentation pass fine_tune(..., cache_features=False).",
+                      DeprecationWarning, stacklevel=2)  # fmt: skip
+    records = _records(source, data_dir)
+    keep_ids, class_names = _select_classes(records.class_names, classes)
+    relabel = np.full(len(records.class_names), -1, dtype=np.int64)
+    relabel[keep_ids] = np.arange(len(keep_ids))
+    indices = _split_indices(records, relabel, validation_split, test_split, labels_per_class, seed)
+    info = DatasetInfo(source=records.name, class_names=list(class_names),
+                       label_map={records.original_ids[i]: int(relabel[i]) for i in keep_ids},
+                       counts={}, skipped=list(records.skipped), image_size=size)  # fmt: skip
+    datasets = {}
+    for split in SPLITS:
+        origin = split if split in records.labels else "train"
+        labels = relabel[records.labels[origin][indices[split]]]
+        info.counts[split] = {name: int(np.sum(labels == i)) for i, name in enumerate(class_names)}
+        datasets[split] = _pipeline(
+            records.images(origin, indices[split]), labels, size=size, batch_size=batch_size, training=split == "train",
+            augment=augment, cache=cache if cache is not True else _fits_in_memory(len(labels), size, records.dtype),
+            cache_name=split, seed=seed, deterministic=deterministic,
+        ) if len(labels) else None  # fmt: skip
+    if not sum(info.counts["train"].values()):
+        raise ValueError(f"No training images left in {records.name!r} after the class selection and splits.")
+    logger.debug("%s", info)
+    return datasets["train"], datasets["validation"], datasets["test"], info
+
+
+def _check_arguments(image_size, batch_size, validation_split, test_split, labels_per_class):
+    """The image size as `(height, width)`, after checking every numeric argument of `load_dataset`."""
     size = _image_size(image_size)
     for name, value in (("validation_split", validation_split), ("test_split", test_split)):
-        if not 0.0 <= value < 1.0:
+        if not isinstance(value, (int, float, np.number)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
             raise ValueError(f"{name} must be in [0, 1). Received: {name}={value!r}")
     if validation_split + test_split >= 1.0:
         raise ValueError(
             "validation_split + test_split must leave images for training. "
             f"Received: validation_split={validation_split!r}, test_split={test_split!r}"
         )
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
-    if labels_per_class is not None and (not isinstance(labels_per_class, int) or labels_per_class < 1):
-        raise ValueError(f"labels_per_class must be a positive integer. Received: labels_per_class={labels_per_class!r}")
+    for name, value in (("batch_size", batch_size), ("labels_per_class", labels_per_class)):
+        if (value is not None or name == "batch_size") and (not _is_int(value) or value < 1):
+            raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
+    return size
 
-    records = _records(source, data_dir)
-    keep_ids, class_names = _select_classes(records.class_names, classes)
-    relabel = np.full(len(records.class_names), -1, dtype=np.int64)
-    relabel[keep_ids] = np.arange(len(keep_ids))
 
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _split_indices(records, relabel, validation_split, test_split, labels_per_class, seed):
+    """split -> positions into the records' own split (`train` when the source has none), for the kept classes:
+    predefined splits as they are, the missing ones stratified out of the training images."""
     rng = np.random.default_rng(seed)
-    indices = {}
-    for split in SPLITS:
-        if split in records.labels:
-            idx = np.flatnonzero(relabel[records.labels[split]] >= 0)
-            indices[split] = rng.permutation(idx)
-    derived = _stratified_split(relabel[records.labels["train"][indices["train"]]], validation_split, test_split,
-                                rng, need_validation="validation" not in indices, need_test="test" not in indices)
+    indices = {split: rng.permutation(np.flatnonzero(relabel[records.labels[split]] >= 0))
+               for split in SPLITS if split in records.labels}  # fmt: skip
     train_positions = indices["train"]
+    derived = _stratified_split(relabel[records.labels["train"][train_positions]], validation_split, test_split, rng,
+                                need_validation="validation" not in indices, need_test="test" not in indices)  # fmt: skip
     indices["train"] = train_positions[derived["train"]]
     for split in ("validation", "test"):
-        if split not in indices:
-            indices[split] = train_positions[derived[split]]
+        indices.setdefault(split, train_positions[derived[split]])
     if labels_per_class is not None:
-        indices["train"] = _limit_per_class(indices["train"], relabel[records.labels["train"][indices["train"]]],
-                                            labels_per_class)
-
-    info = DatasetInfo(
-        source=records.name,
-        class_names=list(class_names),
-        label_map={records.original_ids[i]: int(relabel[i]) for i in keep_ids},
-        counts={},
-        skipped=list(records.skipped),
-        image_size=size,
-    )
-    datasets = {}
-    for split in SPLITS:
-        origin = split if split in records.labels else "train"
-        idx = indices[split]
-        labels = relabel[records.labels[origin][idx]]
-        info.counts[split] = {name: int(np.sum(labels == i)) for i, name in enumerate(class_names)}
-        if len(idx) == 0:
-            datasets[split] = None
-            continue
-        images = records.images(origin, idx)
-        datasets[split] = _pipeline(
-            images, labels, size=size, batch_size=batch_size, training=split == "train", augment=augment,
-            cache=cache if cache is not True else _fits_in_memory(len(idx), size, records.dtype),
-            cache_name=split, seed=seed, deterministic=deterministic,
-        )  # fmt: skip
-    if not sum(info.counts["train"].values()):
-        raise ValueError(f"No training images left in {records.name!r} after the class selection and splits.")
-    logger.debug("%s", info)
-    return datasets["train"], datasets["validation"], datasets["test"], info
+        train_labels = relabel[records.labels["train"][indices["train"]]]
+        indices["train"] = _limit_per_class(indices["train"], train_labels, labels_per_class)
+    return indices
 
 
 # --- sources -------------------------------------------------------------------------------------------------
@@ -331,7 +340,7 @@ def _folder_records(root):
 
     def images(split, idx):
         files = tf.data.Dataset.from_tensor_slices(np.array(paths[split], dtype=object)[idx].astype(str))
-        return files, _decode_file
+        return files, lambda path: decode_image(tf.io.read_file(path))
 
     return _Records(root, class_names, class_names, labels, images, skipped=skipped)
 
@@ -349,60 +358,6 @@ def _scan_classes(folder, skipped):
             logger.warning("Class folder %s has no readable images; it is left out.", entry.path)
         classes[entry.name] = files
     return classes
-
-
-def find_images(folder):
-    """Readable image files under `folder` (sorted, subfolders included, hidden files and folders ignored),
-    and `(path, reason)` for every other file."""
-    found, skipped = [], []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for filename in sorted(f for f in filenames if not f.startswith(".")):
-            path = os.path.join(dirpath, filename)
-            reason = image_problem(path)
-            if reason:
-                skipped.append((path, reason))
-            else:
-                found.append(path)
-    return found, skipped
-
-
-def image_problem(path):
-    """Why the file at `path` cannot be used as an image, or None when it looks whole.
-
-    Reads only the first and last bytes: recognizes JPEG, PNG, GIF, BMP and WebP by their signature and
-    finds truncation by their end markers or declared sizes.
-    """
-    try:
-        size = os.path.getsize(path)
-        if size == 0:
-            return "empty file (0 bytes)"
-        with open(path, "rb") as f:
-            head = f.read(16)
-            f.seek(max(size - 1024, 0))
-            tail = f.read()
-    except OSError as e:
-        return f"unreadable: {e.strerror or e}"
-    if head.startswith(b"\xff\xd8\xff"):
-        return None if b"\xff\xd9" in tail else "truncated JPEG (no end-of-image marker)"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return None if b"IEND" in tail else "truncated PNG (no IEND chunk)"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return None if b";" in tail[-16:] else "truncated GIF (no trailer)"
-    if head.startswith(b"BM") and size >= 26:
-        declared = int.from_bytes(head[2:6], "little")
-        return None if declared <= size else f"truncated BMP ({size} of {declared} bytes)"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        declared = int.from_bytes(head[4:8], "little") + 8
-        return None if declared <= size else f"truncated WebP ({size} of {declared} bytes)"
-    return "not an image (expected JPEG, PNG, GIF, BMP or WebP)"
-
-
-def _decode_file(path):
-    # channels=3 turns grayscale, RGBA, palette and 16-bit images into RGB uint8; GIFs give their first frame.
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False, dtype=tf.uint8)
-    image.set_shape([None, None, 3])
-    return image
 
 
 def _tfds_records(name, data_dir):
@@ -510,10 +465,10 @@ def _limit_per_class(indices, labels, n):
 
 
 def _image_size(image_size):
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if len(size) != 2 or not all(isinstance(s, int) and s >= 1 for s in size):
+    size = (image_size, image_size) if _is_int(image_size) else tuple(image_size) if isinstance(image_size, (list, tuple)) else ()
+    if len(size) != 2 or not all(_is_int(s) and s >= 1 for s in size):
         raise ValueError(f"image_size must be an int or (height, width) of positive ints. Received: image_size={image_size!r}")
-    return size
+    return int(size[0]), int(size[1])
 
 
 def _fits_in_memory(n, size, dtype):
@@ -539,22 +494,6 @@ def _resize(image, size):
     return resized
 
 
-def augmentation(seed=None):
-    """The training augmentation: Keras preprocessing layers on batches of 0-255 images."""
-    import keras
-
-    return keras.Sequential(
-        [
-            keras.layers.RandomFlip("horizontal", seed=seed),
-            keras.layers.RandomRotation(0.1, fill_mode="reflect", seed=seed),
-            keras.layers.RandomZoom(0.1, fill_mode="reflect", seed=seed),
-            keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed),
-            keras.layers.RandomContrast(0.1, seed=seed),
-        ],
-        name="augmentation",
-    )
-
-
 def _pipeline(images, labels, *, size, batch_size, training, augment, cache, cache_name, seed, deterministic):
     items, load = images
     ds = tf.data.Dataset.zip(items, tf.data.Dataset.from_tensor_slices(labels.astype(np.int32)))
@@ -567,11 +506,11 @@ def _pipeline(images, labels, *, size, batch_size, training, augment, cache, cac
         ds = ds.shuffle(min(len(labels), SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
     if training and augment:
+        from keras_transfer.preprocessing import augmentation
+
         augmenter = augmentation(seed)
         ds = ds.map(lambda x, y: (tf.clip_by_value(augmenter(x, training=True), 0.0, 255.0), y),
                     num_parallel_calls=AUTOTUNE)  # fmt: skip
     options = tf.data.Options()
     options.deterministic = bool(deterministic)
-    ds = ds.with_options(options).prefetch(AUTOTUNE)
-    ds.keras_transfer_augmented = bool(training and augment)  # fine_tune caches no features of augmented data
-    return ds
+    return ds.with_options(options).prefetch(AUTOTUNE)

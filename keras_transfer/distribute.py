@@ -13,6 +13,8 @@ import os
 import keras
 import tensorflow as tf
 
+from keras_transfer.compat import patch_multi_worker_fit
+
 logger = logging.getLogger(__name__)
 
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
@@ -48,7 +50,7 @@ def get_strategy(name="auto"):
         strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
     elif name == "multi_worker":
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        _fix_keras_multi_worker_fit()
+        patch_multi_worker_fit()  # Keras 3 fit under several workers (keras-team/keras#20585), see compat.py
     else:
         strategy = _tpu_strategy()
     logger.debug("Strategy %s with %d replicas", type(strategy).__name__, strategy.num_replicas_in_sync)
@@ -106,49 +108,3 @@ def set_mixed_precision(mode="auto"):
     name = policy.get(mode, mode)
     keras.mixed_precision.set_global_policy(name)
     return name
-
-
-def _fix_keras_multi_worker_fit():
-    """Makes Keras 3's `model.fit` work under MultiWorkerMirroredStrategy (keras-team/keras#20585).
-
-    Two places in keras/src/backend/tensorflow/trainer.py break with several workers, both in how values
-    spread over replicas are collapsed, not in the training step itself:
-    - `_maybe_symbolic_build` averages the first distributed batch with `strategy.reduce(...)`, which fails
-      eagerly with "Attempt to convert a value (PerReplica...)". A batch is only needed for its structure and
-      shapes, so one replica's local batch does.
-    - `reduce_per_replica` averages the per-replica (scalar) logs with `strategy.reduce("MEAN", v, axis=0)`;
-      scalars have no axis 0. `axis=None` averages across replicas, as tf.keras did.
-    Applied once, only when a multi-worker strategy is created; the tests train two workers on 127.0.0.1.
-    """
-    from keras.src import tree
-    from keras.src.backend.tensorflow import trainer
-
-    if getattr(trainer, "_keras_transfer_multi_worker_fix", False):
-        return
-
-    def maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if self._distribute_strategy is None:
-            return
-        if iterator is not None:
-            for _, _, batches in iterator:
-                data_batch = tree.map_structure(
-                    lambda v: self.distribute_strategy.experimental_local_results(v)[0]
-                    if isinstance(v, tf.distribute.DistributedValues) else v,
-                    next(batches),
-                )  # fmt: skip
-                break
-        with self.distribute_strategy.scope():
-            self._symbolic_build(data_batch=data_batch)
-
-    reduce_per_replica = trainer.reduce_per_replica
-
-    def reduce_across_workers(values, strategy, reduction):
-        if trainer._collective_all_reduce_multi_worker(strategy) and reduction in ("auto", "mean"):
-            return tree.map_structure(
-                lambda v: strategy.reduce("MEAN", v, axis=None) if trainer._is_per_replica_instance(v) else v, values
-            )
-        return reduce_per_replica(values, strategy, reduction)
-
-    trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
-    trainer.reduce_per_replica = reduce_across_workers
-    trainer._keras_transfer_multi_worker_fix = True

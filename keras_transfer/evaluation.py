@@ -104,9 +104,9 @@ def linear_probe(model, train, dataset):
     """
     from sklearn.linear_model import LogisticRegression
 
-    from keras_transfer.training import feature_extractor
+    from keras_transfer.models import feature_model
 
-    extractor = feature_extractor(model)
+    extractor = feature_model(model)
 
     def features(ds):  # one pass, so images and labels stay paired whatever order the pipeline yields
         pairs = [(np.asarray(extractor(x, training=False)), np.asarray(y).reshape(-1)) for x, y in ds]

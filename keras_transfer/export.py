@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 
 import keras
+import numpy as np
 import tensorflow as tf
+
+from keras_transfer.files import atomic_path
+from keras_transfer.images import FORMATS, SIGNATURES, decode_image, image_array
+from keras_transfer.models import backbone_key, input_size, model_spec
 
 logger = logging.getLogger(__name__)
 
@@ -55,23 +59,14 @@ def export_saved_model(model, export_dir, *, version=None, class_names=None, met
                          f"Received: class_names={list(class_names)!r}")  # fmt: skip
 
     final = os.path.join(export_dir, str(version))
-    tmp = os.path.join(export_dir, f".tmp-{version}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_path(final) as tmp:
         _write_saved_model(model, tmp)
         with open(os.path.join(tmp, "labels.txt"), "w") as f:
             f.writelines(f"{name}\n" for name in (class_names or [str(i) for i in range(num_classes)]))
         with open(os.path.join(tmp, "metadata.json"), "w") as f:
             json.dump(_metadata(model, class_names, metadata), f, indent=2)
-        os.rename(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     logger.info("Exported %s", final)
     return final
-
-
-# Signatures of the encoded formats `tf.io.decode_image` reads; anything else is refused with a clear message.
-_IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"RIFF")
 
 
 def _write_saved_model(model, path):
@@ -88,9 +83,9 @@ def _write_saved_model(model, path):
         return {"probabilities": probabilities, "class_ids": class_ids}
 
     def decode(image_bytes):
-        known = tf.reduce_any([tf.strings.substr(image_bytes, 0, len(m)) == m for m in _IMAGE_SIGNATURES])
-        tf.debugging.Assert(known, ["serve_bytes: an input is not a JPEG, PNG, GIF, BMP or WebP image"])
-        image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False, dtype=tf.uint8)
+        known = tf.reduce_any([tf.strings.substr(image_bytes, 0, len(m)) == m for m in SIGNATURES])
+        tf.debugging.Assert(known, [f"serve_bytes: an input is not a {FORMATS} image"])
+        image = decode_image(image_bytes)
         # The same bilinear resize the model does inside, done here so that images of different sizes batch.
         return tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear")
 
@@ -107,17 +102,14 @@ def _write_saved_model(model, path):
 
 
 def _input_size(model):
-    """The (height, width) the model resizes to; the bytes signature needs it to batch decoded images."""
-    try:
-        size = model.get_layer("preprocessing").size
-    except ValueError:
-        size = tuple(model.input_shape[1:3])
-    if not size or None in size:
+    """The (height, width) the model resizes to; the bytes signature and TFLite need it to batch images."""
+    size = input_size(model)
+    if size is None:
         raise ValueError(
             f"Model {model.name!r} takes images of any size, so encoded images cannot be batched for 'serve_bytes'; "
             "build it with a fixed input_shape to export it."
         )
-    return tuple(int(s) for s in size)
+    return size
 
 
 def export_tflite(model, path, *, quantize=None):
@@ -149,22 +141,19 @@ def export_tflite(model, path, *, quantize=None):
         if quantize == "dynamic":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
         flatbuffer = converter.convert()
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(flatbuffer)
-    os.replace(tmp, path)
     logger.info("Wrote %s (%d bytes)", path, len(flatbuffer))
     return len(flatbuffer)
 
 
 def _metadata(model, class_names, extra):
-    facts = {"backbone": model.name, "num_classes": int(model.output_shape[-1])}  # build_model names models so
-    try:
-        preprocessing = model.get_layer("preprocessing")
-        facts["input_size"] = list(preprocessing.size) if preprocessing.size else None
-        facts["preprocessing"] = preprocessing.mode
-    except ValueError:
-        pass
+    facts = {"backbone": backbone_key(model) or model.name, "num_classes": int(model.output_shape[-1])}
+    size = input_size(model)
+    facts["input_size"] = list(size) if size else None
+    spec = model_spec(model)
+    if spec is not None:
+        facts["preprocessing"] = spec.preprocessing
     facts["class_names"] = list(class_names) if class_names is not None else None
     facts.update(extra or {})
     return facts
@@ -208,14 +197,8 @@ def load_predictor(path):
 
 def keras_predictor(model):
     """`predict(list_of_encoded_images) -> probabilities` for a Keras model taking RGB 0-255 images of any size."""
-    import numpy as np
-
     def predict(blobs):
         # One image at a time: the model resizes any size inside, so no resize is needed here.
-        return np.concatenate([np.asarray(model(_decode(b)[None], training=False)) for b in blobs])
+        return np.concatenate([np.asarray(model(image_array(b)[None], training=False)) for b in blobs])
 
     return predict
-
-
-def _decode(blob):
-    return tf.cast(tf.io.decode_image(blob, channels=3, expand_animations=False, dtype=tf.uint8), tf.float32)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import keras
 
-# head name -> pooling layer; "flatten" keeps spatial positions and so needs a fixed input size.
-HEADS = {
+# Layer names of the head (models.py re-exports them; other modules read a model through models.py).
+HEAD_POOL, PREDICTIONS = "head_pool", "predictions"
+# pooling name -> pooling layer; "flatten" keeps spatial positions and so needs a fixed input size.
+POOLINGS = {
     "avg": keras.layers.GlobalAveragePooling2D,
     "max": keras.layers.GlobalMaxPooling2D,
     "flatten": keras.layers.Flatten,
@@ -13,7 +15,7 @@ HEADS = {
 ACTIVATIONS = ("softmax", "sigmoid")
 
 
-def add_head(features, num_classes, *, head="avg", dense_units=(), dropout=0.0, activation="softmax"):
+def add_head(features, num_classes, *, pooling="avg", dense_units=(), dropout=0.0, activation="softmax"):
     """Adds pooling, optional dense layers and the output layer to a feature map.
 
     Layer names are fixed: `head_pool`, `head_dense_0`, `head_dense_1`, ..., `head_dropout_<i>` (before the
@@ -23,7 +25,7 @@ def add_head(features, num_classes, *, head="avg", dense_units=(), dropout=0.0, 
     Args:
         features: the backbone's output tensor, `(batch, height, width, channels)`.
         num_classes: number of output units; 1 means binary classification with a sigmoid.
-        head: `"avg"`, `"max"` or `"flatten"`.
+        pooling: `"avg"`, `"max"` or `"flatten"`.
         dense_units: sizes of hidden ReLU layers between pooling and the output.
         dropout: dropout rate in [0, 1) applied before every dense layer; 0 adds no dropout layer.
         activation: `"softmax"` (one label per image) or `"sigmoid"` (binary or multi-label).
@@ -32,11 +34,12 @@ def add_head(features, num_classes, *, head="avg", dense_units=(), dropout=0.0, 
         The output tensor, `(batch, num_classes)` probabilities.
 
     Raises:
-        ValueError: for an unknown head or activation, a bad rate, unit count or class count, or
+        ValueError: for an unknown pooling or activation, a bad rate, unit count or class count, or
             `"flatten"` over a feature map of unknown size.
     """
-    if head not in HEADS:
-        raise ValueError(f"Unknown head {head!r}. Expected one of: {', '.join(HEADS)}. Received: head={head!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"Unknown pooling {pooling!r}. Expected one of: {', '.join(POOLINGS)}. "
+                         f"Received: pooling={pooling!r}")  # fmt: skip
     if activation not in ACTIVATIONS:
         raise ValueError(
             f"Unknown activation {activation!r}. Expected one of: {', '.join(ACTIVATIONS)}. "
@@ -49,14 +52,14 @@ def add_head(features, num_classes, *, head="avg", dense_units=(), dropout=0.0, 
     units = tuple(dense_units)
     if any(not isinstance(u, int) or u < 1 for u in units):
         raise ValueError(f"dense_units must be positive integers. Received: dense_units={dense_units!r}")
-    if head == "flatten" and None in tuple(features.shape[1:]):
+    if pooling == "flatten" and None in tuple(features.shape[1:]):
         raise ValueError(
-            "head='flatten' needs a fixed input size, but the backbone's feature map has shape "
-            f"{tuple(features.shape)}. Pass input_shape=(height, width) or use head='avg' or 'max'. "
-            f"Received: head={head!r}"
+            "pooling='flatten' needs a fixed input size, but the backbone's feature map has shape "
+            f"{tuple(features.shape)}. Pass input_shape=(height, width) or use pooling='avg' or 'max'. "
+            f"Received: pooling={pooling!r}"
         )
 
-    x = HEADS[head](name="head_pool")(features)
+    x = POOLINGS[pooling](name=HEAD_POOL)(features)
     for i, n in enumerate(units):
         if dropout:
             x = keras.layers.Dropout(dropout, name=f"head_dropout_{i}")(x)
@@ -65,4 +68,4 @@ def add_head(features, num_classes, *, head="avg", dense_units=(), dropout=0.0, 
         x = keras.layers.Dropout(dropout, name=f"head_dropout_{len(units)}")(x)
     if num_classes == 1:
         activation = "sigmoid"  # a softmax over one unit is constantly 1
-    return keras.layers.Dense(num_classes, activation=activation, dtype="float32", name="predictions")(x)
+    return keras.layers.Dense(num_classes, activation=activation, dtype="float32", name=PREDICTIONS)(x)

@@ -16,9 +16,13 @@ import os
 import keras
 import tensorflow as tf
 
+from keras_transfer.backbones import BackboneSpec
+from keras_transfer.compat import in_safe_mode
+
 PREFIX = "hub:"
-DEFAULT_SIZE = 224  # the size of most hub image modules; pass input_shape for others
-MIN_SIZE = 32
+# What every hub module shares, as a backbone row: images in [0, 1] ("unit"), 224 px by default (the size of most
+# hub image modules; pass input_shape for others), and one stage, the module (so "stages:1" trains all of it).
+SPEC = BackboneSpec("HubLayer", None, "unit", 224, 32, ("hub_module",))
 
 
 def is_hub(backbone):
@@ -86,7 +90,7 @@ class HubLayer(keras.layers.Layer):
         return self._module(inputs, training=bool(training) and self.trainable)
 
     def compute_output_shape(self, input_shape):
-        out = self._module(tf.zeros([1, *[d or MIN_SIZE for d in input_shape[1:]]]), training=False)
+        out = self._module(tf.zeros([1, *[d or SPEC.min_size for d in input_shape[1:]]]), training=False)
         return (input_shape[0], *out.shape[1:])
 
     def get_config(self):
@@ -94,9 +98,7 @@ class HubLayer(keras.layers.Layer):
 
     @classmethod
     def from_config(cls, config, custom_objects=None, safe_mode=None):
-        from keras.src.saving import serialization_lib
-
-        effective = safe_mode if safe_mode is not None else serialization_lib.in_safe_mode()
+        effective = safe_mode if safe_mode is not None else in_safe_mode()
         if effective is not False:
             raise ValueError(
                 f"This model holds the TF Hub module {config.get('handle')!r}; loading it runs that module's graph "
@@ -122,13 +124,13 @@ def _find_variables(root):
     return found
 
 
-def hub_backbone(handle, shape):
-    """A `keras.Model` named `backbone` around the hub module, from images of `shape` to its features."""
+def hub_backbone(handle, shape, name="backbone"):
+    """A `keras.Model` named `name` around the hub module, from images of `shape` to its features."""
     inputs = keras.Input(shape=shape)
     x = HubLayer(handle, name="hub_module")(inputs)
     if len(x.shape) == 2:  # a feature vector: give the head a 1x1 map so every head type applies
         x = keras.layers.Reshape((1, 1, x.shape[-1]), name="hub_features")(x)
-    return keras.Model(inputs, x, name="backbone")
+    return keras.Model(inputs, x, name=name)
 
 
 def hub_model_name(handle):

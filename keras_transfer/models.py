@@ -9,13 +9,20 @@ import warnings
 
 import keras
 
-from keras_transfer.backbones import backbone_constructor, get_spec
-from keras_transfer.heads import add_head
-from keras_transfer.hub import DEFAULT_SIZE, MIN_SIZE, PREFIX, hub_backbone, hub_model_name, is_hub
-from keras_transfer.preprocessing import BackbonePreprocessing
+from keras_transfer.backbones import BACKBONES, backbone_constructor, get_spec
+from keras_transfer.compat import flatten_layers
+from keras_transfer.heads import HEAD_POOL, PREDICTIONS, add_head
+from keras_transfer.hub import PREFIX, hub_backbone, hub_model_name, is_hub
+from keras_transfer.hub import SPEC as HUB_SPEC
+from keras_transfer.preprocessing import BackbonePreprocessing, augmentation
 from keras_transfer.weights import CHECKPOINT_PACKAGES
 
 logger = logging.getLogger(__name__)
+
+
+# Layer names `build_model` gives; other modules reach a model's parts through the accessors below.
+# (HEAD_POOL and PREDICTIONS are imported above from heads.py, which builds those layers.)
+IMAGES, AUGMENTATION, PREPROCESSING, BACKBONE = "images", "augmentation", "preprocessing", "backbone"
 
 
 def build_model(
@@ -24,16 +31,19 @@ def build_model(
     *,
     input_shape=None,
     weights="imagenet",
-    head="avg",
+    pooling="avg",
     dense_units=(),
     dropout=0.0,
     activation="softmax",
+    augment=False,
+    **deprecated,
 ):
     """Builds a transfer-learning classifier around a `keras.applications` backbone.
 
     The model takes float RGB images in 0-255 of any height and width; it resizes them to `input_shape` and
-    applies the backbone's own preprocessing inside the graph. The backbone is called with `training=False`,
-    and the model is named after the backbone (`model.name == backbone`). Layer names are fixed: `images`,
+    applies the backbone's own preprocessing inside the graph. The backbone is called with `training=False`.
+    The backbone key travels inside the model (see `backbone_key`), so renaming or saving it loses nothing; the
+    model is named after the backbone. Layer names are fixed: `images`, `augmentation` (with `augment`),
     `preprocessing`, `backbone`, `head_pool`, `head_dense_<i>`, `head_dropout_<i>`, `predictions`.
 
     Args:
@@ -45,16 +55,20 @@ def build_model(
         weights: `"imagenet"` (downloaded by Keras), None (random), a backbone weights file (`.weights.h5`
             or legacy `.h5`), or a saved model (`.keras`, or a full-model `.h5`) whose `backbone` layer
             (or the model itself) is the pretrained start.
-        head: `"avg"`, `"max"` or `"flatten"` (needs a fixed input size).
+        pooling: how the head pools the backbone's feature map: `"avg"`, `"max"` or `"flatten"` (needs a fixed
+            input size). Formerly `head=`, still accepted with a `DeprecationWarning`.
         dense_units: sizes of hidden ReLU layers in the head, e.g. `(1024,)`.
         dropout: dropout rate before each dense layer of the head.
         activation: `"softmax"` or `"sigmoid"` (multi-label).
+        augment: False; True for the default augmentation (`preprocessing.augmentation`: flip, rotation, zoom,
+            translation, contrast); or a Keras layer of your own. It sits right after the input and acts in
+            training only, so `fine_tune` sees it and the input pipeline stays cacheable.
 
     Returns:
         An uncompiled `keras.Model` mapping `(batch, H, W, 3)` images to `(batch, num_classes)` probabilities.
 
     Raises:
-        ValueError: for an unknown backbone, head or activation, an input smaller than the backbone allows,
+        ValueError: for an unknown backbone, pooling or activation, an input smaller than the backbone allows,
             a missing weights file or one that does not fit the architecture, or `num_classes < 1`.
         OSError: when the ImageNet weights cannot be downloaded; the message lists the offline alternatives.
 
@@ -64,25 +78,41 @@ def build_model(
     >>> model.predict(np.zeros((2, 50, 50, 3)), verbose=0).shape
     (2, 3)
     """
+    pooling = _renamed(deprecated, "head", "pooling", pooling, "build_model")
+    spec = backbone_spec(backbone)
+    input_shape = _pretrained_shape(backbone, input_shape, weights)
+    height, width = _image_size(backbone, input_shape, spec)
+    images = keras.Input(shape=(None, None, 3), name=IMAGES)
+    x = _augmentation_layer(augment)(images) if augment is not False else images
+    x = BackbonePreprocessing(spec.preprocessing, size=(height, width) if height else None, backbone=backbone,
+                              dtype="float32", name=PREPROCESSING)(x)  # fmt: skip
     if is_hub(backbone):
-        return _build_hub_model(backbone, num_classes, input_shape, weights, head, dense_units, dropout, activation)
-    spec = get_spec(backbone)
-    pretrained = pretrained_metadata(weights)
-    if pretrained:
-        input_shape = _check_pretrained(pretrained, backbone, input_shape, weights)
-    height, width = _image_size(backbone, input_shape, spec.min_size, spec.default_size)
-    fixed = height is not None
+        base = hub_backbone(backbone[len(PREFIX) :], (height, width, 3), name=BACKBONE)
+    else:
+        base = _construct_backbone(backbone, (height, width, 3), weights)
+    outputs = add_head(base(x, training=False), num_classes, pooling=pooling, dense_units=dense_units,
+                       dropout=dropout, activation=activation)  # fmt: skip
+    return keras.Model(images, outputs, name=hub_model_name(backbone[len(PREFIX) :]) if is_hub(backbone) else backbone)
 
-    images = keras.Input(shape=(None, None, 3), name="images")
-    x = BackbonePreprocessing(
-        spec.preprocessing, size=(height, width) if fixed else None, dtype="float32", name="preprocessing"
-    )(images)
-    base = _construct_backbone(backbone, (height, width, 3), weights)
-    features = base(x, training=False)
-    outputs = add_head(
-        features, num_classes, head=head, dense_units=dense_units, dropout=dropout, activation=activation
-    )
-    return keras.Model(images, outputs, name=backbone)
+
+def _renamed(deprecated, old, new, value, where):
+    """`value`, or the value passed under a deprecated keyword `old` (with a `DeprecationWarning`)."""
+    unknown = sorted(set(deprecated) - {old})
+    if unknown:
+        raise TypeError(f"{where}() got an unexpected keyword argument {unknown[0]!r}")
+    if old in deprecated:
+        warnings.warn(f"{where}({old}=...) is deprecated; use {new}=... (same values).", DeprecationWarning,
+                      stacklevel=3)  # fmt: skip
+        return deprecated[old]
+    return value
+
+
+def _augmentation_layer(augment):
+    if augment is True:
+        return augmentation()
+    if isinstance(augment, keras.layers.Layer):
+        return augment
+    raise ValueError(f"augment must be False, True or a Keras layer. Received: augment={augment!r}")
 
 
 def imagenet_classifier(backbone, weights="imagenet"):
@@ -115,26 +145,10 @@ def imagenet_classifier(backbone, weights="imagenet"):
         raise ValueError(f"Backbone {backbone!r} has no ImageNet classifier; use one of the keras.applications rows "
                          f"or efficientnet_lite0/1/2. Received: backbone={backbone!r}")  # fmt: skip
     size = (spec.default_size, spec.default_size)
-    images = keras.Input(shape=(None, None, 3), name="images")
-    x = BackbonePreprocessing(spec.preprocessing, size=size, dtype="float32", name="preprocessing")(images)
+    images = keras.Input(shape=(None, None, 3), name=IMAGES)
+    x = BackbonePreprocessing(spec.preprocessing, size=size, backbone=backbone, dtype="float32", name=PREPROCESSING)(images)
     network = _constructed(backbone, include_top=True, weights=weights, input_shape=(*size, 3))
     return keras.Model(images, network(x), name=f"{backbone}_imagenet")
-
-
-def _build_hub_model(backbone, num_classes, input_shape, weights, head, dense_units, dropout, activation):
-    """A TF Hub module as the backbone: images scaled to [0, 1] (the hub image convention), the module's own
-    weights (`weights` must be "imagenet", meaning pretrained, or None to keep them too)."""
-    if weights not in ("imagenet", None):
-        raise ValueError(f"A hub backbone brings its own weights; weights files do not apply. Use weights='imagenet' "
-                         f"(or None). Received: weights={weights!r}")  # fmt: skip
-    handle = backbone[len(PREFIX) :]
-    height, width = _image_size(backbone, input_shape, MIN_SIZE, DEFAULT_SIZE)
-    images = keras.Input(shape=(None, None, 3), name="images")
-    size = (height, width) if height is not None else None
-    x = BackbonePreprocessing("unit", size=size, dtype="float32", name="preprocessing")(images)
-    features = hub_backbone(handle, (height, width, 3))(x, training=False)
-    outputs = add_head(features, num_classes, head=head, dense_units=dense_units, dropout=dropout, activation=activation)
-    return keras.Model(images, outputs, name=hub_model_name(handle))
 
 
 def pretrained_metadata(weights):
@@ -167,9 +181,21 @@ def _check_pretrained(metadata, backbone, input_shape, weights):
     return input_shape
 
 
-def _image_size(backbone, input_shape, min_size, default_size):
+def _pretrained_shape(backbone, input_shape, weights):
+    """The input shape to build with, checked against the weights: a hub module brings its own weights, and a
+    file from `pretrain` its pretrained size."""
+    if is_hub(backbone):
+        if weights not in ("imagenet", None):
+            raise ValueError(f"A hub backbone brings its own weights; weights files do not apply. Use weights="
+                             f"'imagenet' (or None). Received: weights={weights!r}")  # fmt: skip
+        return input_shape
+    pretrained = pretrained_metadata(weights)
+    return _check_pretrained(pretrained, backbone, input_shape, weights) if pretrained else input_shape
+
+
+def _image_size(backbone, input_shape, spec):
     if input_shape is None:
-        return default_size, default_size
+        return spec.default_size, spec.default_size
     shape = (input_shape, input_shape) if isinstance(input_shape, int) else tuple(input_shape)
     if len(shape) == 3 and shape[2] != 3 or len(shape) not in (2, 3):
         raise ValueError(
@@ -181,10 +207,10 @@ def _image_size(backbone, input_shape, min_size, default_size):
         raise ValueError(
             f"input_shape must fix both height and width or neither. Received: input_shape={input_shape!r}"
         )
-    if height is not None and min(height, width) < min_size:
+    if height is not None and min(height, width) < spec.min_size:
         raise ValueError(
-            f"Backbone {backbone!r} needs inputs of at least {min_size}x{min_size} pixels "
-            f"(default {default_size}x{default_size}). Received: input_shape={input_shape!r}"
+            f"Backbone {backbone!r} needs inputs of at least {spec.min_size}x{spec.min_size} pixels "
+            f"(default {spec.default_size}x{spec.default_size}). Received: input_shape={input_shape!r}"
         )
     return height, width
 
@@ -194,7 +220,7 @@ def _construct_backbone(backbone, shape, weights):
     base = _constructed(backbone, include_top=False, weights=None if from_file else weights, input_shape=shape)
     if from_file:
         _load_weights(base, backbone, os.fspath(weights))
-    base.name = "backbone"
+    base.name = BACKBONE
     return base
 
 
@@ -257,7 +283,7 @@ def _is_full_model_h5(path):
 
 def _find_backbone(model):
     try:
-        return model.get_layer("backbone")
+        return model.get_layer(BACKBONE)
     except ValueError:
         return model  # a bare backbone saved on its own
 
@@ -275,16 +301,110 @@ def _copy_weights(source, target, backbone, path):
     target.set_weights(source.get_weights())
 
 
+# --- what a model is: the one place that knows how build_model lays a model out ----------------------------
+
+
+def backbone_spec(backbone):
+    """The table row of a backbone key (`BACKBONES[key]`), or the row hub modules share for `"hub:<handle>"`.
+
+    Raises:
+        ValueError: for an unknown key.
+    """
+    return HUB_SPEC if is_hub(backbone) else get_spec(backbone)
+
+
+def default_input_size(backbone, weights=None):
+    """`(height, width)` that `build_model(backbone, weights=weights)` builds at when no `input_shape` is given:
+    the size a `pretrain` weights file was trained at, else the row's default."""
+    pretrained = (pretrained_metadata(weights) or {}).get("image_size")
+    if pretrained:
+        return tuple(pretrained)
+    size = backbone_spec(backbone).default_size
+    return size, size
+
+
+def backbone_key(model):
+    """The backbone key a model was built with (e.g. `"resnet50"`, `"hub:/path"`), read from the model itself, so
+    it survives renaming and `.keras` save/load; None for a model `build_model` did not make."""
+    layer = _layer(model, PREPROCESSING)
+    key = getattr(layer, "backbone", None)
+    if key is None and model.name in BACKBONES:  # saved before the key travelled in the model: its name
+        key = model.name
+    return key
+
+
+def model_spec(model):
+    """The table row of the model's backbone (see `backbone_spec`), or None when the model has no known key."""
+    key = backbone_key(model)
+    return backbone_spec(key) if key is not None else None
+
+
+def input_size(model):
+    """`(height, width)` the model resizes its images to, or None when it runs at any size."""
+    layer = _layer(model, PREPROCESSING)
+    size = layer.size if layer is not None else tuple(model.input_shape[1:3])
+    return None if not size or None in size else tuple(int(s) for s in size)
+
+
 def get_backbone(model):
     """Returns the `backbone` sub-model of a model made by `build_model`.
 
     Raises:
-        ValueError: if the model has no layer named `backbone`.
+        ValueError: if the model has no backbone layer.
     """
+    return _required(model, BACKBONE)
+
+
+def output_layer(model):
+    """The `predictions` Dense layer of a model made by `build_model`."""
+    return _required(model, PREDICTIONS)
+
+
+def augmentation_layer(model):
+    """The model's in-model augmentation layer, or None."""
+    return _layer(model, AUGMENTATION)
+
+
+def feature_model(model, name=None):
+    """The model from images to the pooled backbone features of `model` (its `head_pool` output), sharing its
+    layers. For a model without a head (a bare feature map or vectors), the model itself, average-pooled."""
+    pool = _layer(model, HEAD_POOL)
+    if pool is not None:
+        return keras.Model(model.input, pool.output, name=name or f"{model.name}_features")
+    if len(model.output_shape) == 4:
+        pooled = keras.layers.GlobalAveragePooling2D(name="feature_pool")(model.output)
+        return keras.Model(model.input, pooled, name=name or f"{model.name}_features")
+    if len(model.output_shape) != 2:
+        raise ValueError(f"model's output must be a feature map or vectors. Received: output shape {model.output_shape}")
+    return model
+
+
+def head_model(model):
+    """A model from pooled features to predictions that SHARES the head layers of `model`."""
+    names = [layer.name for layer in model.layers]
+    pool = _required(model, HEAD_POOL)
+    features = keras.Input(shape=pool.output.shape[1:], name="features")
+    x = features
+    for layer in model.layers[names.index(HEAD_POOL) + 1 :]:
+        x = layer(x)
+    return keras.Model(features, x, name=f"{model.name}_head")
+
+
+def batchnorm_layers(layer):
+    """Every BatchNormalization layer nested inside `layer`."""
+    return [x for x in flatten_layers(layer) if isinstance(x, keras.layers.BatchNormalization)]
+
+
+def _layer(model, name):
     try:
-        return model.get_layer("backbone")
+        return model.get_layer(name)
     except ValueError:
-        raise ValueError(
-            f"Model {model.name!r} has no layer named 'backbone'; build it with keras_transfer.build_model. "
-            f"Received: model={model.name!r}"
-        ) from None
+        return None
+
+
+def _required(model, name):
+    layer = _layer(model, name)
+    if layer is None:
+        raise ValueError(f"Model {model.name!r} has no layer named {name!r}; build it with keras_transfer.build_model. "
+                         f"Received: model={model.name!r}")  # fmt: skip
+    return layer

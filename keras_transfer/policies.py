@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 
 import keras
 
-from keras_transfer.backbones import BACKBONES
-from keras_transfer.models import get_backbone
+from keras_transfer.models import backbone_key, batchnorm_layers, get_backbone, model_spec
 
 logger = logging.getLogger(__name__)
 
-POLICIES = ("none", "all", "top:N", "from:NAME", "stages:K")
+POLICIES = ("frozen", "all", "top:N", "from:NAME", "stages:K")
+DEPRECATED_POLICIES = {"none": "frozen"}  # old name -> new name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,16 +44,18 @@ class TrainableSummary:
         )
 
 
-def set_trainable(model, policy="none", *, train_batchnorm=False):
+def set_trainable(model, policy="frozen", *, train_batchnorm=False):
     """Sets which backbone layers train; head layers always train.
 
     Policies, over the backbone's layers in graph order:
-    - `"none"`: freeze the whole backbone (train the head only).
+    - `"frozen"`: freeze the whole backbone (train the head only). Formerly `"none"`, still accepted with a
+      `DeprecationWarning`.
     - `"all"`: train every backbone layer.
     - `"top:N"`: train the last N backbone layers.
     - `"from:NAME"`: train the first layer whose name starts with NAME and every layer after it
       (`"from:block5"` on vgg16).
-    - `"stages:K"`: train the last K stages listed in the backbone's table row.
+    - `"stages:K"`: train the last K stages listed in the backbone's table row (a hub module is one stage).
+      The backbone key is read from the model, so renamed and reloaded models work.
 
     Args:
         model: a model from `build_model`.
@@ -72,16 +75,20 @@ def set_trainable(model, policy="none", *, train_batchnorm=False):
     >>> print(set_trainable(model, "from:block5").trainable_layers)
     3
     """
+    if policy in DEPRECATED_POLICIES:
+        warnings.warn(f"Policy {policy!r} is deprecated; use {DEPRECATED_POLICIES[policy]!r} (same meaning).",
+                      DeprecationWarning, stacklevel=2)  # fmt: skip
+        policy = DEPRECATED_POLICIES[policy]
     backbone = get_backbone(model)
     layers = [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
-    start = _first_trainable(model.name, layers, policy)
+    start = _first_trainable(model, layers, policy)
 
     backbone.trainable = start < len(layers)
     for i, layer in enumerate(layers):
         layer.trainable = i >= start
     frozen_batchnorm = 0
-    for layer in backbone._flatten_layers(include_self=False):
-        if isinstance(layer, keras.layers.BatchNormalization) and not (train_batchnorm and layer.trainable):
+    for layer in batchnorm_layers(backbone):
+        if not (train_batchnorm and layer.trainable):
             layer.trainable = False
             frozen_batchnorm += 1
     for layer in model.layers:
@@ -108,10 +115,10 @@ def _count(weights):
     return int(sum(keras.ops.size(w) for w in weights))
 
 
-def _first_trainable(backbone_name, layers, policy):
+def _first_trainable(model, layers, policy):
     """Index of the first trainable backbone layer under `policy` (len(layers) when none)."""
     kind, _, arg = str(policy).partition(":")
-    if policy == "none":
+    if policy == "frozen":
         return len(layers)
     if policy == "all":
         return 0
@@ -121,24 +128,24 @@ def _first_trainable(backbone_name, layers, policy):
         for i, layer in enumerate(layers):
             if layer.name.startswith(arg):
                 return i
-        spec = BACKBONES.get(backbone_name)
-        hint = f" Stage prefixes of {backbone_name!r}: {', '.join(spec.stages)}." if spec else ""
+        spec = model_spec(model)
+        hint = f" Stage prefixes of {backbone_key(model)!r}: {', '.join(spec.stages)}." if spec else ""
         raise ValueError(f"No backbone layer name starts with {arg!r}.{hint} Received: policy={policy!r}")
     if kind == "stages" and arg.isdigit():
-        return _stage_start(backbone_name, layers, int(arg), policy)
+        return _stage_start(model, layers, int(arg), policy)
     raise ValueError(f"Unknown policy {policy!r}. Expected one of: {', '.join(POLICIES)}. Received: policy={policy!r}")
 
 
-def _stage_start(backbone_name, layers, k, policy):
-    spec = BACKBONES.get(backbone_name)
+def _stage_start(model, layers, k, policy):
+    spec, key = model_spec(model), backbone_key(model)
     if spec is None:
         raise ValueError(
-            f"Policy 'stages:K' needs a backbone from the table, but model {backbone_name!r} is not one; "
-            f"use 'top:N' or 'from:NAME'. Received: policy={policy!r}"
+            f"Policy 'stages:K' needs to know the model's backbone, but model {model.name!r} was not made by "
+            f"build_model; policies that apply: 'frozen', 'all', 'top:N', 'from:NAME'. Received: policy={policy!r}"
         )
     n = len(spec.stages)
     if not 1 <= k <= n:
-        raise ValueError(f"Backbone {backbone_name!r} has {n} stages; K must be in 1..{n}. Received: policy={policy!r}")
+        raise ValueError(f"Backbone {key!r} has {n} stages; K must be in 1..{n}. Received: policy={policy!r}")
     if k == n:
         return 0
     names = [layer.name for layer in layers]

@@ -24,6 +24,8 @@ class BackbonePreprocessing(keras.layers.Layer):
     Args:
         mode: one of `"caffe"`, `"tf"`, `"torch"`, `"unit"`, `"lite"`, `"none"` (see `BackboneSpec.preprocessing`).
         size: `(height, width)` the images are resized to (bilinear), or None to keep the input size.
+        backbone: the backbone key the model was built for (`build_model` sets it, so the key travels with the
+            model through renaming and saving; see `keras_transfer.models.backbone_key`).
         **kwargs: passed to `keras.layers.Layer` (`name`, `dtype`).
 
     Example:
@@ -33,7 +35,7 @@ class BackbonePreprocessing(keras.layers.Layer):
     (1, 32, 32, 3)
     """
 
-    def __init__(self, mode: str, size: tuple[int, int] | None = None, **kwargs):
+    def __init__(self, mode: str, size: tuple[int, int] | None = None, backbone: str | None = None, **kwargs):
         super().__init__(**kwargs)
         if mode not in PREPROCESSING_MODES:
             raise ValueError(
@@ -42,6 +44,7 @@ class BackbonePreprocessing(keras.layers.Layer):
             )
         self.mode = mode
         self.size = None if size is None else (int(size[0]), int(size[1]))
+        self.backbone = backbone
 
     def call(self, images):
         x = ops.cast(images, self.compute_dtype)
@@ -67,4 +70,20 @@ class BackbonePreprocessing(keras.layers.Layer):
         return (input_shape[0], *self.size, input_shape[-1])
 
     def get_config(self):
-        return {**super().get_config(), "mode": self.mode, "size": self.size}
+        return {**super().get_config(), "mode": self.mode, "size": self.size, "backbone": self.backbone}
+
+
+def augmentation(seed=None):
+    """The default training augmentation, as Keras preprocessing layers on batches of 0-255 images: random
+    horizontal flip, rotation, zoom and translation (10%, reflected borders) and contrast (kept in 0-255).
+    Inside a model they act only in training (`fit`); `predict`, `evaluate` and exports pass images through."""
+    return keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomRotation(0.1, fill_mode="reflect", seed=seed),
+            keras.layers.RandomZoom(0.1, fill_mode="reflect", seed=seed),
+            keras.layers.RandomTranslation(0.1, 0.1, fill_mode="reflect", seed=seed),
+            keras.layers.RandomContrast(0.1, value_range=(0, 255), seed=seed),
+        ],
+        name="augmentation",
+    )

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from keras_transfer.backbones import get_spec
 from keras_transfer.data import load_dataset
-from keras_transfer.models import build_model
+from keras_transfer.models import build_model, feature_model, get_backbone
 from keras_transfer.policies import set_trainable
 from keras_transfer.training import EpochLines, _with_known_size, recompute_batchnorm
 
@@ -75,7 +75,7 @@ def pretrain(
         metrics = _simclr(model, train.map(lambda images, labels: images), epochs, learning_rate, seed)
     os.makedirs(output_dir, exist_ok=True)
     stem = os.path.join(output_dir, f"{backbone}_{method}")
-    model.get_layer("backbone").save_weights(stem + ".weights.h5")
+    get_backbone(model).save_weights(stem + ".weights.h5")
     metadata = {
         "backbone": backbone, "image_size": [size, size], "method": method, "data": info.source,
         "classes": info.class_names, "epochs": epochs, "metrics": metrics,
@@ -122,7 +122,7 @@ def simclr_augmentation(seed=None):
 
 
 def _simclr(model, images, epochs, learning_rate, seed):
-    encoder = keras.Model(model.input, model.get_layer("head_pool").output, name="encoder")
+    encoder = feature_model(model, name="encoder")
     projection = keras.Sequential(
         [keras.layers.Dense(128, activation="relu"), keras.layers.Dense(64)], name="projection"
     )

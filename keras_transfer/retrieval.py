@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import numpy as np
+
+from keras_transfer.files import atomic_path
+from keras_transfer.images import image_array, read_image
+from keras_transfer.models import build_model, feature_model, input_size
 
 SEARCHES = ("exact", "faiss")
 INDEX_FILES = ("embeddings.npy", "index.json", "embedder.keras")
@@ -112,9 +115,9 @@ class FeatureIndex:
     def embed(self, image):
         """L2-normalised embeddings `(n, dim)` of a path, bytes, image, batch of images or embeddings."""
         if isinstance(image, (str, os.PathLike)):
-            image = _read_file(os.fspath(image))
+            image = read_image(os.fspath(image))
         if isinstance(image, bytes):
-            image = _decode_bytes(image, "query")[None]
+            image = image_array(image, "query")[None]
         array = np.asarray(image, np.float32)
         if array.ndim == 2 and array.shape[1] == self.dim:
             return _normalise(array)
@@ -148,25 +151,17 @@ class FeatureIndex:
             ValueError: when the parent folder cannot be written.
         """
         path = os.fspath(path)
-        parent = os.path.dirname(os.path.abspath(path))
         try:
-            os.makedirs(parent, exist_ok=True)
-            tmp = f"{path}.tmp-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            os.makedirs(tmp)
-        except OSError as e:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with atomic_path(path) as tmp:
+                os.makedirs(tmp)
+                np.save(os.path.join(tmp, "embeddings.npy"), self.embeddings)
+                with open(os.path.join(tmp, "index.json"), "w") as f:
+                    json.dump({"paths": self.paths, "labels": self.labels.tolist(), "search": self.search,
+                               "batch_size": self.batch_size, "dim": self.dim}, f)  # fmt: skip
+                self.embedder.save(os.path.join(tmp, "embedder.keras"))
+        except PermissionError as e:
             raise ValueError(f"Cannot write the index to {path!r}: {e}. Received: path={path!r}") from e
-        try:
-            np.save(os.path.join(tmp, "embeddings.npy"), self.embeddings)
-            with open(os.path.join(tmp, "index.json"), "w") as f:
-                json.dump({"paths": self.paths, "labels": self.labels.tolist(), "search": self.search,
-                           "batch_size": self.batch_size, "dim": self.dim}, f)  # fmt: skip
-            self.embedder.save(os.path.join(tmp, "embedder.keras"))
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            os.rename(tmp, path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     @classmethod
@@ -250,17 +245,11 @@ class FeatureIndex:
     def _embed_files(self, source):
         import logging
 
-        from keras_transfer.data import find_images, image_problem
+        from keras_transfer.images import image_files
 
-        if isinstance(source, (str, os.PathLike)):
-            if not os.path.isdir(source):
-                raise ValueError(f"{os.fspath(source)!r} is not a folder. Received: source={os.fspath(source)!r}")
-            files, skipped = find_images(os.fspath(source))
-        else:
-            files, skipped = [], []
-            for path in map(os.fspath, source):
-                reason = image_problem(path) if os.path.isfile(path) else "no such file"
-                (skipped.append((path, reason)) if reason else files.append(path))
+        if isinstance(source, (str, os.PathLike)) and not os.path.isdir(source):
+            raise ValueError(f"{os.fspath(source)!r} is not a folder. Received: source={os.fspath(source)!r}")
+        files, skipped = image_files([source] if isinstance(source, (str, os.PathLike)) else source)
         for path, reason in skipped:
             logging.getLogger(__name__).warning("Skipped %s: %s", path, reason)
         if not files:
@@ -268,42 +257,25 @@ class FeatureIndex:
         vectors = []
         for start in range(0, len(files), self.batch_size):
             batch = files[start : start + self.batch_size]
-            size = self._input_size()
-            images = [_resize(_decode_bytes(_read_file(p), p), size) for p in batch]
+            size = input_size(self.embedder)
+            images = [_resize(image_array(read_image(p), p), size) for p in batch]
             if size is None:  # a model without a fixed size: one image at a time
                 vectors += [self._embed_arrays(image[None]) for image in images]
             else:
                 vectors.append(self._embed_arrays(np.stack(images)))
         return np.concatenate(vectors), files, None
 
-    def _input_size(self):
-        try:
-            size = self.embedder.get_layer("preprocessing").size
-        except ValueError:
-            size = tuple(self.embedder.input_shape[1:3])
-        return None if not size or None in size else tuple(size)
-
 
 def embedding_model(model, *, weights="imagenet", image_size=None):
     """The Keras model from images to pooled features that `FeatureIndex` uses (see its `model` argument)."""
     import keras
-
-    from keras_transfer.models import build_model
 
     if isinstance(model, str):
         model = build_model(model, 1, input_shape=image_size, weights=weights)
     if not isinstance(model, keras.Model):
         raise ValueError("model must be a Keras model or a backbone key such as 'resnet50'. "
                          f"Received: model={type(model).__name__}")  # fmt: skip
-    names = [layer.name for layer in model.layers]
-    if "head_pool" in names:
-        return keras.Model(model.input, model.get_layer("head_pool").output, name=f"{model.name}_embedding")
-    if len(model.output_shape) == 4:
-        pooled = keras.layers.GlobalAveragePooling2D(name="embedding_pool")(model.output)
-        return keras.Model(model.input, pooled, name=f"{model.name}_embedding")
-    if len(model.output_shape) != 2:
-        raise ValueError(f"model's output must be a feature map or vectors. Received: output shape {model.output_shape}")
-    return model
+    return feature_model(model, name=f"{model.name}_embedding")
 
 
 def retrieval_metrics(embeddings, labels, ks=(1, 5, 10)):
@@ -337,27 +309,6 @@ def retrieval_metrics(embeddings, labels, ks=(1, 5, 10)):
 def _normalise(vectors):
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
-def _read_file(path):
-    from keras_transfer.data import image_problem
-
-    reason = image_problem(path) if os.path.isfile(path) else "no such file"
-    if reason:
-        raise ValueError(f"Cannot read the image {path!r}: {reason}. Received: {path!r}")
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def _decode_bytes(blob, name):
-    import tensorflow as tf
-
-    try:
-        image = tf.io.decode_image(blob, channels=3, expand_animations=False, dtype=tf.uint8)
-    except (tf.errors.InvalidArgumentError, ValueError) as e:
-        raise ValueError(f"{name!r} is not a readable JPEG, PNG, GIF, BMP or WebP image: "
-                         f"{str(e).splitlines()[0][:200]}") from None  # fmt: skip
-    return np.asarray(image, np.float32)
 
 
 def _resize(image, size):

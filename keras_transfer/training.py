@@ -11,15 +11,19 @@ backup, the end of stage 1 is recorded, and rerunning the same call resumes wher
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
 import time
+import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_transfer.files import atomic_path
+from keras_transfer.models import augmentation_layer, batchnorm_layers, feature_model, head_model, output_layer
 from keras_transfer.policies import set_trainable
 
 logger = logging.getLogger(__name__)
@@ -29,26 +33,65 @@ FEATURE_MEMORY_LIMIT = 2 * 1024**3  # cached features above this size go to disk
 STAGE1_DONE = "stage1.weights.h5"
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingOptions:
+    """The less common settings of `fine_tune`; each may also be passed to `fine_tune` by name.
+
+    Attributes:
+        optimizer: `"adam"`, `"adamw"`, `"sgd"` (momentum 0.9) or `"rmsprop"`.
+        label_smoothing: label smoothing for the cross-entropy loss, in [0, 1).
+        cache_features: `"auto"` computes the frozen backbone's features once for stage 1 unless the model
+            augments its images (`build_model(augment=...)`) or the strategy spans several workers; True or
+            False force it. Augmenting in your own input pipeline? Pass False: the pipeline cannot be seen.
+        jit_compile: XLA compilation, passed to `model.compile`; `"auto"` turns it on for GPUs only (on CPU,
+            XLA measured 13-14x slower for EfficientNet-Lite0 prediction on this project's machines).
+        train_batchnorm: let stage 2 train the BatchNormalization layers it unfreezes (for training from
+            scratch). Their moving statistics then lag behind the weights after a short run, so they are
+            recomputed over the training images at the end (`recompute_batchnorm`).
+        head_init: None, or `"probe"`: start stage 1 from a logistic regression fitted on the cached features
+            (LP-FT, Kumar et al. 2022), so fine-tuning starts at the linear probe's accuracy with a loss that
+            is not yet zero. Needs cached features and a head without hidden dense layers.
+    """
+
+    optimizer: str = "adam"
+    label_smoothing: float = 0.0
+    cache_features: object = "auto"
+    jit_compile: object = "auto"
+    train_batchnorm: bool = False
+    head_init: str | None = None
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"Unknown optimizer {self.optimizer!r}. Expected one of: {', '.join(OPTIMIZERS)}. "
+                             f"Received: optimizer={self.optimizer!r}")  # fmt: skip
+        checks = (
+            ("label_smoothing", _is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1, "a number in [0, 1)"),
+            ("cache_features", self.cache_features in ("auto", True, False), "'auto', True or False"),
+            ("jit_compile", self.jit_compile in ("auto", True, False), "'auto', True or False"),
+            ("train_batchnorm", isinstance(self.train_batchnorm, bool), "True or False"),
+            ("head_init", self.head_init in (None, "probe"), "None or 'probe'"),
+        )  # fmt: skip
+        for name, ok, allowed in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {allowed}. Received: {name}={getattr(self, name)!r}")
+
+
 def fine_tune(
     model,
     train,
     val=None,
     *,
-    epochs=5,
+    head_epochs=5,
     fine_tune_epochs=5,
     unfreeze="stages:1",
     learning_rate=1e-3,
     fine_tune_learning_rate=1e-5,
-    optimizer="adam",
-    label_smoothing=0.0,
+    options=None,
     callbacks=(),
     run_dir=None,
     strategy=None,
-    cache_features="auto",
-    jit_compile="auto",
-    train_batchnorm=False,
-    head_init=None,
     verbose="auto",
+    **kwargs,
 ):
     """Trains a model from `build_model` in two stages: the head, then the unfrozen top of the backbone.
 
@@ -56,28 +99,19 @@ def fine_tune(
         model: a model from `build_model` (built inside `strategy.scope()` when a strategy is given).
         train: a `tf.data.Dataset` of `(images, labels)` batches, e.g. from `load_dataset`.
         val: an optional validation dataset of the same form.
-        epochs: stage-1 epochs (head only, backbone frozen). 0 skips stage 1.
-        fine_tune_epochs: stage-2 epochs. 0 skips stage 2.
+        head_epochs: stage-1 epochs (head only, backbone frozen); 0 skips stage 1. Formerly `epochs`, still
+            accepted with a `DeprecationWarning`.
+        fine_tune_epochs: stage-2 epochs; 0 skips stage 2.
         unfreeze: the `set_trainable` policy for stage 2, e.g. `"stages:1"`, `"from:block5"`, `"all"`.
-        learning_rate: stage-1 learning rate.
-        fine_tune_learning_rate: stage-2 peak learning rate, reached after a linear warmup over the first
+        learning_rate: stage-1 learning rate, > 0.
+        fine_tune_learning_rate: stage-2 peak learning rate (> 0), reached after a linear warmup over the first
             10% of stage-2 steps and then decayed along a cosine; or a `keras.optimizers.schedules` object.
-        optimizer: `"adam"`, `"adamw"`, `"sgd"` (momentum 0.9) or `"rmsprop"`.
-        label_smoothing: label smoothing for the cross-entropy loss.
+        options: a `TrainingOptions` (optimizer, label smoothing, feature caching, XLA, BatchNorm, LP-FT); its
+            fields may also be passed here by name, e.g. `optimizer="sgd"`.
         callbacks: extra Keras callbacks, called in both stages after the run-folder callbacks.
         run_dir: folder for the best checkpoint (`checkpoints/best.keras`), `history.csv`, TensorBoard `logs/`
             and the `backup/` that lets a killed run resume when called again.
         strategy: a `tf.distribute.Strategy` (see `get_strategy`); compiling happens inside its scope.
-        cache_features: `"auto"` caches backbone features for stage 1 unless the training data is augmented
-            (marked by `load_dataset(augment=True)`) or the strategy spans several workers; True or False force it.
-        jit_compile: XLA compilation, passed to `model.compile`; `"auto"` turns it on for GPUs only (on this
-            project's 2-core CPU machines XLA measured slower).
-        train_batchnorm: let stage 2 train the BatchNormalization layers it unfreezes (for training from scratch).
-            Their moving statistics then lag behind the weights after a short run, so they are recomputed over
-            the training images at the end (`recompute_batchnorm`).
-        head_init: None, or `"probe"`: start stage 1 from a logistic regression fitted on the cached features
-            (LP-FT, Kumar et al. 2022), so fine-tuning starts at the linear probe's accuracy with a loss that is
-            not yet zero. Needs cached features and a head without hidden dense layers.
         verbose: `"lines"` logs one line per epoch through `logging` (about ten per stage when a stage is longer
             than 10 epochs), with the stage in it; anything else is passed to `model.fit`: `"auto"`, 0 (silent),
             1 (progress bar) or 2 (Keras's per-epoch line).
@@ -86,76 +120,148 @@ def fine_tune(
         A `keras.callbacks.History` covering the epochs this call trained, numbered continuously across stages.
 
     Raises:
-        ValueError: for an unknown optimizer or policy, negative epochs, or a bad `cache_features`.
+        ValueError: for an unknown optimizer or policy, negative epochs, a learning rate <= 0 or a bad option.
+
+    Example:
+    >>> import keras_transfer as kt
+    >>> train, val, _, info = kt.load_dataset("digits", image_size=32, batch_size=64)
+    >>> model = kt.build_model("small_cnn", info.num_classes, input_shape=32, weights=None)
+    >>> history = kt.fine_tune(model, train, val, head_epochs=1, fine_tune_epochs=1, unfreeze="all", verbose=0)
+    >>> history.epoch
+    [0, 1]
     """
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"Unknown optimizer {optimizer!r}. Expected one of: {', '.join(OPTIMIZERS)}. "
-                         f"Received: optimizer={optimizer!r}")  # fmt: skip
-    for name, value in (("epochs", epochs), ("fine_tune_epochs", fine_tune_epochs)):
-        if not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be an integer >= 0. Received: {name}={value!r}")
-    if verbose not in ("auto", "lines", 0, 1, 2):
-        raise ValueError(f"verbose must be 'auto', 'lines', 0, 1 or 2. Received: verbose={verbose!r}")
-    if head_init not in (None, "probe"):
-        raise ValueError(f"head_init must be None or 'probe'. Received: head_init={head_init!r}")
-    if cache_features not in ("auto", True, False):
-        raise ValueError(f"cache_features must be 'auto', True or False. Received: cache_features={cache_features!r}")
+    head_epochs = _renamed_epochs(head_epochs, kwargs)
+    options = dataclasses.replace(options or TrainingOptions(), **_option_fields(kwargs))
+    _check_schedule(head_epochs, fine_tune_epochs, learning_rate, fine_tune_learning_rate, verbose)
     if fine_tune_epochs:
-        set_trainable(model, unfreeze, train_batchnorm=train_batchnorm)  # a bad policy fails now, not after stage 1
-    strategy = strategy or tf.distribute.get_strategy()
-    augmented = getattr(train, "keras_transfer_augmented", False)  # datasets derived below lose the mark
-    loss, metrics, prepare = _loss_and_metrics(model, label_smoothing)
-    train = _with_known_size(prepare(train))
-    val = _with_known_size(prepare(val)) if val is not None else None
+        set_trainable(model, unfreeze, train_batchnorm=options.train_batchnorm)  # a bad policy fails before stage 1
+    run = _prepare_run(model, train, val, options, callbacks, run_dir, strategy, verbose)
+    run.total_epochs = head_epochs + fine_tune_epochs
     history = keras.callbacks.History()
     history.history, history.epoch = {}, []
-    paths = _run_paths(run_dir)
-    shared = _run_callbacks(model, paths, val is not None)  # one best checkpoint across both stages
-
-    if epochs:
-        set_trainable(model, "none")
-        if paths and os.path.exists(paths["stage1"]):
-            model.load_weights(paths["stage1"])
-            logger.info("Stage 1 already finished in %s; its weights are restored.", run_dir)
-        else:
-            use_cache = cache_features is True or (
-                cache_features == "auto"
-                and not augmented
-                and not _is_multi_worker(strategy)
-            )
-            fit_model, fit_train, fit_val = model, train, val
-            with strategy.scope():  # the head model and its optimizer must belong to the strategy too
-                if use_cache:
-                    fit_model, fit_train, fit_val = _head_on_features(model, train, val, run_dir)
-                if head_init == "probe":
-                    _probe_head(model, fit_train if use_cache else None)
-                fit_model.compile(optimizer=_optimizer(optimizer, learning_rate), loss=loss, metrics=metrics,
-                                  jit_compile=jit_compile)
-            progress = _progress(verbose, "head", 0, epochs + fine_tune_epochs)
-            logger.info("Stage 1: head on a frozen backbone for %d epochs%s", epochs,
-                        " (cached backbone features)" if use_cache else "")  # fmt: skip
-            h = fit_model.fit(fit_train, validation_data=fit_val, epochs=epochs, shuffle=False,
-                              verbose=progress["verbose"], callbacks=_backup(paths, "stage1") + shared
-                              + list(callbacks) + progress["callbacks"])  # fmt: skip
-            _extend(history, h)
-            if paths:
-                _save_atomically(model, paths["stage1"])
-
+    if head_epochs:
+        _extend(history, _train_head(run, head_epochs, learning_rate))
     if fine_tune_epochs:
-        summary = set_trainable(model, unfreeze, train_batchnorm=train_batchnorm)
-        logger.info("%s: %s", "Stage 2" if epochs else "All stages at once (no head-only stage)", summary)
-        steps = int(train.cardinality()) * fine_tune_epochs
-        with strategy.scope():
-            model.compile(optimizer=_optimizer(optimizer, _schedule(fine_tune_learning_rate, steps)),
-                          loss=loss, metrics=metrics, jit_compile=jit_compile)  # fmt: skip
-        progress = _progress(verbose, "tune", epochs, epochs + fine_tune_epochs)
-        h = model.fit(train, validation_data=val, initial_epoch=epochs, epochs=epochs + fine_tune_epochs, shuffle=False,
-                      verbose=progress["verbose"], callbacks=_backup(paths, "stage2") + shared + list(callbacks)
-                      + progress["callbacks"])  # fmt: skip
-        _extend(history, h)
-        if train_batchnorm and summary.trainable_layers:
-            recompute_batchnorm(model, train)
+        _extend(history, _train_unfrozen(run, unfreeze, head_epochs, fine_tune_epochs, fine_tune_learning_rate))
     return history
+
+
+@dataclasses.dataclass
+class _Run:
+    """What both stages of one `fine_tune` call share."""
+
+    model: object
+    train: object
+    val: object
+    options: TrainingOptions
+    strategy: object
+    paths: dict | None
+    callbacks: list  # run-folder callbacks, then the caller's
+    loss: object
+    metrics: list
+    verbose: object
+    total_epochs: int = 0
+
+
+def _renamed_epochs(head_epochs, kwargs):
+    if "epochs" not in kwargs:
+        return head_epochs
+    warnings.warn("fine_tune(epochs=...) is deprecated: it counts stage 1 only; use head_epochs=... .",
+                  DeprecationWarning, stacklevel=3)  # fmt: skip
+    return kwargs.pop("epochs")
+
+
+def _option_fields(kwargs):
+    known = {field.name for field in dataclasses.fields(TrainingOptions)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise TypeError(f"fine_tune() got an unexpected keyword argument {unknown[0]!r}; options are: "
+                        f"{', '.join(sorted(known))}")  # fmt: skip
+    return kwargs
+
+
+def _check_schedule(head_epochs, fine_tune_epochs, learning_rate, fine_tune_learning_rate, verbose):
+    for name, value in (("head_epochs", head_epochs), ("fine_tune_epochs", fine_tune_epochs)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0. Received: {name}={value!r}")
+    for name, value in (("learning_rate", learning_rate), ("fine_tune_learning_rate", fine_tune_learning_rate)):
+        schedule = isinstance(value, keras.optimizers.schedules.LearningRateSchedule)
+        if not schedule and not (_is_number(value) and value > 0):
+            raise ValueError(f"{name} must be a number > 0 or a learning-rate schedule. Received: {name}={value!r}")
+    if verbose not in ("auto", "lines", 0, 1, 2):
+        raise ValueError(f"verbose must be 'auto', 'lines', 0, 1 or 2. Received: verbose={verbose!r}")
+
+
+def _is_number(value):
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _prepare_run(model, train, val, options, callbacks, run_dir, strategy, verbose):
+    loss, metrics, prepare = _loss_and_metrics(model, options.label_smoothing)
+    val = _with_known_size(prepare(val)) if val is not None else None
+    paths = _run_paths(run_dir)
+    return _Run(model, _with_known_size(prepare(train)), val, options, strategy or tf.distribute.get_strategy(),
+                paths, _run_callbacks(model, paths, val is not None) + list(callbacks), loss, metrics, verbose)  # fmt: skip
+
+
+def _train_head(run, epochs, learning_rate):
+    """Stage 1: the head on a frozen backbone, on cached features when `_use_cache` says so."""
+    set_trainable(run.model, "frozen")
+    if run.paths and os.path.exists(run.paths["stage1"]):
+        run.model.load_weights(run.paths["stage1"])
+        logger.info("Stage 1 already finished in %s; its weights are restored.", os.path.dirname(run.paths["stage1"]))
+        return None
+    use_cache = _use_cache(run)
+    with run.strategy.scope():  # the head model and its optimizer must belong to the strategy too
+        fit_model, train, val = _head_on_features(run) if use_cache else (run.model, run.train, run.val)
+        if run.options.head_init == "probe":
+            _probe_head(run.model, train if use_cache else None)
+        fit_model.compile(optimizer=_optimizer(run.options.optimizer, learning_rate), loss=run.loss,
+                          metrics=run.metrics, jit_compile=run.options.jit_compile)  # fmt: skip
+    logger.info("Stage 1: head on a frozen backbone for %d epochs%s", epochs, " (cached backbone features)" if use_cache else "")
+    history = _fit(run, fit_model, train, val, "head", 0, epochs, "stage1")
+    if run.paths:
+        with atomic_path(run.paths["stage1"]) as tmp:
+            run.model.save_weights(tmp)
+    return history
+
+
+def _train_unfrozen(run, unfreeze, first_epoch, epochs, learning_rate):
+    """Stage 2: the policy's part of the backbone unfrozen, a warmup-cosine schedule, continuous epoch numbers."""
+    summary = set_trainable(run.model, unfreeze, train_batchnorm=run.options.train_batchnorm)
+    logger.info("%s: %s", "Stage 2" if first_epoch else "All stages at once (no head-only stage)", summary)
+    schedule = _schedule(learning_rate, int(run.train.cardinality()) * epochs)
+    with run.strategy.scope():
+        run.model.compile(optimizer=_optimizer(run.options.optimizer, schedule), loss=run.loss, metrics=run.metrics,
+                          jit_compile=run.options.jit_compile)  # fmt: skip
+    history = _fit(run, run.model, run.train, run.val, "tune", first_epoch, first_epoch + epochs, "stage2")
+    if run.options.train_batchnorm and summary.trainable_layers:
+        recompute_batchnorm(run.model, run.train)
+    return history
+
+
+def _use_cache(run):
+    """Whether stage 1 computes the frozen features once; the reason is logged, so the choice is never silent."""
+    choice = run.options.cache_features
+    if choice != "auto":
+        logger.info("Stage 1 features: %s (cache_features=%s)", "computed once" if choice else "every epoch", choice)
+        return choice
+    if augmentation_layer(run.model) is not None:
+        logger.info("Stage 1 runs the backbone every epoch: the model augments its images (layer 'augmentation').")
+        return False
+    if _is_multi_worker(run.strategy):
+        logger.info("Stage 1 runs the backbone every epoch: features are not cached across several workers.")
+        return False
+    logger.info("Stage 1 computes the backbone features once: the model has no augmentation layer (if your own "
+                "pipeline augments the training images, pass cache_features=False).")  # fmt: skip
+    return True
+
+
+def _fit(run, model, train, val, stage, first_epoch, last_epoch, backup):
+    progress = _progress(run.verbose, stage, first_epoch, run.total_epochs)
+    return model.fit(train, validation_data=val, initial_epoch=first_epoch, epochs=last_epoch, shuffle=False,
+                     verbose=progress["verbose"], callbacks=_backup(run.paths, backup) + run.callbacks
+                     + progress["callbacks"])  # fmt: skip
 
 
 class EpochLines(keras.callbacks.Callback):
@@ -205,8 +311,7 @@ def recompute_batchnorm(model, dataset):
     Returns:
         The number of BatchNormalization layers updated.
     """
-    layers = [layer for layer in model._flatten_layers(include_self=False)
-              if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]  # fmt: skip
+    layers = [layer for layer in batchnorm_layers(model) if layer.trainable]
     if not layers:
         return 0
     momenta = [layer.momentum for layer in layers]
@@ -226,7 +331,7 @@ def recompute_batchnorm(model, dataset):
 def _loss_and_metrics(model, label_smoothing):
     """The loss that fits the output layer, its metrics, and the label transform it needs."""
     units = model.output_shape[-1]
-    activation = model.get_layer("predictions").get_config()["activation"]
+    activation = output_layer(model).get_config()["activation"]
     if activation == "sigmoid":
         loss = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
         return loss, [keras.metrics.BinaryAccuracy(name="accuracy")], _as_float_labels
@@ -281,26 +386,11 @@ def _is_multi_worker(strategy):
 # --- cached bottleneck features --------------------------------------------------------------------------------
 
 
-def head_model(model):
-    """A model from `head_pool` features to predictions that SHARES the head layers of `model`."""
-    names = [layer.name for layer in model.layers]
-    pool = model.get_layer("head_pool")
-    features = keras.Input(shape=pool.output.shape[1:], name="features")
-    x = features
-    for layer in model.layers[names.index("head_pool") + 1 :]:
-        x = layer(x)
-    return keras.Model(features, x, name=f"{model.name}_head")
-
-
-def feature_extractor(model):
-    """The model from images to `head_pool` features (the frozen part of stage 1)."""
-    return keras.Model(model.input, model.get_layer("head_pool").output, name=f"{model.name}_features")
-
-
-def _head_on_features(model, train, val, run_dir):
-    extractor = feature_extractor(model)
+def _head_on_features(run):
+    """The head model on features computed once by the frozen backbone, and its train and validation data."""
+    extractor = feature_model(run.model)
     predict = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
-    cache_dir = os.path.join(run_dir, "features") if run_dir else tempfile.mkdtemp(prefix="keras_transfer_features_")
+    cache_dir = os.path.dirname(run.paths["stage1"]) if run.paths else None
 
     def cached(dataset, name, shuffle):
         feats, labels, batch_size, size = [], [], None, 0
@@ -312,7 +402,7 @@ def _head_on_features(model, train, val, run_dir):
         features, labels = np.concatenate(feats), np.concatenate(labels)
         ds = tf.data.Dataset.from_tensor_slices((features, labels))
         if size > FEATURE_MEMORY_LIMIT:
-            path = os.path.join(cache_dir, name)
+            path = os.path.join(cache_dir or tempfile.mkdtemp(prefix="keras_transfer_features_"), "features", name)
             ds.save(path)
             ds = tf.data.Dataset.load(path)
             logger.info("Cached %d %s features (%.1f GB) on disk in %s", len(labels), name, size / 1e9, path)
@@ -320,8 +410,8 @@ def _head_on_features(model, train, val, run_dir):
             ds = ds.shuffle(len(labels), seed=0, reshuffle_each_iteration=True)
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
-    logger.info("Computing backbone features once for stage 1")
-    return (head_model(model), cached(train, "train", True), cached(val, "validation", False) if val is not None else None)
+    val = cached(run.val, "validation", False) if run.val is not None else None
+    return head_model(run.model), cached(run.train, "train", True), val
 
 
 def _probe_head(model, features):
@@ -329,7 +419,7 @@ def _probe_head(model, features):
     features divided by their mean L2 norm (a scale, so the fit stays a linear map of the raw features)."""
     from sklearn.linear_model import LogisticRegression
 
-    dense = model.get_layer("predictions")
+    dense = output_layer(model)
     if features is None or dense.get_config()["activation"] != "softmax":
         raise ValueError("head_init='probe' needs cached features (no augmentation, cache_features not False) and a "
                          "softmax head. Received: head_init='probe'")  # fmt: skip
@@ -395,13 +485,9 @@ def _run_callbacks(model, paths, has_val):
     ]
 
 
-def _save_atomically(model, path):
-    tmp = path.replace(".weights.h5", ".tmp.weights.h5")
-    model.save_weights(tmp)
-    os.replace(tmp, path)
-
-
 def _extend(history, h):
+    if h is None:  # a stage finished by an earlier call
+        return
     history.epoch += h.epoch
     for key, values in h.history.items():
         history.history.setdefault(key, []).extend(values)

@@ -198,13 +198,14 @@ def _convert(backbone, state, stem):
 
     from keras_transfer import architectures
     from keras_transfer.backbones import backbone_constructor
-    from keras_transfer.training import _save_atomically
+    from keras_transfer.files import atomic_path
 
     model = backbone_constructor(backbone)(include_top=True, weights=None, input_shape=(None, None, 3))
     architectures.assign_lite_weights(model, state)
     notop = keras.Model(model.input, model.get_layer("top_activation").output, name=model.name)
-    _save_atomically(model, stem + ".weights.h5")
-    _save_atomically(notop, stem + "_notop.weights.h5")
+    for network, path in ((model, stem + ".weights.h5"), (notop, stem + "_notop.weights.h5")):
+        with atomic_path(path) as tmp:
+            network.save_weights(tmp)
 
 
 def _cache_dir():

@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     flags = ["--data", data, "--classes", *CLASSES, "--labels-per-class", str(args.labels_per_class),
              "--backbone", BACKBONE, "--weights", "imagenet", "--batch-size", "32", "--validation-split", "0",
              "--test-split", "0" if data == "fashion_mnist" else "0.5", "--seed", "0",
-             "--head-init", "probe", "--epochs", "1", "--learning-rate", "1e-3",
+             "--head-init", "probe", "--head-epochs", "1", "--learning-rate", "1e-3",
              "--fine-tune-epochs", "29", "--unfreeze", "all", "--fine-tune-learning-rate", "1e-4",
              "--compare-scratch", "--output", run_dir, "--export", export] + (["--verbose"] if args.verbose else [])  # fmt: skip
     print(f"[1/2] python scripts/finetune.py {' '.join(flags)}\n", flush=True)

@@ -16,25 +16,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from keras_transfer.data import find_images, image_problem  # noqa: E402
+from keras_transfer.cli import add_verbose, backbone_arg, positive_int, script_main  # noqa: E402
 from keras_transfer.export import keras_predictor, load_predictor  # noqa: E402
-
-
-def image_files(inputs):
-    """(readable image paths, [(path, reason)] for the rest); folders are searched like training folders."""
-    found, skipped = [], []
-    for item in inputs:
-        if os.path.isdir(item):
-            files, bad = find_images(item)
-            found += files
-            skipped += bad
-        else:
-            reason = image_problem(item) if os.path.exists(item) else "no such file"
-            if reason:
-                skipped.append((item, reason))
-            else:
-                found.append(item)
-    return found, skipped
+from keras_transfer.images import image_files  # noqa: E402
 
 
 def predictor(args):
@@ -49,31 +33,28 @@ def predictor(args):
     return keras_predictor(imagenet_classifier(args.backbone)), [name for _, name in imagenet_classes()]
 
 
-def main(argv=None) -> int:
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", help="SavedModel version folder, folder of versions, or .keras file")
     parser.add_argument("inputs", nargs="+", help="image files or folders")
     parser.add_argument("--imagenet", action="store_true",
                         help="classify into the 1000 ImageNet classes with --backbone's ImageNet classifier instead "
                              "of a model; every positional argument is then an image")  # fmt: skip
-    parser.add_argument("--backbone", default="efficientnet_lite0",
+    parser.add_argument("--backbone", default="efficientnet_lite0", type=backbone_arg,
                         help="with --imagenet (default: efficientnet_lite0, whose weights are installed)")
-    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--top-k", type=positive_int, default=5)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--batch-size", type=int, default=32)
-    args = parser.parse_args(argv)
-    if args.top_k < 1 or args.batch_size < 1:
-        parser.error(f"argument --top-k/--batch-size: must be >= 1, got {args.top_k}/{args.batch_size}")
-    try:
-        predict, class_names = predictor(args)
-    except ValueError as e:
-        parser.error(f"argument {'--backbone' if args.imagenet else 'model'}: {e}")
+    parser.add_argument("--batch-size", type=positive_int, default=32)
+    return add_verbose(parser)
+
+
+def run(args):
+    predict, class_names = predictor(args)
     paths, skipped = image_files(args.inputs)
     for path, reason in skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if not paths:
-        parser.error(f"no readable images in {' '.join(args.inputs)}")
-
+        raise ValueError(f"no readable images in {' '.join(args.inputs)}")
     results = []
     for start in range(0, len(paths), args.batch_size):
         batch = paths[start : start + args.batch_size]
@@ -87,12 +68,15 @@ def main(argv=None) -> int:
                 {"label": class_names[i], "probability": float(probs[i])} for i in top]})  # fmt: skip
     if args.json:
         print(json.dumps(results, indent=2))
-    else:
-        width = max(len(r["path"]) for r in results)
-        for r in results:
-            top = "  ".join(f"{p['label']} {p['probability']:.1%}" for p in r["predictions"])
-            print(f"{r['path']:<{width}}  {top}")
+        return 0
+    width = max(len(r["path"]) for r in results)
+    for r in results:
+        top = "  ".join(f"{p['label']} {p['probability']:.1%}" for p in r["predictions"])
+        print(f"{r['path']:<{width}}  {top}")
     return 0
+
+
+main = script_main("predict", build_parser, run)
 
 
 if __name__ == "__main__":

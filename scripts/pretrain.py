@@ -8,46 +8,43 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from keras_transfer.backbones import BACKBONES  # noqa: E402
+from keras_transfer.cli import add_verbose, class_list, positive_int, script_main  # noqa: E402
 from keras_transfer.pretraining import METHODS, pretrain  # noqa: E402
 
 
-def main(argv=None) -> int:
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="fashion_mnist", help="a load_dataset source (default: fashion_mnist)")
     parser.add_argument("--classes", nargs="+", help="class subset, names or ids")
     parser.add_argument("--backbone", default="mobilenet_v3_small", choices=sorted(BACKBONES), metavar="BACKBONE")
     parser.add_argument("--method", default="supervised", choices=METHODS)
-    parser.add_argument("--image-size", type=int, default=None, help="default: the backbone's")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--image-size", type=positive_int, default=None, help="default: the backbone's")
+    parser.add_argument("--epochs", type=positive_int, default=2)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--output", default="saved_models/pretrained")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 1:
-        parser.error(f"argument --epochs/--batch-size: must be >= 1, got {args.epochs}/{args.batch_size}")
-    classes = [int(c) if c.isdigit() else c for c in args.classes] if args.classes else None
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        path = pretrain(args.backbone, args.data, method=args.method, image_size=args.image_size, epochs=args.epochs,
-                        batch_size=args.batch_size, learning_rate=args.learning_rate, classes=classes,
-                        output_dir=args.output, seed=args.seed)  # fmt: skip
-    except ValueError as e:
-        print(f"pretrain: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"pretrain: error: {e}", file=sys.stderr)
-        return 1
+    return add_verbose(parser)
+
+
+def run(args):
+    if not args.learning_rate > 0:
+        raise ValueError(f"--learning-rate must be > 0. Received: {args.learning_rate}")
+    path = pretrain(args.backbone, args.data, method=args.method, image_size=args.image_size, epochs=args.epochs,
+                    batch_size=args.batch_size, learning_rate=args.learning_rate, classes=class_list(args.classes),
+                    output_dir=args.output, seed=args.seed)  # fmt: skip
     with open(path[: -len(".weights.h5")] + ".json") as f:
         print(f"{path}\n{json.dumps(json.load(f)['metrics'], indent=2)}")
     return 0
+
+
+main = script_main("pretrain", build_parser, run)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from keras_transfer.backbones import BACKBONES  # noqa: E402
+from keras_transfer.cli import add_verbose, positive_int, run_command, weights_arg  # noqa: E402
 
 
 def build_parser():
@@ -29,31 +30,25 @@ def build_parser():
                        "or a file (default: imagenet)")  # fmt: skip
     index.add_argument("--image-size", type=int, help="input side for a backbone key (default: the backbone's)")
     index.add_argument("--index", required=True, help="folder to write the index to")
-    index.add_argument("--batch-size", type=int, default=32)
+    index.add_argument("--batch-size", type=positive_int, default=32)
     index.add_argument("--add", action="store_true", help="add to the index in --index instead of replacing it")
     query = commands.add_parser("query", help="the k indexed images most like each IMAGE")
     query.add_argument("index")
     query.add_argument("images", nargs="+")
-    query.add_argument("--k", type=int, default=5)
+    query.add_argument("--k", type=positive_int, default=5)
     query.add_argument("--json", action="store_true", help="print JSON instead of a table")
     query.add_argument("--output", help="also write the results as JSON to this file")
     query.add_argument("--faiss", action="store_true", help="approximate search with faiss-cpu")
     evaluate = commands.add_parser("evaluate", help="recall@k and mAP, relevant = same parent folder")
     evaluate.add_argument("index")
+    for command in (index, query, evaluate):
+        add_verbose(command)
     return parser
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return {"index": build_index, "query": query, "evaluate": evaluate}[args.command](args)
-    except ValueError as e:
-        print(f"retrieve: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"retrieve: error: {e}", file=sys.stderr)
-        return 1
+    commands = {"index": build_index, "query": query, "evaluate": evaluate}
+    return run_command("retrieve", build_parser(), argv, lambda args: commands[args.command](args))
 
 
 def build_index(args):
@@ -61,8 +56,6 @@ def build_index(args):
 
     from keras_transfer.retrieval import FeatureIndex
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1. Received: {args.batch_size}")
     if args.add:
         index = FeatureIndex.load(args.index)
     else:
@@ -76,8 +69,7 @@ def build_index(args):
             import keras_transfer.preprocessing  # noqa: F401  (registers the model's preprocessing layer)
 
             model = keras.saving.load_model(model, compile=False)
-        weights = None if args.weights.lower() == "none" else args.weights
-        index = FeatureIndex(model, weights=weights, image_size=args.image_size, batch_size=args.batch_size)
+        index = FeatureIndex(model, weights=weights_arg(args.weights), image_size=args.image_size, batch_size=args.batch_size)
     start = time.time()
     added = index.add(args.folder)
     seconds = time.time() - start

@@ -1,4 +1,5 @@
 import json
+import re
 import os
 
 import keras
@@ -28,7 +29,7 @@ def small_folder(tmp_path):
 def test_end_to_end_run_folder_report_and_export(small_folder, tmp_path, capsys):
     run, export = tmp_path / "run", tmp_path / "export"
     code = main(["--data", str(small_folder), "--backbone", "mobilenet_v3_small", "--image-size", "64",
-                 "--weights", "none", "--epochs", "1", "--fine-tune-epochs", "1", "--batch-size", "4",
+                 "--weights", "none", "--head-epochs", "1", "--fine-tune-epochs", "1", "--batch-size", "4",
                  "--test-split", "0.25", "--output", str(run), "--export", str(export)])  # fmt: skip
     assert code == 0
     for name in ("config.yaml", "history.csv", "report.json", "report.txt", "confusion.png", "model.keras",
@@ -71,14 +72,16 @@ def test_end_to_end_run_folder_report_and_export(small_folder, tmp_path, capsys)
         (["--backbone", "resnet5"], r"argument --backbone: invalid backbone 'resnet5': expected one of .*hub:URL_OR_FOLDER"),
         (["--unfreeze", "freeze"], r"argument --unfreeze: invalid policy 'freeze'"),
         (["--batch-size", "0"], r"argument --batch-size: invalid value 0"),
-        (["--epochs", "x"], r"argument --epochs: invalid int value: 'x'"),
-        (["--head", "gap"], r"argument --head: invalid choice: 'gap'"),
+        (["--head-epochs", "x"], r"argument --head-epochs: invalid int value: 'x'"),
+        (["--pooling", "gap"], r"argument --pooling: invalid choice: 'gap'"),
+        (["--learning-rate", "0"], r"argument --learning-rate: invalid value 0.0: must be > 0"),
+        (["--learning-rate", "-1"], r"argument --learning-rate: invalid value -1.0: must be > 0"),
+        (["--validation-split", "1.5"], r"argument --validation-split: invalid value 1.5: must be in \[0, 1\)"),
     ],
 )
-def test_bad_flags_exit_2_naming_flag_and_value(argv, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
+def test_bad_flags_exit_2_naming_flag_and_value(argv, message, capsys, tmp_path):
+    assert main(argv + ["--output", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()  # nothing written before the arguments are valid
     import re
 
     assert re.search(message, capsys.readouterr().err)
@@ -92,10 +95,10 @@ def test_library_errors_exit_2_with_the_message(tmp_path, capsys):
 
 def test_config_file_sets_defaults_and_flags_override(tmp_path):
     config = tmp_path / "recipe.yaml"
-    config.write_text("backbone: vgg16\nhead: flatten\ndense_units: [1024]\nepochs: 10\nunfreeze: from:block5\n")
-    _, run = parse_config(["--config", str(config), "--epochs", "3"])
-    assert (run.backbone, run.head, run.dense_units, run.epochs, run.unfreeze) == ("vgg16", "flatten", [1024], 3,
-                                                                                   "from:block5")  # fmt: skip
+    config.write_text("backbone: vgg16\npooling: flatten\ndense_units: [1024]\nhead_epochs: 10\nunfreeze: from:block5\n")
+    _, run = parse_config(["--config", str(config), "--head-epochs", "3"])
+    assert (run.backbone, run.pooling, run.dense_units, run.head_epochs, run.unfreeze) == (
+        "vgg16", "flatten", [1024], 3, "from:block5")  # fmt: skip
     assert run.learning_rate == 1e-3  # untouched default from RunConfig
     bad = tmp_path / "bad.yaml"
     bad.write_text("backbone: vgg16\nepoch: 3\n")
@@ -109,7 +112,7 @@ def test_pretrained_weights_set_the_image_size_when_none_is_given(tmp_path):
     (tmp_path / "mine.json").write_text(json.dumps({"backbone": "mobilenet_v3_small", "image_size": [32, 32]}))
     run = tmp_path / "run"
     code = main(["--data", "digits", "--classes", "0", "1", "--backbone", "mobilenet_v3_small",
-                 "--weights", str(tmp_path / "mine.weights.h5"), "--epochs", "0", "--fine-tune-epochs", "0",
+                 "--weights", str(tmp_path / "mine.weights.h5"), "--head-epochs", "0", "--fine-tune-epochs", "0",
                  "--output", str(run)])  # fmt: skip
     assert code == 0
     model = keras.saving.load_model(run / "model.keras")
@@ -124,7 +127,7 @@ def test_compare_scratch_trains_both_on_the_same_split_and_reports_the_gain(smal
     build_model("small_cnn", 3, input_shape=32, weights=None).get_layer("backbone").save_weights(weights)
     run = tmp_path / "run"
     code = main(["--data", str(small_folder), "--backbone", "small_cnn", "--image-size", "32", "--weights",
-                 str(weights), "--epochs", "1", "--fine-tune-epochs", "1", "--batch-size", "4", "--test-split", "0.25",
+                 str(weights), "--head-epochs", "1", "--fine-tune-epochs", "1", "--batch-size", "4", "--test-split", "0.25",
                  "--compare-scratch", "--output", str(run)])  # fmt: skip
     assert code == 0
     comparison = json.loads((run / "comparison.json").read_text())
@@ -145,3 +148,44 @@ def test_compare_scratch_needs_pretrained_weights(small_folder, tmp_path, capsys
     code = main(["--data", str(small_folder), "--weights", "none", "--compare-scratch", "--output", str(tmp_path)])
     assert code == 2
     assert "--compare-scratch compares pretrained weights with random ones" in capsys.readouterr().err
+
+
+def test_exit_codes_follow_one_rule_with_one_line_messages(tmp_path, capsys, monkeypatch):
+    from keras_transfer import recipe
+
+    def fail(config, verbose=False):
+        raise RuntimeError("the disk went away\nsecond line")
+
+    monkeypatch.setattr(recipe, "run", fail)
+    assert main(["--output", str(tmp_path / "run")]) == 1  # a runtime failure
+    err = capsys.readouterr().err
+    assert err == "keras-transfer: error: the disk went away  (--verbose shows the traceback)\n"
+    assert main(["--output", str(tmp_path / "run"), "--verbose"]) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+    monkeypatch.setattr(recipe, "run", lambda config, verbose=False: (_ for _ in ()).throw(ValueError("bad value")))
+    assert main(["--output", str(tmp_path / "run")]) == 2  # a usage error
+    assert capsys.readouterr().err == "keras-transfer: error: bad value\n"
+
+
+def test_config_file_errors_are_one_line_exit_2_before_anything_is_written(tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("backbone: vgg16\nepochs: [1, 2\n")
+    wrong_type = tmp_path / "wrong.yaml"
+    wrong_type.write_text("backbone: vgg16\nlearning_rate: fast\n")
+    for path, message in ((broken, rf"Config file '{broken}' is not valid YAML \(line 3, column 1\)"),
+                          (wrong_type, r"learning_rate must be a number\. Received: learning_rate: 'fast'")):  # fmt: skip
+        assert main(["--config", str(path), "--output", str(tmp_path / "run")]) == 2
+        err = capsys.readouterr().err
+        assert re.search(message, err) and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_renamed_flags_and_keys_still_work(tmp_path, capsys):
+    old = tmp_path / "old.yaml"
+    old.write_text("head: flatten\nepochs: 7\n")
+    with pytest.warns(DeprecationWarning, match="Config key 'head' is deprecated; use 'pooling'"):
+        _, config = parse_config(["--config", str(old)])
+    assert (config.pooling, config.head_epochs) == ("flatten", 7)
+    _, config = parse_config(["--head", "max", "--epochs", "2"])
+    assert (config.pooling, config.head_epochs) == ("max", 2)
+    assert "--head is deprecated; use --pooling" in capsys.readouterr().err

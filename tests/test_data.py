@@ -3,11 +3,13 @@ import os
 import time
 
 import numpy as np
+import tensorflow as tf
 import pytest
 from PIL import Image
 
 from keras_transfer import data
 from keras_transfer.data import image_problem, load_dataset
+from keras_transfer.images import decode_image
 
 
 def _save(path, image, fmt, **kwargs):
@@ -87,7 +89,7 @@ def test_folder_with_bad_files_iterates_a_full_epoch_and_reports_them(image_fold
 def test_odd_formats_decode_to_rgb(image_folder):
     root, _, _ = image_folder
     for path, expect in [("fox/tiny.png", (255, 0, 0)), ("dog/gray.bmp", None), ("cat/gray16.png", None)]:
-        image = data._decode_file(str(root / path)).numpy()
+        image = decode_image(tf.io.read_file(str(root / path))).numpy()
         assert image.shape[-1] == 3 and image.dtype == np.uint8
         if expect:
             assert tuple(image[0, 0]) == expect

@@ -52,7 +52,7 @@ def test_builds_scales_to_unit_range_and_predicts(hub_dir, rgb_images):
     # The module saw [0, 1] images: its features equal a direct call on x / 255 at the model's size.
     x = rgb_images(2, 32)
     module = tf.saved_model.load(hub_dir)
-    features = kt.training.feature_extractor(model)(x)
+    features = kt.models.feature_model(model)(x)
     np.testing.assert_allclose(features, module(x / 255.0, training=False), atol=1e-5)
 
 
@@ -62,12 +62,10 @@ def test_fine_tuning_trains_the_module_variables_in_place(hub_dir, rgb_images):
     before = [np.array(v) for v in layer._module.variables]
     x, y = rgb_images(8, 32), np.array([0, 1] * 4)
     train = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
-    kt.fine_tune(model, train, epochs=1, fine_tune_epochs=2, unfreeze="all", fine_tune_learning_rate=1e-2, verbose=0)
+    kt.fine_tune(model, train, head_epochs=1, fine_tune_epochs=2, unfreeze="all", fine_tune_learning_rate=1e-2, verbose=0)
     after = [np.array(v) for v in layer._module.variables]
     assert not np.allclose(before[0], after[0])  # the kernel trained
     np.testing.assert_array_equal(before[2], after[2])  # the non-trainable variable did not
-    with pytest.raises(ValueError, match=r"Policy 'stages:K' needs a backbone from the table"):
-        kt.set_trainable(model, "stages:1")
 
 
 def test_exports_and_reloads_with_tensorflow_alone(hub_dir, tmp_path, rgb_images):
@@ -106,3 +104,13 @@ def test_bad_handles_say_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "resolve", offline)
     with pytest.raises(OSError, match=r"Could not download the hub module .*hub:/path/to/folder"):
         HubLayer("https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5")
+
+
+def test_the_default_unfreeze_works_on_a_renamed_hub_model(hub_dir):
+    model = kt.build_model(f"hub:{hub_dir}", 2, input_shape=32, weights=None)
+    model.name = "renamed"
+    assert kt.models.backbone_key(model) == f"hub:{hub_dir}"
+    summary = kt.set_trainable(model, "stages:1")  # a hub module is one stage: all of it trains
+    assert summary.first_trainable == "hub_module" and summary.trainable_layers == 1
+    with pytest.raises(ValueError, match=r"has 1 stages; K must be in 1\.\.1"):
+        kt.set_trainable(model, "stages:2")

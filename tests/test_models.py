@@ -10,7 +10,7 @@ from conftest import SMALL_INPUT
 @pytest.mark.parametrize("name", sorted(SMALL_INPUT))
 def test_builds_with_each_head_and_predicts_class_probabilities(name, head, rgb_images):
     size = SMALL_INPUT[name]
-    model = kt.build_model(name, 4, input_shape=(size, size), weights=None, head=head, dense_units=(8,), dropout=0.2)
+    model = kt.build_model(name, 4, input_shape=(size, size), weights=None, pooling=head, dense_units=(8,), dropout=0.2)
     names = [layer.name for layer in model.layers]
     assert names == ["images", "preprocessing", "backbone", "head_pool", "head_dropout_0", "head_dense_0",
                      "head_dropout_1", "predictions"]
@@ -103,7 +103,7 @@ def test_keras_file_round_trip_in_safe_mode(tmp_path, rgb_images):
     "kwargs,message",
     [
         (dict(backbone="resnet5"), r"Unknown backbone 'resnet5'\. Expected one of: .*resnet50"),
-        (dict(head="gap"), r"Unknown head 'gap'\. Expected one of: avg, max, flatten"),
+        (dict(pooling="gap"), r"Unknown pooling 'gap'\. Expected one of: avg, max, flatten"),
         (dict(activation="relu"), r"Unknown activation 'relu'\. Expected one of: softmax, sigmoid"),
         (dict(num_classes=0), r"num_classes must be an integer >= 1\. Received: num_classes=0"),
         (dict(num_classes=-3), r"num_classes must be an integer >= 1\. Received: num_classes=-3"),
@@ -112,7 +112,7 @@ def test_keras_file_round_trip_in_safe_mode(tmp_path, rgb_images):
         (dict(input_shape=(16, 16)), r"'vgg16' needs inputs of at least 32x32 pixels .*input_shape=\(16, 16\)"),
         (dict(backbone="inception_v3", input_shape=64), r"'inception_v3' needs inputs of at least 75x75"),
         (dict(input_shape=(32, 32, 1)), r"images are RGB\. Received: input_shape=\(32, 32, 1\)"),
-        (dict(input_shape=(None, None), head="flatten"), r"head='flatten' needs a fixed input size"),
+        (dict(input_shape=(None, None), pooling="flatten"), r"pooling='flatten' needs a fixed input size"),
         (dict(weights="/nonexistent/w.weights.h5"), r"Weights file '/nonexistent/w.weights.h5' does not exist"),
     ],
 )
@@ -148,3 +148,53 @@ def test_imagenet_download_failure_names_backbone_and_offline_alternatives(monke
     with pytest.raises(OSError, match=r"ImageNet weights for backbone 'vgg16'.*URL fetch failure on https://.*"
                                       r"weights=None.*local backbone weights file.*~/\.keras/models/"):
         kt.build_model("vgg16", 2, input_shape=32)
+
+
+def test_the_model_carries_its_backbone_through_renaming_and_saving(tmp_path, rgb_images):
+    from keras_transfer import models
+
+    model = kt.build_model("resnet18", 3, input_shape=32, weights=None)
+    model.name = "my_classifier"
+    assert models.backbone_key(model) == "resnet18" and models.input_size(model) == (32, 32)
+    summary = kt.set_trainable(model, "stages:1")  # the default unfreeze of fine_tune
+    assert summary.first_trainable.startswith("conv5_")
+    model.save(tmp_path / "renamed.keras")
+    loaded = keras.saving.load_model(tmp_path / "renamed.keras")
+    loaded.name = "another_name"
+    assert models.backbone_key(loaded) == "resnet18"
+    assert kt.set_trainable(loaded, "stages:1").first_trainable == summary.first_trainable
+    x = rgb_images(2, 32)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_policies_that_cannot_apply_say_which_can():
+    image = keras.Input((32, 32, 3), name="images")
+    backbone = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(4, 3)], name="backbone")
+    pooled = keras.layers.GlobalAveragePooling2D(name="head_pool")(backbone(image))
+    model = keras.Model(image, keras.layers.Dense(2, name="predictions")(pooled), name="handmade")
+    with pytest.raises(ValueError, match=r"'stages:K' needs to know the model's backbone.*policies that apply: "
+                                         r"'frozen', 'all', 'top:N', 'from:NAME'"):  # fmt: skip
+        kt.set_trainable(model, "stages:1")
+    assert kt.set_trainable(model, "all").trainable_layers == 1
+
+
+def test_deprecated_names_still_work_and_say_the_new_one():
+    with pytest.warns(DeprecationWarning, match=r"build_model\(head=\.\.\.\) is deprecated; use pooling="):
+        model = kt.build_model("small_cnn", 2, input_shape=32, weights=None, head="max")
+    assert isinstance(model.get_layer("head_pool"), keras.layers.GlobalMaxPooling2D)
+    with pytest.warns(DeprecationWarning, match=r"Policy 'none' is deprecated; use 'frozen'"):
+        assert kt.set_trainable(model, "none").trainable_layers == 0
+    with pytest.raises(TypeError, match="unexpected keyword argument 'heads'"):
+        kt.build_model("small_cnn", 2, input_shape=32, weights=None, heads="max")
+
+
+def test_augmentation_inside_the_model_acts_in_training_only(rgb_images):
+    model = kt.build_model("small_cnn", 2, input_shape=32, weights=None, augment=True)
+    plain = kt.build_model("small_cnn", 2, input_shape=32, weights=None)
+    plain.set_weights(model.get_weights())
+    x = rgb_images(4, 32)
+    np.testing.assert_allclose(model.predict(x, verbose=0), plain.predict(x, verbose=0), atol=1e-6)
+    augmented = np.asarray(model.get_layer("augmentation")(x, training=True))
+    assert not np.allclose(augmented, x) and augmented.min() >= 0.0 and augmented.max() <= 255.0
+    with pytest.raises(ValueError, match=r"augment must be False, True or a Keras layer\. Received: augment='yes'"):
+        kt.build_model("small_cnn", 2, input_shape=32, weights=None, augment="yes")

@@ -1,6 +1,5 @@
 """Every notebook runs top to bottom, offline, in its small mode (KERAS_TRANSFER_SMALL=1)."""
 
-import os
 from pathlib import Path
 
 import nbformat

@@ -17,7 +17,7 @@ def _after(names, first):
 
 # (backbone, policy, expected trainable backbone layers as a predicate over (index, name) in graph order)
 CASES = [
-    ("vgg16", "none", lambda names: lambda i, name: False),
+    ("vgg16", "frozen", lambda names: lambda i, name: False),
     ("vgg16", "all", lambda names: lambda i, name: True),
     ("vgg16", "from:block5", lambda names: lambda i, name: name.startswith("block5")),  # seed 002
     ("vgg16", "top:3", lambda names: lambda i, name: i >= len(names) - 3),
@@ -26,7 +26,7 @@ CASES = [
     ("resnet50", "top:12", lambda names: lambda i, name: i >= len(names) - 12),
     # The Keras guide's InceptionV3 recipe: train the top two inception blocks (everything after mixed8).
     ("inception_v3", "stages:2", lambda names: lambda i, name: i > names.index("mixed8")),
-    ("inception_v3", "none", lambda names: lambda i, name: False),
+    ("inception_v3", "frozen", lambda names: lambda i, name: False),
 ]
 
 
@@ -86,7 +86,7 @@ def test_train_batchnorm_lets_statistics_move_inside_the_trainable_part():
 
 def test_head_always_trains_and_summary_reads_well():
     model = kt.build_model("vgg16", 3, input_shape=32, weights=None, dense_units=(8,))
-    summary = kt.set_trainable(model, "none")
+    summary = kt.set_trainable(model, "frozen")
     assert all(layer.trainable for layer in model.layers if layer.name.startswith(("head_", "predictions")))
     assert summary.trainable_layers == 0 and summary.first_trainable is None
     assert summary.trainable_params == (512 * 8 + 8) + (8 * 3 + 3)
@@ -97,7 +97,7 @@ def test_head_always_trains_and_summary_reads_well():
 @pytest.mark.parametrize(
     "policy,message",
     [
-        ("freeze", r"Unknown policy 'freeze'\. Expected one of: none, all, top:N, from:NAME, stages:K"),
+        ("freeze", r"Unknown policy 'freeze'\. Expected one of: frozen, all, top:N, from:NAME, stages:K"),
         ("top:x", r"Unknown policy 'top:x'"),
         ("from:", r"Unknown policy 'from:'"),
         ("from:block9", r"No backbone layer name starts with 'block9'\. Stage prefixes of 'vgg16': block1_, .*block5_"),

@@ -22,20 +22,20 @@ def test_there_is_a_recipe_per_worked_example():
 def test_recipe_runs_in_smoke_mode(path, tmp_path):
     recipe = load_config(path)  # unknown keys would fail here
     _, full = parse_config(["--config", str(path)])
-    assert full.backbone == recipe["backbone"] and full.epochs == recipe.get("epochs", full.epochs)
+    assert full.backbone == recipe["backbone"] and full.head_epochs == recipe.get("head_epochs", full.head_epochs)
     weights = "none"
     if recipe.get("compare_scratch"):  # needs pretrained weights: a backbone saved here stands in
         weights = str(tmp_path / "pretrained.weights.h5")
         kt.build_model(recipe["backbone"], 2, input_shape=32, weights=None).get_layer("backbone").save_weights(weights)
     smoke = ["--config", str(path), "--data", "digits", "--weights", weights, "--image-size", "32",
              "--labels-per-class", "2", "--batch-size", "4", "--validation-split", "0.1", "--test-split", "0.1",
-             "--epochs", str(min(full.epochs, 1)), "--fine-tune-epochs", str(min(full.fine_tune_epochs, 1)),
+             "--head-epochs", str(min(full.head_epochs, 1)), "--fine-tune-epochs", str(min(full.fine_tune_epochs, 1)),
              "--output", str(tmp_path / "run")]  # fmt: skip
     assert main(smoke) == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["num_examples"] > 0
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    for key in ("backbone", "head", "dense_units", "unfreeze", "optimizer", "train_batchnorm"):
+    for key in ("backbone", "pooling", "dense_units", "unfreeze", "optimizer", "train_batchnorm"):
         assert saved[key] == getattr(full, key), key  # the recipe's own settings were used
     if recipe.get("compare_scratch"):
         assert (tmp_path / "run" / "comparison.json").exists()

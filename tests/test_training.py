@@ -4,14 +4,13 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 
 import keras
 import numpy as np
 import pytest
 
 import keras_transfer as kt
-from keras_transfer.training import feature_extractor, head_model
+from keras_transfer.models import feature_model, head_model
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}
 
@@ -32,7 +31,7 @@ def test_two_stages_with_continuous_epochs_and_the_policy_applied_in_stage_two()
     before = {name: _weights(backbone.get_layer(name)) for name in ("block1_conv1", "block5_conv3")}
     head_before = _weights(model.get_layer("predictions"))
 
-    history = kt.fine_tune(model, train, val, epochs=2, fine_tune_epochs=1, unfreeze="from:block5")
+    history = kt.fine_tune(model, train, val, head_epochs=2, fine_tune_epochs=1, unfreeze="from:block5")
 
     assert history.epoch == [0, 1, 2]
     assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
@@ -55,29 +54,35 @@ def test_cached_features_train_the_same_head_as_plain_fit():
         keras.utils.set_random_seed(0)
         models[cache] = kt.build_model("resnet50", 3, input_shape=32, weights=None, dense_units=(16,))
         # SGD: Adam's g / sqrt(v) turns float-rounding differences in near-zero gradients into full steps.
-        kt.fine_tune(models[cache], train, epochs=3, fine_tune_epochs=0, optimizer="sgd", learning_rate=1e-4,
+        kt.fine_tune(models[cache], train, head_epochs=3, fine_tune_epochs=0, optimizer="sgd", learning_rate=1e-4,
                      cache_features=cache)
     full = models[True].predict(x, verbose=0)
     np.testing.assert_allclose(full, models[False].predict(x, verbose=0), atol=1e-4)
     # The full model and the head on cached features are one set of weights.
-    features = feature_extractor(models[True]).predict(x, verbose=0)
+    features = feature_model(models[True]).predict(x, verbose=0)
     np.testing.assert_allclose(head_model(models[True]).predict(features, verbose=0), full, atol=1e-6)
 
 
-def test_augmented_data_is_not_feature_cached(caplog):
-    train, _, _, _ = _digits(augment=True, validation_split=0.0)
-    model = kt.build_model("vgg16", 3, input_shape=32, weights=None)
+def test_a_model_that_augments_is_not_feature_cached_and_says_why(caplog):
+    train, _, _, _ = _digits(validation_split=0.0)
+    model = kt.build_model("vgg16", 3, input_shape=32, weights=None, augment=True)
+    assert not hasattr(train, "keras_transfer_augmented")  # nothing hidden on the dataset
     with caplog.at_level("INFO", logger="keras_transfer.training"):
-        kt.fine_tune(model, train, epochs=1, fine_tune_epochs=0)
-    assert "Stage 1: head on a frozen backbone for 1 epochs" in caplog.text
-    assert "cached backbone features" not in caplog.text
+        kt.fine_tune(model, train.take(2), head_epochs=1, fine_tune_epochs=0)
+    assert "Stage 1: head on a frozen backbone for 1 epochs\n" in caplog.text + "\n"
+    assert "the model augments its images" in caplog.text
+    plain = kt.build_model("vgg16", 3, input_shape=32, weights=None)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="keras_transfer.training"):
+        kt.fine_tune(plain, train.take(2), head_epochs=1, fine_tune_epochs=0)
+    assert "(cached backbone features)" in caplog.text and "the model has no augmentation layer" in caplog.text
 
 
 def test_lines_mode_logs_about_ten_lines_per_long_stage(caplog):
     train, _, _, _ = _digits(validation_split=0.0)
     model = kt.build_model("small_cnn", 3, input_shape=32, weights=None)
     with caplog.at_level("INFO", logger="keras_transfer.training"):
-        kt.fine_tune(model, train.take(1), epochs=25, fine_tune_epochs=2, unfreeze="all", verbose="lines")
+        kt.fine_tune(model, train.take(1), head_epochs=25, fine_tune_epochs=2, unfreeze="all", verbose="lines")
     head = [line for line in caplog.messages if "  head  " in line]
     tune = [line for line in caplog.messages if "  tune  " in line]
     # Stage 1 has 25 epochs: every 3rd and the last; stage 2 has 2: both. Each line names loss and accuracy.
@@ -85,7 +90,7 @@ def test_lines_mode_logs_about_ten_lines_per_long_stage(caplog):
     assert [line.split()[1] for line in tune] == ["26/27", "27/27"]
     assert all("loss" in line and "accuracy" in line for line in head + tune)
     with pytest.raises(ValueError, match="verbose must be 'auto', 'lines', 0, 1 or 2. Received: verbose='loud'"):
-        kt.fine_tune(model, train, epochs=1, fine_tune_epochs=0, verbose="loud")
+        kt.fine_tune(model, train, head_epochs=1, fine_tune_epochs=0, verbose="loud")
 
 
 def test_head_init_probe_starts_stage_one_at_the_logistic_regression():
@@ -94,26 +99,26 @@ def test_head_init_probe_starts_stage_one_at_the_logistic_regression():
     train, _, _, _ = _digits(validation_split=0.0)
     model = kt.build_model("small_cnn", 3, input_shape=32, weights=None)
     images, labels = (np.concatenate(parts) for parts in zip(*[(x.numpy(), y.numpy()) for x, y in train]))
-    features = np.asarray(feature_extractor(model).predict(images, verbose=0))
-    # learning rate 0: stage 1 runs (and caches) but leaves the head where head_init put it.
-    kt.fine_tune(model, train, epochs=1, fine_tune_epochs=0, learning_rate=0.0, head_init="probe", verbose=0)
+    features = np.asarray(feature_model(model).predict(images, verbose=0))
+    # learning rate 1e-12 (Adam steps by about the rate): stage 1 runs and caches but leaves the head in place.
+    kt.fine_tune(model, train, head_epochs=1, fine_tune_epochs=0, learning_rate=1e-12, head_init="probe", verbose=0)
     scale = np.mean(np.linalg.norm(features, axis=1))
     expected = LogisticRegression(C=10.0, max_iter=2000).fit(features / scale, labels).predict_proba(features / scale)
     np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-4)
 
     with pytest.raises(ValueError, match="head_init must be None or 'probe'. Received: head_init='lp'"):
-        kt.fine_tune(model, train, epochs=1, fine_tune_epochs=0, head_init="lp")
+        kt.fine_tune(model, train, head_epochs=1, fine_tune_epochs=0, head_init="lp")
     with pytest.raises(ValueError, match="needs cached features"):
-        kt.fine_tune(model, train, epochs=1, fine_tune_epochs=0, head_init="probe", cache_features=False)
+        kt.fine_tune(model, train, head_epochs=1, fine_tune_epochs=0, head_init="probe", cache_features=False)
     deep = kt.build_model("small_cnn", 3, input_shape=32, weights=None, dense_units=(8,))
     with pytest.raises(ValueError, match="without hidden dense layers"):
-        kt.fine_tune(deep, train, epochs=1, fine_tune_epochs=0, head_init="probe")
+        kt.fine_tune(deep, train, head_epochs=1, fine_tune_epochs=0, head_init="probe")
 
 
 def test_label_smoothing_and_bad_arguments():
     train, _, _, _ = _digits(validation_split=0.0)
     model = kt.build_model("vgg16", 3, input_shape=32, weights=None)
-    history = kt.fine_tune(model, train, epochs=1, fine_tune_epochs=0, label_smoothing=0.1)
+    history = kt.fine_tune(model, train, head_epochs=1, fine_tune_epochs=0, label_smoothing=0.1)
     assert np.isfinite(history.history["loss"][0])
     with pytest.raises(ValueError, match=r"Unknown optimizer 'adagrad'\. Expected one of: adam, adamw, sgd, rmsprop"):
         kt.fine_tune(model, train, optimizer="adagrad")
@@ -141,7 +146,7 @@ keras.utils.set_random_seed(0)
 train, val, _, _ = kt.load_dataset("digits", image_size=32, batch_size=16, classes=range(3), labels_per_class=16,
                                    validation_split=0.2, deterministic=True)
 model = kt.build_model("vgg16", 3, input_shape=32, weights=None)
-history = kt.fine_tune(model, train, val, epochs=1, fine_tune_epochs=3, unfreeze="from:block5", run_dir=run_dir,
+history = kt.fine_tune(model, train, val, head_epochs=1, fine_tune_epochs=3, unfreeze="from:block5", run_dir=run_dir,
                        callbacks=[Kill()])
 with open(os.path.join(run_dir, "result.json"), "w") as f:
     json.dump({"epochs": history.epoch, "iterations": int(model.optimizer.iterations.numpy())}, f)
@@ -191,7 +196,7 @@ for name in ("default", "mirrored"):
     keras.utils.set_random_seed(0)
     with strategy.scope():
         model = kt.build_model("vgg16", 2, input_shape=32, weights=None)
-    history = kt.fine_tune(model, train, epochs=2, fine_tune_epochs=1, unfreeze="from:block5", strategy=strategy,
+    history = kt.fine_tune(model, train, head_epochs=2, fine_tune_epochs=1, unfreeze="from:block5", strategy=strategy,
                            learning_rate=1e-2, fine_tune_learning_rate=1e-3)
     results[name] = {"replicas": strategy.num_replicas_in_sync, "loss": history.history["loss"],
                      "weights": [w.tolist() for w in (model.get_layer("predictions").get_weights()
@@ -230,7 +235,7 @@ train, _, _, _ = kt.load_dataset((x, y), image_size=32, batch_size=8, validation
 keras.utils.set_random_seed(0)
 with strategy.scope():
     model = kt.build_model("vgg16", 2, input_shape=32, weights=None)
-history = kt.fine_tune(model, train, epochs=1, fine_tune_epochs=1, unfreeze="from:block5", strategy=strategy,
+history = kt.fine_tune(model, train, head_epochs=1, fine_tune_epochs=1, unfreeze="from:block5", strategy=strategy,
                        learning_rate=1e-2, fine_tune_learning_rate=1e-3)
 weights = model.get_layer("predictions").get_weights() + model.get_layer("backbone").get_layer("block5_conv3").get_weights()
 with open(sys.argv[2], "w") as f:
@@ -284,7 +289,7 @@ def test_mixed_precision_training_keeps_float32_outputs():
     train, _, _, _ = _digits(validation_split=0.0)
     model = kt.build_model("vgg16", 3, input_shape=32, weights=None, dense_units=(8,))
     assert model.get_layer("head_dense_0").compute_dtype == "bfloat16"
-    history = kt.fine_tune(model, train, epochs=1, fine_tune_epochs=1, unfreeze="from:block5")
+    history = kt.fine_tune(model, train, head_epochs=1, fine_tune_epochs=1, unfreeze="from:block5")
     assert all(np.isfinite(history.history["loss"]))
     images, _ = next(iter(train))
     assert model(images).dtype == "float32"
@@ -309,3 +314,35 @@ def test_recompute_batchnorm_sets_the_dataset_statistics():
     per_batch_var = np.mean([activations[i:i + 4].var(axis=(0, 1, 2)) for i in range(0, 12, 4)], axis=0)
     np.testing.assert_allclose(bn.moving_variance.numpy(), per_batch_var, rtol=1e-3, atol=1e-3)
     assert bn.momentum == 0.99  # restored
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(learning_rate=0.0), r"learning_rate must be a number > 0 or a learning-rate schedule\. Received: learning_rate=0\.0"),
+        (dict(fine_tune_learning_rate=-1.0), r"fine_tune_learning_rate must be a number > 0 .*=-1\.0"),
+        (dict(learning_rate="0.1"), r"learning_rate must be a number > 0 .*='0\.1'"),
+        (dict(head_epochs=1.5), r"head_epochs must be an integer >= 0\. Received: head_epochs=1\.5"),
+        (dict(optimizer="adamx"), r"Unknown optimizer 'adamx'\. Expected one of: adam, adamw, sgd, rmsprop\. Received: optimizer='adamx'"),
+        (dict(label_smoothing=1.0), r"label_smoothing must be a number in \[0, 1\)\. Received: label_smoothing=1\.0"),
+        (dict(cache_features="yes"), r"cache_features must be 'auto', True or False"),
+        (dict(head_init="lp"), r"head_init must be None or 'probe'"),
+    ],
+)
+def test_bad_settings_fail_before_any_training(kwargs, message):
+    model = kt.build_model("small_cnn", 2, input_shape=32, weights=None)
+    with pytest.raises(ValueError, match=message):
+        kt.fine_tune(model, None, **kwargs)  # checked before the data is touched
+
+
+def test_options_group_the_less_common_settings_and_old_names_still_work():
+    train, _, _, _ = _digits(validation_split=0.0)
+    model = kt.build_model("small_cnn", 3, input_shape=32, weights=None)
+    options = kt.training.TrainingOptions(optimizer="sgd", label_smoothing=0.1)
+    with pytest.warns(DeprecationWarning, match=r"fine_tune\(epochs=\.\.\.\) is deprecated: it counts stage 1 only"):
+        history = kt.fine_tune(model, train.take(1), epochs=1, fine_tune_epochs=1, unfreeze="all", options=options,
+                               verbose=0)  # fmt: skip
+    assert history.epoch == [0, 1]
+    assert type(model.optimizer).__name__ == "SGD"
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'optimiser'; options are: cache_features"):
+        kt.fine_tune(model, train, optimiser="sgd")

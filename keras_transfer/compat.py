@@ -1,0 +1,122 @@
+"""Every use of private Keras, in one place.
+
+Checked with Keras 3.15.1 on TensorFlow 2.21. Each entry of `TARGETS` names a private Keras object this module
+reads or replaces and the SHA-256 prefix of its source as checked. On another Keras the source is compared
+before use: where it changed, the call fails with a message naming the object and the version checked, instead
+of patching code it no longer understands (a wrong result). `tests/test_compat.py` pins every target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+
+import keras
+import tensorflow as tf
+
+CHECKED_WITH = "3.15.1"
+TARGETS = {  # "module:attribute.path" -> SHA-256 prefix of its source under CHECKED_WITH
+    "keras.src.layers.layer:Layer._flatten_layers": "662dcf281bc32c53",
+    "keras.src.saving.serialization_lib:in_safe_mode": "c617d342b83ef354",
+    "keras.src.backend.tensorflow.trainer:TensorFlowTrainer._maybe_symbolic_build": "92a504f5eba9b29f",
+    "keras.src.backend.tensorflow.trainer:reduce_per_replica": "2e7d54b1e6edc29a",
+    "keras.src.backend.tensorflow.trainer:_collective_all_reduce_multi_worker": "0302369d850e6694",
+    "keras.src.backend.tensorflow.trainer:_is_per_replica_instance": "19a5613a75de7a78",
+}
+_checked = set()
+
+
+def target(name):
+    """The private Keras object `name` (a key of `TARGETS`), after checking its source is the one checked.
+
+    Raises:
+        RuntimeError: when this Keras lacks the object or its source changed since `CHECKED_WITH`.
+    """
+    module_name, _, path = name.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+        for part in path.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise _changed(name, f"it no longer exists ({e})") from None
+    if name not in _checked:
+        if fingerprint(obj) != TARGETS[name]:
+            raise _changed(name, "its source changed")
+        _checked.add(name)
+    return obj
+
+
+def fingerprint(obj):
+    """SHA-256 prefix of an object's source (`"unavailable"` when Python cannot read it)."""
+    try:
+        source = inspect.getsource(obj)
+    except (OSError, TypeError):
+        return "unavailable"
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def _changed(name, why):
+    return RuntimeError(
+        f"keras_transfer uses the private Keras object {name.replace(':', '.')}, checked with Keras {CHECKED_WITH}; "
+        f"in the installed Keras {keras.__version__} {why}, so keras_transfer will not guess. Install "
+        f"keras=={CHECKED_WITH}, or report this with both versions."
+    )
+
+
+def flatten_layers(layer):
+    """Every layer nested inside `layer` (sub-models and layers held by layers), without `layer` itself."""
+    return list(target("keras.src.layers.layer:Layer._flatten_layers")(layer, include_self=False))
+
+
+def in_safe_mode():
+    """Whether Keras is loading a model in safe mode (`safe_mode` of `load_model`, or the global setting)."""
+    return target("keras.src.saving.serialization_lib:in_safe_mode")()
+
+
+def patch_multi_worker_fit():
+    """Makes Keras 3's `model.fit` work under MultiWorkerMirroredStrategy (keras-team/keras#20585).
+
+    Two places in keras/src/backend/tensorflow/trainer.py break with several workers, both in how values
+    spread over replicas are collapsed, not in the training step itself:
+    - `_maybe_symbolic_build` averages the first distributed batch with `strategy.reduce(...)`, which fails
+      eagerly with "Attempt to convert a value (PerReplica...)". A batch is only needed for its structure and
+      shapes, so one replica's local batch does.
+    - `reduce_per_replica` averages the per-replica (scalar) logs with `strategy.reduce("MEAN", v, axis=0)`;
+      scalars have no axis 0. `axis=None` averages across replicas, as tf.keras did.
+    Applied once, only when a multi-worker strategy is created; the tests train two workers on 127.0.0.1.
+    """
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer
+
+    if getattr(trainer, "_keras_transfer_multi_worker_fix", False):
+        return
+    target("keras.src.backend.tensorflow.trainer:TensorFlowTrainer._maybe_symbolic_build")
+    reduce_per_replica = target("keras.src.backend.tensorflow.trainer:reduce_per_replica")
+    is_multi_worker = target("keras.src.backend.tensorflow.trainer:_collective_all_reduce_multi_worker")
+    is_per_replica = target("keras.src.backend.tensorflow.trainer:_is_per_replica_instance")
+
+    def maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if self._distribute_strategy is None:
+            return
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = tree.map_structure(
+                    lambda v: self.distribute_strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues) else v,
+                    next(batches),
+                )  # fmt: skip
+                break
+        with self.distribute_strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    def reduce_across_workers(values, strategy, reduction):
+        if is_multi_worker(strategy) and reduction in ("auto", "mean"):
+            return tree.map_structure(
+                lambda v: strategy.reduce("MEAN", v, axis=None) if is_per_replica(v) else v, values
+            )
+        return reduce_per_replica(values, strategy, reduction)
+
+    trainer.TensorFlowTrainer._maybe_symbolic_build = maybe_symbolic_build
+    trainer.reduce_per_replica = reduce_across_workers
+    trainer._keras_transfer_multi_worker_fix = True

@@ -1,0 +1,169 @@
+"""The whole recipe behind `keras-transfer`, as library calls on a `RunConfig`: load, build, (probe), fine-tune,
+save, evaluate, export, and optionally the same model trained from scratch for comparison.
+
+`run` prints the story a person reads in the terminal (the dataset, one line per epoch, a final table); the
+library functions it calls only log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+
+from keras_transfer.data import load_dataset
+from keras_transfer.distribute import get_strategy, set_mixed_precision
+from keras_transfer.evaluation import evaluate, linear_probe
+from keras_transfer.export import export_saved_model
+from keras_transfer.models import build_model, default_input_size
+from keras_transfer.training import TrainingOptions, fine_tune
+
+
+def run(config, verbose=False):
+    """Runs one fine-tuning job as configured; writes the run folder `config.output`. Returns 0.
+
+    Raises:
+        ValueError: for settings that do not fit together or data that cannot be used (before anything is written).
+        OSError: when data, weights or the output folder cannot be read or written.
+    """
+    weights = None if config.weights.lower() == "none" else config.weights
+    if config.compare_scratch and weights is None:
+        raise ValueError("--compare-scratch compares pretrained weights with random ones; give --weights imagenet "
+                         f"or a weights file. Received: weights={config.weights!r}")  # fmt: skip
+    keras.utils.set_random_seed(config.seed)
+    policy, strategy = set_mixed_precision(config.mixed_precision), get_strategy(config.strategy)
+    size = config.image_size or default_input_size(config.backbone, weights)[0]
+    data = _load(config, size, strategy)
+    _write_config(config)
+    with strategy.scope():
+        model = _build(config, data["info"].num_classes, size, weights)
+    probe = _probe(model, data) if config.compare_scratch else None
+    history = _train(config, model, data, strategy, config.output, verbose=verbose)
+    model.save(os.path.join(config.output, "model.keras"))
+    report = _evaluate(model, data, config.output)
+    exported = _export(config, model, data, report)
+    print(f"\nRun folder: {config.output}  (dtype policy {policy}, {strategy.num_replicas_in_sync} replica(s))")
+    print_history(history, config.head_epochs)
+    if report:
+        print(f"\n{data['split']}: {report}")
+    if exported:
+        print(f"\nSavedModel: {exported}")
+    if config.compare_scratch and report:
+        _compare_scratch(config, report, probe, size, data, strategy, verbose)
+    return 0
+
+
+def _load(config, size, strategy):
+    """The datasets, the split evaluated at the end (test, else validation) and the DatasetInfo, printed."""
+    train, val, test, info = load_dataset(
+        config.data, image_size=size, batch_size=config.batch_size * strategy.num_replicas_in_sync,
+        validation_split=config.validation_split, test_split=config.test_split, seed=config.seed,
+        classes=config.classes, labels_per_class=config.labels_per_class, data_dir=config.data_dir,
+    )  # fmt: skip
+    print(info)
+    if config.compare_scratch and test is None and val is None:
+        raise ValueError("--compare-scratch needs images to compare on: give --test-split or --validation-split "
+                         "above 0 (or a data folder with test/ or validation/).")  # fmt: skip
+    evaluated, split = (test, "test") if test is not None else (val, "validation")
+    return {"train": train, "val": val, "evaluated": evaluated, "split": split, "info": info}
+
+
+def _write_config(config):
+    try:
+        os.makedirs(config.output, exist_ok=True)
+        with open(os.path.join(config.output, "config.yaml"), "w") as f:
+            f.write(config.to_yaml())
+    except OSError as e:
+        raise OSError(f"Cannot write the run folder {config.output!r}: {e.strerror or e}. Choose a writable --output.") from e
+
+
+def _build(config, num_classes, size, weights):
+    return build_model(config.backbone, num_classes, input_shape=size, weights=weights, pooling=config.pooling,
+                       dense_units=tuple(config.dense_units), dropout=config.dropout, augment=config.augment)  # fmt: skip
+
+
+def _probe(model, data):
+    """Linear-probe accuracy on the pretrained features, before fine-tuning changes them."""
+    print(f"linear probe on the pretrained features (one pass over the training and {data['split']} images): ",
+          end="", flush=True)  # fmt: skip
+    probe = linear_probe(model, data["train"], data["evaluated"])
+    print(f"{data['split']} accuracy {probe:.1%}")
+    return probe
+
+
+def _evaluate(model, data, output_dir):
+    if data["evaluated"] is None:
+        return None
+    print(f"Evaluating on the {sum(data['info'].counts[data['split']].values())} {data['split']} images", flush=True)
+    return evaluate(model, data["evaluated"], data["info"].class_names, output_dir=output_dir)
+
+
+def _export(config, model, data, report):
+    if not config.export:
+        return None
+    metrics = {"accuracy": report.accuracy, "split": data["split"]} if report else {}
+    return export_saved_model(model, config.export, class_names=data["info"].class_names,
+                              metadata={"backbone": config.backbone, "metrics": metrics})  # fmt: skip
+
+
+def _compare_scratch(config, transfer, probe, size, data, strategy, verbose):
+    """Trains the same architecture from random weights on the same batches; prints and saves the comparison with
+    the fine-tuned model and the linear probe."""
+    run_dir = os.path.join(config.output, "scratch")
+    epochs = config.head_epochs + config.fine_tune_epochs
+    print(f"\n--compare-scratch: {config.backbone} from random weights, all layers, {epochs} epochs -> {run_dir}")
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        model = _build(config, data["info"].num_classes, size, None)
+    _train(config, model, data, strategy, run_dir, scratch=True, verbose=verbose)
+    print(f"Evaluating on the {transfer.num_examples} {data['split']} images", flush=True)
+    scratch = evaluate(model, data["evaluated"], data["info"].class_names, output_dir=run_dir)
+    rows = {f"{config.backbone} ({config.weights}), fine-tuned": transfer.accuracy,
+            f"linear probe on the {config.weights} features": probe,
+            f"{config.backbone} from scratch": scratch.accuracy}  # fmt: skip
+    print(f"\n{data['split']} accuracy on {transfer.num_examples} images:")
+    for name, accuracy in rows.items():
+        print(f"  {name:<60} {accuracy:6.1%}")
+    gain = transfer.accuracy - scratch.accuracy
+    print(f"  fine-tuned - scratch: {100 * gain:+.1f} points; fine-tuned - probe: {100 * (transfer.accuracy - probe):+.1f}")
+    with open(os.path.join(config.output, "comparison.json"), "w") as f:
+        json.dump({"split": data["split"], "num_examples": transfer.num_examples, "transfer_accuracy": transfer.accuracy,
+                   "scratch_accuracy": scratch.accuracy, "linear_probe_accuracy": probe, "gain": gain,
+                   "weights": config.weights}, f, indent=2)  # fmt: skip
+
+
+def print_history(history, stage1_epochs):
+    """The last epoch of each stage, as a table: the per-epoch lines were printed while training."""
+    keys = [k for k in history.history if k != "learning_rate"]
+    print(f"{'stage':<6} {'epochs':>9} " + " ".join(f"{k:>12}" for k in keys))
+    for stage, epochs in (("head", [e for e in history.epoch if e < stage1_epochs]),
+                          ("tune", [e for e in history.epoch if e >= stage1_epochs])):  # fmt: skip
+        if epochs:
+            i = history.epoch.index(epochs[-1])
+            span = f"{epochs[0] + 1}-{epochs[-1] + 1}"
+            print(f"{stage:<6} {span:>9} " + " ".join(f"{history.history[k][i]:>12.4f}" for k in keys))
+
+
+def _train(config, model, data, strategy, run_dir, scratch=False, verbose=False):
+    """fine_tune with the run's settings; `scratch` trains every layer from the start for both stages' epochs."""
+    callbacks = []
+    if config.early_stopping:
+        monitor = "val_loss" if data["val"] is not None else "loss"
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping,
+                                                       restore_best_weights=True))  # fmt: skip
+    options = TrainingOptions(
+        optimizer=config.optimizer, label_smoothing=config.label_smoothing, train_batchnorm=config.train_batchnorm,
+        cache_features={"auto": "auto", "true": True, "false": False}[config.cache_features],
+        jit_compile={"auto": "auto", "on": True, "off": False}[config.xla],
+        head_init=None if config.head_init == "none" else "probe",
+    )  # fmt: skip
+    stages = dict(head_epochs=config.head_epochs, fine_tune_epochs=config.fine_tune_epochs, unfreeze=config.unfreeze,
+                  learning_rate=config.learning_rate, fine_tune_learning_rate=config.fine_tune_learning_rate)  # fmt: skip
+    if scratch:
+        options = TrainingOptions(optimizer=config.optimizer, label_smoothing=config.label_smoothing,
+                                  jit_compile=options.jit_compile, train_batchnorm=True)  # fmt: skip
+        stages = dict(head_epochs=0, fine_tune_epochs=config.head_epochs + config.fine_tune_epochs, unfreeze="all",
+                      fine_tune_learning_rate=config.learning_rate)  # fmt: skip
+    return fine_tune(model, data["train"], data["val"], options=options, callbacks=callbacks, run_dir=run_dir,
+                     strategy=strategy, verbose="auto" if verbose else "lines", **stages)  # fmt: skip
