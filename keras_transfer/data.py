@@ -103,7 +103,9 @@ def load_dataset(
         classes: a subset of classes, as original names or ids (e.g. `range(5, 10)`); they are relabelled
             0..k-1 in the order of their original ids, and their names are kept.
         labels_per_class: keep at most this many training images per class (few-shot runs).
-        deterministic: keep a reproducible element order (slower parallel decoding).
+        deterministic: keep a reproducible element order in the training split too (slower parallel decoding).
+            Validation and test splits always keep their order, so `model.predict(test)` lines up with the labels
+            of another pass over `test`.
         data_dir: the TFDS data directory for `"tfds:NAME"`.
 
     Returns:
@@ -237,6 +239,10 @@ def _array_records(name, splits, class_names):
         if ids and (ids[0] < 0):
             raise ValueError(f"Labels must be integers >= 0. Received: a label {ids[0]}")
         class_names = [str(i) for i in range(ids[-1] + 1)] if ids else []
+        if len(ids) < len(class_names):
+            logger.warning("The labels are not 0..%d: %d distinct values between 0 and %d, so %d of the %d classes "
+                           "have no images. Relabel them 0..%d (or pass classes=...).", len(ids) - 1, len(ids), ids[-1],
+                           len(class_names) - len(ids), len(class_names), len(ids) - 1)  # fmt: skip
     dtype = next(iter(arrays.values()))[0].dtype
 
     def images(split, idx):
@@ -266,6 +272,9 @@ def _check_arrays(x, y):
         x = x[..., :3]
     if x.dtype != np.uint8:
         x = x.astype(np.float32)
+        if x.size and 0.0 <= float(x.min()) and float(x.max()) <= 1.0:
+            logger.warning("x holds floats in [%.3g, %.3g], but every model here expects RGB values in 0-255 (it "
+                           "applies its backbone's own scaling): multiply by 255.", float(x.min()), float(x.max()))  # fmt: skip
     return x, y.astype(np.int64)
 
 
@@ -512,5 +521,5 @@ def _pipeline(images, labels, *, size, batch_size, training, augment, cache, cac
         ds = ds.map(lambda x, y: (tf.clip_by_value(augmenter(x, training=True), 0.0, 255.0), y),
                     num_parallel_calls=AUTOTUNE)  # fmt: skip
     options = tf.data.Options()
-    options.deterministic = bool(deterministic)
+    options.deterministic = bool(deterministic) or not training  # evaluation order is the same on every pass
     return ds.with_options(options).prefetch(AUTOTUNE)

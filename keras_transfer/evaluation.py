@@ -9,6 +9,8 @@ import os
 
 import numpy as np
 
+from keras_transfer.files import atomic_path, write_text
+
 logger = logging.getLogger(__name__)
 
 
@@ -156,11 +158,10 @@ def _report(probs, labels, class_names):
 def write_report(report, output_dir):
     """Writes `report.json`, `report.txt` and `confusion.png` into `output_dir`."""
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "report.json"), "w") as f:
-        json.dump(report.to_dict(), f, indent=2)
-    with open(os.path.join(output_dir, "report.txt"), "w") as f:
-        f.write(str(report) + "\n")
-    plot_confusion(report, os.path.join(output_dir, "confusion.png"))
+    write_text(os.path.join(output_dir, "report.json"), json.dumps(report.to_dict(), indent=2))
+    write_text(os.path.join(output_dir, "report.txt"), str(report) + "\n")
+    with atomic_path(os.path.join(output_dir, "confusion.png")) as tmp:
+        plot_confusion(report, tmp)
     logger.info("Evaluation report written to %s", output_dir)
 
 

@@ -174,7 +174,11 @@ def load_predictor(path):
         ValueError: when `path` is none of those.
     """
     if path.endswith(".keras") and os.path.isfile(path):
-        model = keras.saving.load_model(path)
+        try:
+            model = keras.saving.load_model(path)
+        except Exception as e:  # Keras raises several kinds for a file it refuses or cannot read
+            raise ValueError(f"Cannot load the model {path!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}. "
+                             f"Received: model={path!r}") from e  # fmt: skip
         return keras_predictor(model), [str(i) for i in range(model.output_shape[-1])]
     version = path
     if os.path.isdir(path) and not os.path.exists(os.path.join(path, "saved_model.pb")):

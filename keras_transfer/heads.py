@@ -47,7 +47,7 @@ def add_head(features, num_classes, *, pooling="avg", dense_units=(), dropout=0.
         )
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be an integer >= 1. Received: num_classes={num_classes!r}")
-    if not 0.0 <= dropout < 1.0:
+    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout!r}")
     units = tuple(dense_units)
     if any(not isinstance(u, int) or u < 1 for u in units):

@@ -196,8 +196,10 @@ def _pretrained_shape(backbone, input_shape, weights):
 def _image_size(backbone, input_shape, spec):
     if input_shape is None:
         return spec.default_size, spec.default_size
-    shape = (input_shape, input_shape) if isinstance(input_shape, int) else tuple(input_shape)
-    if len(shape) == 3 and shape[2] != 3 or len(shape) not in (2, 3):
+    shape = (input_shape, input_shape) if isinstance(input_shape, int) else tuple(input_shape) if isinstance(
+        input_shape, (list, tuple)) else ()  # fmt: skip
+    if len(shape) == 3 and shape[2] != 3 or len(shape) not in (2, 3) or any(
+            not (d is None or isinstance(d, int) and not isinstance(d, bool)) for d in shape):  # fmt: skip
         raise ValueError(
             "input_shape must be (height, width), (height, width, 3) or an int; images are RGB. "
             f"Received: input_shape={input_shape!r}"
@@ -277,8 +279,12 @@ def _load_weights(base, backbone, path):
 def _is_full_model_h5(path):
     import h5py
 
-    with h5py.File(path, "r") as f:
-        return "model_config" in f.attrs
+    try:
+        with h5py.File(path, "r") as f:
+            return "model_config" in f.attrs
+    except OSError as e:
+        raise ValueError(f"Weights file {path!r} is not an HDF5 file ({str(e).splitlines()[0]}). weights must be "
+                         f"a '.weights.h5', '.h5' or '.keras' file saved by Keras. Received: weights={path!r}") from None
 
 
 def _find_backbone(model):

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from keras_transfer.backbones import get_spec
 from keras_transfer.data import load_dataset
-from keras_transfer.models import build_model, feature_model, get_backbone
+from keras_transfer.models import build_model, default_input_size, feature_model, get_backbone
 from keras_transfer.policies import set_trainable
 from keras_transfer.training import EpochLines, _with_known_size, recompute_batchnorm
 
@@ -60,10 +60,10 @@ def pretrain(
     Raises:
         ValueError: for an unknown backbone or method, or bad data arguments.
     """
-    spec = get_spec(backbone)
+    get_spec(backbone)  # an unknown key (or a hub module, which brings its own weights) fails here
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}. Expected one of: {', '.join(METHODS)}. Received: method={method!r}")
-    size = image_size or spec.default_size
+    size = image_size or default_input_size(backbone)[0]
     keras.utils.set_random_seed(seed)
     train, val, _, info = load_dataset(data, image_size=size, batch_size=batch_size, classes=classes, seed=seed,
                                        validation_split=0.1 if method == "supervised" else 0.0, deterministic=True)  # fmt: skip

@@ -16,6 +16,7 @@ from keras_transfer.data import load_dataset
 from keras_transfer.distribute import get_strategy, set_mixed_precision
 from keras_transfer.evaluation import evaluate, linear_probe
 from keras_transfer.export import export_saved_model
+from keras_transfer.files import atomic_path, write_text
 from keras_transfer.models import build_model, default_input_size
 from keras_transfer.training import TrainingOptions, fine_tune
 
@@ -35,12 +36,13 @@ def run(config, verbose=False):
     policy, strategy = set_mixed_precision(config.mixed_precision), get_strategy(config.strategy)
     size = config.image_size or default_input_size(config.backbone, weights)[0]
     data = _load(config, size, strategy)
-    _write_config(config)
     with strategy.scope():
         model = _build(config, data["info"].num_classes, size, weights)
+    _write_config(config)  # only now: the data and the model were accepted
     probe = _probe(model, data) if config.compare_scratch else None
     history = _train(config, model, data, strategy, config.output, verbose=verbose)
-    model.save(os.path.join(config.output, "model.keras"))
+    with atomic_path(os.path.join(config.output, "model.keras")) as tmp:
+        model.save(tmp)
     report = _evaluate(model, data, config.output)
     exported = _export(config, model, data, report)
     print(f"\nRun folder: {config.output}  (dtype policy {policy}, {strategy.num_replicas_in_sync} replica(s))")
@@ -72,8 +74,7 @@ def _load(config, size, strategy):
 def _write_config(config):
     try:
         os.makedirs(config.output, exist_ok=True)
-        with open(os.path.join(config.output, "config.yaml"), "w") as f:
-            f.write(config.to_yaml())
+        write_text(os.path.join(config.output, "config.yaml"), config.to_yaml())
     except OSError as e:
         raise OSError(f"Cannot write the run folder {config.output!r}: {e.strerror or e}. Choose a writable --output.") from e
 
@@ -127,10 +128,10 @@ def _compare_scratch(config, transfer, probe, size, data, strategy, verbose):
         print(f"  {name:<60} {accuracy:6.1%}")
     gain = transfer.accuracy - scratch.accuracy
     print(f"  fine-tuned - scratch: {100 * gain:+.1f} points; fine-tuned - probe: {100 * (transfer.accuracy - probe):+.1f}")
-    with open(os.path.join(config.output, "comparison.json"), "w") as f:
-        json.dump({"split": data["split"], "num_examples": transfer.num_examples, "transfer_accuracy": transfer.accuracy,
-                   "scratch_accuracy": scratch.accuracy, "linear_probe_accuracy": probe, "gain": gain,
-                   "weights": config.weights}, f, indent=2)  # fmt: skip
+    comparison = {"split": data["split"], "num_examples": transfer.num_examples, "transfer_accuracy": transfer.accuracy,
+                  "scratch_accuracy": scratch.accuracy, "linear_probe_accuracy": probe, "gain": gain,
+                  "weights": config.weights}  # fmt: skip
+    write_text(os.path.join(config.output, "comparison.json"), json.dumps(comparison, indent=2))
 
 
 def print_history(history, stage1_epochs):

@@ -178,13 +178,18 @@ class FeatureIndex:
         if missing:
             raise ValueError(f"{path!r} is not a saved FeatureIndex (missing {', '.join(missing)}). "
                              f"Received: path={path!r}")  # fmt: skip
-        with open(os.path.join(path, "index.json")) as f:
-            facts = json.load(f)
+        facts, embeddings = _read_index(path)
         import keras_transfer.preprocessing  # noqa: F401  (registers BackbonePreprocessing for loading)
 
-        embedder = keras.saving.load_model(os.path.join(path, "embedder.keras"), compile=False)
+        try:
+            embedder = keras.saving.load_model(os.path.join(path, "embedder.keras"), compile=False)
+        except Exception as e:  # Keras raises several kinds for a file it refuses
+            raise ValueError(f"The embedding model in {path!r} cannot be loaded: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
         index = cls(embedder, batch_size=facts["batch_size"], search=search or facts["search"])
-        index._append(np.load(os.path.join(path, "embeddings.npy")), facts["paths"], np.asarray(facts["labels"]))
+        if index.dim != embeddings.shape[1]:
+            raise ValueError(f"{path!r} is not a consistent FeatureIndex: its embeddings have {embeddings.shape[1]} "
+                             f"dimensions, its model gives {index.dim}.")  # fmt: skip
+        index._append(embeddings, facts["paths"], np.asarray(facts["labels"], np.int64))
         return index
 
     # --- internals ---------------------------------------------------------------------------------------------
@@ -264,6 +269,26 @@ class FeatureIndex:
             else:
                 vectors.append(self._embed_arrays(np.stack(images)))
         return np.concatenate(vectors), files, None
+
+
+def _read_index(path):
+    """`(facts, embeddings)` of a saved index after checking that its files agree with each other."""
+    try:
+        with open(os.path.join(path, "index.json")) as f:
+            facts = json.load(f)
+        embeddings = np.load(os.path.join(path, "embeddings.npy"), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:  # EOFError: a zero-byte .npy
+        raise ValueError(f"{path!r} is not a readable FeatureIndex: {type(e).__name__}: {e}. Received: path={path!r}") from None
+    keys = ("paths", "labels", "search", "batch_size", "dim")
+    if not isinstance(facts, dict) or any(k not in facts for k in keys):
+        raise ValueError(f"{path!r} is not a FeatureIndex: index.json lacks some of {', '.join(keys)}.")
+    counts = {"embeddings": len(embeddings) if embeddings.ndim == 2 else -1, "paths": len(facts["paths"]),
+              "labels": len(facts["labels"])}  # fmt: skip
+    if len(set(counts.values())) != 1 or embeddings.ndim != 2 or embeddings.shape[1] != facts["dim"]:
+        raise ValueError(f"{path!r} is not a consistent FeatureIndex: "
+                         + ", ".join(f"{n} {k}" for k, n in counts.items())
+                         + f", embeddings of shape {embeddings.shape} for dim {facts['dim']}. Rebuild it.")  # fmt: skip
+    return facts, embeddings
 
 
 def embedding_model(model, *, weights="imagenet", image_size=None):

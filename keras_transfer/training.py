@@ -11,7 +11,9 @@ backup, the end of stage 1 is recorded, and rerunning the same call resumes wher
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import json
 import logging
 import os
 import tempfile
@@ -22,7 +24,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_transfer.files import atomic_path
+from keras_transfer.compat import reset_resumed_epoch
+from keras_transfer.files import atomic_path, write_text
 from keras_transfer.models import augmentation_layer, batchnorm_layers, feature_model, head_model, output_layer
 from keras_transfer.policies import set_trainable
 
@@ -139,10 +142,12 @@ def fine_tune(
     run.total_epochs = head_epochs + fine_tune_epochs
     history = keras.callbacks.History()
     history.history, history.epoch = {}, []
-    if head_epochs:
-        _extend(history, _train_head(run, head_epochs, learning_rate))
-    if fine_tune_epochs:
-        _extend(history, _train_unfrozen(run, unfreeze, head_epochs, fine_tune_epochs, fine_tune_learning_rate))
+    with tempfile.TemporaryDirectory(prefix="keras_transfer_features_") as scratch:  # removed on return or raise
+        run.scratch_dir = scratch
+        if head_epochs:
+            _extend(history, _train_head(run, head_epochs, learning_rate))
+        if fine_tune_epochs:
+            _extend(history, _train_unfrozen(run, unfreeze, head_epochs, fine_tune_epochs, fine_tune_learning_rate))
     return history
 
 
@@ -161,6 +166,7 @@ class _Run:
     metrics: list
     verbose: object
     total_epochs: int = 0
+    scratch_dir: str | None = None  # features too large for memory, without a run_dir; removed at the end
 
 
 def _renamed_epochs(head_epochs, kwargs):
@@ -259,6 +265,7 @@ def _use_cache(run):
 
 def _fit(run, model, train, val, stage, first_epoch, last_epoch, backup):
     progress = _progress(run.verbose, stage, first_epoch, run.total_epochs)
+    reset_resumed_epoch(model)  # a resumed stage 1 would otherwise set where stage 2 starts
     return model.fit(train, validation_data=val, initial_epoch=first_epoch, epochs=last_epoch, shuffle=False,
                      verbose=progress["verbose"], callbacks=_backup(run.paths, backup) + run.callbacks
                      + progress["callbacks"])  # fmt: skip
@@ -390,7 +397,7 @@ def _head_on_features(run):
     """The head model on features computed once by the frozen backbone, and its train and validation data."""
     extractor = feature_model(run.model)
     predict = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
-    cache_dir = os.path.dirname(run.paths["stage1"]) if run.paths else None
+    cache_dir = os.path.dirname(run.paths["stage1"]) if run.paths else run.scratch_dir
 
     def cached(dataset, name, shuffle):
         feats, labels, batch_size, size = [], [], None, 0
@@ -402,7 +409,7 @@ def _head_on_features(run):
         features, labels = np.concatenate(feats), np.concatenate(labels)
         ds = tf.data.Dataset.from_tensor_slices((features, labels))
         if size > FEATURE_MEMORY_LIMIT:
-            path = os.path.join(cache_dir or tempfile.mkdtemp(prefix="keras_transfer_features_"), "features", name)
+            path = os.path.join(cache_dir, "features", name)
             ds.save(path)
             ds = tf.data.Dataset.load(path)
             logger.info("Cached %d %s features (%.1f GB) on disk in %s", len(labels), name, size / 1e9, path)
@@ -459,15 +466,58 @@ def _run_paths(run_dir):
     }
 
 
-class _FullModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """Saves the full model even while stage 1 fits the head on cached features."""
+class _BestCheckpoint(keras.callbacks.Callback):
+    """`checkpoints/best.keras`: the full model (also while stage 1 fits the head on cached features) at its best
+    `monitor` so far, across both stages and resumed runs (the best value is kept in `best.json` beside it),
+    written atomically."""
 
-    def __init__(self, full_model, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._full_model = full_model
+    def __init__(self, full_model, path, monitor):
+        super().__init__()
+        self.full_model, self.path, self.monitor = full_model, path, monitor
+        self.record = path[: -len(".keras")] + ".json"
 
-    def set_model(self, model):
-        super().set_model(self._full_model)
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or not np.isfinite(value):
+            return
+        best = _read_json(self.record).get("value", np.inf)
+        if value < best:
+            with atomic_path(self.path) as tmp:
+                self.full_model.save(tmp)
+            write_text(self.record, json.dumps({"monitor": self.monitor, "value": float(value), "epoch": epoch}))
+
+
+class _HistoryFile(keras.callbacks.Callback):
+    """`history.csv`, one row per epoch, rewritten atomically at every epoch end: an epoch trained again after a
+    resume replaces its row, so each epoch appears exactly once and a kill never leaves half a line."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch, logs=None):
+        rows = read_history(self.path)
+        rows[epoch] = {k: float(v) for k, v in (logs or {}).items()}
+        keys = sorted({k for row in rows.values() for k in row})
+        lines = [",".join(["epoch", *keys])]
+        lines += [",".join([str(e), *(str(rows[e].get(k, "")) for k in keys)]) for e in sorted(rows)]
+        write_text(self.path, "\n".join(lines) + "\n")
+
+
+def read_history(path):
+    """epoch -> {metric: value} from a run folder's `history.csv` (empty when there is none)."""
+    if not os.path.exists(path):
+        return {}
+    with open(path, newline="") as f:
+        return {int(row.pop("epoch")): {k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)}
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
 
 
 def _backup(paths, stage):
@@ -479,8 +529,8 @@ def _run_callbacks(model, paths, has_val):
     if not paths:
         return []
     return [
-        _FullModelCheckpoint(model, paths["best"], monitor="val_loss" if has_val else "loss", save_best_only=True),
-        keras.callbacks.CSVLogger(paths["csv"], append=True),
+        _BestCheckpoint(model, paths["best"], monitor="val_loss" if has_val else "loss"),
+        _HistoryFile(paths["csv"]),
         keras.callbacks.TensorBoard(paths["logs"]),
     ]
 
