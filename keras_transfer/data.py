@@ -64,7 +64,7 @@ class DatasetInfo:
         sizes = ", ".join(f"{split} {sum(c.values())}" for split, c in self.counts.items() if sum(c.values()))
         text = f"{self.source}: {self.num_classes} classes, {sizes} images at {self.image_size[0]}x{self.image_size[1]}"
         if self.skipped:
-            text += f"; {len(self.skipped)} skipped:" + "".join(f"\n  {p}: {r}" for p, r in self.skipped)
+            text += f"; {len(self.skipped)} skipped:" + "".join(f"\n  {readable(p)}: {r}" for p, r in self.skipped)
         return text
 
 
@@ -348,7 +348,8 @@ def _folder_records(root):
               for split, scan in scans.items()}  # fmt: skip
 
     def images(split, idx):
-        files = tf.data.Dataset.from_tensor_slices(np.array(paths[split], dtype=object)[idx].astype(str))
+        # As bytes: a file name the OS allows need not be UTF-8, and tf.string holds any bytes.
+        files = tf.data.Dataset.from_tensor_slices(np.array([os.fsencode(p) for p in paths[split]], dtype=object)[idx])
         return files, lambda path: decode_image(tf.io.read_file(path))
 
     return _Records(root, class_names, class_names, labels, images, skipped=skipped)
@@ -364,9 +365,14 @@ def _scan_classes(folder, skipped):
         skipped.extend(bad)
         if not files:
             skipped.append((entry.path, "empty class folder: no readable images"))
-            logger.warning("Class folder %s has no readable images; it is left out.", entry.path)
-        classes[entry.name] = files
+            logger.warning("Class folder %s has no readable images; it is left out.", readable(entry.path))
+        classes[readable(entry.name)] = files
     return classes
+
+
+def readable(name):
+    """A file or folder name as text: undecodable bytes (a name that is not UTF-8) shown as `\\xNN` escapes."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _tfds_records(name, data_dir):

@@ -1,12 +1,15 @@
 """Image files: the byte check that finds bad files before training, and the one decoder every entry point uses.
 
 The folder pipeline, `serve_bytes` in an export, `FeatureIndex` and `scripts/predict.py` all decode with
-`decode_image`, so they accept the same formats the same way.
+`decode_image`, so they accept the same formats the same way, and all turn a JPEG by its EXIF orientation (as
+phones store photos taken sideways), in TensorFlow ops, so the exported graph does it too.
 """
 
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 
 import numpy as np
 import tensorflow as tf
@@ -14,6 +17,9 @@ import tensorflow as tf
 FORMATS = "JPEG, PNG, GIF, BMP or WebP"
 # Leading bytes of the formats `tf.io.decode_image` reads; `serve_bytes` refuses anything else in-graph.
 SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"RIFF")
+# Files whose header declares more pixels are skipped: PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS).
+# Set keras_transfer.images.MAX_PIXELS to change it (as PIL users set Image.MAX_IMAGE_PIXELS).
+MAX_PIXELS = 89_478_485
 
 
 def find_images(folder):
@@ -50,8 +56,9 @@ def image_files(items):
 def image_problem(path):
     """Why the file at `path` cannot be used as an image, or None when it looks whole.
 
-    Reads only the first and last bytes: recognizes JPEG, PNG, GIF, BMP and WebP by their signature and
-    finds truncation by their end markers or declared sizes.
+    Recognizes JPEG, PNG, GIF, BMP and WebP by their signature; finds truncation by end markers or declared sizes,
+    PNG damage by its chunk checksums, and reads the width and height from the header: above `MAX_PIXELS` the
+    file is refused before anything decodes it.
     """
     try:
         size = os.path.getsize(path)
@@ -61,8 +68,13 @@ def image_problem(path):
             head = f.read(16)
             f.seek(max(size - 1024, 0))
             tail = f.read()
+            problem = _format_problem(head, tail, size) or _size_problem(f, head)
     except OSError as e:
         return f"unreadable: {e.strerror or e}"
+    return problem
+
+
+def _format_problem(head, tail, size):
     if head.startswith(b"\xff\xd8\xff"):
         return None if b"\xff\xd9" in tail else "truncated JPEG (no end-of-image marker)"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -75,18 +87,156 @@ def image_problem(path):
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         declared = int.from_bytes(head[4:8], "little") + 8
         return None if declared <= size else f"truncated WebP ({size} of {declared} bytes)"
-    return "not an image (expected JPEG, PNG, GIF, BMP or WebP)"
+    return f"not an image (expected {FORMATS})"
 
+
+def _size_problem(f, head):
+    """Reads the dimensions (and a PNG's chunk checksums) from the open file; the reason to refuse it, or None."""
+    f.seek(0)
+    if head.startswith(b"\x89PNG"):
+        problem = _png_problem(f.read())
+        if problem:
+            return problem
+        f.seek(0)
+    dims = image_dimensions(f.read(1 << 16), f)
+    if dims is None:
+        return "unreadable image header (no width and height found)"
+    width, height = dims
+    if width * height > MAX_PIXELS:
+        return (f"{width}x{height} pixels is above the limit of {MAX_PIXELS:,} (a decompression bomb; raise "
+                "keras_transfer.images.MAX_PIXELS to allow it)")
+    return None
+
+
+def _png_problem(data):
+    """A damaged chunk of a PNG (bad checksum or length), as `PIL.Image.verify` finds; None when all are whole."""
+    at = 8
+    while at + 12 <= len(data):
+        length = int.from_bytes(data[at : at + 4], "big")
+        kind, body = data[at + 4 : at + 8], data[at + 8 : at + 8 + length]
+        if len(body) < length or at + 12 + length > len(data):
+            return f"damaged PNG (chunk {kind!r} runs past the end of the file)"
+        if zlib.crc32(kind + body) != int.from_bytes(data[at + 8 + length : at + 12 + length], "big"):
+            return f"damaged PNG (checksum of chunk {kind.decode('latin-1')!r} does not match)"
+        if kind == b"IEND":
+            return None
+        at += 12 + length
+    return "damaged PNG (no IEND chunk)"
+
+
+def image_dimensions(head, f=None):
+    """`(width, height)` declared by an image's header (`head`: its first bytes; `f`: the open file, for JPEGs
+    whose metadata pushes the frame header further), or None when none is found."""
+    if head.startswith(b"\x89PNG") and len(head) >= 24:
+        return struct.unpack(">II", head[16:24])
+    if head[:4] == b"GIF8" and len(head) >= 10:
+        return struct.unpack("<HH", head[6:10])
+    if head.startswith(b"BM") and len(head) >= 26:
+        width, height = struct.unpack("<ii", head[18:26])
+        return abs(width), abs(height)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return _webp_dimensions(head)
+    if head.startswith(b"\xff\xd8"):
+        return _jpeg_dimensions(head, f)
+    return None
+
+
+def _webp_dimensions(head):
+    kind = head[12:16]
+    if kind == b"VP8 " and len(head) >= 30:
+        width, height = struct.unpack("<HH", head[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if kind == b"VP8L" and len(head) >= 25:
+        bits = int.from_bytes(head[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8X" and len(head) >= 30:
+        return int.from_bytes(head[24:27], "little") + 1, int.from_bytes(head[27:30], "little") + 1
+    return None
+
+
+def _jpeg_dimensions(head, f):
+    """Walks the JPEG markers to the frame header (SOF0..SOF15 but DHT, JPG and DAC)."""
+    at, data = 2, head
+    while True:
+        if at + 9 > len(data) and f is not None:  # metadata pushed the frame header past what was read
+            f.seek(at)
+            data, at = f.read(1 << 16), 0
+            if len(data) < 9:
+                return None
+        if at + 9 > len(data) or data[at] != 0xFF:
+            return None
+        marker, length = data[at + 1], int.from_bytes(data[at + 2 : at + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", data[at + 5 : at + 9])
+            return width, height
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if f is not None and at + 2 + length > len(data):
+            f.seek(f.tell() - len(data) + at + 2 + length)
+            data, at = f.read(1 << 16), 0
+            continue
+        at += 2 + length
 
 
 def decode_image(blob):
-    """Encoded image bytes (a string tensor) -> `uint8` RGB tensor `(height, width, 3)`; works in a graph.
+    """Encoded image bytes (a string tensor) -> `uint8` RGB tensor `(height, width, 3)`, turned upright by the
+    JPEG's EXIF orientation; works in a graph (tf.data, an exported signature).
 
     `channels=3` turns grayscale, RGBA, palette and 16-bit images into RGB; a GIF gives its first frame.
     """
     image = tf.io.decode_image(blob, channels=3, expand_animations=False, dtype=tf.uint8)
     image.set_shape([None, None, 3])
-    return image
+    return orient(image, exif_orientation(blob))
+
+
+# EXIF orientation -> how to turn the stored pixels upright (as PIL's ImageOps.exif_transpose does).
+_ORIENTATIONS = (
+    lambda x: x,  # 1: upright
+    lambda x: tf.image.flip_left_right(x),  # 2: mirrored
+    lambda x: tf.image.rot90(x, 2),  # 3: upside down
+    lambda x: tf.image.flip_up_down(x),  # 4: mirrored upside down
+    lambda x: tf.image.transpose(x),  # 5: mirrored, turned
+    lambda x: tf.image.rot90(x, 3),  # 6: stored turned left (phones held upright): turn 90 degrees clockwise
+    lambda x: tf.image.rot90(tf.image.transpose(x), 2),  # 7: transverse
+    lambda x: tf.image.rot90(x, 1),  # 8: stored turned right: turn 90 degrees counter-clockwise
+)
+
+
+def orient(image, orientation):
+    """`image` (height, width, channels) turned as EXIF `orientation` (1-8; anything else: unchanged) says."""
+    index = tf.where((orientation >= 1) & (orientation <= 8), orientation - 1, 0)
+    turned = tf.switch_case(tf.cast(index, tf.int32), [lambda f=f: f(image) for f in _ORIENTATIONS])
+    turned.set_shape([None, None, image.shape[-1]])
+    return turned
+
+
+def exif_orientation(blob):
+    """The EXIF orientation tag (1-8) of JPEG bytes, 1 when there is none; in TensorFlow ops.
+
+    Reads the first 64 KB (the EXIF segment is at most that and comes before the image data), finds the TIFF
+    structure after `Exif\\0\\0`, and looks for tag 0x0112 among the first 64 entries of its first directory.
+    """
+    blob = tf.convert_to_tensor(blob, tf.string)
+    head = tf.strings.substr(blob, 0, 1 << 16)
+    parts = tf.strings.split(head, sep="Exif\x00\x00", maxsplit=1)
+    found = tf.strings.substr(blob, 0, 2) == b"\xff\xd8"
+    tiff = tf.where(found & (tf.size(parts) == 2), parts[-1], "") + b"\x00" * 1024  # room for every read below
+    little = tf.strings.substr(tiff, 0, 2) == b"II"
+    limit = tf.strings.length(tiff) - 1024
+
+    def read(offsets, width, dtype):
+        pos = tf.clip_by_value(offsets, 0, limit)
+        chunks = tf.strings.substr(tiff, pos, tf.fill(tf.shape(pos), width))
+        le, be = tf.io.decode_raw(chunks, dtype, little_endian=True), tf.io.decode_raw(chunks, dtype, little_endian=False)
+        return tf.cast(tf.where(little, le, be)[..., 0], tf.int32)
+
+    directory = read(tf.constant([4]), 4, tf.int32)[0]
+    entries = directory + 2 + 12 * tf.range(64)
+    count = read(tf.reshape(directory, [1]), 2, tf.uint16)[0]
+    tags, values = read(entries, 2, tf.uint16), read(entries + 8, 2, tf.uint16)
+    match = (tags == 0x0112) & (tf.range(64) < count)
+    return tf.where(tf.reduce_any(match), tf.reduce_max(tf.where(match, values, 0)), 1)
 
 
 def read_image(path):

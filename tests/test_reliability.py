@@ -1,16 +1,20 @@
 """Issue 15: evaluation in a stable order, every bad value a clear error before any work, nothing left behind,
 and a run killed anywhere resumes exactly."""
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import struct
 import tempfile
+import zlib
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 import yaml
 from PIL import Image
 
@@ -218,3 +222,113 @@ def test_a_run_killed_anywhere_resumes_exactly(tmp_path):
         # One stage-2 schedule, continued across the kills: the saved optimizer counted every stage-2 step once.
         model = keras.saving.load_model(run_dir / "model.keras")
         assert int(model.optimizer.iterations) == 3 * steps, name
+
+
+def _jpeg(array, orientation=None, big_endian=False):
+    buf = io.BytesIO()
+    image = Image.fromarray(array)
+    if orientation and not big_endian:
+        exif = image.getexif()
+        exif[0x0112] = orientation
+        image.save(buf, "JPEG", exif=exif, quality=95)
+        return buf.getvalue()
+    image.save(buf, "JPEG", quality=95)
+    data = buf.getvalue()
+    if not orientation:
+        return data
+    # A Motorola-order (big-endian) EXIF segment written by hand: one entry, tag 0x0112, type SHORT.
+    tiff = b"MM\x00\x2a\x00\x00\x00\x08" + b"\x00\x01" + b"\x01\x12\x00\x03\x00\x00\x00\x01" + orientation.to_bytes(2, "big") + b"\x00\x00" + b"\x00\x00\x00\x00"
+    app1 = b"Exif\x00\x00" + tiff
+    return data[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + data[2:]
+
+
+ASYMMETRIC = np.zeros((40, 60, 3), np.uint8)
+ASYMMETRIC[:20, :30] = (255, 0, 0)
+ASYMMETRIC[20:, 30:] = (0, 0, 255)
+ASYMMETRIC[:6, 50:] = 255
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_applied_wherever_images_are_decoded(orientation, tmp_path):
+    from PIL import ImageOps
+
+    from keras_transfer import images
+
+    blob = _jpeg(ASYMMETRIC, orientation)
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(blob))).convert("RGB"), np.float32)
+    # the one decoder: eagerly (predict, retrieval), inside tf.data (folders) and in the exported signature
+    assert np.abs(images.image_array(blob) - upright).mean() < 2
+    by_hand = _jpeg(ASYMMETRIC, orientation, big_endian=True)
+    assert np.abs(images.image_array(by_hand) - upright).mean() < 2
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "photo.jpg").write_bytes(blob)
+    train, _, _, _ = kt.load_dataset(str(tmp_path), image_size=upright.shape[:2], batch_size=2, validation_split=0.0)
+    np.testing.assert_allclose(next(iter(train))[0][0].numpy(), images.image_array(blob), atol=1.0)
+    model = kt.build_model("small_cnn", 2, input_shape=(upright.shape[0], upright.shape[1]), weights=None)
+    path = kt.export_saved_model(model, tmp_path / "export")
+    served = tf.saved_model.load(path).signatures["serve_bytes"](image_bytes=tf.constant([blob]))["probabilities"]
+    np.testing.assert_allclose(served.numpy(), model.predict(upright[None], verbose=0), atol=2e-3)
+
+
+def _png_with_header(width, height):
+    def chunk(kind, body):
+        return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 10)) + chunk(b"IEND", b"")
+
+
+def test_counts_equal_what_iterating_yields_over_a_corpus_of_bad_files(tmp_path):
+    rng = np.random.default_rng(0)
+    good = []
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        for i in range(4):
+            path = tmp_path / name / f"{i}.png"
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(path)
+            good.append(path)
+    whole = good[0].read_bytes()
+    damaged = bytearray(whole)
+    damaged[60] ^= 0xFF  # inside the image data: the checksum no longer matches
+    jpeg = _jpeg(ASYMMETRIC)
+    corpus = {
+        "empty.png": b"",
+        "cut.png": whole[:-30],
+        "cut.jpg": jpeg[:-50],
+        "notes.jpg": b"just text",
+        "bomb.png": _png_with_header(60000, 60000),
+        "damaged.png": bytes(damaged),
+    }
+    for name, data in corpus.items():
+        (tmp_path / "cat" / name).write_bytes(data)
+    odd = os.path.join(os.fsencode(tmp_path / "dog"), b"caf\xe9-\xff.jpg")  # not UTF-8: Latin-1 and a stray byte
+    with open(odd, "wb") as f:
+        f.write(jpeg)
+    os.mkdir(os.path.join(os.fsencode(tmp_path), b"\xe9t\xe9"))  # a class folder whose name is not UTF-8
+    with open(os.path.join(os.fsencode(tmp_path), b"\xe9t\xe9", b"1.jpg"), "wb") as f:
+        f.write(jpeg)
+    train, val, test, info = kt.load_dataset(str(tmp_path), image_size=16, batch_size=2, validation_split=0.3,
+                                             test_split=0.2, cache=False)  # fmt: skip
+    reasons = {os.path.basename(p): r for p, r in info.skipped}
+    assert set(reasons) == set(corpus), reasons
+    assert "60000x60000 pixels is above the limit of 89,478,485" in reasons["bomb.png"]
+    assert "checksum of chunk 'IDAT' does not match" in reasons["damaged.png"]
+    assert info.class_names == sorted(["cat", "dog", "\\xe9t\\xe9"])
+    for split, ds in (("train", train), ("validation", val), ("test", test)):
+        yielded = np.concatenate([y for _, y in ds]) if ds is not None else np.array([], int)
+        assert sum(info.counts[split].values()) == len(yielded), split
+        assert [info.counts[split][c] for c in info.class_names] == [int(np.sum(yielded == i)) for i in range(3)]
+    assert sum(sum(c.values()) for c in info.counts.values()) == 8 + 1 + 1  # the odd names load
+    str(info)  # printable, odd names and all
+
+
+def test_the_pixel_limit_is_configurable(tmp_path, monkeypatch):
+    from keras_transfer import images
+
+    path = tmp_path / "big.png"
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(path)
+    assert images.image_problem(str(path)) is None
+    monkeypatch.setattr(images, "MAX_PIXELS", 1000)
+    assert images.image_problem(str(path)) == ("40x30 pixels is above the limit of 1,000 (a decompression bomb; raise "
+                                               "keras_transfer.images.MAX_PIXELS to allow it)")  # fmt: skip

@@ -85,3 +85,19 @@ def test_predict_imagenet_names_the_flower_offline(tmp_path, capsys):
     assert result["predictions"][0]["label"] == "daisy" and len(result["predictions"]) == 3
     assert _script("predict").main(["--imagenet", "--backbone", "small_cnn", str(flower)]) == 2
     assert "Backbone 'small_cnn' has no ImageNet classifier" in capsys.readouterr().err
+
+
+def test_every_script_turns_a_refused_model_into_one_line(tmp_path, capsys):
+    unsafe = keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda x: x * 2)])
+    unsafe.save(tmp_path / "lambda.keras")
+    (tmp_path / "garbage.keras").write_bytes(b"not a zip")
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    for model in ("lambda.keras", "garbage.keras"):
+        path = str(tmp_path / model)
+        for script, argv in (("export", [path, "--tflite", str(tmp_path / "m.tflite")]), ("predict", [path, str(image)]),
+                             ("retrieve", ["index", str(tmp_path), "--model", path, "--index", str(tmp_path / "i")])):  # fmt: skip
+            code = _script(script).main(argv)
+            err = capsys.readouterr().err
+            assert code in (1, 2) and err.count("\n") == 1 and "Traceback" not in err, (script, model, err)
+            assert err.startswith(f"{script}: error: "), err
