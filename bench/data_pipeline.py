@@ -1,10 +1,12 @@
-"""Input pipeline throughput: keras_transfer.load_dataset vs keras.utils.image_dataset_from_directory.
+"""Input pipeline throughput on photo-sized JPEGs: Keras's image_dataset_from_directory vs keras_transfer's
+pipeline with and without size-aware decoding, and what training consumes.
 
-Generates a folder of JPEGs of varied sizes (300-500 px), reads it with both loaders resizing to 224 in the same
-run, and prints images/s and their ratio. Then measures the images/s a ResNet50 training step consumes at 224 on
-this machine (synthetic tensors, no input pipeline), so you can see whether input is the bottleneck.
+Writes (or reuses) a folder of photo-like JPEGs at --size (scikit-learn's two sample photos resized, with noise so
+that no two files are equal), then reads one epoch with each loader resizing to 224, alternating, --repeats times,
+and prints the median images/s and the ratios. Then measures the images/s an EfficientNet-Lite0 and a ResNet50
+training step (all layers) consume at 224 on this machine (synthetic tensors), so you see which is the bottleneck.
 
-Usage: python bench/data_pipeline.py [--images 2000] [--folder DIR] [--repeats 2] [--train-steps 3]
+Usage: python bench/data_pipeline.py [--size 2400x1600] [--images 300] [--repeats 3] [--train-steps 3]
 """
 
 from __future__ import annotations
@@ -21,29 +23,26 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import keras_transfer as kt  # noqa: E402
+from keras_transfer import images  # noqa: E402
 
 SIZE = (224, 224)
 CLASSES = 10
 
 
-def make_folder(root, n, seed=0):
-    """n photo-like JPEGs (smooth gradients plus noise, so they compress like photos) in CLASSES folders."""
-    rng = np.random.default_rng(seed)
-    made = 0
+def make_folder(root, n, size):
+    """n photo-like JPEGs of `size` (width, height) in CLASSES folders: the sample photos resized, plus noise."""
+    from sklearn.datasets import load_sample_images
+
+    photos = [Image.fromarray(p).resize(size, Image.BICUBIC) for p in load_sample_images().images]
+    rng = np.random.default_rng(0)
     for i in range(n):
         path = os.path.join(root, f"class_{i % CLASSES}", f"{i:05d}.jpg")
         if os.path.exists(path):
-            made += 1
             continue
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        h, w = rng.integers(300, 501, 2)
-        yy, xx = np.mgrid[0:h, 0:w]
-        base = np.stack([(xx * rng.uniform(0.2, 1)) % 256, (yy * rng.uniform(0.2, 1)) % 256,
-                         ((xx + yy) * rng.uniform(0.1, 0.5)) % 256], axis=-1)  # fmt: skip
-        image = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(image).save(path, "JPEG", quality=90)
-        made += 1
-    return made
+        noisy = np.asarray(photos[i % 2], np.float32) + rng.normal(0, 6, (size[1], size[0], 3))
+        Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(path, "JPEG", quality=90)
+    return n
 
 
 def images_per_second(dataset):
@@ -53,9 +52,9 @@ def images_per_second(dataset):
     return n / (time.perf_counter() - start), n
 
 
-def train_step_rate(batch_size, steps, policy):
-    model = kt.build_model("resnet50", CLASSES, input_shape=SIZE, weights=None)
-    kt.set_trainable(model, policy)
+def train_step_rate(backbone, batch_size, steps):
+    model = kt.build_model(backbone, CLASSES, input_shape=SIZE, weights=None)
+    kt.set_trainable(model, "all")
     model.compile("adam", "sparse_categorical_crossentropy")
     x = np.random.default_rng(0).uniform(0, 255, (batch_size, *SIZE, 3)).astype("float32")
     y = np.arange(batch_size) % CLASSES
@@ -66,44 +65,56 @@ def train_step_rate(batch_size, steps, policy):
     return steps * batch_size / (time.perf_counter() - start)
 
 
+def loaders(folder, batch_size):
+    """name -> a function giving one fresh epoch's dataset."""
+
+    def ours(dct_scaling):
+        def make():
+            images.DCT_SCALING = dct_scaling  # read when the pipeline is traced
+            train, _, _, _ = kt.load_dataset(folder, image_size=SIZE, batch_size=batch_size, validation_split=0.0,
+                                             cache=False)  # fmt: skip
+            return train
+
+        return make
+
+    return {
+        "keras image_dataset_from_directory": lambda: keras.utils.image_dataset_from_directory(
+            folder, image_size=SIZE, batch_size=batch_size, verbose=False),
+        "keras_transfer, full decode + resize": ours(False),
+        "keras_transfer, size-aware decode": ours(True),
+    }  # fmt: skip
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--folder", default=os.path.join(tempfile.gettempdir(), "keras_transfer_bench_jpegs"))
+    parser.add_argument("--size", default="2400x1600", help="WIDTHxHEIGHT of the generated photos")
+    parser.add_argument("--images", type=int, default=300)
+    parser.add_argument("--folder", default=None, help="default: a folder per size in the temp folder")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=2, help="epochs per loader, alternating; best is kept")
+    parser.add_argument("--repeats", type=int, default=3, help="epochs per loader, alternating; the median is kept")
     parser.add_argument("--train-steps", type=int, default=3)
     args = parser.parse_args(argv)
+    size = tuple(int(v) for v in args.size.lower().split("x"))
+    folder = args.folder or os.path.join(tempfile.gettempdir(), f"keras_transfer_bench_photos_{args.size}")
 
     start = time.perf_counter()
-    n = make_folder(args.folder, args.images)
-    print(f"{n} JPEGs (300-500 px) in {args.folder} ({time.perf_counter() - start:.0f} s to generate), cores: {os.cpu_count()}")
+    n = make_folder(folder, args.images, size)
+    print(f"{n} JPEGs of {size[0]}x{size[1]} in {folder} ({time.perf_counter() - start:.0f} s), cores: {os.cpu_count()}")
+    rates = {name: [] for name in loaders(folder, args.batch_size)}
+    for _ in range(args.repeats):  # alternate so that every loader sees the same page cache and machine load
+        for name, make in loaders(folder, args.batch_size).items():
+            rates[name].append(images_per_second(make())[0])
+    median = {name: float(np.median(r)) for name, r in rates.items()}
+    consume = {b: train_step_rate(b, args.batch_size, args.train_steps) for b in ("efficientnet_lite0", "resnet50")}
 
-    ours_rates, keras_rates = [], []
-    for _ in range(args.repeats):  # alternate so both see the same page cache and machine load
-        ours, _, _, _ = kt.load_dataset(args.folder, image_size=SIZE, batch_size=args.batch_size,
-                                        validation_split=0.0, cache=False)
-        ours_rates.append(images_per_second(ours)[0])
-        theirs = keras.utils.image_dataset_from_directory(args.folder, image_size=SIZE, batch_size=args.batch_size,
-                                                          verbose=False)
-        keras_rates.append(images_per_second(theirs)[0])
-    ours_best, keras_best = max(ours_rates), max(keras_rates)
-    cached, _, _, _ = kt.load_dataset(args.folder, image_size=SIZE, batch_size=args.batch_size, validation_split=0.0)
-    images_per_second(cached)  # first epoch fills the cache
-    cached_rate = images_per_second(cached)[0]
-
-    frozen = train_step_rate(args.batch_size, args.train_steps, "frozen")
-    full = train_step_rate(args.batch_size, args.train_steps, "all")
-
-    print(f"\nimages/s at 224x224, batch {args.batch_size}, one epoch over {n} JPEGs (best of {args.repeats}):")
-    print(f"  keras_transfer.load_dataset (decode + resize)   {ours_best:8.1f}")
-    print(f"  keras image_dataset_from_directory              {keras_best:8.1f}")
-    print(f"  ratio ours / keras                              {ours_best / keras_best:8.2f}x")
-    print(f"  keras_transfer.load_dataset, cached epoch        {cached_rate:8.1f}")
-    print(f"ResNet50 training step consumes (synthetic input, {args.train_steps} steps):")
-    print(f"  frozen backbone (head only)                     {frozen:8.1f}")
-    print(f"  all layers trainable                            {full:8.1f}")
-    print(f"  pipeline / frozen-backbone step                 {ours_best / frozen:8.2f}x")
+    keras_rate = median["keras image_dataset_from_directory"]
+    fast = median["keras_transfer, size-aware decode"]
+    print(f"\nimages/s, {size[0]}x{size[1]} JPEGs -> 224x224, batch {args.batch_size}, median of {args.repeats} epochs:")
+    for name, rate in median.items():
+        print(f"  {name:<40} {rate:8.1f}   {rate / keras_rate:5.2f}x Keras")
+    print(f"training step, all layers, synthetic input ({args.train_steps} steps):")
+    for backbone, rate in consume.items():
+        print(f"  {backbone:<40} {rate:8.1f}   size-aware pipeline / step {fast / rate:5.2f}x")
 
 
 if __name__ == "__main__":

@@ -202,7 +202,7 @@ class _Records:
     class_names: list  # original class names, index = original label id
     original_ids: list  # what label_map reports for each original class (folder name or integer id)
     labels: dict  # predefined split -> int array of original label ids
-    images: object  # (split, indices) -> (dataset of items, item -> image of any size, uint8 or float32)
+    images: object  # (split, indices) -> (dataset of items, (item, size) -> image at size, uint8 or float32)
     dtype: object = np.uint8
     skipped: list = dataclasses.field(default_factory=list)
 
@@ -246,7 +246,7 @@ def _array_records(name, splits, class_names):
     dtype = next(iter(arrays.values()))[0].dtype
 
     def images(split, idx):
-        return tf.data.Dataset.from_tensor_slices(arrays[split][0][idx]), tf.identity
+        return tf.data.Dataset.from_tensor_slices(arrays[split][0][idx]), _resize
 
     return _Records(name, class_names, list(range(len(class_names))), {s: y for s, (_, y) in arrays.items()},
                     images, dtype=dtype)
@@ -350,7 +350,7 @@ def _folder_records(root):
     def images(split, idx):
         # As bytes: a file name the OS allows need not be UTF-8, and tf.string holds any bytes.
         files = tf.data.Dataset.from_tensor_slices(np.array([os.fsencode(p) for p in paths[split]], dtype=object)[idx])
-        return files, lambda path: decode_image(tf.io.read_file(path))
+        return files, lambda path, size: decode_image(tf.io.read_file(path), size)
 
     return _Records(root, class_names, class_names, labels, images, skipped=skipped)
 
@@ -403,7 +403,7 @@ def _tfds_records(name, data_dir):
         keep = tf.constant(keep)
         ds = builder.as_dataset(split=splits[split], as_supervised=True, shuffle_files=False)
         ds = ds.enumerate().filter(lambda i, example: tf.gather(keep, i)).map(lambda i, example: example[0])
-        return ds, tf.image.grayscale_to_rgb if gray else tf.identity
+        return ds, lambda image, size: _resize(tf.image.grayscale_to_rgb(image) if gray else image, size)
 
     return _Records(f"tfds:{name}", class_names, list(range(len(class_names))), labels, images)
 
@@ -502,7 +502,8 @@ def _fits_in_memory(n, size, dtype):
 
 
 def _resize(image, size):
-    # Bilinear without antialiasing, as Keras resizes (and as the model resizes inside, see preprocessing.py).
+    # Arrays and TFDS images: bilinear without antialiasing, as Keras resizes (and the model inside). Image files
+    # go through images.decode_image, which decodes JPEGs at a reduced scale and resizes with antialiasing.
     resized = tf.image.resize(image, size, method="bilinear")
     if image.dtype == tf.uint8:  # cached as uint8: a quarter of the memory of float32
         return tf.saturate_cast(resized + 0.5, tf.uint8)  # round to nearest, clipped to 0..255
@@ -512,7 +513,7 @@ def _resize(image, size):
 def _pipeline(images, labels, *, size, batch_size, training, augment, cache, cache_name, seed, deterministic):
     items, load = images
     ds = tf.data.Dataset.zip(items, tf.data.Dataset.from_tensor_slices(labels.astype(np.int32)))
-    ds = ds.map(lambda item, label: (_resize(load(item), size), label), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda item, label: (load(item, size), label), num_parallel_calls=AUTOTUNE)
     # A file that passed the byte check but still fails to decode is dropped, never a crash mid-epoch.
     ds = ds.ignore_errors(log_warning=True)
     if cache:

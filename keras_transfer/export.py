@@ -84,10 +84,11 @@ def _write_saved_model(model, path):
 
     def decode(image_bytes):
         known = tf.reduce_any([tf.strings.substr(image_bytes, 0, len(m)) == m for m in SIGNATURES])
-        tf.debugging.Assert(known, [f"serve_bytes: an input is not a {FORMATS} image"])
-        image = decode_image(image_bytes)
-        # The same bilinear resize the model does inside, done here so that images of different sizes batch.
-        return tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear")
+        check = tf.debugging.Assert(known, [f"serve_bytes: an input is not a {FORMATS} image"])
+        with tf.control_dependencies([check]):  # refused before any decoder sees it
+            image_bytes = tf.identity(image_bytes)
+        # Decoded as a training folder is (decode_image at the model's size), so that serving sees what training saw.
+        return tf.cast(decode_image(image_bytes, size), tf.float32)
 
     def predict_bytes(image_bytes):
         return predict(tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec([*size, 3], tf.float32)))
@@ -201,8 +202,10 @@ def load_predictor(path):
 
 def keras_predictor(model):
     """`predict(list_of_encoded_images) -> probabilities` for a Keras model taking RGB 0-255 images of any size."""
+    size = input_size(model)  # decoded as a training folder is; a model of any size takes the full image
+
     def predict(blobs):
-        # One image at a time: the model resizes any size inside, so no resize is needed here.
-        return np.concatenate([np.asarray(model(image_array(b)[None], training=False)) for b in blobs])
+        # One image at a time: the images may differ in size when the model takes any size.
+        return np.concatenate([np.asarray(model(image_array(b, size=size)[None], training=False)) for b in blobs])
 
     return predict

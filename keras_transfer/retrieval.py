@@ -117,7 +117,7 @@ class FeatureIndex:
         if isinstance(image, (str, os.PathLike)):
             image = read_image(os.fspath(image))
         if isinstance(image, bytes):
-            image = image_array(image, "query")[None]
+            image = image_array(image, "query", size=input_size(self.embedder))[None]  # as the indexed files
         array = np.asarray(image, np.float32)
         if array.ndim == 2 and array.shape[1] == self.dim:
             return _normalise(array)
@@ -263,7 +263,7 @@ class FeatureIndex:
         for start in range(0, len(files), self.batch_size):
             batch = files[start : start + self.batch_size]
             size = input_size(self.embedder)
-            images = [_resize(image_array(read_image(p), p), size) for p in batch]
+            images = [image_array(read_image(p), p, size=size) for p in batch]
             if size is None:  # a model without a fixed size: one image at a time
                 vectors += [self._embed_arrays(image[None]) for image in images]
             else:
@@ -334,11 +334,3 @@ def retrieval_metrics(embeddings, labels, ks=(1, 5, 10)):
 def _normalise(vectors):
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
-def _resize(image, size):
-    import tensorflow as tf
-
-    if size is None:
-        return image
-    return tf.image.resize(image, size, method="bilinear").numpy()

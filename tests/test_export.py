@@ -14,6 +14,7 @@ from PIL import Image
 
 import keras_transfer as kt
 from keras_transfer.export import export_tflite
+from keras_transfer.images import image_array
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}
 
@@ -56,7 +57,8 @@ def test_export_serves_what_was_trained_in_a_process_without_keras(model, tmp_pa
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (3, 45, 37, 3)).astype("float32")
     encoded = [_png_bytes(rng, (40, 50)), _png_bytes(rng, (32, 32)), _png_bytes(rng, (70, 20))]
-    decoded = [np.asarray(Image.open(io.BytesIO(b)), dtype="float32") for b in encoded]
+    # serve_bytes decodes as a training folder does: images.decode_image at the model's size (32x32)
+    decoded = [image_array(b, size=(32, 32)) for b in encoded]
     np.savez(tmp_path / "data.npz", images=images, encoded=np.array(encoded, dtype=object))
 
     path = kt.export_saved_model(model, str(tmp_path / "served"), class_names=["a", "b", "c"],

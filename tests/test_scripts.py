@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 import keras_transfer as kt
+from keras_transfer.images import image_array
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -49,7 +50,8 @@ def test_predict_saved_model_json_matches_keras(saved, capsys):
     results = json.loads(captured.out)
     assert [os.path.basename(r["path"]) for r in results] == ["0.png", "1.png", "2.png", "n.jpg"]
     assert "broken.jpg: truncated JPEG" in captured.err
-    image = np.asarray(Image.open(root / "images" / "0.png"), dtype="float32")[None]
+    # decoded as training folders are: at the model's size (kt.models.input_size)
+    image = image_array((root / "images" / "0.png").read_bytes(), size=kt.models.input_size(model))[None]
     probs = model.predict(image, verbose=0)[0]
     top = results[0]["predictions"]
     assert len(top) == 2 and top[0]["label"] == ["cat", "dog", "fox"][int(probs.argmax())]
