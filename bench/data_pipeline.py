@@ -47,8 +47,8 @@ def make_folder(root, n, size):
 
 def images_per_second(dataset):
     start, n = time.perf_counter(), 0
-    for images, _ in dataset:
-        n += int(images.shape[0])
+    for batch, _ in dataset:
+        n += int(batch.shape[0])
     return n / (time.perf_counter() - start), n
 
 
