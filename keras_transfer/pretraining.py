@@ -61,6 +61,10 @@ def pretrain(
         ValueError: for an unknown backbone or method, or bad data arguments.
     """
     get_spec(backbone)  # an unknown key (or a hub module, which brings its own weights) fails here
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1. Received: epochs={epochs!r}")
+    if not isinstance(learning_rate, (int, float)) or isinstance(learning_rate, bool) or not learning_rate > 0:
+        raise ValueError(f"learning_rate must be a number > 0. Received: learning_rate={learning_rate!r}")
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}. Expected one of: {', '.join(METHODS)}. Received: method={method!r}")
     size = image_size or default_input_size(backbone)[0]

@@ -365,3 +365,10 @@ def test_size_aware_jpeg_decoding_is_close_to_a_full_decode_and_never_upsamples(
     # the ratio it chose is the largest whose output still covers the target on both sides
     chosen = max(r for r in (1, 2, 4, 8) if all(-(-s // r) >= t for s, t in zip(stored, target)))
     assert chosen == ratio
+
+
+@pytest.mark.parametrize("kwargs,message", [(dict(epochs=0), r"epochs must be an integer >= 1\. Received: epochs=0"),
+                                            (dict(learning_rate=-1.0), r"learning_rate must be a number > 0")])  # fmt: skip
+def test_pretrain_checks_its_numbers_before_loading_anything(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        kt.pretrain("small_cnn", "/nonexistent/folder", **kwargs)
