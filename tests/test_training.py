@@ -7,6 +7,7 @@ import sys
 
 import keras
 import numpy as np
+import tensorflow as tf
 import pytest
 
 import keras_transfer as kt
@@ -346,3 +347,16 @@ def test_options_group_the_less_common_settings_and_old_names_still_work():
     assert type(model.optimizer).__name__ == "SGD"
     with pytest.raises(TypeError, match=r"unexpected keyword argument 'optimiser'; options are: cache_features"):
         kt.fine_tune(model, train, optimiser="sgd")
+
+
+def test_xla_stays_off_by_default_on_a_cpu_only_machine():
+    # On this project's CPUs XLA made EfficientNet-Lite0 prediction 13-14x slower; "auto" leaves it to Keras, whose
+    # "auto" is off without an accelerator. On GPUs it is the user's choice (TrainingOptions(jit_compile=True)).
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU is present: 'auto' may turn XLA on there")
+    train, _, _, _ = _digits(validation_split=0.0)
+    model = kt.build_model("small_cnn", 3, input_shape=32, weights=None)
+    kt.fine_tune(model, train.take(1), head_epochs=0, fine_tune_epochs=1, unfreeze="all", verbose=0)
+    assert model.jit_compile is False
+    kt.fine_tune(model, train.take(1), head_epochs=0, fine_tune_epochs=1, unfreeze="all", verbose=0, jit_compile=True)
+    assert model.jit_compile is True  # the user's choice is passed through
