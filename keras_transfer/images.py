@@ -194,15 +194,15 @@ def decode_image(blob, size=None):
             on both sides (libjpeg skips most of the work; never upsampled from a reduced decode).
     """
     orientation = exif_orientation(blob)
-    # Each step depends on the one before: independent branches in a tf.data map function measured 2x slower.
-    if size is None or not DCT_SCALING:
-        image = tf.cond(orientation > 0, lambda: _decode_full(blob), lambda: _decode_full(blob))
-    else:
-        jpeg = (tf.strings.substr(blob, 0, 3) == b"\xff\xd8\xff") & (orientation > 0)
+    # The decode waits for the orientation: independent branches in a tf.data map function measured 2x slower.
+    with tf.control_dependencies([orientation]):
+        blob = tf.identity(blob)
+    if size is not None and DCT_SCALING:
+        jpeg = tf.strings.substr(blob, 0, 3) == b"\xff\xd8\xff"
         image, reduced = tf.cond(jpeg, lambda: _decode_jpeg_at_least(blob, size, orientation),
                                  lambda: (_decode_full(blob), tf.constant(False)))  # fmt: skip
-    if size is None or not DCT_SCALING:
-        reduced = tf.constant(False)
+    else:
+        image, reduced = _decode_full(blob), tf.constant(False)
     image = tf.cond(orientation == 1, lambda: image, lambda: orient(image, orientation))
     image.set_shape([None, None, 3])
     return image if size is None else _resize(image, size, reduced)

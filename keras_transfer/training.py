@@ -224,7 +224,8 @@ def _train_head(run, epochs, learning_rate):
             _probe_head(run.model, train if use_cache else None)
         fit_model.compile(optimizer=_optimizer(run.options.optimizer, learning_rate), loss=run.loss,
                           metrics=run.metrics, jit_compile=run.options.jit_compile)  # fmt: skip
-    logger.info("Stage 1: head on a frozen backbone for %d epochs%s", epochs, " (cached backbone features)" if use_cache else "")
+    logger.info("Stage 1: head on a frozen backbone for %d epoch%s%s", epochs, "s" if epochs != 1 else "",
+                " (cached backbone features)" if use_cache else "")  # fmt: skip
     history = _fit(run, fit_model, train, val, "head", 0, epochs, "stage1")
     if run.paths:
         with atomic_path(run.paths["stage1"]) as tmp:
@@ -258,8 +259,7 @@ def _use_cache(run):
     if _is_multi_worker(run.strategy):
         logger.info("Stage 1 runs the backbone every epoch: features are not cached across several workers.")
         return False
-    logger.info("Stage 1 computes the backbone features once: the model has no augmentation layer (if your own "
-                "pipeline augments the training images, pass cache_features=False).")  # fmt: skip
+    logger.info("Stage 1 computes the backbone features once (the model has no augmentation layer).")
     return True
 
 

@@ -70,7 +70,7 @@ def test_a_model_that_augments_is_not_feature_cached_and_says_why(caplog):
     assert not hasattr(train, "keras_transfer_augmented")  # nothing hidden on the dataset
     with caplog.at_level("INFO", logger="keras_transfer.training"):
         kt.fine_tune(model, train.take(2), head_epochs=1, fine_tune_epochs=0)
-    assert "Stage 1: head on a frozen backbone for 1 epochs\n" in caplog.text + "\n"
+    assert "Stage 1: head on a frozen backbone for 1 epoch\n" in caplog.text + "\n"
     assert "the model augments its images" in caplog.text
     plain = kt.build_model("vgg16", 3, input_shape=32, weights=None)
     caplog.clear()
