@@ -15,7 +15,12 @@ seed (the seed draws the labelled images, the same draw for every row: paired), 
 Accuracy is measured on the official test images of the target classes (1,000 per class). Prints a markdown table
 of mean +- sd and writes it (and the raw numbers as JSON) beside --output.
 
+With --compare-grouping, every fine-tuning row also runs the way `fine_tune` did before it grouped the epochs of
+a small training set (`MIN_STEPS_PER_EPOCH = 1`: one Keras epoch, one validation and one round of callbacks per
+epoch), in alternating order on the same draw, and a second table gives both arms' seconds and accuracies.
+
 Usage: python bench/transfer_gain.py [--labels 1 5 20] [--seeds 3] [--methods supervised] [--lite-size 224]
+                                     [--compare-grouping]
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ def parse_args(argv):
     parser.add_argument("--batch-size", type=int, default=8, help="fine-tuning batch (64 with all labels)")
     parser.add_argument("--pretrained", default="saved_models/pretrained/bench", help="reused when present")
     parser.add_argument("--output", default="bench/results/transfer_gain.md")
+    parser.add_argument("--compare-grouping", action="store_true",
+                        help="also run each fine-tuning row with one Keras epoch per epoch, side by side")
     return parser.parse_args(argv)
 
 
@@ -123,19 +130,56 @@ def table(args, results):
     return "\n".join(lines)
 
 
+ARMS = {"grouped": kt.training.MIN_STEPS_PER_EPOCH, "per-epoch": 1}  # arm -> fine_tune's MIN_STEPS_PER_EPOCH
+
+
+def run_arms(args, row, weights, labels, seed, timings):
+    """The row's accuracy in the default (grouped) arm; with --compare-grouping also the per-epoch arm, the two in
+    alternating order. Probe rows do not fine-tune: they run once and count in both arms."""
+    arms = ["grouped", "per-epoch"] if args.compare_grouping and "probe" not in row else ["grouped"]
+    accuracies = {}
+    for arm in arms if seed % 2 == 0 else arms[::-1]:
+        kt.training.MIN_STEPS_PER_EPOCH = ARMS[arm]
+        t = time.time()
+        accuracies[arm] = run(args, row, weights, labels, seed)
+        for counted in ARMS if len(arms) == 1 else [arm]:
+            timings.setdefault((row, labels, counted), []).append((time.time() - t, accuracies[arm]))
+        print(f"labels {labels:>3} seed {seed} {row:<30} {arm:<9} {accuracies[arm]:6.1%} ({time.time() - t:.0f} s)",
+              flush=True)  # fmt: skip
+    kt.training.MIN_STEPS_PER_EPOCH = ARMS["grouped"]
+    return accuracies["grouped"]
+
+
+def grouping_table(args, timings):
+    lines = ["| labels/class | recipe | per-epoch s | grouped s | speed-up | per-epoch accuracy | grouped accuracy |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    totals = {arm: 0.0 for arm in ARMS}
+    for labels in args.labels:
+        for row in row_names(args):
+            cells = {arm: np.array(timings[(row, labels, arm)]) for arm in ARMS}
+            for arm in ARMS:
+                totals[arm] += cells[arm][:, 0].sum()
+            seconds = {arm: cells[arm][:, 0].mean() for arm in ARMS}
+            lines.append(f"| {labels} | {row} | {seconds['per-epoch']:.1f} | {seconds['grouped']:.1f} | "
+                         f"{seconds['per-epoch'] / seconds['grouped']:.2f}x | {cells['per-epoch'][:, 1].mean():.1%} | "
+                         f"{cells['grouped'][:, 1].mean():.1%} |")  # fmt: skip
+    lines.append(f"\nEnd to end (every row and seed, probe rows counted in both arms): per-epoch "
+                 f"{totals['per-epoch']:.0f} s, grouped {totals['grouped']:.0f} s, "
+                 f"{totals['per-epoch'] / totals['grouped']:.2f}x.")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main(argv=None):
     args = parse_args(argv)
     start = time.time()
     weights = {m: pretrained_weights(args, m) for m in args.methods}
-    results = {}
+    results, timings = {}, {}
     for labels in args.labels:
         for seed in range(args.seeds):
             for row in row_names(args):
                 w = None if row == "scratch" else "imagenet" if row.startswith("lite0") else weights[row.split()[1]]
-                t = time.time()
-                accuracy = run(args, row, w, labels, seed)
+                accuracy = run_arms(args, row, w, labels, seed, timings)
                 results.setdefault((row, labels), []).append(accuracy)
-                print(f"labels {labels:>3} seed {seed} {row:<30} {accuracy:6.1%} ({time.time() - t:.0f} s)", flush=True)
     text = table(args, results)
     caption = (
         f"Test accuracy (%) on {args.data} classes {args.target_classes}, mean ± sd over {args.seeds} seeds (paired "
@@ -146,6 +190,8 @@ def main(argv=None):
         f"lite0 at {args.lite_size} px, head 30 epochs at 1e-3 then all layers 20 at 1e-4; probes are logistic regressions on L2-normalised "
         f"features. `python bench/transfer_gain.py` ({time.time() - start:.0f} s)."
     )
+    if args.compare_grouping:
+        caption += "\n\n" + grouping_table(args, timings)
     print("\n" + text + "\n\n" + caption)
     os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
     with open(args.output, "w") as f:

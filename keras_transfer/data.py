@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from keras_transfer.images import decode_image, find_images, image_problem  # noqa: F401  (image_problem: public here too)
+from keras_transfer.images import decode_files, find_images, image_problem  # noqa: F401  (image_problem: public here too)
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class _Records:
     class_names: list  # original class names, index = original label id
     original_ids: list  # what label_map reports for each original class (folder name or integer id)
     labels: dict  # predefined split -> int array of original label ids
-    images: object  # (split, indices) -> (dataset of items, (item, size) -> image at size, uint8 or float32)
+    images: object  # (split, indices) -> ((labels, size) -> dataset of (image at size, uint8 or float32; label))
     dtype: object = np.uint8
     skipped: list = dataclasses.field(default_factory=list)
 
@@ -246,7 +246,7 @@ def _array_records(name, splits, class_names):
     dtype = next(iter(arrays.values()))[0].dtype
 
     def images(split, idx):
-        return tf.data.Dataset.from_tensor_slices(arrays[split][0][idx]), _resize
+        return _paired(tf.data.Dataset.from_tensor_slices(arrays[split][0][idx]), _resize)
 
     return _Records(name, class_names, list(range(len(class_names))), {s: y for s, (_, y) in arrays.items()},
                     images, dtype=dtype)
@@ -349,8 +349,8 @@ def _folder_records(root):
 
     def images(split, idx):
         # As bytes: a file name the OS allows need not be UTF-8, and tf.string holds any bytes.
-        files = tf.data.Dataset.from_tensor_slices(np.array([os.fsencode(p) for p in paths[split]], dtype=object)[idx])
-        return files, lambda path, size: decode_image(tf.io.read_file(path), size)
+        files = np.array([os.fsencode(p) for p in paths[split]], dtype=object)[idx]
+        return lambda labels, size: decode_files(files, labels, size)
 
     return _Records(root, class_names, class_names, labels, images, skipped=skipped)
 
@@ -403,7 +403,7 @@ def _tfds_records(name, data_dir):
         keep = tf.constant(keep)
         ds = builder.as_dataset(split=splits[split], as_supervised=True, shuffle_files=False)
         ds = ds.enumerate().filter(lambda i, example: tf.gather(keep, i)).map(lambda i, example: example[0])
-        return ds, lambda image, size: _resize(tf.image.grayscale_to_rgb(image) if gray else image, size)
+        return _paired(ds, lambda image, size: _resize(tf.image.grayscale_to_rgb(image) if gray else image, size))
 
     return _Records(f"tfds:{name}", class_names, list(range(len(class_names))), labels, images)
 
@@ -510,10 +510,18 @@ def _resize(image, size):
     return resized
 
 
+def _paired(items, load):
+    """`images` for a dataset of items: each loaded at the size, beside its label."""
+
+    def pairs(labels, size):
+        ds = tf.data.Dataset.zip(items, tf.data.Dataset.from_tensor_slices(labels.astype(np.int32)))
+        return ds.map(lambda item, label: (load(item, size), label), num_parallel_calls=AUTOTUNE)
+
+    return pairs
+
+
 def _pipeline(images, labels, *, size, batch_size, training, augment, cache, cache_name, seed, deterministic):
-    items, load = images
-    ds = tf.data.Dataset.zip(items, tf.data.Dataset.from_tensor_slices(labels.astype(np.int32)))
-    ds = ds.map(lambda item, label: (load(item, size), label), num_parallel_calls=AUTOTUNE)
+    ds = images(labels, size)
     # A file that passed the byte check but still fails to decode is dropped, never a crash mid-epoch.
     ds = ds.ignore_errors(log_warning=True)
     if cache:

@@ -104,14 +104,16 @@ def linear_probe(model, train, dataset):
     Raises:
         ValueError: if `train` holds fewer than two classes.
     """
+    import tensorflow as tf
     from sklearn.linear_model import LogisticRegression
 
     from keras_transfer.models import feature_model
 
     extractor = feature_model(model)
+    predict = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)  # a graph, not eager calls
 
     def features(ds):  # one pass, so images and labels stay paired whatever order the pipeline yields
-        pairs = [(np.asarray(extractor(x, training=False)), np.asarray(y).reshape(-1)) for x, y in ds]
+        pairs = [(np.asarray(predict(x)), np.asarray(y).reshape(-1)) for x, y in ds]
         x = np.concatenate([f for f, _ in pairs])
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), np.concatenate([y for _, y in pairs])
 

@@ -213,11 +213,65 @@ def _resize(image, size, reduced):
     2x or more on a side (below that, aliasing is mild and the antialiasing kernel measured 2x slower at
     400x300 -> 224)."""
     shrink = reduced | tf.reduce_any(tf.shape(image)[:2] >= 2 * tf.constant(size))
-    resized = tf.cond(shrink, lambda: tf.image.resize(image, size, method="bilinear", antialias=True),
-                      lambda: tf.image.resize(image, size, method="bilinear"))  # fmt: skip
-    resized = tf.saturate_cast(tf.round(resized), tf.uint8)
+    return tf.cond(shrink, lambda: _resize_to(image, size, True), lambda: _resize_to(image, size, False))
+
+
+def _resize_to(image, size, antialias):
+    resized = tf.saturate_cast(tf.round(tf.image.resize(image, size, method="bilinear", antialias=antialias)), tf.uint8)
     resized.set_shape([size[0], size[1], 3])
     return resized
+
+
+def decode_files(paths, labels, size):
+    """A dataset of `(decode_image(read_file(path), size), label)`, in the order of `paths` (bytes or str), files
+    that fail to decode dropped.
+
+    Upright JPEGs (no EXIF orientation other than 1) are grouped by how `decode_image` would decode them (DCT
+    ratio, antialiasing), which their headers tell here in Python, and each group gets a decode fixed for it: the
+    same pixels without TensorFlow control flow per image, which measured about 2x slower on small photos. Other
+    files go through `decode_image`. The groups are merged back in the original order.
+    """
+    keys = [_decode_key(path, size) for path in paths]
+    groups = sorted(set(keys), key=repr)
+    datasets = []
+    for key in groups:
+        pick = np.array([k == key for k in keys])
+        decode = _group_decoder(key, size)
+        ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths, dtype=object)[pick], np.asarray(labels, np.int32)[pick]))
+        ds = ds.map(lambda path, label: (decode(tf.io.read_file(path)), label), num_parallel_calls=tf.data.AUTOTUNE)
+        datasets.append(ds.ignore_errors(log_warning=True))  # before merging: a dropped file keeps labels paired
+    if len(datasets) == 1:
+        return datasets[0]
+    order = tf.data.Dataset.from_tensor_slices(np.array([groups.index(k) for k in keys], np.int64))
+    return tf.data.Dataset.choose_from_datasets(datasets, order, stop_on_empty_dataset=False)
+
+
+def _decode_key(path, size):
+    """`(DCT ratio, antialias)` for an upright JPEG, as `decode_image(blob, size)` would choose; None for the rest."""
+    from PIL import Image
+
+    try:
+        with Image.open(os.fsdecode(path)) as image:  # reads the header only
+            if image.format != "JPEG" or image.getexif().get(0x0112, 1) != 1:
+                return None
+            width, height = image.size
+    except Exception:  # noqa: BLE001  (anything PIL cannot read: decode_image decides, or the file is dropped)
+        return None
+    fits = [r for r in (8, 4, 2) if DCT_SCALING and -(-height // r) >= size[0] and -(-width // r) >= size[1]]
+    ratio = fits[0] if fits else 1
+    return ratio, ratio > 1 or height >= 2 * size[0] or width >= 2 * size[1]
+
+
+def _group_decoder(key, size):
+    if key is None:
+        return lambda blob: decode_image(blob, size)
+    ratio, antialias = key
+
+    def decode(blob):
+        image = tf.io.decode_jpeg(blob, channels=3, ratio=ratio, dct_method="INTEGER_FAST" if ratio > 1 else "")
+        return _resize_to(image, size, antialias)
+
+    return decode
 
 
 def _decode_full(blob):

@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 FEATURE_MEMORY_LIMIT = 2 * 1024**3  # cached features above this size go to disk
 STAGE1_DONE = "stage1.weights.h5"
+MIN_STEPS_PER_EPOCH = 20  # a smaller training set is repeated within each Keras epoch (see `_fit`)
+MIN_GROUPS = 10  # but a stage keeps at least this many validations
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +123,10 @@ def fine_tune(
 
     Returns:
         A `keras.callbacks.History` covering the epochs this call trained, numbered continuously across stages.
+        A stage of many epochs over a small training set (fewer than 20 batches) runs them in groups, one
+        Keras epoch repeating the data several times (the same optimizer steps, less overhead per epoch): the
+        history, `history.csv`, the checkpoints and your callbacks then see the last epoch of each group, and
+        validation runs once per group. A stage keeps at least 10 groups.
 
     Raises:
         ValueError: for an unknown optimizer or policy, negative epochs, a learning rate <= 0 or a bad option.
@@ -264,16 +270,64 @@ def _use_cache(run):
 
 
 def _fit(run, model, train, val, stage, first_epoch, last_epoch, backup):
-    progress = _progress(run.verbose, stage, first_epoch, run.total_epochs)
+    """One stage's `model.fit`. A training set of fewer than `MIN_STEPS_PER_EPOCH` batches is repeated so that
+    one Keras epoch makes several passes (same optimizer steps, less per-epoch overhead, validation once per
+    group); the history, the run folder and the callbacks still count the epochs asked for."""
+    batches = int(train.cardinality())
+    passes = _passes_per_epoch(batches, last_epoch - first_epoch)
+    callbacks = run.callbacks + _progress(run.verbose, stage, first_epoch, run.total_epochs)
+    verbose = 0 if run.verbose == "lines" else run.verbose
+    if passes > 1:
+        logger.info("The training set has %d batch%s: its %d epochs run in %d group%s of %d (validation and "
+                    "checkpoints after each group)", batches, "es" if batches != 1 else "", last_epoch - first_epoch,
+                    (last_epoch - first_epoch) // passes, "s" if last_epoch - first_epoch > passes else "", passes)  # fmt: skip
+        progress_bar = [keras.callbacks.ProgbarLogger()] if verbose else []  # counting epochs as asked, too
+        train, callbacks = train.repeat(passes), [_InUserEpochs(callbacks + progress_bar, first_epoch, passes, verbose)]
+        verbose = 0
     reset_resumed_epoch(model)  # a resumed stage 1 would otherwise set where stage 2 starts
-    return model.fit(train, validation_data=val, initial_epoch=first_epoch, epochs=last_epoch, shuffle=False,
-                     verbose=progress["verbose"], callbacks=_backup(run.paths, backup) + run.callbacks
-                     + progress["callbacks"])  # fmt: skip
+    history = model.fit(train, validation_data=val, initial_epoch=first_epoch,
+                        epochs=first_epoch + (last_epoch - first_epoch) // passes, shuffle=False, verbose=verbose,
+                        callbacks=_backup(run.paths, backup) + callbacks)  # fmt: skip
+    history.epoch = [first_epoch + (e - first_epoch + 1) * passes - 1 for e in history.epoch]
+    return history
+
+
+def _passes_per_epoch(batches, epochs):
+    """How many passes over the training set one Keras epoch makes: the largest divisor of `epochs` that keeps
+    the passes' batches within about `MIN_STEPS_PER_EPOCH` and leaves at least `MIN_GROUPS` groups (so a stage
+    of fewer than 20 epochs keeps one validation per epoch)."""
+    most = min(-(-MIN_STEPS_PER_EPOCH // max(batches, 1)), epochs // MIN_GROUPS)
+    return max(k for k in range(1, max(most, 1) + 1) if epochs % k == 0)
+
+
+class _InUserEpochs(keras.callbacks.CallbackList):
+    """The callbacks of a stage whose Keras epochs each make `passes` passes over the training set, shown the
+    epochs the user asked for: Keras epoch `first_epoch + g` is group g of the stage, epochs
+    `first_epoch + g * passes` (at its beginning) to `first_epoch + (g + 1) * passes - 1` (at its end)."""
+
+    def __init__(self, callbacks, first_epoch, passes, verbose):
+        self.first_epoch, self.passes, self.verbose = first_epoch, passes, verbose
+        super().__init__(callbacks)
+
+    def _epoch(self, epoch, end):
+        return self.first_epoch + (epoch - self.first_epoch + end) * self.passes - end
+
+    def set_params(self, params):
+        if params and "epochs" in params:
+            params = {**params, "epochs": self._epoch(params["epochs"] - 1, True) + 1, "verbose": self.verbose}
+        super().set_params(params)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(self._epoch(epoch, False), logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(self._epoch(epoch, True), logs)
 
 
 class EpochLines(keras.callbacks.Callback):
-    """Logs one line per epoch, `stage` and the metrics in it; in a stage longer than 10 epochs, every
-    `ceil(epochs / 10)`-th epoch and the last (a 200-epoch few-shot stage would otherwise print 200 lines)."""
+    """Logs one line per epoch, `stage` and the metrics in it; in a stage longer than 10 epochs, about ten lines:
+    the epochs that reach a multiple of `ceil(epochs / 10)`, and the last (a 200-epoch few-shot stage would
+    otherwise print 200 lines)."""
 
     def __init__(self, stage, first_epoch=0, total_epochs=None):
         super().__init__()
@@ -282,14 +336,16 @@ class EpochLines(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         length = self.params["epochs"] - self.first_epoch
         self.every = -(-length // 10) if length > 10 else 1
+        self.shown = 0  # epochs of this stage up to the last line
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        last = epoch + 1 == self.params["epochs"]
-        if (epoch + 1 - self.first_epoch) % self.every and not last:
+        done, last = epoch + 1 - self.first_epoch, epoch + 1 == self.params["epochs"]
+        if done // self.every == self.shown // self.every and not last:
             return
+        self.shown = done
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items() if k != "learning_rate")
         total = self.total_epochs or self.params["epochs"]
         logger.info("epoch %*d/%d  %-4s  %s  (%.1f s)", len(str(total)), epoch + 1, total, self.stage, metrics,
@@ -297,9 +353,7 @@ class EpochLines(keras.callbacks.Callback):
 
 
 def _progress(verbose, stage, first_epoch, total_epochs):
-    if verbose == "lines":
-        return {"verbose": 0, "callbacks": [EpochLines(stage, first_epoch, total_epochs)]}
-    return {"verbose": verbose, "callbacks": []}
+    return [EpochLines(stage, first_epoch, total_epochs)] if verbose == "lines" else []
 
 
 def recompute_batchnorm(model, dataset):

@@ -372,3 +372,30 @@ def test_size_aware_jpeg_decoding_is_close_to_a_full_decode_and_never_upsamples(
 def test_pretrain_checks_its_numbers_before_loading_anything(kwargs, message):
     with pytest.raises(ValueError, match=message):
         kt.pretrain("small_cnn", "/nonexistent/folder", **kwargs)
+
+
+def test_folder_decoding_groups_jpegs_by_decode_and_gives_what_decode_image_gives(tmp_path):
+    from keras_transfer import images
+
+    size = (112, 112)
+    blobs = [
+        _photo(300, 400), _photo(1000, 1000, seed=1), _photo(200, 210), _photo(240, 300, seed=1),  # ratios 2, 8, 1, 2
+        _jpeg(ASYMMETRIC, orientation=6),  # turned: the general decoder
+        _jpeg(np.full((50, 70), 90, np.uint8)),  # grayscale JPEG: RGB like the others
+        _photo(200, 260)[:400] + bytes(range(256)) * 8 + b"\xff\xd9",  # passes the byte check, fails to decode
+    ]
+    buf = io.BytesIO()
+    Image.fromarray(ASYMMETRIC).save(buf, "PNG")
+    blobs.insert(2, buf.getvalue())
+    paths = []
+    for i, blob in enumerate(blobs):
+        suffix = ".png" if blob.startswith(b"\x89PNG") else ".jpg"
+        paths.append(os.fsencode(tmp_path / f"{i}{suffix}"))
+        with open(paths[-1], "wb") as f:
+            f.write(blob)
+    keys = [images._decode_key(p, size) for p in paths]
+    assert keys[:6] == [(2, True), (8, True), None, (1, False), (2, True), None]  # the PNG and the turned JPEG: None
+    got = list(images.decode_files(paths, np.arange(len(paths)), size).as_numpy_iterator())
+    assert [label for _, label in got] == [0, 1, 2, 3, 4, 5, 6]  # in order, the undecodable file dropped
+    for image, label in got:  # bit-identical to the one decoder, labels still beside their images
+        np.testing.assert_array_equal(image, images.image_array(blobs[label], size=size))

@@ -360,3 +360,71 @@ def test_xla_stays_off_by_default_on_a_cpu_only_machine():
     assert model.jit_compile is False
     kt.fine_tune(model, train.take(1), head_epochs=0, fine_tune_epochs=1, unfreeze="all", verbose=0, jit_compile=True)
     assert model.jit_compile is True  # the user's choice is passed through
+
+
+class _Counts(keras.callbacks.Callback):
+    """What a user's callback sees: epoch numbers, training batches and validations."""
+
+    def __init__(self, stop_after=None):
+        super().__init__()
+        self.epochs, self.batches, self.validations, self.stop_after = [], 0, 0, stop_after
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+    def on_test_begin(self, logs=None):
+        self.validations += 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs.append(epoch)
+        if epoch == self.stop_after:
+            raise KeyboardInterrupt("stopped by the test")
+
+
+def _six_images():
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 255, (6, 32, 32, 3)).astype("float32"), np.arange(6) % 2
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(2)  # 3 batches
+
+
+@pytest.mark.parametrize(("batches", "epochs", "passes"), [
+    (1, 200, 20), (1, 400, 20), (1, 30, 3), (5, 200, 4), (3, 14, 1), (1, 29, 1), (25, 100, 1), (4, 0, 1),
+])  # fmt: skip
+def test_passes_per_epoch_fill_about_twenty_steps_and_keep_ten_groups(batches, epochs, passes):
+    from keras_transfer.training import _passes_per_epoch
+
+    assert _passes_per_epoch(batches, epochs) == passes
+
+
+def test_long_stages_on_a_small_training_set_run_in_groups_with_the_same_optimizer_steps(tmp_path, caplog):
+    data = _six_images()
+    model = kt.build_model("small_cnn", 2, input_shape=32, weights=None)
+    counts = _Counts()
+    with caplog.at_level("INFO", logger="keras_transfer.training"):
+        history = kt.fine_tune(model, data, data, head_epochs=20, fine_tune_epochs=30, unfreeze="all",
+                               run_dir=tmp_path, callbacks=[counts], verbose="lines")  # fmt: skip
+    # 3 batches: stage 1 in 10 groups of 2 epochs, stage 2 in 10 groups of 3; numbered as the user counts epochs.
+    expected = list(range(1, 20, 2)) + list(range(22, 50, 3))
+    assert history.epoch == counts.epochs == expected
+    assert all(len(values) == 20 for values in history.history.values())
+    assert counts.batches == 20 * 3 + 30 * 3 and counts.validations == 20
+    assert int(model.optimizer.iterations.numpy()) == 30 * 3  # stage 2's schedule saw every step
+    assert sorted(kt.training.read_history(str(tmp_path / "history.csv"))) == expected
+    assert "its 20 epochs run in 10 groups of 2" in caplog.text and "its 30 epochs run in 10 groups of 3" in caplog.text
+    lines = [message.split()[1] for message in caplog.messages if message.startswith("epoch ")]
+    assert lines == [f"{e + 1}/50" for e in expected]
+
+
+def test_a_grouped_stage_resumes_after_its_last_finished_group(tmp_path):
+    data = _six_images()
+    settings = {"head_epochs": 0, "fine_tune_epochs": 20, "unfreeze": "all", "run_dir": tmp_path, "verbose": 0}
+    keras.utils.set_random_seed(0)
+    model = kt.build_model("small_cnn", 2, input_shape=32, weights=None)
+    with pytest.raises(KeyboardInterrupt):
+        kt.fine_tune(model, data, **settings, callbacks=[_Counts(stop_after=9)])  # after the 5th group of 2
+    model = kt.build_model("small_cnn", 2, input_shape=32, weights=None)
+    counts = _Counts()
+    history = kt.fine_tune(model, data, **settings, callbacks=[counts])
+    assert history.epoch == counts.epochs == [11, 13, 15, 17, 19]
+    assert int(model.optimizer.iterations.numpy()) == 20 * 3  # the optimizer state came back with the backup
+    assert sorted(kt.training.read_history(str(tmp_path / "history.csv"))) == list(range(1, 20, 2))
