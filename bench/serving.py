@@ -1,8 +1,9 @@
-"""Serving cost: the exported SavedModel vs Keras `predict`, measured side by side in one run.
+"""Serving cost: the exported SavedModel, TFLite and ONNX files vs Keras `predict`, measured side by side in one run.
 
 Builds a model (random weights: speed does not depend on them), exports it, then measures batch-32 images/s and
 batch-1 latency (p50 / p99) for `model.predict`, the SavedModel's `serving_default` (float images) and its
-`serve_bytes` (JPEG bytes, decoded inside).
+`serve_bytes` (JPEG bytes, decoded inside), the TFLite interpreter (float32, default threads) and ONNX Runtime
+(CPU provider; skipped without the onnx extra).
 
 Usage: python bench/serving.py [--backbone mobilenet_v2] [--image-size 224] [--batches 10] [--calls 50]
 """
@@ -23,6 +24,7 @@ import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import keras_transfer as kt  # noqa: E402
+from keras_transfer.export import export_onnx, export_tflite  # noqa: E402
 
 
 def timed(fn, repeats):
@@ -59,13 +61,13 @@ def main(argv=None):
     batch, batch_bytes = tf.constant(images), tf.constant(jpegs)
     one, one_bytes = tf.constant(images[:1]), tf.constant(jpegs[:1])
 
-    rows = {
+    rows = {**_file_rows(model, size, images), **{
         "Keras model.predict": (lambda: model.predict(images, batch_size=32, verbose=0),
                                 lambda: model.predict(images[:1], verbose=0)),
         "Keras model(x) (no predict loop)": (lambda: model(batch, training=False), lambda: model(one, training=False)),
         "SavedModel serving_default": (lambda: floats(images=batch), lambda: floats(images=one)),
         "SavedModel serve_bytes (JPEG)": (lambda: encoded(image_bytes=batch_bytes), lambda: encoded(image_bytes=one_bytes)),
-    }  # fmt: skip
+    }}  # fmt: skip
     print(f"{args.backbone} at {size} px, {os.cpu_count()} CPU cores, export {export}")
     print(f"{'':36} {'batch-32 img/s':>15} {'batch-1 p50 ms':>15} {'p99 ms':>8}")
     results = {}
@@ -77,6 +79,39 @@ def main(argv=None):
     ratio = results["SavedModel serve_bytes (JPEG)"] / results["SavedModel serving_default"]
     print(f"bytes endpoint throughput / float endpoint: {ratio:.2f}x (JPEG decode + resize inside the graph)")
     print(f"SavedModel serving_default / Keras predict: {results['SavedModel serving_default'] / results['Keras model.predict']:.2f}x")
+    for name in ("TFLite interpreter", "ONNX Runtime"):
+        if name in results:
+            print(f"{name} / SavedModel serving_default: {results[name] / results['SavedModel serving_default']:.2f}x")
+
+
+def _file_rows(model, size, images):
+    """TFLite and ONNX Runtime rows: (batch-32 call, batch-1 call)."""
+    folder = tempfile.mkdtemp(prefix="keras_transfer_serving_files_")
+    export_tflite(model, os.path.join(folder, "model.tflite"))
+
+    def tflite(batch):
+        interpreter = tf.lite.Interpreter(os.path.join(folder, "model.tflite"))
+        index = interpreter.get_input_details()[0]["index"]
+        interpreter.resize_tensor_input(index, batch.shape)
+        interpreter.allocate_tensors()
+        output = interpreter.get_output_details()[0]["index"]
+
+        def call():
+            interpreter.set_tensor(index, batch)
+            interpreter.invoke()
+            return interpreter.get_tensor(output)
+
+        return call
+
+    rows = {"TFLite interpreter": (tflite(images), tflite(images[:1]))}
+    try:
+        import onnxruntime
+    except ImportError:
+        print("ONNX Runtime: not installed (pip install 'keras_transfer[onnx]'), row skipped")
+        return rows
+    session = onnxruntime.InferenceSession(export_onnx(model, os.path.join(folder, "model.onnx")))
+    rows["ONNX Runtime"] = (lambda: session.run(None, {"images": images}), lambda: session.run(None, {"images": images[:1]}))
+    return rows
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ FLAGS = {  # group -> RunConfig fields shown as flags, in order
     "Training": ("head_epochs", "fine_tune_epochs", "unfreeze", "learning_rate", "fine_tune_learning_rate", "optimizer",
                  "label_smoothing", "train_batchnorm", "head_init", "early_stopping", "cache_features", "compare_scratch"),
     "Distribution": ("strategy", "mixed_precision", "xla"),
-    "Output": ("output", "export"),
+    "Output": ("output", "export", "export_onnx"),
 }  # fmt: skip
 DEPRECATED_FLAGS = {"--head": "--pooling", "--epochs": "--head-epochs"}  # old flag -> new flag, same meaning
 HELP = {
@@ -57,6 +57,7 @@ HELP = {
     "xla": "auto (on for GPUs), on or off",
     "output": "run folder: config.yaml, history.csv, logs, checkpoints, report.json, confusion.png",
     "export": "also export a SavedModel (TF Serving layout) into this folder",
+    "export_onnx": "also write <output>/model.onnx for ONNX Runtime (needs the onnx extra)",
 }
 CHOICES = {
     "pooling": list(POOLINGS),

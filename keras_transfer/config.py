@@ -50,6 +50,7 @@ class RunConfig:
     # Output
     output: str = "saved_models/run"
     export: str | None = None
+    export_onnx: bool = False  # also <output>/model.onnx (+ model.labels.txt) for ONNX Runtime
 
     def to_yaml(self):
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)

@@ -15,7 +15,7 @@ import keras
 from keras_transfer.data import load_dataset
 from keras_transfer.distribute import get_strategy, set_mixed_precision
 from keras_transfer.evaluation import evaluate, linear_probe
-from keras_transfer.export import export_saved_model
+from keras_transfer.export import export_onnx, export_saved_model
 from keras_transfer.files import atomic_path, write_text
 from keras_transfer.models import build_model, default_input_size
 from keras_transfer.training import TrainingOptions, fine_tune
@@ -51,6 +51,8 @@ def run(config, verbose=False):
         print(f"\n{data['split']}: {report}")
     if exported:
         print(f"\nSavedModel: {exported}")
+    if config.export_onnx:
+        print(f"ONNX: {export_onnx(model, os.path.join(config.output, 'model.onnx'), class_names=data['info'].class_names)}")
     if config.compare_scratch and report:
         _compare_scratch(config, report, probe, size, data, strategy, verbose)
     return 0

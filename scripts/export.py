@@ -1,7 +1,7 @@
-"""Export a `.keras` model (a run's model.keras or checkpoints/best.keras) as a SavedModel and/or TFLite.
+"""Export a `.keras` model (a run's model.keras or checkpoints/best.keras) as a SavedModel, TFLite and/or ONNX.
 
 Usage: python scripts/export.py MODEL.keras [--saved-model DIR] [--version N] [--labels labels.txt]
-                                [--tflite FILE.tflite] [--quantize none|dynamic]
+                                [--tflite FILE.tflite] [--quantize none|dynamic] [--onnx FILE.onnx]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import keras  # noqa: E402
 
 import keras_transfer  # noqa: E402, F401  (registers the preprocessing layer for loading)
 from keras_transfer.cli import add_verbose, positive_int, script_main  # noqa: E402
-from keras_transfer.export import export_saved_model, export_tflite  # noqa: E402
+from keras_transfer.export import export_onnx, export_saved_model, export_tflite  # noqa: E402
 
 
 def build_parser():
@@ -27,12 +27,13 @@ def build_parser():
     parser.add_argument("--labels", help="text file with one class name per line")
     parser.add_argument("--tflite", help="write a TensorFlow Lite file here")
     parser.add_argument("--quantize", choices=["none", "dynamic"], default="none", help="TFLite quantization")
+    parser.add_argument("--onnx", help="write an ONNX file here (float32 RGB 0-255 input, preprocessing inside)")
     return add_verbose(parser)
 
 
 def run(args):
-    if not (args.saved_model or args.tflite):
-        raise ValueError("nothing to do: give --saved-model DIR and/or --tflite FILE")
+    if not (args.saved_model or args.tflite or args.onnx):
+        raise ValueError("nothing to do: give --saved-model DIR, --tflite FILE and/or --onnx FILE")
     if not (args.model.endswith(".keras") and os.path.isfile(args.model)):
         raise ValueError(f"argument model: {args.model!r} is not a .keras file")
     class_names = None
@@ -48,6 +49,8 @@ def run(args):
     if args.tflite:
         size = export_tflite(model, args.tflite, quantize=None if args.quantize == "none" else args.quantize)
         print(f"TFLite: {args.tflite} ({size / 1e6:.1f} MB, quantize={args.quantize})")
+    if args.onnx:
+        print(f"ONNX: {export_onnx(model, args.onnx, class_names=class_names)}")
     return 0
 
 

@@ -30,10 +30,10 @@ def test_end_to_end_run_folder_report_and_export(small_folder, tmp_path, capsys)
     run, export = tmp_path / "run", tmp_path / "export"
     code = main(["--data", str(small_folder), "--backbone", "mobilenet_v3_small", "--image-size", "64",
                  "--weights", "none", "--head-epochs", "1", "--fine-tune-epochs", "1", "--batch-size", "4",
-                 "--test-split", "0.25", "--output", str(run), "--export", str(export)])  # fmt: skip
+                 "--test-split", "0.25", "--output", str(run), "--export", str(export), "--export-onnx"])  # fmt: skip
     assert code == 0
     for name in ("config.yaml", "history.csv", "report.json", "report.txt", "confusion.png", "model.keras",
-                 "checkpoints/best.keras"):  # fmt: skip
+                 "checkpoints/best.keras", "model.onnx", "model.labels.txt"):  # fmt: skip
         assert (run / name).exists(), name
     assert os.listdir(run / "logs")
     captured = capsys.readouterr()
@@ -64,6 +64,9 @@ def test_end_to_end_run_folder_report_and_export(small_folder, tmp_path, capsys)
     np.testing.assert_allclose(served["probabilities"].numpy(), model.predict(x, verbose=0), atol=1e-5)
     assert (export / "1" / "labels.txt").read_text().split() == info.class_names
     assert json.loads((export / "1" / "metadata.json").read_text())["backbone"] == "mobilenet_v3_small"
+    x = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype("float32")  # ONNX: the model's size
+    session = pytest.importorskip("onnxruntime").InferenceSession(str(run / "model.onnx"))
+    np.testing.assert_allclose(session.run(None, {"images": x})[0], model.predict(x, verbose=0), atol=1e-4)
 
 
 @pytest.mark.parametrize(

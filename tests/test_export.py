@@ -15,6 +15,7 @@ from PIL import Image
 import keras_transfer as kt
 from keras_transfer.export import export_tflite
 from keras_transfer.images import image_array
+from keras_transfer.models import feature_model, output_layer
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}
 
@@ -154,3 +155,51 @@ def test_tflite_matches_keras(model, tmp_path, quantize, atol):
 def test_the_test_model_is_not_constant(model):
     x = np.random.default_rng(3).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     assert model.predict(x, verbose=0).std(axis=0).max() > 1e-2  # else the parity tests above prove little
+
+
+def _digit_images(n=32, size=32):
+    _, _, test, _ = kt.load_dataset("digits", image_size=size, batch_size=n, test_split=0.1, deterministic=True)
+    return next(iter(test))[0].numpy()
+
+
+@pytest.mark.parametrize("backbone", ["small_cnn", "resnet50", "efficientnet_lite0"])
+def test_onnx_runtime_gives_keras_probabilities(backbone, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from keras_transfer.export import export_onnx
+
+    keras.utils.set_random_seed(0)
+    model = kt.build_model(backbone, 3, input_shape=32, weights=None)
+    images = _digit_images()
+    # The classifier starts at zeros (the same output for every image): logits of about unit spread instead.
+    features = feature_model(model).predict(images, verbose=0)
+    head = output_layer(model)
+    kernel = np.random.default_rng(0).normal(0, 1, (features.shape[1], 3)) / np.sqrt((features.var(axis=0)).sum())
+    head.set_weights([kernel.astype("float32"), (-features.mean(axis=0) @ kernel).astype("float32")])
+    path = export_onnx(model, tmp_path / "model.onnx", class_names=["cat", "dog", "fox"])
+    session = ort.InferenceSession(path)
+    assert [(i.name, i.shape[1:]) for i in session.get_inputs()] == [("images", [32, 32, 3])]
+    expected = model.predict(images, verbose=0)
+    got = session.run(None, {"images": images})[0]
+    assert expected.std(axis=0).max() > 1e-4  # the outputs depend on the image, so the comparison can fail
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["class_names"]) == ["cat", "dog", "fox"] and meta["backbone"] == backbone
+    assert (tmp_path / "model.labels.txt").read_text() == "cat\ndog\nfox\n"
+
+
+def test_onnx_export_names_the_layer_it_cannot_convert_and_writes_nothing(tmp_path):
+    pytest.importorskip("tf2onnx")
+    import tensorflow as tf
+
+    from keras_transfer.export import export_onnx
+
+    class Bessel(keras.layers.Layer):
+        def call(self, x):
+            return tf.math.special.bessel_i1e(x)
+
+    images = keras.Input((8, 8, 3), name="images")
+    pooled = keras.layers.GlobalAveragePooling2D()(Bessel(name="odd_layer")(images))
+    model = keras.Model(images, keras.layers.Dense(2, activation="softmax", name="predictions")(pooled))
+    with pytest.raises(ValueError, match=r"layer 'odd_layer' \(Bessel\) uses BesselI1e, which ONNX cannot express"):
+        export_onnx(model, tmp_path / "model.onnx")
+    assert os.listdir(tmp_path) == []

@@ -65,11 +65,14 @@ def test_predict_keras_file_table(saved, capsys):
     assert line.startswith(str(root / "images" / "1.png")) and line.count("%") == 3
 
 
-def test_export_tflite_and_bad_arguments(saved, capsys):
+def test_export_tflite_onnx_and_bad_arguments(saved, capsys):
     root, _ = saved
     export = _script("export")
-    assert export.main([str(root / "model.keras"), "--tflite", str(root / "m.tflite"), "--quantize", "dynamic"]) == 0
-    assert "TFLite:" in capsys.readouterr().out and (root / "m.tflite").stat().st_size > 0
+    assert export.main([str(root / "model.keras"), "--tflite", str(root / "m.tflite"), "--quantize", "dynamic",
+                        "--onnx", str(root / "m.onnx")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "TFLite:" in out and (root / "m.tflite").stat().st_size > 0
+    assert f"ONNX: {root / 'm.onnx'}" in out and (root / "m.onnx").stat().st_size > 0
     assert export.main([str(root / "model.keras")]) == 2
     assert "nothing to do" in capsys.readouterr().err
     assert _script("predict").main([str(root / "nowhere"), str(root / "images")]) == 2
