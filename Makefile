@@ -24,10 +24,21 @@ datasets:
 	  else echo "note: installing Debian's dataset-fashion-mnist needs root and apt-get; skipped"; fi; \
 	fi
 
+# Chromium from Debian, where apt-get is allowed, for the test that opens report.html in a real browser
+# (driven by playwright from [dev]); without it that test skips and says why.
+browser:
+	@if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium)) >/dev/null 2>&1 \
+	      && echo "installed Debian's chromium" \
+	      || echo "note: Debian's chromium could not be installed; the browser test of report.html will skip"; \
+	  else echo "note: installing chromium needs root and apt-get; the browser test of report.html will skip"; fi; \
+	fi
+
 demo: $(BIN)/.installed datasets
 	$(BIN)/python scripts/demo.py
 
-test: $(BIN)/.installed datasets
+test: $(BIN)/.installed datasets browser
 	$(BIN)/python -m pytest
 
-.PHONY: datasets demo test
+.PHONY: browser datasets demo test

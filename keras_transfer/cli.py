@@ -237,9 +237,13 @@ def config_from_args(parser, args):
 
 
 def main(argv=None) -> int:
-    """`keras-transfer [flags]`; returns the exit code (see the module docstring)."""
+    """`keras-transfer [flags]`, or `keras-transfer report RUN_DIR`; returns the exit code (see the module
+    docstring)."""
     from keras_transfer.recipe import run
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["report"]:
+        return _report_command(argv[1:])
     parser = build_parser()
     return run_command("keras-transfer", parser, _renamed_flags(argv),
                        lambda args: run(config_from_args(parser, args), args.verbose))  # fmt: skip
@@ -247,3 +251,12 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _report_command(argv):
+    from keras_transfer.report import write_html
+
+    parser = add_verbose(argparse.ArgumentParser(prog="keras-transfer report", description="(Re)build report.html "
+                                                 "from a run folder's files."))  # fmt: skip
+    parser.add_argument("run_dir", help="a run folder (config.yaml, history.csv, report.json, ...)")
+    return run_command("keras-transfer report", parser, argv, lambda args: print(f"Report: {write_html(args.run_dir)}"))

@@ -46,13 +46,15 @@ class EvaluationReport:
 
 
 def evaluate(model, dataset, class_names=None, *, output_dir=None):
-    """Evaluates a classifier and, with `output_dir`, writes `report.json`, `report.txt` and `confusion.png`.
+    """Evaluates a classifier and, with `output_dir`, writes `report.json`, `report.txt`, `confusion.png`,
+    `predictions.npz`, `examples/` and `report.html` (see `keras_transfer.report`).
 
     Args:
         model: a Keras classifier with softmax outputs (or one sigmoid unit for binary problems).
         dataset: a `tf.data.Dataset` of `(images, integer labels)` batches.
         class_names: names for the classes; defaults to "0", "1", ...
-        output_dir: folder to write the report files into (created if missing).
+        output_dir: folder to write the report files into (created if missing). The page's thumbnails come from a
+            second pass over `dataset`, so give one that repeats its order (as `load_dataset`'s evaluation splits do).
 
     Returns:
         An `EvaluationReport`.
@@ -83,7 +85,11 @@ def evaluate(model, dataset, class_names=None, *, output_dir=None):
         raise ValueError(f"Labels must be in 0..{num_classes - 1}; found {labels.min()}..{labels.max()}.")
     report = _report(probs, labels, class_names)
     if output_dir:
+        from keras_transfer.report import save_examples, write_html
+
         write_report(report, output_dir)
+        save_examples(model, dataset, probs, labels, output_dir)
+        write_html(output_dir)
     return report
 
 

@@ -396,6 +396,16 @@ def head_model(model):
     return keras.Model(features, x, name=f"{model.name}_head")
 
 
+def backbone_and_head_layers(model):
+    """`(layers from the images to the backbone's output, layers after it)` of a model from `build_model`, for
+    reading the backbone's feature map (Grad-CAM); None when the backbone's output is not a feature map."""
+    names = [layer.name for layer in model.layers]
+    if BACKBONE not in names or len(model.layers[names.index(BACKBONE)].output.shape) != 4:
+        return None
+    cut = names.index(BACKBONE) + 1
+    return [layer for layer in model.layers[:cut] if not isinstance(layer, keras.layers.InputLayer)], model.layers[cut:]
+
+
 def batchnorm_layers(layer):
     """Every BatchNormalization layer nested inside `layer`."""
     return [x for x in flatten_layers(layer) if isinstance(x, keras.layers.BatchNormalization)]

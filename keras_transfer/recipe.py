@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import keras
 
@@ -18,6 +19,7 @@ from keras_transfer.evaluation import evaluate, linear_probe
 from keras_transfer.export import export_onnx, export_saved_model
 from keras_transfer.files import atomic_path, write_text
 from keras_transfer.models import build_model, default_input_size
+from keras_transfer.report import write_html
 from keras_transfer.training import TrainingOptions, fine_tune
 
 
@@ -38,13 +40,14 @@ def run(config, verbose=False):
     data = _load(config, size, strategy)
     with strategy.scope():
         model = _build(config, data["info"].num_classes, size, weights)
-    _write_config(config)  # only now: the data and the model were accepted
-    probe = _probe(model, data) if config.compare_scratch else None
-    history = _train(config, model, data, strategy, config.output, verbose=verbose)
+    _write_config(config, data["info"])  # only now: the data and the model were accepted
+    timings = _Timings(config.output)
+    probe = timings.run("linear probe", _probe, model, data) if config.compare_scratch else None
+    history = timings.run("training", _train, config, model, data, strategy, config.output, verbose=verbose)
     with atomic_path(os.path.join(config.output, "model.keras")) as tmp:
         model.save(tmp)
-    report = _evaluate(model, data, config.output)
-    exported = _export(config, model, data, report)
+    report = timings.run("evaluation", _evaluate, model, data, config.output)
+    exported = timings.run("export", _export, config, model, data, report) if config.export else None
     print(f"\nRun folder: {config.output}  (dtype policy {policy}, {strategy.num_replicas_in_sync} replica(s))")
     print_history(history, config.head_epochs)
     if report:
@@ -54,8 +57,24 @@ def run(config, verbose=False):
     if config.export_onnx:
         print(f"ONNX: {export_onnx(model, os.path.join(config.output, 'model.onnx'), class_names=data['info'].class_names)}")
     if config.compare_scratch and report:
-        _compare_scratch(config, report, probe, size, data, strategy, verbose)
+        timings.run("scratch comparison", _compare_scratch, config, report, probe, size, data, strategy, verbose)
+    if report:
+        print(f"Report: {write_html(config.output)}")
     return 0
+
+
+class _Timings:
+    """`timings.run("step", fn, *args)` calls `fn` and adds its seconds to `timings.json` in the run folder."""
+
+    def __init__(self, folder):
+        self.path, self.seconds = os.path.join(folder, "timings.json"), {}
+
+    def run(self, step, fn, *args, **kwargs):
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        self.seconds[step] = round(time.perf_counter() - start, 1)
+        write_text(self.path, json.dumps(self.seconds, indent=2))
+        return result
 
 
 def _load(config, size, strategy):
@@ -73,10 +92,13 @@ def _load(config, size, strategy):
     return {"train": train, "val": val, "evaluated": evaluated, "split": split, "info": info}
 
 
-def _write_config(config):
+def _write_config(config, info):
+    data = {"source": info.source, "class_names": info.class_names, "image_size": list(info.image_size),
+            "counts": info.counts, "skipped": [list(map(str, s)) for s in info.skipped]}  # fmt: skip
     try:
         os.makedirs(config.output, exist_ok=True)
         write_text(os.path.join(config.output, "config.yaml"), config.to_yaml())
+        write_text(os.path.join(config.output, "data.json"), json.dumps(data, indent=1))
     except OSError as e:
         raise OSError(f"Cannot write the run folder {config.output!r}: {e.strerror or e}. Choose a writable --output.") from e
 

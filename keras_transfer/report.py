@@ -1,0 +1,353 @@
+"""`report.html`: one self-contained page per run folder (inline PNGs, no JavaScript) that a person opens after a
+fine-tune: settings, data, curves, per-class metrics, confusion matrix, the worst mistakes as thumbnails with
+Grad-CAM, calibration, transfer vs scratch, timings and versions.
+
+`evaluate(..., output_dir=...)` writes what the page needs beside `report.json` (`predictions.npz`, `examples/`)
+and the page; `keras-transfer report RUN_DIR` rebuilds the page from the folder alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import os
+import platform
+
+import numpy as np
+
+from keras_transfer.files import write_text
+
+logger = logging.getLogger(__name__)
+
+EXAMPLES = 8  # most confident mistakes, and least confident correct predictions, shown
+GRADCAM = 4  # mistakes shown with a class-activation map
+BINS = 10  # reliability diagram
+
+
+# --- written by evaluate --------------------------------------------------------------------------------------
+
+
+def save_examples(model, dataset, probs, labels, output_dir):
+    """Writes `predictions.npz` and `examples/` (thumbnails, Grad-CAM overlays, `examples.json`) into `output_dir`.
+
+    The images are read in a second pass over `dataset`; when that pass does not give the same labels in the same
+    order (a shuffled dataset), the thumbnails are left out and the page says so.
+    """
+    np.savez(os.path.join(output_dir, "predictions.npz"), probabilities=probs, labels=labels)
+    predicted, confidence = probs.argmax(axis=1), probs.max(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:EXAMPLES]
+    right = np.flatnonzero(predicted == labels)
+    right = right[np.argsort(confidence[right], kind="stable")][:EXAMPLES]
+    images = _images_at(dataset, set(wrong) | set(right), labels)
+    os.makedirs(os.path.join(output_dir, "examples"), exist_ok=True)
+    examples = []
+    for kind, indices in (("mistake", wrong), ("unsure", right)):
+        for i in (i for i in indices if i in images):
+            examples.append({"kind": kind, "index": int(i), "true": int(labels[i]), "predicted": int(predicted[i]),
+                             "probability": float(confidence[i]), "image": f"examples/{kind}_{i}.png"})  # fmt: skip
+            _save_png(images[i], os.path.join(output_dir, examples[-1]["image"]))
+    cams = [e for e in examples if e["kind"] == "mistake"][:GRADCAM]
+    maps = gradcam(model, np.stack([images[e["index"]] for e in cams]), [e["predicted"] for e in cams]) if cams else None
+    for example, heat in zip(cams, maps if maps is not None else []):
+        example["gradcam"] = f"examples/gradcam_{example['index']}.png"
+        _save_png(_overlay(images[example["index"]], heat), os.path.join(output_dir, example["gradcam"]))
+    note = None if images or not (len(wrong) or len(right)) else "the dataset did not repeat its order: no thumbnails"
+    write_text(os.path.join(output_dir, "examples", "examples.json"), json.dumps({"examples": examples, "note": note}))
+
+
+def _images_at(dataset, wanted, labels):
+    """index -> uint8 image for the `wanted` indices, or {} when a second pass gives other labels."""
+    found, offset = {}, 0
+    for images, y in dataset:
+        if offset > max(wanted, default=-1):
+            break  # the rest holds nothing to show
+        y = np.asarray(y).reshape(-1)
+        if not np.array_equal(y, labels[offset : offset + len(y)]):
+            return {}
+        for i in (i for i in wanted if offset <= i < offset + len(y)):
+            found[i] = np.clip(np.asarray(images[i - offset]), 0, 255).astype(np.uint8)
+        offset += len(y)
+    return found
+
+
+def gradcam(model, images, class_ids):
+    """Grad-CAM (Selvaraju et al. 2017) on the backbone's output feature map: per image, the map of where the
+    evidence for `class_ids` lies, in [0, 1] at the feature map's resolution; None when the backbone gives no
+    spatial map (e.g. a hub module's vectors)."""
+    import tensorflow as tf
+
+    from keras_transfer.models import backbone_and_head_layers
+
+    split = backbone_and_head_layers(model)
+    if split is None:
+        return None
+    to_map, head = split
+    x = tf.convert_to_tensor(images, tf.float32)
+    with tf.GradientTape() as tape:
+        for layer in to_map:
+            x = layer(x, training=False)
+        tape.watch(x)
+        scores = x
+        for layer in head:
+            scores = layer(scores, training=False)
+        chosen = tf.gather(scores, tf.constant(class_ids), axis=1, batch_dims=1)
+    weights = tf.reduce_mean(tape.gradient(chosen, x), axis=(1, 2), keepdims=True)
+    cams = tf.nn.relu(tf.reduce_sum(weights * x, axis=-1)).numpy()
+    return cams / np.maximum(cams.max(axis=(1, 2), keepdims=True), 1e-12)
+
+
+def _overlay(image, heat):
+    import matplotlib
+
+    heat = np.asarray(matplotlib.colormaps["jet"](_resize_map(heat, image.shape[:2]))[..., :3] * 255)
+    return (0.55 * image + 0.45 * heat).astype(np.uint8)
+
+
+def _resize_map(heat, size):
+    from PIL import Image
+
+    return np.asarray(Image.fromarray((heat * 255).astype(np.uint8)).resize(size[::-1], Image.BILINEAR)) / 255.0
+
+
+def _save_png(array, path):
+    from PIL import Image
+
+    Image.fromarray(array).save(path)
+
+
+# --- the page -------------------------------------------------------------------------------------------------
+
+
+def write_html(run_dir):
+    """(Re)builds `run_dir/report.html` from the files in the run folder; returns its path.
+
+    Raises:
+        ValueError: when `run_dir` has no `report.json` (nothing was evaluated there).
+    """
+    if not os.path.isfile(os.path.join(run_dir, "report.json")):
+        raise ValueError(f"{run_dir!r} has no report.json: evaluate a model with output_dir={run_dir!r}, or give a "
+                         f"run folder of keras-transfer. Received: run_dir={run_dir!r}")  # fmt: skip
+    files = _read_run(run_dir)
+    sections = [_settings(files), _data(files), _curves(files), _metrics(files), _examples(run_dir, files),
+                _calibration(files), _comparison(files), _timings(files), _versions()]  # fmt: skip
+    title = f"keras_transfer report: {html.escape(os.path.basename(os.path.abspath(run_dir)))}"
+    page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{title}</h1>\n" + "\n".join(s for s in sections if s)
+            + "\n</body></html>\n")  # fmt: skip
+    path = os.path.join(run_dir, "report.html")
+    write_text(path, page)
+    logger.info("Wrote %s", path)
+    return path
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}
+td.num{text-align:right;font-variant-numeric:tabular-nums}figure{display:inline-block;margin:.3em;width:150px;
+font-size:12px;vertical-align:top}figure img{width:150px;image-rendering:pixelated}img.plot{max-width:100%}
+.note{color:#666}"""
+
+
+def _read_run(run_dir):
+    def load(name, default=None):
+        path = os.path.join(run_dir, name)
+        if not os.path.isfile(path):
+            return default
+        if name.endswith(".json"):
+            with open(path) as f:
+                return json.load(f)
+        if name.endswith(".yaml"):
+            import yaml
+
+            with open(path) as f:
+                return yaml.safe_load(f)
+        return dict(np.load(path))
+
+    from keras_transfer.training import read_history
+
+    return {"report": load("report.json"), "config": load("config.yaml", {}), "data": load("data.json"),
+            "history": read_history(os.path.join(run_dir, "history.csv")), "predictions": load("predictions.npz"),
+            "examples": load("examples/examples.json"), "comparison": load("comparison.json"),
+            "timings": load("timings.json"),
+            "confusion": os.path.join(run_dir, "confusion.png") if os.path.isfile(os.path.join(run_dir, "confusion.png")) else None}  # fmt: skip
+
+
+def _table(header, rows):
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    return f"<table><tr>{head}</tr>" + "".join(f"<tr>{''.join(rows_)}</tr>" for rows_ in rows) + "</table>"
+
+
+def _cell(value, **data):
+    attrs = "".join(f' data-{k}="{html.escape(str(v))}"' for k, v in data.items())
+    if isinstance(value, float):
+        return f'<td class="num"{attrs}>{value:.4f}</td>'
+    return f'<td{" class=num" if isinstance(value, int) else ""}{attrs}>{html.escape(str(value))}</td>'
+
+
+def _png(fig_or_path):
+    if isinstance(fig_or_path, str):
+        with open(fig_or_path, "rb") as f:
+            data = f.read()
+    else:
+        buf = io.BytesIO()
+        fig_or_path.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+        import matplotlib.pyplot as plt
+
+        plt.close(fig_or_path)
+        data = buf.getvalue()
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _settings(files):
+    config = files["config"] or {}
+    if not config:
+        return "<h2>Settings</h2><p class=note>No config.yaml here (a folder written by evaluate alone).</p>"
+    rows = [[_cell(k), _cell(f"{v:g}" if isinstance(v, float) else v)] for k, v in config.items()]
+    return "<h2>Settings</h2>" + _table(["setting", "value"], rows)
+
+
+def _data(files):
+    data = files["data"]
+    if not data:
+        return None
+    splits = [s for s, c in data["counts"].items() if c]
+    rows = [[_cell(name)] + [_cell(int(data["counts"][s].get(name, 0)), split=s, cls=name) for s in splits]
+            for name in data["class_names"]]  # fmt: skip
+    text = f"<h2>Data</h2><p>{html.escape(str(data['source']))}, images at {data['image_size']}</p>"
+    text += _table(["class"] + splits, rows)
+    skipped = data.get("skipped") or []
+    text += f"<p>{len(skipped)} file{'s' if len(skipped) != 1 else ''} skipped</p>"
+    if skipped:
+        text += _table(["file", "reason"], [[_cell(path), _cell(reason)] for path, reason in skipped[:200]])
+    return text
+
+
+def _curves(files):
+    history = files["history"]
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = sorted(history)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for key, style in ((metric, "-o"), (f"val_{metric}", "--s")):
+            points = [(e + 1, history[e][key]) for e in epochs if key in history[e]]
+            if points:
+                ax.plot(*zip(*points), style, markersize=3, label=key)
+        switch = (files["config"] or {}).get("head_epochs")
+        if switch and epochs[-1] + 1 > switch:
+            ax.axvline(switch + 0.5, color="gray", linestyle=":", label="stage 2 starts")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend(fontsize=8)
+    return f'<h2>Training</h2><img class="plot" alt="training curves" src="{_png(fig)}">'
+
+
+def _metrics(files):
+    report = files["report"]
+    top = "".join(f", top-{k} {v:.2%}" for k, v in report["top_k"].items())
+    text = (f'<h2>Test metrics</h2><p>{report["num_examples"]} images: accuracy '
+            f'<span id="accuracy">{report["accuracy"]:.4f}</span>, loss {report["loss"]:.4f}{top}</p>')  # fmt: skip
+    rows = [[_cell(name)] + [_cell(float(m[k]) if k != "support" else int(m[k]), cls=name, metric=k)
+                             for k in ("precision", "recall", "f1", "support")] for name, m in report["per_class"].items()]  # fmt: skip
+    text += _table(["class", "precision", "recall", "F1", "support"], rows)
+    if files["confusion"]:
+        return text + f'<h3>Confusion matrix</h3><img class="plot" alt="confusion matrix" src="{_png(files["confusion"])}">'
+    matrix, names = np.array(report["confusion"]), report["class_names"]
+    rows = [[_cell(f"true {t}")] + [_cell(int(matrix[i, j])) for j in range(len(names))] for i, t in enumerate(names)]
+    return text + "<h3>Confusion matrix</h3>" + _table([""] + [f"predicted {p}" for p in names], rows)
+
+
+def _examples(run_dir, files):
+    found = files["examples"]
+    if not found:
+        return None
+    names = files["report"]["class_names"]
+    text = "<h2>Mistakes and doubts</h2>"
+    if found.get("note"):
+        text += f"<p class=note>{html.escape(found['note'])}</p>"
+    for kind, title in (("mistake", "Most confident mistakes"), ("unsure", "Least confident correct predictions")):
+        shown = [e for e in found["examples"] if e["kind"] == kind]
+        text += f"<h3>{title} ({len(shown)})</h3>"
+        for e in shown:
+            caption = f"#{e['index']}: true {names[e['true']]}, predicted {names[e['predicted']]} ({e['probability']:.1%})"
+            text += (f'<figure class="example" data-kind="{kind}" data-index="{e["index"]}" data-true="{e["true"]}" '
+                     f'data-predicted="{e["predicted"]}"><img alt="example {e["index"]}" '
+                     f'src="{_png(os.path.join(run_dir, e["image"]))}"><figcaption>{html.escape(caption)}</figcaption></figure>')  # fmt: skip
+    cams = [e for e in found["examples"] if "gradcam" in e]
+    if cams:
+        text += "<h3>Where the model looked (Grad-CAM on the backbone's last feature map, predicted class)</h3>"
+        text += "".join(f'<figure><img alt="Grad-CAM {e["index"]}" src="{_png(os.path.join(run_dir, e["gradcam"]))}">'
+                        f"<figcaption>#{e['index']}: {html.escape(names[e['predicted']])}</figcaption></figure>" for e in cams)  # fmt: skip
+    return text
+
+
+def calibration(probs, labels, bins=BINS):
+    """(expected calibration error, rows of (bin low, bin high, count, mean confidence, accuracy)) over the top-1
+    confidence in `bins` equal-width bins."""
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == labels
+    index = np.minimum((confidence * bins).astype(int), bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        mask = index == b
+        if mask.any():
+            rows.append((b / bins, (b + 1) / bins, int(mask.sum()), float(confidence[mask].mean()), float(correct[mask].mean())))
+            ece += mask.mean() * abs(rows[-1][3] - rows[-1][4])
+    return float(ece), rows
+
+
+def _calibration(files):
+    predictions = files["predictions"]
+    if predictions is None:
+        return None
+    import matplotlib.pyplot as plt
+
+    ece, rows = calibration(predictions["probabilities"], predictions["labels"])
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot([0, 1], [0, 1], ":", color="gray", label="perfectly calibrated")
+    ax.bar([(lo + hi) / 2 for lo, hi, *_ in rows], [r[4] for r in rows], width=1 / BINS, alpha=0.7, edgecolor="k",
+           label="accuracy in bin")  # fmt: skip
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8)
+    table = _table(["confidence", "images", "mean confidence", "accuracy"],
+                   [[_cell(f"{lo:.1f}-{hi:.1f}"), _cell(n), _cell(c), _cell(a)] for lo, hi, n, c, a in rows])  # fmt: skip
+    confident = [r for r in rows if r[0] >= 0.9 - 1e-9]
+    line = (f" Predictions made with 90-100% confidence: {confident[0][4]:.1%} correct ({confident[0][2]} images)."
+            if confident else "")  # fmt: skip
+    return (f'<h2>Calibration</h2><p>Expected calibration error <span id="ece">{ece:.4f}</span>: the gap between '
+            f"confidence and accuracy, averaged over the bins weighted by their images.{line}</p>"
+            f'<img class="plot" alt="reliability diagram" src="{_png(fig)}">' + table)  # fmt: skip
+
+
+def _comparison(files):
+    comparison = files["comparison"]
+    if not comparison:
+        return None
+    rows = [[_cell(k), _cell(v)] for k, v in comparison.items() if not isinstance(v, (dict, list))]
+    return "<h2>Transfer vs scratch</h2>" + _table(["", ""], rows)
+
+
+def _timings(files):
+    timings = files["timings"]
+    if not timings:
+        return None
+    return "<h2>Timings</h2>" + _table(["step", "seconds"], [[_cell(k), _cell(f"{float(v):.1f}")] for k, v in timings.items()])
+
+
+def _versions():
+    import keras
+    import tensorflow as tf
+
+    import keras_transfer
+
+    versions = {"keras_transfer": keras_transfer.__version__, "tensorflow": tf.__version__, "keras": keras.__version__,
+                "numpy": np.__version__, "python": platform.python_version()}  # fmt: skip
+    return "<h2>Versions</h2>" + _table(["package", "version"], [[_cell(k), _cell(v)] for k, v in versions.items()])
