@@ -29,7 +29,7 @@ datasets:
 browser:
 	@if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    (apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium)) >/dev/null 2>&1 \
+	    (timeout 900 apt-get install -y -q chromium || (apt-get update -q && timeout 900 apt-get install -y -q chromium)) >/dev/null 2>&1 \
 	      && echo "installed Debian's chromium" \
 	      || echo "note: Debian's chromium could not be installed; the browser test of report.html will skip"; \
 	  else echo "note: installing chromium needs root and apt-get; the browser test of report.html will skip"; fi; \
