@@ -140,7 +140,7 @@ def write_html(run_dir):
             + "\n</body></html>\n")  # fmt: skip
     path = os.path.join(run_dir, "report.html")
     write_text(path, page)
-    logger.info("Wrote %s", path)
+    logger.debug("Wrote %s", path)  # evaluate and the CLI say where the report is
     return path
 
 
