@@ -4,10 +4,13 @@ pipeline with and without size-aware decoding, and what training consumes.
 Writes (or reuses) a folder of photo-like JPEGs at --size (scikit-learn's two sample photos resized, with noise so
 that no two files are equal), then lists the folder and reads one epoch with each loader resizing to 224
 (the listing counts: ours reads every file's header there), alternating, --repeats times,
-and prints the median images/s and the ratios. Then measures the images/s an EfficientNet-Lite0 and a ResNet50
-training step (all layers) consume at 224 on this machine (synthetic tensors), so you see which is the bottleneck.
+and prints the median images/s and the ratios, and the median CPU time per image (all threads of the process):
+on a shared machine the wall-clock rate moves with what else runs there (measured here: the same loader at
+770 or 1,150 images/s from one epoch to the next), the CPU time per image hardly does. Then measures the images/s
+an EfficientNet-Lite0 and a ResNet50 training step (all layers) consume at 224 on this machine (synthetic
+tensors), so you see which is the bottleneck.
 
-Usage: python bench/data_pipeline.py [--size 2400x1600] [--images 300] [--repeats 3] [--train-steps 3]
+Usage: python bench/data_pipeline.py [--size 2400x1600] [--images 300] [--repeats 5] [--train-steps 3]
 """
 
 from __future__ import annotations
@@ -47,11 +50,12 @@ def make_folder(root, n, size):
 
 
 def images_per_second(make):
-    """Images/s of one epoch, counting the loader's listing of the folder too (ours reads every header there)."""
-    start, n = time.perf_counter(), 0
+    """Images/s of one epoch and CPU milliseconds per image, counting the loader's listing of the folder too
+    (ours reads every header there)."""
+    start, cpu, n = time.perf_counter(), time.process_time(), 0
     for batch, _ in make():
         n += int(batch.shape[0])
-    return n / (time.perf_counter() - start), n
+    return n / (time.perf_counter() - start), (time.process_time() - cpu) * 1000 / n
 
 
 def train_step_rate(backbone, batch_size, steps):
@@ -93,7 +97,7 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--folder", default=None, help="default: a folder per size in the temp folder")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3, help="epochs per loader, alternating; the median is kept")
+    parser.add_argument("--repeats", type=int, default=5, help="epochs per loader, alternating; the median is kept")
     parser.add_argument("--train-steps", type=int, default=3)
     args = parser.parse_args(argv)
     size = tuple(int(v) for v in args.size.lower().split("x"))
@@ -102,18 +106,21 @@ def main(argv=None):
     start = time.perf_counter()
     n = make_folder(folder, args.images, size)
     print(f"{n} JPEGs of {size[0]}x{size[1]} in {folder} ({time.perf_counter() - start:.0f} s), cores: {os.cpu_count()}")
-    rates = {name: [] for name in loaders(folder, args.batch_size)}
+    runs = {name: [] for name in loaders(folder, args.batch_size)}
     for _ in range(args.repeats):  # alternate so that every loader sees the same page cache and machine load
         for name, make in loaders(folder, args.batch_size).items():
-            rates[name].append(images_per_second(make)[0])
-    median = {name: float(np.median(r)) for name, r in rates.items()}
+            runs[name].append(images_per_second(make))
+    median = {name: float(np.median([rate for rate, _ in r])) for name, r in runs.items()}
+    cpu = {name: float(np.median([ms for _, ms in r])) for name, r in runs.items()}
     consume = {b: train_step_rate(b, args.batch_size, args.train_steps) for b in ("efficientnet_lite0", "resnet50")}
 
-    keras_rate = median["keras image_dataset_from_directory"]
+    keras_name = "keras image_dataset_from_directory"
     fast = median["keras_transfer, size-aware decode"]
-    print(f"\nimages/s, {size[0]}x{size[1]} JPEGs -> 224x224, batch {args.batch_size}, median of {args.repeats} epochs:")
+    print(f"\n{size[0]}x{size[1]} JPEGs -> 224x224, batch {args.batch_size}, median of {args.repeats} epochs:")
+    print(f"  {'':<40} {'images/s':>8}   {'vs Keras':>8}   {'CPU ms/image':>12}   {'vs Keras':>8}")
     for name, rate in median.items():
-        print(f"  {name:<40} {rate:8.1f}   {rate / keras_rate:5.2f}x Keras")
+        print(f"  {name:<40} {rate:8.1f}   {rate / median[keras_name]:7.2f}x   {cpu[name]:12.2f}   "
+              f"{cpu[keras_name] / cpu[name]:7.2f}x")
     print(f"training step, all layers, synthetic input ({args.train_steps} steps):")
     for backbone, rate in consume.items():
         print(f"  {backbone:<40} {rate:8.1f}   size-aware pipeline / step {fast / rate:5.2f}x")

@@ -2,7 +2,8 @@
 
 Every source becomes the same thing: integer labels in memory, images read lazily, split stratified and
 deterministically for a seed, then one pipeline (parallel decode + resize, cache, shuffle, batch, augment,
-prefetch). Images come out as float32 RGB in 0-255 at `image_size`; the model does its own preprocessing.
+prefetch; uncached, image files are shuffled by name before decoding, so no buffer of decoded images has to
+fill before the first batch). Images come out as float32 RGB in 0-255 at `image_size`; the model does its own preprocessing.
 Bad files are found before training by their bytes, reported with path and reason, and left out.
 """
 
@@ -202,7 +203,10 @@ class _Records:
     class_names: list  # original class names, index = original label id
     original_ids: list  # what label_map reports for each original class (folder name or integer id)
     labels: dict  # predefined split -> int array of original label ids
-    images: object  # (split, indices) -> ((labels, size) -> dataset of (image at size, uint8 or float32; label))
+    # (split, indices) -> ((labels, size, shuffle_seed, dtype) -> dataset of (image at size, in dtype where the
+    # source can, else uint8 or float32; label), files that fail to decode dropped, reshuffled every pass for a
+    # seed (None: in order))
+    images: object
     dtype: object = np.uint8
     skipped: list = dataclasses.field(default_factory=list)
 
@@ -350,7 +354,7 @@ def _folder_records(root):
     def images(split, idx):
         # As bytes: a file name the OS allows need not be UTF-8, and tf.string holds any bytes.
         files = np.array([os.fsencode(p) for p in paths[split]], dtype=object)[idx]
-        return lambda labels, size: decode_files(files, labels, size)
+        return lambda labels, size, shuffle_seed, dtype: decode_files(files, labels, size, shuffle_seed, dtype)
 
     return _Records(root, class_names, class_names, labels, images, skipped=skipped)
 
@@ -511,24 +515,31 @@ def _resize(image, size):
 
 
 def _paired(items, load):
-    """`images` for a dataset of items: each loaded at the size, beside its label."""
+    """`images` for a dataset of items: each loaded at the size, beside its label (shuffled after loading)."""
 
-    def pairs(labels, size):
+    def pairs(labels, size, shuffle_seed, dtype):  # dtype: what the pipeline wants; arrays keep their own
         ds = tf.data.Dataset.zip(items, tf.data.Dataset.from_tensor_slices(labels.astype(np.int32)))
-        return ds.map(lambda item, label: (load(item, size), label), num_parallel_calls=AUTOTUNE)
+        ds = ds.map(lambda item, label: (load(item, size), label), num_parallel_calls=AUTOTUNE)
+        ds = ds.ignore_errors(log_warning=True)
+        return ds if shuffle_seed is None else _shuffle(ds, len(labels), shuffle_seed)
 
     return pairs
 
 
+def _shuffle(ds, n, seed):
+    return ds.shuffle(min(n, SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
+
+
 def _pipeline(images, labels, *, size, batch_size, training, augment, cache, cache_name, seed, deterministic):
-    ds = images(labels, size)
-    # A file that passed the byte check but still fails to decode is dropped, never a crash mid-epoch.
-    ds = ds.ignore_errors(log_warning=True)
+    # `images` drops what fails to decode (never a crash mid-epoch); uncached, it shuffles (files before decoding)
+    # and gives float32 (cached: uint8 where it can, a quarter of the memory; cast per batch).
+    ds = images(labels, size, seed if training and not cache else None, tf.uint8 if cache else tf.float32)
     if cache:
         ds = ds.cache(f"{cache}_{cache_name}" if isinstance(cache, (str, os.PathLike)) else "")
-    if training:
-        ds = ds.shuffle(min(len(labels), SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
+        ds = _shuffle(ds, len(labels), seed) if training else ds
+    ds = ds.batch(batch_size)
+    if ds.element_spec[0].dtype != tf.float32:
+        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
     if training and augment:
         from keras_transfer.preprocessing import augmentation
 

@@ -157,8 +157,15 @@ def _webp_dimensions(head):
 
 
 def _jpeg_dimensions(head, f):
-    """Walks the JPEG markers to the frame header (SOF0..SOF15 but DHT, JPG and DAC)."""
-    at, data = 2, head
+    header = jpeg_header(head, f)
+    return header and header[:2]
+
+
+def jpeg_header(head, f=None):
+    """`(width, height, EXIF orientation)` of a JPEG from its markers up to the frame header (SOF0..SOF15 but
+    DHT, JPG and DAC), orientation 1 when there is none; None when no frame header is found. `head`: the file's
+    first bytes; `f`: the open file, read on when metadata pushes the frame header further."""
+    at, data, orientation = 2, head, 1
     while True:
         if at + 9 > len(data) and f is not None:  # metadata pushed the frame header past what was read
             f.seek(at)
@@ -170,15 +177,33 @@ def _jpeg_dimensions(head, f):
         marker, length = data[at + 1], int.from_bytes(data[at + 2 : at + 4], "big")
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
             height, width = struct.unpack(">HH", data[at + 5 : at + 9])
-            return width, height
+            return width, height, orientation
         if marker == 0xFF:  # fill byte
             at += 1
             continue
+        if marker == 0xE1 and orientation == 1 and data[at + 4 : at + 10] == b"Exif\x00\x00":
+            orientation = _tiff_orientation(data[at + 10 : at + 2 + length])
         if f is not None and at + 2 + length > len(data):
             f.seek(f.tell() - len(data) + at + 2 + length)
             data, at = f.read(1 << 16), 0
             continue
         at += 2 + length
+
+
+def _tiff_orientation(tiff):
+    """Tag 0x0112 among the first 64 entries of an EXIF segment's first directory (as `exif_orientation` reads it
+    in TensorFlow ops), 1 when absent."""
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+    directory = struct.unpack(order + "I", tiff[4:8])[0]
+    count = struct.unpack(order + "H", tiff[directory : directory + 2])[0] if directory + 2 <= len(tiff) else 0
+    for entry in range(directory + 2, directory + 2 + 12 * min(count, 64), 12):
+        if entry + 10 > len(tiff):
+            break
+        if struct.unpack(order + "H", tiff[entry : entry + 2])[0] == 0x0112:
+            return struct.unpack(order + "H", tiff[entry + 8 : entry + 10])[0]
+    return 1
 
 
 def decode_image(blob, size=None):
@@ -216,60 +241,69 @@ def _resize(image, size, reduced):
     return tf.cond(shrink, lambda: _resize_to(image, size, True), lambda: _resize_to(image, size, False))
 
 
-def _resize_to(image, size, antialias):
-    resized = tf.saturate_cast(tf.round(tf.image.resize(image, size, method="bilinear", antialias=antialias)), tf.uint8)
+def _resize_to(image, size, antialias, dtype=tf.uint8):
+    """Rounded to whole values, in `dtype` (float32: the same values, without the round trip through uint8)."""
+    resized = tf.round(tf.image.resize(image, size, method="bilinear", antialias=antialias))
+    resized = tf.saturate_cast(resized, tf.uint8) if dtype == tf.uint8 else tf.clip_by_value(resized, 0.0, 255.0)
     resized.set_shape([size[0], size[1], 3])
     return resized
 
 
-def decode_files(paths, labels, size):
-    """A dataset of `(decode_image(read_file(path), size), label)`, in the order of `paths` (bytes or str), files
-    that fail to decode dropped.
+def decode_files(paths, labels, size, shuffle_seed=None, dtype=tf.uint8):
+    """A dataset of `(decode_image(read_file(path), size), label)`, in the order of `paths` (bytes or str), or
+    reshuffled on every pass for a `shuffle_seed`; files that fail to decode are dropped. `dtype` float32 gives
+    the same values as float32 (what a model takes, when the images are not cached as uint8).
 
     Upright JPEGs (no EXIF orientation other than 1) are grouped by how `decode_image` would decode them (DCT
     ratio, antialiasing), which their headers tell here in Python, and each group gets a decode fixed for it: the
     same pixels without TensorFlow control flow per image, which measured about 2x slower on small photos. Other
-    files go through `decode_image`. The groups are merged back in the original order.
+    files go through `decode_image`. The groups are merged back in the original order; shuffled, each group's
+    files are shuffled and the groups interleaved at random, which is a uniform shuffle of all files, done on
+    the file names before decoding (no buffer of decoded images to fill before the first one comes out).
     """
     keys = [_decode_key(path, size) for path in paths]
     groups = sorted(set(keys), key=repr)
     datasets = []
-    for key in groups:
+    for i, key in enumerate(groups):
         pick = np.array([k == key for k in keys])
-        decode = _group_decoder(key, size)
+        decode = _group_decoder(key, size, dtype)
         ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths, dtype=object)[pick], np.asarray(labels, np.int32)[pick]))
+        if shuffle_seed is not None:
+            ds = ds.shuffle(int(pick.sum()), seed=shuffle_seed + i, reshuffle_each_iteration=True)
         ds = ds.map(lambda path, label: (decode(tf.io.read_file(path)), label), num_parallel_calls=tf.data.AUTOTUNE)
         datasets.append(ds.ignore_errors(log_warning=True))  # before merging: a dropped file keeps labels paired
     if len(datasets) == 1:
         return datasets[0]
     order = tf.data.Dataset.from_tensor_slices(np.array([groups.index(k) for k in keys], np.int64))
+    if shuffle_seed is not None:
+        order = order.shuffle(len(keys), seed=shuffle_seed, reshuffle_each_iteration=True)
     return tf.data.Dataset.choose_from_datasets(datasets, order, stop_on_empty_dataset=False)
 
 
 def _decode_key(path, size):
     """`(DCT ratio, antialias)` for an upright JPEG, as `decode_image(blob, size)` would choose; None for the rest."""
-    from PIL import Image
-
     try:
-        with Image.open(os.fsdecode(path)) as image:  # reads the header only
-            if image.format != "JPEG" or image.getexif().get(0x0112, 1) != 1:
-                return None
-            width, height = image.size
-    except Exception:  # noqa: BLE001  (anything PIL cannot read: decode_image decides, or the file is dropped)
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+            header = jpeg_header(head, f) if head.startswith(b"\xff\xd8\xff") else None
+    except (OSError, struct.error):  # decode_image decides, or the file is dropped
         return None
+    if header is None or header[2] != 1:
+        return None
+    width, height, _ = header
     fits = [r for r in (8, 4, 2) if DCT_SCALING and -(-height // r) >= size[0] and -(-width // r) >= size[1]]
     ratio = fits[0] if fits else 1
     return ratio, ratio > 1 or height >= 2 * size[0] or width >= 2 * size[1]
 
 
-def _group_decoder(key, size):
+def _group_decoder(key, size, dtype=tf.uint8):
     if key is None:
-        return lambda blob: decode_image(blob, size)
+        return lambda blob: tf.cast(decode_image(blob, size), dtype)
     ratio, antialias = key
 
     def decode(blob):
         image = tf.io.decode_jpeg(blob, channels=3, ratio=ratio, dct_method="INTEGER_FAST" if ratio > 1 else "")
-        return _resize_to(image, size, antialias)
+        return _resize_to(image, size, antialias, dtype)
 
     return decode
 

@@ -261,6 +261,8 @@ def test_every_exif_orientation_is_applied_wherever_images_are_decoded(orientati
     assert np.abs(images.image_array(blob) - upright).mean() < 2
     by_hand = _jpeg(ASYMMETRIC, orientation, big_endian=True)
     assert np.abs(images.image_array(by_hand) - upright).mean() < 2
+    for b in (blob, by_hand):  # the header reader the folder listing uses reads the tag the decoder reads
+        assert images.jpeg_header(b)[2] == int(images.exif_orientation(b)) == orientation
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "photo.jpg").write_bytes(blob)
@@ -399,3 +401,15 @@ def test_folder_decoding_groups_jpegs_by_decode_and_gives_what_decode_image_give
     assert [label for _, label in got] == [0, 1, 2, 3, 4, 5, 6]  # in order, the undecodable file dropped
     for image, label in got:  # bit-identical to the one decoder, labels still beside their images
         np.testing.assert_array_equal(image, images.image_array(blobs[label], size=size))
+    floats = images.decode_files(paths, np.arange(len(paths)), size, dtype=tf.float32)  # uncached pipelines
+    for (image, label), (value, same) in zip(got, floats.as_numpy_iterator(), strict=True):
+        assert value.dtype == np.float32 and label == same
+        np.testing.assert_array_equal(value, image.astype(np.float32))
+    shuffled = images.decode_files(paths, np.arange(len(paths)), size, shuffle_seed=0)
+    passes = [list(shuffled.as_numpy_iterator()) for _ in range(150)]
+    for image, label in passes[0]:
+        np.testing.assert_array_equal(image, images.image_array(blobs[label], size=size))
+    orders = [tuple(int(label) for _, label in p) for p in passes]
+    assert all(sorted(order) == [0, 1, 2, 3, 4, 5, 6] for order in orders) and len(set(orders)) > 100
+    firsts = np.bincount([order[0] for order in orders], minlength=7)  # a uniform shuffle across the 4 groups:
+    assert firsts.min() > 5 and firsts.max() < 45, firsts  # each file first in about 1 of 7 passes (150 / 7 = 21)
