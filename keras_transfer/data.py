@@ -250,7 +250,9 @@ def _array_records(name, splits, class_names):
     dtype = next(iter(arrays.values()))[0].dtype
 
     def images(split, idx):
-        return _paired(tf.data.Dataset.from_tensor_slices(arrays[split][0][idx]), _resize)
+        # Arrays cannot fail to load: no error filter, so the datasets keep a known size (Keras warns "Your input
+        # ran out of data" in `evaluate` and `predict` on a dataset of unknown size).
+        return _paired(tf.data.Dataset.from_tensor_slices(arrays[split][0][idx]), _resize, may_fail=False)
 
     return _Records(name, class_names, list(range(len(class_names))), {s: y for s, (_, y) in arrays.items()},
                     images, dtype=dtype)
@@ -514,13 +516,14 @@ def _resize(image, size):
     return resized
 
 
-def _paired(items, load):
-    """`images` for a dataset of items: each loaded at the size, beside its label (shuffled after loading)."""
+def _paired(items, load, may_fail=True):
+    """`images` for a dataset of items: each loaded at the size, beside its label (shuffled after loading);
+    with `may_fail`, items that fail to load are dropped."""
 
     def pairs(labels, size, shuffle_seed, dtype):  # dtype: what the pipeline wants; arrays keep their own
         ds = tf.data.Dataset.zip(items, tf.data.Dataset.from_tensor_slices(labels.astype(np.int32)))
         ds = ds.map(lambda item, label: (load(item, size), label), num_parallel_calls=AUTOTUNE)
-        ds = ds.ignore_errors(log_warning=True)
+        ds = ds.ignore_errors(log_warning=True) if may_fail else ds
         return ds if shuffle_seed is None else _shuffle(ds, len(labels), shuffle_seed)
 
     return pairs

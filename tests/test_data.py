@@ -1,6 +1,7 @@
 import io
 import os
 import time
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -167,6 +168,16 @@ def test_arrays_source_grayscale_and_errors():
     xs, ys = _all(train)
     assert xs.shape == (20, 12, 12, 3) and np.all(xs[..., 0] == xs[..., 2])
     assert val is None and info.class_names == ["0", "1"]
+    # arrays cannot fail to load: the size stays known, so Keras's evaluate does not warn "ran out of data"
+    _, _, test, _ = load_dataset((x, y), image_size=12, batch_size=3, validation_split=0.0, test_split=0.3, cache=False)
+    assert int(train.cardinality()) == 4 and int(test.cardinality()) == 2
+    import keras
+
+    model = keras.Sequential([keras.Input((12, 12, 3)), keras.layers.Flatten(), keras.layers.Dense(2)])
+    model.compile(loss="sparse_categorical_crossentropy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.evaluate(test, verbose=0)
     with pytest.raises(ValueError, match=r"y must be one integer label per image.*y\.shape=\(3,\)"):
         load_dataset((x, y[:3]))
     with pytest.raises(ValueError, match=r"x must have shape .* Received: x\.shape=\(20, 10\)"):
