@@ -6,7 +6,8 @@ that no two files are equal), then lists the folder and reads one epoch with eac
 (the listing counts: ours reads every file's header there), alternating, --repeats times,
 and prints the median images/s and the ratios, and the median CPU time per image (all threads of the process):
 on a shared machine the wall-clock rate moves with what else runs there (measured here: the same loader at
-770 or 1,150 images/s from one epoch to the next), the CPU time per image hardly does. Then measures the images/s
+770 or 1,150 images/s from one epoch to the next), the CPU time per image hardly does. Then times
+`tf.io.decode_jpeg` alone at each DCT scale (the floor under any pipeline), and the images/s
 an EfficientNet-Lite0 and a ResNet50 training step (all layers) consume at 224 on this machine (synthetic
 tensors), so you see which is the bottleneck.
 
@@ -71,6 +72,28 @@ def train_step_rate(backbone, batch_size, steps):
     return steps * batch_size / (time.perf_counter() - start)
 
 
+def decode_ms(folder, files=40):
+    """Milliseconds per JPEG of `tf.io.decode_jpeg` alone at each DCT ratio, one image at a time (best of 3): what
+    no pipeline goes below, since libjpeg still reads every coefficient (Huffman decoding) at a reduced scale."""
+    import tensorflow as tf
+
+    paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs if f.endswith(".jpg"))[:files]
+    blobs = [tf.constant(open(p, "rb").read()) for p in paths]
+    result = {}
+    for ratio in (1, 2, 4, 8):
+        decode = tf.function(lambda b, r=ratio: tf.io.decode_jpeg(b, channels=3, ratio=r),
+                             input_signature=[tf.TensorSpec([], tf.string)])
+        decode(blobs[0])
+        best = []
+        for _ in range(3):
+            start = time.perf_counter()
+            for blob in blobs:
+                decode(blob)
+            best.append((time.perf_counter() - start) * 1000 / len(blobs))
+        result[ratio] = min(best)
+    return result
+
+
 def loaders(folder, batch_size):
     """name -> a function giving one fresh epoch's dataset."""
 
@@ -112,6 +135,7 @@ def main(argv=None):
             runs[name].append(images_per_second(make))
     median = {name: float(np.median([rate for rate, _ in r])) for name, r in runs.items()}
     cpu = {name: float(np.median([ms for _, ms in r])) for name, r in runs.items()}
+    decode = decode_ms(folder)
     consume = {b: train_step_rate(b, args.batch_size, args.train_steps) for b in ("efficientnet_lite0", "resnet50")}
 
     keras_name = "keras image_dataset_from_directory"
@@ -121,6 +145,9 @@ def main(argv=None):
     for name, rate in median.items():
         print(f"  {name:<40} {rate:8.1f}   {rate / median[keras_name]:7.2f}x   {cpu[name]:12.2f}   "
               f"{cpu[keras_name] / cpu[name]:7.2f}x")
+    print("decode_jpeg alone, one image at a time, ms/image: "
+          + ", ".join(f"1/{r} {ms:.1f}" for r, ms in decode.items())
+          + f" (the most a reduced scale can save: {decode[1] / min(decode.values()):.2f}x)")
     print(f"training step, all layers, synthetic input ({args.train_steps} steps):")
     for backbone, rate in consume.items():
         print(f"  {backbone:<40} {rate:8.1f}   size-aware pipeline / step {fast / rate:5.2f}x")
