@@ -3,7 +3,8 @@
 Every source becomes the same thing: integer labels in memory, images read lazily, split stratified and
 deterministically for a seed, then one pipeline (parallel decode + resize, cache, shuffle, batch, augment,
 prefetch; uncached, image files are shuffled by name before decoding, so no buffer of decoded images has to
-fill before the first batch). Images come out as float32 RGB in 0-255 at `image_size`; the model does its own preprocessing.
+fill before the first batch). Images come out as float32 RGB in 0-255 at `image_size`; the model does its own
+preprocessing.
 Bad files are found before training by their bytes, reported with path and reason, and left out.
 """
 

@@ -252,7 +252,7 @@ def _resize_to(image, size, antialias, dtype=tf.uint8):
 def decode_files(paths, labels, size, shuffle_seed=None, dtype=tf.uint8):
     """A dataset of `(decode_image(read_file(path), size), label)`, in the order of `paths` (bytes or str), or
     reshuffled on every pass for a `shuffle_seed`; files that fail to decode are dropped. `dtype` float32 gives
-    the same values as float32 (what a model takes, when the images are not cached as uint8).
+    the same values as uint8 does, as float32 (what a model takes, when the images are not cached as uint8).
 
     Upright JPEGs (no EXIF orientation other than 1) are grouped by how `decode_image` would decode them (DCT
     ratio, antialiasing), which their headers tell here in Python, and each group gets a decode fixed for it: the
