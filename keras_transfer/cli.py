@@ -249,10 +249,6 @@ def main(argv=None) -> int:
                        lambda args: run(config_from_args(parser, args), args.verbose))  # fmt: skip
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _report_command(argv):
     from keras_transfer.report import write_html
 
@@ -260,3 +256,7 @@ def _report_command(argv):
                                                  "from a run folder's files."))  # fmt: skip
     parser.add_argument("run_dir", help="a run folder (config.yaml, history.csv, report.json, ...)")
     return run_command("keras-transfer report", parser, argv, lambda args: print(f"Report: {write_html(args.run_dir)}"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

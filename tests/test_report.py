@@ -3,6 +3,8 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -46,6 +48,11 @@ def test_the_run_folder_has_a_self_contained_report_that_the_report_command_rebu
     assert main(["report", str(run_dir)]) == 0 and (run_dir / "report.html").exists()
     assert main(["report", str(run_dir / "nowhere")]) == 2
     assert "has no report.json" in capsys.readouterr().err
+    os.remove(run_dir / "report.html")  # as a module too: `python -m keras_transfer.cli report RUN_DIR`
+    done = subprocess.run([sys.executable, "-m", "keras_transfer.cli", "report", str(run_dir)], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"Report: {run_dir / 'report.html'}" and (run_dir / "report.html").exists()
 
 
 def test_expected_calibration_error_by_hand():
