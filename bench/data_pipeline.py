@@ -23,12 +23,12 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import keras
+import numpy as np
+from PIL import Image
 
-import keras_transfer as kt  # noqa: E402
-from keras_transfer import images  # noqa: E402
+import keras_transfer as kt
+from keras_transfer import images
 
 SIZE = (224, 224)
 CLASSES = 10
@@ -78,11 +78,12 @@ def decode_ms(folder, files=40):
     import tensorflow as tf
 
     paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs if f.endswith(".jpg"))[:files]
-    blobs = [tf.constant(open(p, "rb").read()) for p in paths]
+    blobs = [tf.constant(tf.io.read_file(p)) for p in paths]
     result = {}
     for ratio in (1, 2, 4, 8):
-        decode = tf.function(lambda b, r=ratio: tf.io.decode_jpeg(b, channels=3, ratio=r),
-                             input_signature=[tf.TensorSpec([], tf.string)])
+        decode = tf.function(
+            lambda b, r=ratio: tf.io.decode_jpeg(b, channels=3, ratio=r), input_signature=[tf.TensorSpec([], tf.string)]
+        )
         decode(blobs[0])
         best = []
         for _ in range(3):
@@ -100,18 +101,20 @@ def loaders(folder, batch_size):
     def ours(dct_scaling):
         def make():
             images.DCT_SCALING = dct_scaling  # read when the pipeline is traced
-            train, _, _, _ = kt.load_dataset(folder, image_size=SIZE, batch_size=batch_size, validation_split=0.0,
-                                             cache=False)  # fmt: skip
+            train, _, _, _ = kt.load_dataset(
+                folder, image_size=SIZE, batch_size=batch_size, validation_split=0.0, cache=False
+            )
             return train
 
         return make
 
     return {
         "keras image_dataset_from_directory": lambda: keras.utils.image_dataset_from_directory(
-            folder, image_size=SIZE, batch_size=batch_size, verbose=False),
+            folder, image_size=SIZE, batch_size=batch_size, verbose=False
+        ),
         "keras_transfer, full decode + resize": ours(False),
         "keras_transfer, size-aware decode": ours(True),
-    }  # fmt: skip
+    }
 
 
 def main(argv=None):
@@ -128,7 +131,9 @@ def main(argv=None):
 
     start = time.perf_counter()
     n = make_folder(folder, args.images, size)
-    print(f"{n} JPEGs of {size[0]}x{size[1]} in {folder} ({time.perf_counter() - start:.0f} s), cores: {os.cpu_count()}")
+    print(
+        f"{n} JPEGs of {size[0]}x{size[1]} in {folder} ({time.perf_counter() - start:.0f} s), cores: {os.cpu_count()}"
+    )
     runs = {name: [] for name in loaders(folder, args.batch_size)}
     for _ in range(args.repeats):  # alternate so that every loader sees the same page cache and machine load
         for name, make in loaders(folder, args.batch_size).items():
@@ -143,11 +148,15 @@ def main(argv=None):
     print(f"\n{size[0]}x{size[1]} JPEGs -> 224x224, batch {args.batch_size}, median of {args.repeats} epochs:")
     print(f"  {'':<40} {'images/s':>8}   {'vs Keras':>8}   {'CPU ms/image':>12}   {'vs Keras':>8}")
     for name, rate in median.items():
-        print(f"  {name:<40} {rate:8.1f}   {rate / median[keras_name]:7.2f}x   {cpu[name]:12.2f}   "
-              f"{cpu[keras_name] / cpu[name]:7.2f}x")
-    print("decode_jpeg alone, one image at a time, ms/image: "
-          + ", ".join(f"1/{r} {ms:.1f}" for r, ms in decode.items())
-          + f" (the most a reduced scale can save: {decode[1] / min(decode.values()):.2f}x)")
+        print(
+            f"  {name:<40} {rate:8.1f}   {rate / median[keras_name]:7.2f}x   {cpu[name]:12.2f}   "
+            f"{cpu[keras_name] / cpu[name]:7.2f}x"
+        )
+    print(
+        "decode_jpeg alone, one image at a time, ms/image: "
+        + ", ".join(f"1/{r} {ms:.1f}" for r, ms in decode.items())
+        + f" (the most a reduced scale can save: {decode[1] / min(decode.values()):.2f}x)"
+    )
     print(f"training step, all layers, synthetic input ({args.train_steps} steps):")
     for backbone, rate in consume.items():
         print(f"  {backbone:<40} {rate:8.1f}   size-aware pipeline / step {fast / rate:5.2f}x")

@@ -14,10 +14,10 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import keras_transfer as kt  # noqa: E402
-from keras_transfer.retrieval import FeatureIndex  # noqa: E402
+import keras_transfer as kt
+from keras_transfer.retrieval import FeatureIndex
 
 
 def main(argv=None):
@@ -33,14 +33,14 @@ def main(argv=None):
     from sklearn.linear_model import LogisticRegression
 
     def load(**kwargs):
-        return kt.load_dataset(args.data, image_size=args.image_size, batch_size=256, validation_split=0.0,
-                               classes=args.classes, **kwargs)  # fmt: skip
+        return kt.load_dataset(
+            args.data, image_size=args.image_size, batch_size=256, validation_split=0.0, classes=args.classes, **kwargs
+        )
 
     _, _, test, _ = load(seed=0)
     print(f"{'weights':<60} " + " ".join(f"{n:>3} labels" for n in args.labels))
     for weights in args.weights:
-        index = FeatureIndex(args.backbone, weights=None if weights == "none" else weights,
-                             image_size=args.image_size)  # fmt: skip
+        index = FeatureIndex(args.backbone, weights=None if weights == "none" else weights, image_size=args.image_size)
         index.add(test)
         test_x, test_y = index.embeddings, index.labels
         cells = []

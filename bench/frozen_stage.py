@@ -14,9 +14,10 @@ import argparse
 import os
 import time
 
-import keras_transfer as kt  # noqa: E402  (first: imports TensorFlow without its start-up lines)
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
+
+import keras_transfer as kt
 
 
 def build(args, num_classes, seed):
@@ -37,8 +38,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     args.weights = None if args.weights == "none" else args.weights
 
-    train, val, _, info = kt.load_dataset(args.data, image_size=args.image_size, batch_size=32,
-                                          labels_per_class=args.per_class, validation_split=args.validation_split)
+    train, val, _, info = kt.load_dataset(
+        args.data,
+        image_size=args.image_size,
+        batch_size=32,
+        labels_per_class=args.per_class,
+        validation_split=args.validation_split,
+    )
     print(info)
     for _ in train:  # fill the image cache first, so neither side pays for decoding
         pass
@@ -63,8 +69,10 @@ def main(argv=None):
     ours, plain = np.mean(times["ours"]), np.mean(times["plain"])
     ours_acc, plain_acc = np.mean(accuracies["ours"]), np.mean(accuracies["plain"])
 
-    print(f"\n{args.backbone} at {args.image_size} px, {args.epochs} epochs, {sum(info.counts['train'].values())} "
-          f"training and {sum(info.counts['validation'].values())} validation images, {os.cpu_count()} cores:")
+    print(
+        f"\n{args.backbone} at {args.image_size} px, {args.epochs} epochs, {sum(info.counts['train'].values())} "
+        f"training and {sum(info.counts['validation'].values())} validation images, {os.cpu_count()} cores:"
+    )
     print(f"  {'mean of ' + str(args.seeds) + ' initial heads':34} {'seconds':>8} {'val accuracy':>13} {'sd':>6}")
     print(f"  {'fine_tune, cached features':34} {ours:8.1f} {ours_acc:13.2%} {np.std(accuracies['ours']):6.2%}")
     print(f"  {'plain fit, frozen base (Keras)':34} {plain:8.1f} {plain_acc:13.2%} {np.std(accuracies['plain']):6.2%}")

@@ -19,9 +19,10 @@ import os
 import tempfile
 import time
 
-import keras_transfer as kt  # noqa: E402  (first: imports TensorFlow without its start-up lines)
-import numpy as np  # noqa: E402
-from keras_transfer.retrieval import FeatureIndex, retrieval_metrics  # noqa: E402
+import numpy as np
+
+import keras_transfer as kt
+from keras_transfer.retrieval import FeatureIndex, retrieval_metrics
 
 
 def build_speed(backbone, size, n_images, batch_size):
@@ -70,8 +71,9 @@ def search_speed(n, queries=200, k=10):
 
 
 def quality(pretrained, epochs, lite_size):
-    train, _, test, info = kt.load_dataset("digits", image_size=32, batch_size=32, validation_split=0.0,
-                                           test_split=0.3, seed=0)  # fmt: skip
+    train, _, test, info = kt.load_dataset(
+        "digits", image_size=32, batch_size=32, validation_split=0.0, test_split=0.3, seed=0
+    )
     results = {}
     candidates = {"random init": None}
     if pretrained:
@@ -81,12 +83,27 @@ def quality(pretrained, epochs, lite_size):
         results[name] = _score(model, test)
         if name == "random init":
             continue
-        kt.fine_tune(model, train, head_epochs=epochs, fine_tune_epochs=epochs, unfreeze="all",
-                     fine_tune_learning_rate=1e-3, verbose=0)  # fmt: skip
+        kt.fine_tune(
+            model,
+            train,
+            head_epochs=epochs,
+            fine_tune_epochs=epochs,
+            unfreeze="all",
+            fine_tune_learning_rate=1e-3,
+            verbose=0,
+        )
         results[name + ", fine-tuned on digits"] = _score(model, test)
     model = kt.build_model("small_cnn", info.num_classes, input_shape=32, weights=None)
-    kt.fine_tune(model, train, head_epochs=0, fine_tune_epochs=2 * epochs, unfreeze="all", train_batchnorm=True,
-                 fine_tune_learning_rate=1e-3, verbose=0)  # fmt: skip
+    kt.fine_tune(
+        model,
+        train,
+        head_epochs=0,
+        fine_tune_epochs=2 * epochs,
+        unfreeze="all",
+        train_batchnorm=True,
+        fine_tune_learning_rate=1e-3,
+        verbose=0,
+    )
     results["trained from scratch on digits"] = _score(model, test)
     for weights in (None, "imagenet"):
         index = FeatureIndex("efficientnet_lite0", weights=weights, image_size=lite_size)
@@ -113,15 +130,21 @@ def main(argv=None):
 
     print("Index build (decode JPEG + resize + embed), batch 32:")
     for backbone, size in (("small_cnn", 32), ("efficientnet_lite0", 224), ("mobilenet_v2", 224), ("resnet50", 224)):
-        print(f"  {backbone:<18} {size:>3} px  {build_speed(backbone, size, args.images, 32):8.1f} images/s", flush=True)
+        print(
+            f"  {backbone:<18} {size:>3} px  {build_speed(backbone, size, args.images, 32):8.1f} images/s", flush=True
+        )
 
     print("\nOne query, top 10, 1280-d vectors (median of 200 queries):")
-    print(f"  {'vectors':>8}  {'exact ms':>9}  {'faiss ms':>9}  {'speed-up':>8}  {'faiss build s':>13}  faiss recall@10")
+    print(
+        f"  {'vectors':>8}  {'exact ms':>9}  {'faiss ms':>9}  {'speed-up':>8}  {'faiss build s':>13}  faiss recall@10"
+    )
     for n in args.sizes:
         rows, recall = search_speed(n)
         exact, faiss = rows["exact"][0], rows["faiss"][0]
-        print(f"  {n:>8}  {exact:>9.2f}  {faiss:>9.3f}  {exact / faiss:>7.1f}x  {rows['faiss'][1]:>13.1f}  "
-              f"{recall:.3f}", flush=True)  # fmt: skip
+        print(
+            f"  {n:>8}  {exact:>9.2f}  {faiss:>9.3f}  {exact / faiss:>7.1f}x  {rows['faiss'][1]:>13.1f}  {recall:.3f}",
+            flush=True,
+        )
 
     results, n_test = quality(args.pretrained, args.epochs, args.lite_size)
     print(f"\nDigits retrieval, {n_test} test images querying each other (small_cnn at 32 px unless named):")

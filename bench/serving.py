@@ -18,13 +18,13 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from PIL import Image  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image
 
-import keras_transfer as kt  # noqa: E402
-from keras_transfer.export import export_onnx, export_tflite  # noqa: E402
+import keras_transfer as kt
+from keras_transfer.export import export_onnx, export_tflite
 
 
 def timed(fn, repeats):
@@ -61,13 +61,24 @@ def main(argv=None):
     batch, batch_bytes = tf.constant(images), tf.constant(jpegs)
     one, one_bytes = tf.constant(images[:1]), tf.constant(jpegs[:1])
 
-    rows = {**_file_rows(model, size, images), **{
-        "Keras model.predict": (lambda: model.predict(images, batch_size=32, verbose=0),
-                                lambda: model.predict(images[:1], verbose=0)),
-        "Keras model(x) (no predict loop)": (lambda: model(batch, training=False), lambda: model(one, training=False)),
-        "SavedModel serving_default": (lambda: floats(images=batch), lambda: floats(images=one)),
-        "SavedModel serve_bytes (JPEG)": (lambda: encoded(image_bytes=batch_bytes), lambda: encoded(image_bytes=one_bytes)),
-    }}  # fmt: skip
+    rows = {
+        **_file_rows(model, size, images),
+        **{
+            "Keras model.predict": (
+                lambda: model.predict(images, batch_size=32, verbose=0),
+                lambda: model.predict(images[:1], verbose=0),
+            ),
+            "Keras model(x) (no predict loop)": (
+                lambda: model(batch, training=False),
+                lambda: model(one, training=False),
+            ),
+            "SavedModel serving_default": (lambda: floats(images=batch), lambda: floats(images=one)),
+            "SavedModel serve_bytes (JPEG)": (
+                lambda: encoded(image_bytes=batch_bytes),
+                lambda: encoded(image_bytes=one_bytes),
+            ),
+        },
+    }
     print(f"{args.backbone} at {size} px, {os.cpu_count()} CPU cores, export {export}")
     print(f"{'':36} {'batch-32 img/s':>15} {'batch-1 p50 ms':>15} {'p99 ms':>8}")
     results = {}
@@ -78,7 +89,8 @@ def main(argv=None):
         print(f"{name:36} {rate:15.1f} {np.percentile(latency, 50):15.1f} {np.percentile(latency, 99):8.1f}")
     ratio = results["SavedModel serve_bytes (JPEG)"] / results["SavedModel serving_default"]
     print(f"bytes endpoint throughput / float endpoint: {ratio:.2f}x (JPEG decode + resize inside the graph)")
-    print(f"SavedModel serving_default / Keras predict: {results['SavedModel serving_default'] / results['Keras model.predict']:.2f}x")
+    served = results["SavedModel serving_default"] / results["Keras model.predict"]
+    print(f"SavedModel serving_default / Keras predict: {served:.2f}x")
     for name in ("TFLite interpreter", "ONNX Runtime"):
         if name in results:
             print(f"{name} / SavedModel serving_default: {results[name] / results['SavedModel serving_default']:.2f}x")
@@ -110,7 +122,10 @@ def _file_rows(model, size, images):
         print("ONNX Runtime: not installed (pip install 'keras_transfer[onnx]'), row skipped")
         return rows
     session = onnxruntime.InferenceSession(export_onnx(model, os.path.join(folder, "model.onnx")))
-    rows["ONNX Runtime"] = (lambda: session.run(None, {"images": images}), lambda: session.run(None, {"images": images[:1]}))
+    rows["ONNX Runtime"] = (
+        lambda: session.run(None, {"images": images}),
+        lambda: session.run(None, {"images": images[:1]}),
+    )
     return rows
 
 

@@ -1,4 +1,5 @@
-"""How much pretraining buys: ImageNet EfficientNet-Lite0 vs our own pretrained small_cnn vs scratch, by labels per class.
+"""How much pretraining buys: ImageNet EfficientNet-Lite0 vs our own pretrained small_cnn vs scratch, by labels
+per class.
 
 Target: classes never seen in our own pretraining (Fashion-MNIST 5-9). For each number of labels per class and each
 seed (the seed draws the labelled images, the same draw for every row: paired), these rows:
@@ -31,12 +32,12 @@ import math
 import os
 import time
 
-import keras_transfer as kt  # noqa: E402  (first: imports TensorFlow without its start-up lines)
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-from keras_transfer.evaluation import linear_probe  # noqa: E402
-from keras_transfer.pretraining import pretrain  # noqa: E402
+import keras_transfer as kt
+from keras_transfer.evaluation import linear_probe
+from keras_transfer.pretraining import pretrain
 
 
 def parse_args(argv):
@@ -48,8 +49,13 @@ def parse_args(argv):
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--labels", nargs="+", default=["1", "5", "20"], help="labels per class, or all")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--methods", nargs="+", default=["supervised"], choices=["supervised", "simclr"],
-                        help="our own pretraining of --backbone")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["supervised"],
+        choices=["supervised", "simclr"],
+        help="our own pretraining of --backbone",
+    )
     parser.add_argument("--lite-size", type=int, default=224, help="input size of the EfficientNet-Lite0 rows")
     parser.add_argument("--pretrain-epochs", type=int, default=2, help="supervised pretraining epochs")
     parser.add_argument("--simclr-epochs", type=int, default=5)
@@ -59,8 +65,11 @@ def parse_args(argv):
     parser.add_argument("--batch-size", type=int, default=8, help="fine-tuning batch (64 with all labels)")
     parser.add_argument("--pretrained", default="saved_models/pretrained/bench", help="reused when present")
     parser.add_argument("--output", default="bench/results/transfer_gain.md")
-    parser.add_argument("--compare-grouping", action="store_true",
-                        help="also run each fine-tuning row with one Keras epoch per epoch, side by side")
+    parser.add_argument(
+        "--compare-grouping",
+        action="store_true",
+        help="also run each fine-tuning row with one Keras epoch per epoch, side by side",
+    )
     return parser.parse_args(argv)
 
 
@@ -73,8 +82,16 @@ def pretrained_weights(args, method):
     classes = args.source_classes if method == "supervised" else None  # SimCLR: every class, no labels
     epochs = args.pretrain_epochs if method == "supervised" else args.simclr_epochs
     batch = 64 if method == "supervised" else 256
-    path = pretrain(args.backbone, args.data, method=method, image_size=args.image_size, epochs=epochs,
-                    batch_size=batch, classes=classes, output_dir=args.pretrained)  # fmt: skip
+    path = pretrain(
+        args.backbone,
+        args.data,
+        method=method,
+        image_size=args.image_size,
+        epochs=epochs,
+        batch_size=batch,
+        classes=classes,
+        output_dir=args.pretrained,
+    )
     print(f"pretrained {method} in {time.time() - start:.0f} s -> {path}", flush=True)
     return path
 
@@ -87,11 +104,17 @@ def run(args, row, weights, labels, seed):
     recipe = row.split()[-1]
     per_class = None if labels == "all" else int(labels)
     batch = 32 if lite else 64 if per_class is None else args.batch_size
-    augment = recipe == "2-stage" and not lite or recipe == "scratch"
+    augment = (recipe == "2-stage" and not lite) or recipe == "scratch"
     train, _, test, info = kt.load_dataset(
-        args.data, image_size=size, batch_size=batch, validation_split=0.0,
-        seed=seed, classes=args.target_classes, labels_per_class=per_class, cache=True,
-    )  # fmt: skip
+        args.data,
+        image_size=size,
+        batch_size=batch,
+        validation_split=0.0,
+        seed=seed,
+        classes=args.target_classes,
+        labels_per_class=per_class,
+        cache=True,
+    )
     model = kt.build_model(backbone, info.num_classes, input_shape=size, weights=weights, augment=augment)
     if recipe == "probe":
         return linear_probe(model, train, test), None
@@ -100,14 +123,38 @@ def run(args, row, weights, labels, seed):
     settings = {"verbose": 0, "optimizer": "adam"}
     start = time.time()
     if recipe == "scratch":  # twice the steps: it has no stage 1
-        kt.fine_tune(model, train, head_epochs=0, fine_tune_epochs=2 * epochs, unfreeze="all", train_batchnorm=True,
-                     fine_tune_learning_rate=1e-3, **settings)  # fmt: skip
+        kt.fine_tune(
+            model,
+            train,
+            head_epochs=0,
+            fine_tune_epochs=2 * epochs,
+            unfreeze="all",
+            train_batchnorm=True,
+            fine_tune_learning_rate=1e-3,
+            **settings,
+        )
     elif lite:  # plain two-stage (the demo now starts the head from a probe: head_init="probe")
-        kt.fine_tune(model, train, head_epochs=30, fine_tune_epochs=20, unfreeze="all", learning_rate=1e-3,
-                     fine_tune_learning_rate=1e-4, **settings)  # fmt: skip
+        kt.fine_tune(
+            model,
+            train,
+            head_epochs=30,
+            fine_tune_epochs=20,
+            unfreeze="all",
+            learning_rate=1e-3,
+            fine_tune_learning_rate=1e-4,
+            **settings,
+        )
     else:
-        kt.fine_tune(model, train, head_epochs=epochs, fine_tune_epochs=epochs, unfreeze="all", learning_rate=args.head_lr,
-                     fine_tune_learning_rate=args.fine_tune_lr, **settings)  # fmt: skip
+        kt.fine_tune(
+            model,
+            train,
+            head_epochs=epochs,
+            fine_tune_epochs=epochs,
+            unfreeze="all",
+            learning_rate=args.head_lr,
+            fine_tune_learning_rate=args.fine_tune_lr,
+            **settings,
+        )
     seconds = time.time() - start
     model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return float(model.evaluate(test, verbose=0)[1]), seconds
@@ -146,15 +193,20 @@ def run_arms(args, row, weights, labels, seed, timings):
         accuracies[arm], training = run(args, row, weights, labels, seed)
         for counted in ARMS if len(arms) == 1 else [arm]:
             timings.setdefault((row, labels, counted), []).append((time.time() - t, accuracies[arm], training or 0.0))
-        print(f"labels {labels:>3} seed {seed} {row:<30} {arm:<9} {accuracies[arm]:6.1%} ({time.time() - t:.0f} s)",
-              flush=True)  # fmt: skip
+        print(
+            f"labels {labels:>3} seed {seed} {row:<30} {arm:<9} {accuracies[arm]:6.1%} ({time.time() - t:.0f} s)",
+            flush=True,
+        )
     kt.training.MIN_STEPS_PER_EPOCH = ARMS["grouped"]
     return accuracies["grouped"]
 
 
 def grouping_table(args, timings):
-    lines = ["| labels/class | recipe | row s, per-epoch | grouped | speed-up | in fine_tune s, per-epoch | grouped | "
-             "speed-up | accuracy, per-epoch | grouped |", "|---" * 10 + "|"]  # fmt: skip
+    lines = [
+        "| labels/class | recipe | row s, per-epoch | grouped | speed-up | in fine_tune s, per-epoch | grouped | "
+        "speed-up | accuracy, per-epoch | grouped |",
+        "|---" * 10 + "|",
+    ]
     totals = {arm: np.zeros(2) for arm in ARMS}  # row seconds, fine_tune seconds
     for labels in args.labels:
         for row in row_names(args):
@@ -163,17 +215,25 @@ def grouping_table(args, timings):
                 totals[arm] += cells[arm][:, [0, 2]].sum(axis=0)
             row_s, tune_s = ({arm: cells[arm][:, i].mean() for arm in ARMS} for i in (0, 2))
             tuned = "probe" not in row
-            lines.append(f"| {labels} | {row} | {row_s['per-epoch']:.1f} | {row_s['grouped']:.1f} | "
-                         f"{row_s['per-epoch'] / row_s['grouped']:.2f}x | "
-                         + (f"{tune_s['per-epoch']:.1f} | {tune_s['grouped']:.1f} | "
-                            f"{tune_s['per-epoch'] / tune_s['grouped']:.2f}x | " if tuned else "| | | ")
-                         + f"{cells['per-epoch'][:, 1].mean():.1%} | "
-                         f"{cells['grouped'][:, 1].mean():.1%} |")  # fmt: skip
+            lines.append(
+                f"| {labels} | {row} | {row_s['per-epoch']:.1f} | {row_s['grouped']:.1f} | "
+                f"{row_s['per-epoch'] / row_s['grouped']:.2f}x | "
+                + (
+                    f"{tune_s['per-epoch']:.1f} | {tune_s['grouped']:.1f} | "
+                    f"{tune_s['per-epoch'] / tune_s['grouped']:.2f}x | "
+                    if tuned
+                    else "| | | "
+                )
+                + f"{cells['per-epoch'][:, 1].mean():.1%} | "
+                f"{cells['grouped'][:, 1].mean():.1%} |"
+            )
     (row_a, tune_a), (row_b, tune_b) = totals["per-epoch"], totals["grouped"]
-    lines.append(f"\nEnd to end (every row and seed, probe rows counted in both arms): per-epoch {row_a:.0f} s, "
-                 f"grouped {row_b:.0f} s, {row_a / row_b:.2f}x; the rest of each row is loading, building and "
-                 f"evaluating on the test images. In `fine_tune` alone: {tune_a:.0f} s and {tune_b:.0f} s, "
-                 f"{tune_a / tune_b:.2f}x.")  # fmt: skip
+    lines.append(
+        f"\nEnd to end (every row and seed, probe rows counted in both arms): per-epoch {row_a:.0f} s, "
+        f"grouped {row_b:.0f} s, {row_a / row_b:.2f}x; the rest of each row is loading, building and "
+        f"evaluating on the test images. In `fine_tune` alone: {tune_a:.0f} s and {tune_b:.0f} s, "
+        f"{tune_a / tune_b:.2f}x."
+    )
     return "\n".join(lines)
 
 
@@ -195,7 +255,8 @@ def main(argv=None):
         f"pretraining on classes {args.source_classes} ({args.pretrain_epochs} epochs)"
         + (f", SimCLR on all classes unlabeled ({args.simclr_epochs} epochs)" if "simclr" in args.methods else "")
         + f"; {args.steps} steps per stage, head learning rate {args.head_lr}, stage 2 {args.fine_tune_lr}; "
-        f"lite0 at {args.lite_size} px, head 30 epochs at 1e-3 then all layers 20 at 1e-4; probes are logistic regressions on L2-normalised "
+        f"lite0 at {args.lite_size} px, head 30 epochs at 1e-3 then all layers 20 at 1e-4; probes are logistic "
+        "regressions on L2-normalised "
         f"features. `python bench/transfer_gain.py` ({time.time() - start:.0f} s)."
     )
     if args.compare_grouping:

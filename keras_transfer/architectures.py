@@ -2,7 +2,8 @@
 
 `ResNet18` is the ResNet of He et al. (2016) with basic blocks [2, 2, 2, 2]; `keras.applications` starts at
 ResNet50. `SmallCNN` is a CIFAR-style VGG network (4 blocks of a 3x3 convolution with BatchNormalization) sized
-for 32-pixel images, where ImageNet-style stems shrink the picture to a single pixel; the transfer-gain benchmark uses it.
+for 32-pixel images, where ImageNet-style stems shrink the picture to a single pixel; the transfer-gain benchmark
+uses it.
 
 `EfficientNetLite0/1/2` are the EfficientNet-Lite networks of TensorFlow's model garden (the default of the TF
 Lite and MediaPipe model makers): EfficientNet-B0's blocks without squeeze-and-excitation, ReLU6, a stem and head
@@ -68,8 +69,15 @@ def SmallCNN(include_top=False, weights=None, input_shape=None, name="small_cnn"
 
 
 # EfficientNet-B0's stages: (repeats, kernel, stride, expand ratio, input filters, output filters).
-_LITE_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-                (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))  # fmt: skip
+_LITE_STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
 LITE_BN_EPSILON = 1e-3  # TensorFlow's EfficientNet
 
 
@@ -90,8 +98,9 @@ def EfficientNetLite2(include_top=False, weights=None, input_shape=None, classes
 
 def _efficientnet_lite(width, depth, dropout, name, include_top, weights, input_shape, classes):
     if weights not in ("imagenet", None):
-        raise ValueError(f"weights must be 'imagenet' or None here; build_model loads weights files. "
-                         f"Received: weights={weights!r}")  # fmt: skip
+        raise ValueError(
+            f"weights must be 'imagenet' or None here; build_model loads weights files. Received: weights={weights!r}"
+        )
     if include_top and weights == "imagenet" and classes != 1000:
         raise ValueError(f"The ImageNet top has 1000 classes. Received: classes={classes!r}")
     inputs = keras.Input(shape=input_shape or (None, None, 3))
@@ -102,8 +111,9 @@ def _efficientnet_lite(width, depth, dropout, name, include_top, weights, input_
             repeats = int(math.ceil(depth * repeats))
         for i in range(repeats):
             prefix = f"block{stage}{chr(ord('a') + i)}_"
-            x = _mbconv(x, filters_in if i == 0 else filters_out, filters_out, kernel, stride if i == 0 else 1,
-                        expand, prefix)  # fmt: skip
+            x = _mbconv(
+                x, filters_in if i == 0 else filters_out, filters_out, kernel, stride if i == 0 else 1, expand, prefix
+            )
     x = _conv_bn_relu6(x, 1280, 1, 1, "top")  # nor does the head
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
@@ -152,9 +162,21 @@ def assign_lite_weights(model, state):
         ValueError: when the checkpoint and the architecture disagree (a missing, extra or misshapen tensor).
     """
     blocks = [layer.name[: -len("dwconv")] for layer in model.layers if layer.name.endswith("_dwconv")]
-    names = {"_conv_stem": "stem_conv", "_bn0": "stem_bn", "_conv_head": "top_conv", "_bn1": "top_bn", "_fc": "predictions"}
-    parts = {"_expand_conv": "expand_conv", "_bn0": "expand_bn", "_depthwise_conv": "dwconv", "_bn1": "bn",
-             "_project_conv": "project_conv", "_bn2": "project_bn"}  # fmt: skip
+    names = {
+        "_conv_stem": "stem_conv",
+        "_bn0": "stem_bn",
+        "_conv_head": "top_conv",
+        "_bn1": "top_bn",
+        "_fc": "predictions",
+    }
+    parts = {
+        "_expand_conv": "expand_conv",
+        "_bn0": "expand_bn",
+        "_depthwise_conv": "dwconv",
+        "_bn1": "bn",
+        "_project_conv": "project_conv",
+        "_bn2": "project_bn",
+    }
     for i, prefix in enumerate(blocks):
         names.update({f"_blocks.{i}.{torch_name}": prefix + keras_name for torch_name, keras_name in parts.items()})
     layer_names = {layer.name for layer in model.layers}
@@ -165,8 +187,10 @@ def assign_lite_weights(model, state):
             grouped.setdefault(names.get(module, module), {})[field] = value
     expected = {layer.name for layer in model.layers if layer.weights}
     if set(grouped) != expected:
-        raise ValueError(f"The checkpoint does not fit {model.name!r}: tensors for {sorted(set(grouped) - expected)[:5]} "
-                         f"have no layer, layers {sorted(expected - set(grouped))[:5]} have no tensors.")  # fmt: skip
+        raise ValueError(
+            f"The checkpoint does not fit {model.name!r}: tensors for {sorted(set(grouped) - expected)[:5]} "
+            f"have no layer, layers {sorted(expected - set(grouped))[:5]} have no tensors."
+        )
     for layer_name, fields in grouped.items():
         layer = model.get_layer(layer_name)
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -179,15 +203,19 @@ def assign_lite_weights(model, state):
             values = [fields["weight"].transpose(2, 3, 1, 0)]  # (out, in, kh, kw) -> (kh, kw, in, out)
         shapes = [tuple(w.shape) for w in layer.weights]
         if shapes != [v.shape for v in values]:
-            raise ValueError(f"The checkpoint does not fit layer {layer_name!r} of {model.name!r}: "
-                             f"{[v.shape for v in values]} vs {shapes}.")  # fmt: skip
+            raise ValueError(
+                f"The checkpoint does not fit layer {layer_name!r} of {model.name!r}: "
+                f"{[v.shape for v in values]} vs {shapes}."
+            )
         layer.set_weights(values)
 
 
 def _inputs(backbone, include_top, weights, input_shape):
     if include_top:
-        raise ValueError(f"Backbone {backbone!r} has no classification top; build_model adds the head. "
-                         f"Received: include_top={include_top!r}")  # fmt: skip
+        raise ValueError(
+            f"Backbone {backbone!r} has no classification top; build_model adds the head. "
+            f"Received: include_top={include_top!r}"
+        )
     if weights is not None:
         raise ValueError(
             f"Backbone {backbone!r} has no ImageNet weights (keras.applications does not provide it). Use "

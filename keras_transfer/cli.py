@@ -24,14 +24,36 @@ from keras_transfer.training import OPTIMIZERS
 
 POLICY = re.compile(r"^(frozen|none|all|top:\d+|from:.+|stages:\d+)$")
 FLAGS = {  # group -> RunConfig fields shown as flags, in order
-    "Data": ("data", "data_dir", "image_size", "batch_size", "validation_split", "test_split", "classes",
-             "labels_per_class", "augment", "seed"),
+    "Data": (
+        "data",
+        "data_dir",
+        "image_size",
+        "batch_size",
+        "validation_split",
+        "test_split",
+        "classes",
+        "labels_per_class",
+        "augment",
+        "seed",
+    ),
     "Model": ("backbone", "weights", "pooling", "dense_units", "dropout"),
-    "Training": ("head_epochs", "fine_tune_epochs", "unfreeze", "learning_rate", "fine_tune_learning_rate", "optimizer",
-                 "label_smoothing", "train_batchnorm", "head_init", "early_stopping", "cache_features", "compare_scratch"),
+    "Training": (
+        "head_epochs",
+        "fine_tune_epochs",
+        "unfreeze",
+        "learning_rate",
+        "fine_tune_learning_rate",
+        "optimizer",
+        "label_smoothing",
+        "train_batchnorm",
+        "head_init",
+        "early_stopping",
+        "cache_features",
+        "compare_scratch",
+    ),
     "Distribution": ("strategy", "mixed_precision", "xla"),
     "Output": ("output", "export", "export_onnx"),
-}  # fmt: skip
+}
 DEPRECATED_FLAGS = {"--head": "--pooling", "--epochs": "--head-epochs"}  # old flag -> new flag, same meaning
 HELP = {
     "data": "a folder of class subfolders, tfds:NAME, digits or fashion_mnist",
@@ -90,7 +112,7 @@ def run_command(prog, parser, argv, work):
         return int(work(args) or 0)
     except SystemExit as e:  # parser.error() inside work
         return int(e.code or 0)
-    except Exception as e:  # noqa: BLE001  every failure becomes one line and an exit code
+    except Exception as e:
         if verbose:
             traceback.print_exc()
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -109,8 +131,9 @@ def script_main(prog, build_parser, work):
 
 
 def add_verbose(parser):
-    parser.add_argument("--verbose", action="store_true",
-                        help="Keras progress bars and warnings, TensorFlow's log lines, tracebacks")  # fmt: skip
+    parser.add_argument(
+        "--verbose", action="store_true", help="Keras progress bars and warnings, TensorFlow's log lines, tracebacks"
+    )
     return parser
 
 
@@ -140,8 +163,9 @@ def positive_int(value):
 def backbone_arg(value):
     """argparse type: a backbone key or hub:URL_OR_FOLDER."""
     if value not in BACKBONES and not value.startswith("hub:"):
-        raise argparse.ArgumentTypeError(f"invalid backbone {value!r}: expected one of {', '.join(sorted(BACKBONES))}, "
-                                         "or hub:URL_OR_FOLDER")  # fmt: skip
+        raise argparse.ArgumentTypeError(
+            f"invalid backbone {value!r}: expected one of {', '.join(sorted(BACKBONES))}, or hub:URL_OR_FOLDER"
+        )
     return value
 
 
@@ -181,13 +205,21 @@ def _flag_options(name, field, default):
     if name in ("classes", "dense_units"):
         return {**options, "nargs": "+", "type": int if name == "dense_units" else str}
     if name in CHOICES:
-        return {**options, "choices": CHOICES[name], "metavar": name.upper(),
-                "help": f"{HELP.get(name, '')}; one of: {', '.join(CHOICES[name])} (default: {default})".lstrip("; ")}  # fmt: skip
+        return {
+            **options,
+            "choices": CHOICES[name],
+            "metavar": name.upper(),
+            "help": f"{HELP.get(name, '')}; one of: {', '.join(CHOICES[name])} (default: {default})".lstrip("; "),
+        }
     if name == "unfreeze":
         return {**options, "type": _policy}
     if name == "backbone":
-        return {**options, "type": backbone_arg, "metavar": "BACKBONE",
-                "help": f"one of: {', '.join(BACKBONES)}, or hub:URL_OR_FOLDER (default: {default})"}  # fmt: skip
+        return {
+            **options,
+            "type": backbone_arg,
+            "metavar": "BACKBONE",
+            "help": f"one of: {', '.join(BACKBONES)}, or hub:URL_OR_FOLDER (default: {default})",
+        }
     if default is not None:
         return {**options, "type": type(default)}
     return {**options, "type": int if "int" in str(field.type) else str}
@@ -195,7 +227,9 @@ def _flag_options(name, field, default):
 
 def _policy(value):
     if not POLICY.match(value):
-        raise argparse.ArgumentTypeError(f"invalid policy {value!r}: expected frozen, all, top:N, from:NAME or stages:K")
+        raise argparse.ArgumentTypeError(
+            f"invalid policy {value!r}: expected frozen, all, top:N, from:NAME or stages:K"
+        )
     return value
 
 
@@ -231,7 +265,7 @@ def config_from_args(parser, args):
     for name in POSITIVE + NON_NEGATIVE + FRACTIONS:
         value = getattr(config, name)
         allowed = "> 0" if name in POSITIVE else ">= 0" if name in NON_NEGATIVE else "in [0, 1)"
-        if value is not None and (value <= 0 if name in POSITIVE else value < 0 or name in FRACTIONS and value >= 1):
+        if value is not None and (value <= 0 if name in POSITIVE else value < 0 or (name in FRACTIONS and value >= 1)):
             parser.error(f"argument --{name.replace('_', '-')}: invalid value {value!r}: must be {allowed}")
     return config
 
@@ -245,15 +279,19 @@ def main(argv=None) -> int:
     if argv[:1] == ["report"]:
         return _report_command(argv[1:])
     parser = build_parser()
-    return run_command("keras-transfer", parser, _renamed_flags(argv),
-                       lambda args: run(config_from_args(parser, args), args.verbose))  # fmt: skip
+    return run_command(
+        "keras-transfer", parser, _renamed_flags(argv), lambda args: run(config_from_args(parser, args), args.verbose)
+    )
 
 
 def _report_command(argv):
     from keras_transfer.report import write_html
 
-    parser = add_verbose(argparse.ArgumentParser(prog="keras-transfer report", description="(Re)build report.html "
-                                                 "from a run folder's files."))  # fmt: skip
+    parser = add_verbose(
+        argparse.ArgumentParser(
+            prog="keras-transfer report", description="(Re)build report.html from a run folder's files."
+        )
+    )
     parser.add_argument("run_dir", help="a run folder (config.yaml, history.csv, report.json, ...)")
     return run_command("keras-transfer report", parser, argv, lambda args: print(f"Report: {write_html(args.run_dir)}"))
 

@@ -75,15 +75,19 @@ def load_config(path):
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ValueError(f"Config file {path!r} is not valid YAML ({where.strip() or 'unknown position'}): "
-                         f"{getattr(e, 'problem', None) or e}.") from None  # fmt: skip
+        raise ValueError(
+            f"Config file {path!r} is not valid YAML ({where.strip() or 'unknown position'}): "
+            f"{getattr(e, 'problem', None) or e}."
+        ) from None
     if not isinstance(values, dict):
         raise ValueError(f"Config file {path!r} must hold a mapping of settings. Received: {type(values).__name__}")
     values = _renamed_keys(values, path)
     types = typing.get_type_hints(RunConfig)
     unknown = sorted(set(values) - set(types))
     if unknown:
-        raise ValueError(f"Unknown keys in config file {path!r}: {', '.join(unknown)}. Expected keys: {', '.join(sorted(types))}.")
+        raise ValueError(
+            f"Unknown keys in config file {path!r}: {', '.join(unknown)}. Expected keys: {', '.join(sorted(types))}."
+        )
     for key, value in values.items():
         if not _fits(value, types[key]):
             raise ValueError(f"Config file {path!r}: {key} must be {_describe(types[key])}. Received: {key}: {value!r}")
@@ -96,13 +100,17 @@ def _renamed_keys(values, path):
         if old in values:
             if new in values:
                 raise ValueError(f"Config file {path!r} sets both {old!r} and its new name {new!r}; keep {new!r}.")
-            warnings.warn(f"Config key {old!r} is deprecated; use {new!r} (same meaning).", DeprecationWarning, stacklevel=3)
+            warnings.warn(
+                f"Config key {old!r} is deprecated; use {new!r} (same meaning).", DeprecationWarning, stacklevel=3
+            )
             values[new] = values.pop(old)
     return values
 
 
 def _fits(value, annotation):
-    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, _UnionType) else (annotation,)
+    options = (
+        typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, _UnionType) else (annotation,)
+    )
     for option in options:
         if option is type(None) and value is None:
             return True
@@ -116,8 +124,14 @@ def _fits(value, annotation):
 
 
 def _describe(annotation):
-    names = {type(None): "null", float: "a number", int: "an integer", str: "a string", bool: "true or false",
-             list: "a list"}  # fmt: skip
+    names = {
+        type(None): "null",
+        float: "a number",
+        int: "an integer",
+        str: "a string",
+        bool: "true or false",
+        list: "a list",
+    }
     options = typing.get_args(annotation) or (annotation,)
     return " or ".join(names.get(option, str(option)) for option in options)
 

@@ -32,8 +32,17 @@ TFDS_DEADLINE_S = 30  # tfds itself retries a failing download for minutes
 SHUFFLE_BUFFER = 10_000
 
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 # Where Fashion-MNIST's IDX files are looked for, in order: Debian's dataset-fashion-mnist, Keras's cache.
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist", "~/.keras/datasets/fashion-mnist")
 
@@ -126,28 +135,47 @@ def load_dataset(
     """
     size = _check_arguments(image_size, batch_size, validation_split, test_split, labels_per_class)
     if augment:
-        warnings.warn("load_dataset(augment=True) is deprecated: fine_tune cannot see augmentation done in the input "
-                      "pipeline. Use build_model(..., augment=True), which augments inside the model during training "
-                      "only; with pipeline augmentation pass fine_tune(..., cache_features=False).",
-                      DeprecationWarning, stacklevel=2)  # fmt: skip
+        warnings.warn(
+            "load_dataset(augment=True) is deprecated: fine_tune cannot see augmentation done in the input "
+            "pipeline. Use build_model(..., augment=True), which augments inside the model during training "
+            "only; with pipeline augmentation pass fine_tune(..., cache_features=False).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
     records = _records(source, data_dir)
     keep_ids, class_names = _select_classes(records.class_names, classes)
     relabel = np.full(len(records.class_names), -1, dtype=np.int64)
     relabel[keep_ids] = np.arange(len(keep_ids))
     indices = _split_indices(records, relabel, validation_split, test_split, labels_per_class, seed)
-    info = DatasetInfo(source=records.name, class_names=list(class_names),
-                       label_map={records.original_ids[i]: int(relabel[i]) for i in keep_ids},
-                       counts={}, skipped=list(records.skipped), image_size=size)  # fmt: skip
+    info = DatasetInfo(
+        source=records.name,
+        class_names=list(class_names),
+        label_map={records.original_ids[i]: int(relabel[i]) for i in keep_ids},
+        counts={},
+        skipped=list(records.skipped),
+        image_size=size,
+    )
     datasets = {}
     for split in SPLITS:
         origin = split if split in records.labels else "train"
         labels = relabel[records.labels[origin][indices[split]]]
         info.counts[split] = {name: int(np.sum(labels == i)) for i, name in enumerate(class_names)}
-        datasets[split] = _pipeline(
-            records.images(origin, indices[split]), labels, size=size, batch_size=batch_size, training=split == "train",
-            augment=augment, cache=cache if cache is not True else _fits_in_memory(len(labels), size, records.dtype),
-            cache_name=split, seed=seed, deterministic=deterministic,
-        ) if len(labels) else None  # fmt: skip
+        datasets[split] = (
+            _pipeline(
+                records.images(origin, indices[split]),
+                labels,
+                size=size,
+                batch_size=batch_size,
+                training=split == "train",
+                augment=augment,
+                cache=cache if cache is not True else _fits_in_memory(len(labels), size, records.dtype),
+                cache_name=split,
+                seed=seed,
+                deterministic=deterministic,
+            )
+            if len(labels)
+            else None
+        )
     if not sum(info.counts["train"].values()):
         raise ValueError(f"No training images left in {records.name!r} after the class selection and splits.")
     logger.debug("%s", info)
@@ -179,11 +207,20 @@ def _split_indices(records, relabel, validation_split, test_split, labels_per_cl
     """split -> positions into the records' own split (`train` when the source has none), for the kept classes:
     predefined splits as they are, the missing ones stratified out of the training images."""
     rng = np.random.default_rng(seed)
-    indices = {split: rng.permutation(np.flatnonzero(relabel[records.labels[split]] >= 0))
-               for split in SPLITS if split in records.labels}  # fmt: skip
+    indices = {
+        split: rng.permutation(np.flatnonzero(relabel[records.labels[split]] >= 0))
+        for split in SPLITS
+        if split in records.labels
+    }
     train_positions = indices["train"]
-    derived = _stratified_split(relabel[records.labels["train"][train_positions]], validation_split, test_split, rng,
-                                need_validation="validation" not in indices, need_test="test" not in indices)  # fmt: skip
+    derived = _stratified_split(
+        relabel[records.labels["train"][train_positions]],
+        validation_split,
+        test_split,
+        rng,
+        need_validation="validation" not in indices,
+        need_test="test" not in indices,
+    )
     indices["train"] = train_positions[derived["train"]]
     for split in ("validation", "test"):
         indices.setdefault(split, train_positions[derived[split]])
@@ -223,7 +260,7 @@ def _records(source, data_dir):
         if source == "fashion_mnist":
             return _array_records("fashion_mnist", _fashion_mnist(), list(FASHION_MNIST_CLASSES))
         if source.startswith("tfds:"):
-            return _tfds_records(source[len("tfds:"):], data_dir)
+            return _tfds_records(source[len("tfds:") :], data_dir)
         if os.path.isdir(source):
             return _folder_records(source)
         if not os.path.exists(source):
@@ -245,9 +282,16 @@ def _array_records(name, splits, class_names):
             raise ValueError(f"Labels must be integers >= 0. Received: a label {ids[0]}")
         class_names = [str(i) for i in range(ids[-1] + 1)] if ids else []
         if len(ids) < len(class_names):
-            logger.warning("The labels are not 0..%d: %d distinct values between 0 and %d, so %d of the %d classes "
-                           "have no images. Relabel them 0..%d (or pass classes=...).", len(ids) - 1, len(ids), ids[-1],
-                           len(class_names) - len(ids), len(class_names), len(ids) - 1)  # fmt: skip
+            logger.warning(
+                "The labels are not 0..%d: %d distinct values between 0 and %d, so %d of the %d classes "
+                "have no images. Relabel them 0..%d (or pass classes=...).",
+                len(ids) - 1,
+                len(ids),
+                ids[-1],
+                len(class_names) - len(ids),
+                len(class_names),
+                len(ids) - 1,
+            )
     dtype = next(iter(arrays.values()))[0].dtype
 
     def images(split, idx):
@@ -255,8 +299,9 @@ def _array_records(name, splits, class_names):
         # ran out of data" in `evaluate` and `predict` on a dataset of unknown size).
         return _paired(tf.data.Dataset.from_tensor_slices(arrays[split][0][idx]), _resize, may_fail=False)
 
-    return _Records(name, class_names, list(range(len(class_names))), {s: y for s, (_, y) in arrays.items()},
-                    images, dtype=dtype)
+    return _Records(
+        name, class_names, list(range(len(class_names))), {s: y for s, (_, y) in arrays.items()}, images, dtype=dtype
+    )
 
 
 def _check_arrays(x, y):
@@ -270,8 +315,7 @@ def _check_arrays(x, y):
         )
     if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(
-            f"y must be one integer label per image. Received: y.shape={y.shape}, y.dtype={y.dtype}, "
-            f"x.shape={x.shape}"
+            f"y must be one integer label per image. Received: y.shape={y.shape}, y.dtype={y.dtype}, x.shape={x.shape}"
         )
     if x.shape[-1] == 1:
         x = np.repeat(x, 3, axis=-1)
@@ -279,9 +323,13 @@ def _check_arrays(x, y):
         x = x[..., :3]
     if x.dtype != np.uint8:
         x = x.astype(np.float32)
-        if x.size and 0.0 <= float(x.min()) and float(x.max()) <= 1.0:
-            logger.warning("x holds floats in [%.3g, %.3g], but every model here expects RGB values in 0-255 (it "
-                           "applies its backbone's own scaling): multiply by 255.", float(x.min()), float(x.max()))  # fmt: skip
+        if x.size and float(x.min()) >= 0.0 and float(x.max()) <= 1.0:
+            logger.warning(
+                "x holds floats in [%.3g, %.3g], but every model here expects RGB values in 0-255 (it "
+                "applies its backbone's own scaling): multiply by 255.",
+                float(x.min()),
+                float(x.max()),
+            )
     return x, y.astype(np.int64)
 
 
@@ -296,8 +344,11 @@ def _fashion_mnist():
     """Fashion-MNIST's official 60,000 training and 10,000 test images, from a local copy or Keras's download."""
     for folder in FASHION_MNIST_DIRS:
         folder = os.path.expanduser(folder)
-        files = [os.path.join(folder, f"{p}-{k}-idx{3 if k == 'images' else 1}-ubyte.gz")
-                 for p in ("train", "t10k") for k in ("images", "labels")]  # fmt: skip
+        files = [
+            os.path.join(folder, f"{p}-{k}-idx{3 if k == 'images' else 1}-ubyte.gz")
+            for p in ("train", "t10k")
+            for k in ("images", "labels")
+        ]
         if all(os.path.isfile(f) for f in files):
             train_x, train_y, test_x, test_y = (_read_idx(f) for f in files)
             logger.debug("Fashion-MNIST from %s", folder)
@@ -351,8 +402,10 @@ def _folder_records(root):
             )
     ids = {name: i for i, name in enumerate(class_names)}
     paths = {split: [p for name in class_names for p in scan.get(name, [])] for split, scan in scans.items()}
-    labels = {split: np.array([ids[name] for name in class_names for _ in scan.get(name, [])], dtype=np.int64)
-              for split, scan in scans.items()}  # fmt: skip
+    labels = {
+        split: np.array([ids[name] for name in class_names for _ in scan.get(name, [])], dtype=np.int64)
+        for split, scan in scans.items()
+    }
 
     def images(split, idx):
         # As bytes: a file name the OS allows need not be UTF-8, and tf.string holds any bytes.
@@ -474,8 +527,9 @@ def _stratified_split(labels, validation_split, test_split, rng, *, need_validat
         out["test"].append(idx[:n_test])
         out["validation"].append(idx[n_test : n_test + n_val])
         out["train"].append(idx[n_test + n_val :])
-    return {split: np.sort(np.concatenate(parts)) if parts else np.array([], dtype=np.int64)
-            for split, parts in out.items()}  # fmt: skip
+    return {
+        split: np.sort(np.concatenate(parts)) if parts else np.array([], dtype=np.int64) for split, parts in out.items()
+    }
 
 
 def _limit_per_class(indices, labels, n):
@@ -487,9 +541,17 @@ def _limit_per_class(indices, labels, n):
 
 
 def _image_size(image_size):
-    size = (image_size, image_size) if _is_int(image_size) else tuple(image_size) if isinstance(image_size, (list, tuple)) else ()
+    size = (
+        (image_size, image_size)
+        if _is_int(image_size)
+        else tuple(image_size)
+        if isinstance(image_size, (list, tuple))
+        else ()
+    )
     if len(size) != 2 or not all(_is_int(s) and s >= 1 for s in size):
-        raise ValueError(f"image_size must be an int or (height, width) of positive ints. Received: image_size={image_size!r}")
+        raise ValueError(
+            f"image_size must be an int or (height, width) of positive ints. Received: image_size={image_size!r}"
+        )
     return int(size[0]), int(size[1])
 
 
@@ -502,8 +564,10 @@ def _fits_in_memory(n, size, dtype):
     if need > available / 2:
         logger.warning(
             "Not caching %d images in memory (%.1f GB, %.1f GB available); pass cache='path/prefix' to cache on disk.",
-            n, need / 1e9, available / 1e9,
-        )  # fmt: skip
+            n,
+            need / 1e9,
+            available / 1e9,
+        )
         return False
     return True
 
@@ -548,8 +612,9 @@ def _pipeline(images, labels, *, size, batch_size, training, augment, cache, cac
         from keras_transfer.preprocessing import augmentation
 
         augmenter = augmentation(seed)
-        ds = ds.map(lambda x, y: (tf.clip_by_value(augmenter(x, training=True), 0.0, 255.0), y),
-                    num_parallel_calls=AUTOTUNE)  # fmt: skip
+        ds = ds.map(
+            lambda x, y: (tf.clip_by_value(augmenter(x, training=True), 0.0, 255.0), y), num_parallel_calls=AUTOTUNE
+        )
     options = tf.data.Options()
     options.deterministic = bool(deterministic) or not training  # evaluation order is the same on every pass
     return ds.with_options(options).prefetch(AUTOTUNE)

@@ -37,7 +37,9 @@ def get_strategy(name="auto"):
         ValueError: for an unknown name, or `"tpu"` when no TPU can be found.
     """
     if name not in STRATEGIES:
-        raise ValueError(f"Unknown strategy {name!r}. Expected one of: {', '.join(STRATEGIES)}. Received: name={name!r}")
+        raise ValueError(
+            f"Unknown strategy {name!r}. Expected one of: {', '.join(STRATEGIES)}. Received: name={name!r}"
+        )
     if name == "auto":
         name = _auto()
     if name == "default":
@@ -102,8 +104,10 @@ def set_mixed_precision(mode="auto"):
         ValueError: for an unknown mode.
     """
     if mode not in MIXED_PRECISION:
-        raise ValueError(f"Unknown mixed precision mode {mode!r}. Expected one of: {', '.join(MIXED_PRECISION)}. "
-                         f"Received: mode={mode!r}")  # fmt: skip
+        raise ValueError(
+            f"Unknown mixed precision mode {mode!r}. Expected one of: {', '.join(MIXED_PRECISION)}. "
+            f"Received: mode={mode!r}"
+        )
     policy = {"off": "float32", "auto": "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"}
     name = policy.get(mode, mode)
     keras.mixed_precision.set_global_policy(name)

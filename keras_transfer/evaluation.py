@@ -41,7 +41,9 @@ class EvaluationReport:
         ]
         rows = list(self.per_class.items()) + [("macro avg", self.macro), ("weighted avg", self.weighted)]
         for name, m in rows:
-            lines.append(f"{name:<{width}} {m['precision']:>9.4f} {m['recall']:>9.4f} {m['f1']:>9.4f} {m['support']:>8d}")
+            lines.append(
+                f"{name:<{width}} {m['precision']:>9.4f} {m['recall']:>9.4f} {m['f1']:>9.4f} {m['support']:>8d}"
+            )
         return "\n".join(lines)
 
 
@@ -63,8 +65,10 @@ def evaluate(model, dataset, class_names=None, *, output_dir=None):
         ValueError: if the dataset is empty or `class_names` does not match the model's outputs.
     """
     if dataset is None:
-        raise ValueError("No dataset to evaluate (None): load_dataset returns None for a split it was not asked for; "
-                         "pass test_split= or validation_split= above 0.")  # fmt: skip
+        raise ValueError(
+            "No dataset to evaluate (None): load_dataset returns None for a split it was not asked for; "
+            "pass test_split= or validation_split= above 0."
+        )
     probs, labels = [], []
     for images, y in dataset:
         probs.append(np.asarray(model(images, training=False), dtype=np.float64))
@@ -125,7 +129,9 @@ def linear_probe(model, train, dataset):
 
     x_train, y_train = features(train)
     if len(np.unique(y_train)) < 2:
-        raise ValueError(f"A linear probe needs at least two classes in the training images; found {np.unique(y_train)}.")
+        raise ValueError(
+            f"A linear probe needs at least two classes in the training images; found {np.unique(y_train)}."
+        )
     x_test, y_test = features(dataset)
     return float(LogisticRegression(C=10.0, max_iter=2000).fit(x_train, y_train).score(x_test, y_test))
 
@@ -146,9 +152,10 @@ def _report(probs, labels, class_names):
     }
 
     def average(kind):
-        ap, ar, af, _ = precision_recall_fscore_support(labels, predicted, labels=range(n), average=kind,
-                                                        zero_division=0)  # fmt: skip
-        return {"precision": float(ap), "recall": float(ar), "f1": float(af), "support": int(len(labels))}
+        ap, ar, af, _ = precision_recall_fscore_support(
+            labels, predicted, labels=range(n), average=kind, zero_division=0
+        )
+        return {"precision": float(ap), "recall": float(ar), "f1": float(af), "support": len(labels)}
 
     return EvaluationReport(
         loss=loss,
@@ -159,7 +166,7 @@ def _report(probs, labels, class_names):
         macro=average("macro"),
         weighted=average("weighted"),
         confusion=confusion_matrix(labels, predicted, labels=range(n)).tolist(),
-        num_examples=int(len(labels)),
+        num_examples=len(labels),
     )
 
 
@@ -192,8 +199,15 @@ def plot_confusion(report, path):
     threshold = matrix.max() / 2 if matrix.size else 0
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
-                    color="white" if matrix[i, j] > threshold else "black", fontsize=8)  # fmt: skip
+            ax.text(
+                j,
+                i,
+                str(matrix[i, j]),
+                ha="center",
+                va="center",
+                color="white" if matrix[i, j] > threshold else "black",
+                fontsize=8,
+            )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

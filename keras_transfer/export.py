@@ -50,17 +50,23 @@ def export_saved_model(model, export_dir, *, version=None, class_names=None, met
         os.makedirs(export_dir, exist_ok=True)
         existing = sorted(int(n) for n in os.listdir(export_dir) if n.isdigit())
     except OSError as e:
-        raise OSError(f"Cannot write an export into {export_dir!r}: {e.strerror or e}. Choose a writable folder.") from e
+        raise OSError(
+            f"Cannot write an export into {export_dir!r}: {e.strerror or e}. Choose a writable folder."
+        ) from e
     version = (existing[-1] + 1 if existing else 1) if version is None else version
     if not isinstance(version, int) or version < 1:
         raise ValueError(f"version must be a positive integer. Received: version={version!r}")
     if version in existing:
-        raise ValueError(f"Version {version} already exists in {export_dir!r}; existing versions: {existing}. "
-                         f"Received: version={version!r}")  # fmt: skip
+        raise ValueError(
+            f"Version {version} already exists in {export_dir!r}; existing versions: {existing}. "
+            f"Received: version={version!r}"
+        )
     num_classes = model.output_shape[-1]
     if class_names is not None and len(class_names) != max(num_classes, 2 if num_classes == 1 else num_classes):
-        raise ValueError(f"class_names has {len(class_names)} names but the model predicts {num_classes} classes. "
-                         f"Received: class_names={list(class_names)!r}")  # fmt: skip
+        raise ValueError(
+            f"class_names has {len(class_names)} names but the model predicts {num_classes} classes. "
+            f"Received: class_names={list(class_names)!r}"
+        )
 
     final = os.path.join(export_dir, str(version))
     with atomic_path(final) as tmp:
@@ -139,8 +145,11 @@ def export_tflite(model, path, *, quantize=None):
     with tempfile.TemporaryDirectory(prefix="keras_transfer_tflite_") as saved:
         archive = keras.export.ExportArchive()
         archive.track(model)
-        archive.add_endpoint("serving_default", lambda images: model(images, training=False),
-                             input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name="images")])  # fmt: skip
+        archive.add_endpoint(
+            "serving_default",
+            lambda images: model(images, training=False),
+            input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name="images")],
+        )
         archive.write_out(saved, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["serving_default"])
         if quantize == "dynamic":
@@ -180,10 +189,16 @@ def export_onnx(model, path, *, class_names=None):
     with atomic_path(path) as tmp, _Unconvertible(model) as unconvertible:
         with native_logs_hidden(), warnings.catch_warnings():  # grappler's session lines; Keras's NumPy patch
             warnings.filterwarnings("ignore", module=r"keras\.src\.export\.tf2onnx_lib")
-            model.export(tmp, format="onnx", verbose=False,
-                         input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name="images")])  # fmt: skip
+            model.export(
+                tmp,
+                format="onnx",
+                verbose=False,
+                input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name="images")],
+            )
         unconvertible.check()
-        _add_onnx_metadata(tmp, _metadata(model, class_names, {"input": "images: float32 RGB 0-255, preprocessing inside"}))
+        _add_onnx_metadata(
+            tmp, _metadata(model, class_names, {"input": "images: float32 RGB 0-255, preprocessing inside"})
+        )
     if class_names is not None:
         write_text(os.path.splitext(path)[0] + ".labels.txt", "\n".join(class_names) + "\n")
     logger.info("Wrote %s (%d bytes)", path, os.path.getsize(path))
@@ -197,7 +212,9 @@ def _onnx_modules():
             import onnx  # noqa: F401
             import tf2onnx  # noqa: F401
     except ImportError as e:
-        raise ImportError(f"ONNX export needs the onnx and tf2onnx packages ({e}): pip install 'keras_transfer[onnx]'") from e
+        raise ImportError(
+            f"ONNX export needs the onnx and tf2onnx packages ({e}): pip install 'keras_transfer[onnx]'"
+        ) from e
 
 
 class _Unconvertible(logging.Handler):
@@ -233,8 +250,10 @@ class _Unconvertible(logging.Handler):
             where = f"layer {layer.name!r} ({type(layer).__name__})" if layer else f"op {scope!r}"
             culprits.setdefault(where, set()).add(op)
         described = "; ".join(f"{where} uses {', '.join(sorted(ops))}" for where, ops in culprits.items())
-        raise ValueError(f"Cannot export {self.model.name!r} to ONNX: {described}, which ONNX cannot express. "
-                         "Export a SavedModel or TFLite instead, or replace that layer.")  # fmt: skip
+        raise ValueError(
+            f"Cannot export {self.model.name!r} to ONNX: {described}, which ONNX cannot express. "
+            "Export a SavedModel or TFLite instead, or replace that layer."
+        )
 
 
 def _add_onnx_metadata(path, facts):
@@ -277,8 +296,10 @@ def load_predictor(path):
         try:
             model = keras.saving.load_model(path)
         except Exception as e:  # Keras raises several kinds for a file it refuses or cannot read
-            raise ValueError(f"Cannot load the model {path!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}. "
-                             f"Received: model={path!r}") from e  # fmt: skip
+            raise ValueError(
+                f"Cannot load the model {path!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}. "
+                f"Received: model={path!r}"
+            ) from e
         return keras_predictor(model), [str(i) for i in range(model.output_shape[-1])]
     version = path
     if os.path.isdir(path) and not os.path.exists(os.path.join(path, "saved_model.pb")):
@@ -286,8 +307,10 @@ def load_predictor(path):
         if versions:
             version = os.path.join(path, str(versions[-1]))
     if not os.path.exists(os.path.join(version, "saved_model.pb")):
-        raise ValueError(f"{path!r} is not a SavedModel folder, a folder of numbered versions, or a .keras file. "
-                         f"Received: model={path!r}")  # fmt: skip
+        raise ValueError(
+            f"{path!r} is not a SavedModel folder, a folder of numbered versions, or a .keras file. "
+            f"Received: model={path!r}"
+        )
     serve_bytes = tf.saved_model.load(version).signatures["serve_bytes"]
     labels_file = os.path.join(version, "labels.txt")
     with open(labels_file) as f:

@@ -38,8 +38,9 @@ def add_head(features, num_classes, *, pooling="avg", dense_units=(), dropout=0.
             `"flatten"` over a feature map of unknown size.
     """
     if pooling not in POOLINGS:
-        raise ValueError(f"Unknown pooling {pooling!r}. Expected one of: {', '.join(POOLINGS)}. "
-                         f"Received: pooling={pooling!r}")  # fmt: skip
+        raise ValueError(
+            f"Unknown pooling {pooling!r}. Expected one of: {', '.join(POOLINGS)}. Received: pooling={pooling!r}"
+        )
     if activation not in ACTIVATIONS:
         raise ValueError(
             f"Unknown activation {activation!r}. Expected one of: {', '.join(ACTIVATIONS)}. "

@@ -38,14 +38,18 @@ def resolve(handle):
     """
     if "://" not in handle:
         if not os.path.isfile(os.path.join(handle, "saved_model.pb")):
-            raise ValueError(f"Hub handle {handle!r} is neither a URL nor a SavedModel folder (no saved_model.pb "
-                             f"there). Received: backbone={PREFIX + handle!r}")  # fmt: skip
+            raise ValueError(
+                f"Hub handle {handle!r} is neither a URL nor a SavedModel folder (no saved_model.pb "
+                f"there). Received: backbone={PREFIX + handle!r}"
+            )
         return handle
     try:
         import tensorflow_hub
     except ImportError as e:
-        raise OSError(f"Loading {handle!r} needs tensorflow_hub: pip install tensorflow-hub, or download the "
-                      "module and pass its folder as hub:/path/to/folder.") from e  # fmt: skip
+        raise OSError(
+            f"Loading {handle!r} needs tensorflow_hub: pip install tensorflow-hub, or download the "
+            "module and pass its folder as hub:/path/to/folder."
+        ) from e
     try:
         return tensorflow_hub.resolve(handle)
     except Exception as e:  # urllib, HTTP and tarfile errors alike
@@ -74,15 +78,22 @@ class HubLayer(keras.layers.Layer):
         self.handle = os.fspath(handle)
         self._module = tf.saved_model.load(resolve(self.handle))
         if not callable(self._module):
-            raise ValueError(f"Hub module {self.handle!r} is not callable; expected a TF2 image module called as "
-                             f"module(images, training=...). Received: {type(self._module).__name__}")  # fmt: skip
+            raise ValueError(
+                f"Hub module {self.handle!r} is not callable; expected a TF2 image module called as "
+                f"module(images, training=...). Received: {type(self._module).__name__}"
+            )
         module_variables = list(getattr(self._module, "variables", None) or _find_variables(self._module))
         listed = getattr(self._module, "trainable_variables", None)
         trainable_ids = {id(v) for v in (module_variables if listed is None else listed) if v.trainable}
         for variable in module_variables:
             # A Keras variable around the module's own tf.Variable (no copy): training updates the module.
-            wrapped = keras.Variable(variable, trainable=id(variable) in trainable_ids, dtype=variable.dtype,
-                                     shape=variable.shape, name=variable.name.split(":")[0].replace("/", "_"))  # fmt: skip
+            wrapped = keras.Variable(
+                variable,
+                trainable=id(variable) in trainable_ids,
+                dtype=variable.dtype,
+                shape=variable.shape,
+                name=variable.name.split(":")[0].replace("/", "_"),
+            )
             self._track_variable(wrapped)
         self._build_at_init()
 

@@ -105,8 +105,10 @@ def _size_problem(f, head):
         return "unreadable image header (no width and height found)"
     width, height = dims
     if width * height > MAX_PIXELS:
-        return (f"{width}x{height} pixels is above the limit of {MAX_PIXELS:,} (a decompression bomb; raise "
-                "keras_transfer.images.MAX_PIXELS to allow it)")
+        return (
+            f"{width}x{height} pixels is above the limit of {MAX_PIXELS:,} (a decompression bomb; raise "
+            "keras_transfer.images.MAX_PIXELS to allow it)"
+        )
     return None
 
 
@@ -224,8 +226,11 @@ def decode_image(blob, size=None):
         blob = tf.identity(blob)
     if size is not None and DCT_SCALING:
         jpeg = tf.strings.substr(blob, 0, 3) == b"\xff\xd8\xff"
-        image, reduced = tf.cond(jpeg, lambda: _decode_jpeg_at_least(blob, size, orientation),
-                                 lambda: (_decode_full(blob), tf.constant(False)))  # fmt: skip
+        image, reduced = tf.cond(
+            jpeg,
+            lambda: _decode_jpeg_at_least(blob, size, orientation),
+            lambda: (_decode_full(blob), tf.constant(False)),
+        )
     else:
         image, reduced = _decode_full(blob), tf.constant(False)
     image = tf.cond(orientation == 1, lambda: image, lambda: orient(image, orientation))
@@ -267,10 +272,15 @@ def decode_files(paths, labels, size, shuffle_seed=None, dtype=tf.uint8):
     for i, key in enumerate(groups):
         pick = np.array([k == key for k in keys])
         decode = _group_decoder(key, size, dtype)
-        ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths, dtype=object)[pick], np.asarray(labels, np.int32)[pick]))
+        ds = tf.data.Dataset.from_tensor_slices(
+            (np.asarray(paths, dtype=object)[pick], np.asarray(labels, np.int32)[pick])
+        )
         if shuffle_seed is not None:
             ds = ds.shuffle(int(pick.sum()), seed=shuffle_seed + i, reshuffle_each_iteration=True)
-        ds = ds.map(lambda path, label: (decode(tf.io.read_file(path)), label), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(
+            lambda path, label, decode=decode: (decode(tf.io.read_file(path)), label),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
         datasets.append(ds.ignore_errors(log_warning=True))  # before merging: a dropped file keeps labels paired
     if len(datasets) == 1:
         return datasets[0]
@@ -324,8 +334,13 @@ def _decode_jpeg_at_least(blob, size, orientation):
     fits = tf.stack([tf.reduce_all((shape[:2] + r - 1) // r >= need) for r in ratios])
     index = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)  # the first (largest) ratio that fits
     # The fast integer IDCT at reduced scales: its error is averaged away by the downscale that follows.
-    image = tf.switch_case(index, [lambda r=r: tf.io.decode_jpeg(blob, channels=3, ratio=r, dct_method="INTEGER_FAST"
-                                                                 if r > 1 else "") for r in ratios])  # fmt: skip
+    image = tf.switch_case(
+        index,
+        [
+            lambda r=r: tf.io.decode_jpeg(blob, channels=3, ratio=r, dct_method="INTEGER_FAST" if r > 1 else "")
+            for r in ratios
+        ],
+    )
     image.set_shape([None, None, 3])
     return image, index < len(ratios) - 1
 
@@ -361,16 +376,24 @@ def exif_orientation(blob):
     blob = tf.convert_to_tensor(blob, tf.string)
 
     def u16_be(offset):
-        return tf.cast(tf.io.decode_raw(tf.strings.substr(blob, offset, 2), tf.uint16, little_endian=False)[0], tf.int32)
+        return tf.cast(
+            tf.io.decode_raw(tf.strings.substr(blob, offset, 2), tf.uint16, little_endian=False)[0], tf.int32
+        )
 
     padded = tf.strings.length(blob) >= 64
     blob = tf.where(padded, blob, blob + b"\x00" * 64)
     start = tf.where(tf.strings.substr(blob, 2, 2) == b"\xff\xe0", 4 + u16_be(4), 2)  # after a JFIF APP0 segment
     start = tf.minimum(start, tf.strings.length(blob) - 64)
-    found = (tf.strings.substr(blob, 0, 2) == b"\xff\xd8") & (tf.strings.substr(blob, start, 2) == b"\xff\xe1") & (
-        tf.strings.substr(blob, start + 4, 6) == b"Exif\x00\x00")  # fmt: skip
-    return tf.cond(found, lambda: _orientation_tag(tf.strings.substr(blob, start + 10, u16_be(start + 2) - 8)),
-                   lambda: tf.constant(1))  # most files have no EXIF segment: nothing more to read
+    found = (
+        (tf.strings.substr(blob, 0, 2) == b"\xff\xd8")
+        & (tf.strings.substr(blob, start, 2) == b"\xff\xe1")
+        & (tf.strings.substr(blob, start + 4, 6) == b"Exif\x00\x00")
+    )
+    return tf.cond(
+        found,
+        lambda: _orientation_tag(tf.strings.substr(blob, start + 10, u16_be(start + 2) - 8)),
+        lambda: tf.constant(1),
+    )  # most files have no EXIF segment: nothing more to read
 
 
 def _orientation_tag(segment):
@@ -382,7 +405,10 @@ def _orientation_tag(segment):
     def read(offsets, width, dtype):
         pos = tf.clip_by_value(offsets, 0, limit)
         chunks = tf.strings.substr(tiff, pos, tf.fill(tf.shape(pos), width))
-        le, be = tf.io.decode_raw(chunks, dtype, little_endian=True), tf.io.decode_raw(chunks, dtype, little_endian=False)
+        le, be = (
+            tf.io.decode_raw(chunks, dtype, little_endian=True),
+            tf.io.decode_raw(chunks, dtype, little_endian=False),
+        )
         return tf.cast(tf.where(little, le, be)[..., 0], tf.int32)
 
     directory = read(tf.constant([4]), 4, tf.int32)[0]

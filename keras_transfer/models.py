@@ -84,14 +84,25 @@ def build_model(
     height, width = _image_size(backbone, input_shape, spec)
     images = keras.Input(shape=(None, None, 3), name=IMAGES)
     x = _augmentation_layer(augment)(images) if augment is not False else images
-    x = BackbonePreprocessing(spec.preprocessing, size=(height, width) if height else None, backbone=backbone,
-                              dtype="float32", name=PREPROCESSING)(x)  # fmt: skip
+    x = BackbonePreprocessing(
+        spec.preprocessing,
+        size=(height, width) if height else None,
+        backbone=backbone,
+        dtype="float32",
+        name=PREPROCESSING,
+    )(x)
     if is_hub(backbone):
         base = hub_backbone(backbone[len(PREFIX) :], (height, width, 3), name=BACKBONE)
     else:
         base = _construct_backbone(backbone, (height, width, 3), weights)
-    outputs = add_head(base(x, training=False), num_classes, pooling=pooling, dense_units=dense_units,
-                       dropout=dropout, activation=activation)  # fmt: skip
+    outputs = add_head(
+        base(x, training=False),
+        num_classes,
+        pooling=pooling,
+        dense_units=dense_units,
+        dropout=dropout,
+        activation=activation,
+    )
     return keras.Model(images, outputs, name=hub_model_name(backbone[len(PREFIX) :]) if is_hub(backbone) else backbone)
 
 
@@ -101,8 +112,9 @@ def _renamed(deprecated, old, new, value, where):
     if unknown:
         raise TypeError(f"{where}() got an unexpected keyword argument {unknown[0]!r}")
     if old in deprecated:
-        warnings.warn(f"{where}({old}=...) is deprecated; use {new}=... (same values).", DeprecationWarning,
-                      stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"{where}({old}=...) is deprecated; use {new}=... (same values).", DeprecationWarning, stacklevel=3
+        )
         return deprecated[old]
     return value
 
@@ -142,11 +154,15 @@ def imagenet_classifier(backbone, weights="imagenet"):
     if weights not in ("imagenet", None):
         raise ValueError(f"weights must be 'imagenet' or None. Received: weights={weights!r}")
     if spec.module is None and backbone not in CHECKPOINT_PACKAGES:
-        raise ValueError(f"Backbone {backbone!r} has no ImageNet classifier; use one of the keras.applications rows "
-                         f"or efficientnet_lite0/1/2. Received: backbone={backbone!r}")  # fmt: skip
+        raise ValueError(
+            f"Backbone {backbone!r} has no ImageNet classifier; use one of the keras.applications rows "
+            f"or efficientnet_lite0/1/2. Received: backbone={backbone!r}"
+        )
     size = (spec.default_size, spec.default_size)
     images = keras.Input(shape=(None, None, 3), name=IMAGES)
-    x = BackbonePreprocessing(spec.preprocessing, size=size, backbone=backbone, dtype="float32", name=PREPROCESSING)(images)
+    x = BackbonePreprocessing(spec.preprocessing, size=size, backbone=backbone, dtype="float32", name=PREPROCESSING)(
+        images
+    )
     network = _constructed(backbone, include_top=True, weights=weights, input_shape=(*size, 3))
     return keras.Model(images, network(x), name=f"{backbone}_imagenet")
 
@@ -186,8 +202,10 @@ def _pretrained_shape(backbone, input_shape, weights):
     file from `pretrain` its pretrained size."""
     if is_hub(backbone):
         if weights not in ("imagenet", None):
-            raise ValueError(f"A hub backbone brings its own weights; weights files do not apply. Use weights="
-                             f"'imagenet' (or None). Received: weights={weights!r}")  # fmt: skip
+            raise ValueError(
+                f"A hub backbone brings its own weights; weights files do not apply. Use weights="
+                f"'imagenet' (or None). Received: weights={weights!r}"
+            )
         return input_shape
     pretrained = pretrained_metadata(weights)
     return _check_pretrained(pretrained, backbone, input_shape, weights) if pretrained else input_shape
@@ -196,10 +214,18 @@ def _pretrained_shape(backbone, input_shape, weights):
 def _image_size(backbone, input_shape, spec):
     if input_shape is None:
         return spec.default_size, spec.default_size
-    shape = (input_shape, input_shape) if isinstance(input_shape, int) else tuple(input_shape) if isinstance(
-        input_shape, (list, tuple)) else ()  # fmt: skip
-    if len(shape) == 3 and shape[2] != 3 or len(shape) not in (2, 3) or any(
-            not (d is None or isinstance(d, int) and not isinstance(d, bool)) for d in shape):  # fmt: skip
+    shape = (
+        (input_shape, input_shape)
+        if isinstance(input_shape, int)
+        else tuple(input_shape)
+        if isinstance(input_shape, (list, tuple))
+        else ()
+    )
+    if (
+        (len(shape) == 3 and shape[2] != 3)
+        or len(shape) not in (2, 3)
+        or any(not (d is None or (isinstance(d, int) and not isinstance(d, bool))) for d in shape)
+    ):
         raise ValueError(
             "input_shape must be (height, width), (height, width, 3) or an int; images are RGB. "
             f"Received: input_shape={input_shape!r}"
@@ -283,8 +309,10 @@ def _is_full_model_h5(path):
         with h5py.File(path, "r") as f:
             return "model_config" in f.attrs
     except OSError as e:
-        raise ValueError(f"Weights file {path!r} is not an HDF5 file ({str(e).splitlines()[0]}). weights must be "
-                         f"a '.weights.h5', '.h5' or '.keras' file saved by Keras. Received: weights={path!r}") from None
+        raise ValueError(
+            f"Weights file {path!r} is not an HDF5 file ({str(e).splitlines()[0]}). weights must be "
+            f"a '.weights.h5', '.h5' or '.keras' file saved by Keras. Received: weights={path!r}"
+        ) from None
 
 
 def _find_backbone(model):
@@ -381,7 +409,9 @@ def feature_model(model, name=None):
         pooled = keras.layers.GlobalAveragePooling2D(name="feature_pool")(model.output)
         return keras.Model(model.input, pooled, name=name or f"{model.name}_features")
     if len(model.output_shape) != 2:
-        raise ValueError(f"model's output must be a feature map or vectors. Received: output shape {model.output_shape}")
+        raise ValueError(
+            f"model's output must be a feature map or vectors. Received: output shape {model.output_shape}"
+        )
     return model
 
 
@@ -421,6 +451,8 @@ def _layer(model, name):
 def _required(model, name):
     layer = _layer(model, name)
     if layer is None:
-        raise ValueError(f"Model {model.name!r} has no layer named {name!r}; build it with keras_transfer.build_model. "
-                         f"Received: model={model.name!r}")  # fmt: skip
+        raise ValueError(
+            f"Model {model.name!r} has no layer named {name!r}; build it with keras_transfer.build_model. "
+            f"Received: model={model.name!r}"
+        )
     return layer

@@ -76,8 +76,11 @@ def set_trainable(model, policy="frozen", *, train_batchnorm=False):
     3
     """
     if policy in DEPRECATED_POLICIES:
-        warnings.warn(f"Policy {policy!r} is deprecated; use {DEPRECATED_POLICIES[policy]!r} (same meaning).",
-                      DeprecationWarning, stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"Policy {policy!r} is deprecated; use {DEPRECATED_POLICIES[policy]!r} (same meaning).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         policy = DEPRECATED_POLICIES[policy]
     backbone = get_backbone(model)
     layers = [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]

@@ -66,11 +66,20 @@ def pretrain(
     if not isinstance(learning_rate, (int, float)) or isinstance(learning_rate, bool) or not learning_rate > 0:
         raise ValueError(f"learning_rate must be a number > 0. Received: learning_rate={learning_rate!r}")
     if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}. Expected one of: {', '.join(METHODS)}. Received: method={method!r}")
+        raise ValueError(
+            f"Unknown method {method!r}. Expected one of: {', '.join(METHODS)}. Received: method={method!r}"
+        )
     size = image_size or default_input_size(backbone)[0]
     keras.utils.set_random_seed(seed)
-    train, val, _, info = load_dataset(data, image_size=size, batch_size=batch_size, classes=classes, seed=seed,
-                                       validation_split=0.1 if method == "supervised" else 0.0, deterministic=True)  # fmt: skip
+    train, val, _, info = load_dataset(
+        data,
+        image_size=size,
+        batch_size=batch_size,
+        classes=classes,
+        seed=seed,
+        validation_split=0.1 if method == "supervised" else 0.0,
+        deterministic=True,
+    )
     model = build_model(backbone, info.num_classes, input_shape=size, weights=None)
     set_trainable(model, "all", train_batchnorm=True)
     if method == "supervised":
@@ -81,9 +90,14 @@ def pretrain(
     stem = os.path.join(output_dir, f"{backbone}_{method}")
     get_backbone(model).save_weights(stem + ".weights.h5")
     metadata = {
-        "backbone": backbone, "image_size": [size, size], "method": method, "data": info.source,
-        "classes": info.class_names, "epochs": epochs, "metrics": metrics,
-    }  # fmt: skip
+        "backbone": backbone,
+        "image_size": [size, size],
+        "method": method,
+        "data": info.source,
+        "classes": info.class_names,
+        "epochs": epochs,
+        "metrics": metrics,
+    }
     with open(stem + ".json", "w") as f:
         json.dump(metadata, f, indent=2)
     logger.info("Pretrained %s (%s) on %s: %s -> %s.weights.h5", backbone, method, info.source, metrics, stem)
@@ -93,8 +107,14 @@ def pretrain(
 def _supervised(model, train, val, epochs, learning_rate):
     model.compile(keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
     # A known size and no shuffle argument: Keras warns about neither (the pipeline shuffles already).
-    history = model.fit(_with_known_size(train), validation_data=_with_known_size(val), epochs=epochs, shuffle=False, verbose=0,
-                        callbacks=[EpochLines("pretrain")])  # fmt: skip
+    history = model.fit(
+        _with_known_size(train),
+        validation_data=_with_known_size(val),
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
+        callbacks=[EpochLines("pretrain")],
+    )
     recompute_batchnorm(model, train)
     loss, accuracy = model.evaluate(val, verbose=0)
     return {"train_loss": float(history.history["loss"][-1]), "val_loss": float(loss), "val_accuracy": float(accuracy)}

@@ -32,8 +32,10 @@ def run(config, verbose=False):
     """
     weights = None if config.weights.lower() == "none" else config.weights
     if config.compare_scratch and weights is None:
-        raise ValueError("--compare-scratch compares pretrained weights with random ones; give --weights imagenet "
-                         f"or a weights file. Received: weights={config.weights!r}")  # fmt: skip
+        raise ValueError(
+            "--compare-scratch compares pretrained weights with random ones; give --weights imagenet "
+            f"or a weights file. Received: weights={config.weights!r}"
+        )
     keras.utils.set_random_seed(config.seed)
     policy, strategy = set_mixed_precision(config.mixed_precision), get_strategy(config.strategy)
     size = config.image_size or default_input_size(config.backbone, weights)[0]
@@ -55,7 +57,8 @@ def run(config, verbose=False):
     if exported:
         print(f"\nSavedModel: {exported}")
     if config.export_onnx:
-        print(f"ONNX: {export_onnx(model, os.path.join(config.output, 'model.onnx'), class_names=data['info'].class_names)}")
+        onnx_path = export_onnx(model, os.path.join(config.output, "model.onnx"), class_names=data["info"].class_names)
+        print(f"ONNX: {onnx_path}")
     if config.compare_scratch and report:
         timings.run("scratch comparison", _compare_scratch, config, report, probe, size, data, strategy, verbose)
     if report:
@@ -80,38 +83,64 @@ class _Timings:
 def _load(config, size, strategy):
     """The datasets, the split evaluated at the end (test, else validation) and the DatasetInfo, printed."""
     train, val, test, info = load_dataset(
-        config.data, image_size=size, batch_size=config.batch_size * strategy.num_replicas_in_sync,
-        validation_split=config.validation_split, test_split=config.test_split, seed=config.seed,
-        classes=config.classes, labels_per_class=config.labels_per_class, data_dir=config.data_dir,
-    )  # fmt: skip
+        config.data,
+        image_size=size,
+        batch_size=config.batch_size * strategy.num_replicas_in_sync,
+        validation_split=config.validation_split,
+        test_split=config.test_split,
+        seed=config.seed,
+        classes=config.classes,
+        labels_per_class=config.labels_per_class,
+        data_dir=config.data_dir,
+    )
     print(info)
     if config.compare_scratch and test is None and val is None:
-        raise ValueError("--compare-scratch needs images to compare on: give --test-split or --validation-split "
-                         "above 0 (or a data folder with test/ or validation/).")  # fmt: skip
+        raise ValueError(
+            "--compare-scratch needs images to compare on: give --test-split or --validation-split "
+            "above 0 (or a data folder with test/ or validation/)."
+        )
     evaluated, split = (test, "test") if test is not None else (val, "validation")
     return {"train": train, "val": val, "evaluated": evaluated, "split": split, "info": info}
 
 
 def _write_config(config, info):
-    data = {"source": info.source, "class_names": info.class_names, "image_size": list(info.image_size),
-            "counts": info.counts, "skipped": [list(map(str, s)) for s in info.skipped]}  # fmt: skip
+    data = {
+        "source": info.source,
+        "class_names": info.class_names,
+        "image_size": list(info.image_size),
+        "counts": info.counts,
+        "skipped": [list(map(str, s)) for s in info.skipped],
+    }
     try:
         os.makedirs(config.output, exist_ok=True)
         write_text(os.path.join(config.output, "config.yaml"), config.to_yaml())
         write_text(os.path.join(config.output, "data.json"), json.dumps(data, indent=1))
     except OSError as e:
-        raise OSError(f"Cannot write the run folder {config.output!r}: {e.strerror or e}. Choose a writable --output.") from e
+        raise OSError(
+            f"Cannot write the run folder {config.output!r}: {e.strerror or e}. Choose a writable --output."
+        ) from e
 
 
 def _build(config, num_classes, size, weights):
-    return build_model(config.backbone, num_classes, input_shape=size, weights=weights, pooling=config.pooling,
-                       dense_units=tuple(config.dense_units), dropout=config.dropout, augment=config.augment)  # fmt: skip
+    return build_model(
+        config.backbone,
+        num_classes,
+        input_shape=size,
+        weights=weights,
+        pooling=config.pooling,
+        dense_units=tuple(config.dense_units),
+        dropout=config.dropout,
+        augment=config.augment,
+    )
 
 
 def _probe(model, data):
     """Linear-probe accuracy on the pretrained features, before fine-tuning changes them."""
-    print(f"linear probe on the pretrained features (one pass over the training and {data['split']} images): ",
-          end="", flush=True)  # fmt: skip
+    print(
+        f"linear probe on the pretrained features (one pass over the training and {data['split']} images): ",
+        end="",
+        flush=True,
+    )
     probe = linear_probe(model, data["train"], data["evaluated"])
     print(f"{data['split']} accuracy {probe:.1%}")
     return probe
@@ -128,8 +157,12 @@ def _export(config, model, data, report):
     if not config.export:
         return None
     metrics = {"accuracy": report.accuracy, "split": data["split"]} if report else {}
-    return export_saved_model(model, config.export, class_names=data["info"].class_names,
-                              metadata={"backbone": config.backbone, "metrics": metrics})  # fmt: skip
+    return export_saved_model(
+        model,
+        config.export,
+        class_names=data["info"].class_names,
+        metadata={"backbone": config.backbone, "metrics": metrics},
+    )
 
 
 def _compare_scratch(config, transfer, probe, size, data, strategy, verbose):
@@ -144,17 +177,26 @@ def _compare_scratch(config, transfer, probe, size, data, strategy, verbose):
     _train(config, model, data, strategy, run_dir, scratch=True, verbose=verbose)
     print(f"Evaluating on the {transfer.num_examples} {data['split']} images", flush=True)
     scratch = evaluate(model, data["evaluated"], data["info"].class_names, output_dir=run_dir)
-    rows = {f"{config.backbone} ({config.weights}), fine-tuned": transfer.accuracy,
-            f"linear probe on the {config.weights} features": probe,
-            f"{config.backbone} from scratch": scratch.accuracy}  # fmt: skip
+    rows = {
+        f"{config.backbone} ({config.weights}), fine-tuned": transfer.accuracy,
+        f"linear probe on the {config.weights} features": probe,
+        f"{config.backbone} from scratch": scratch.accuracy,
+    }
     print(f"\n{data['split']} accuracy on {transfer.num_examples} images:")
     for name, accuracy in rows.items():
         print(f"  {name:<60} {accuracy:6.1%}")
     gain = transfer.accuracy - scratch.accuracy
-    print(f"  fine-tuned - scratch: {100 * gain:+.1f} points; fine-tuned - probe: {100 * (transfer.accuracy - probe):+.1f}")
-    comparison = {"split": data["split"], "num_examples": transfer.num_examples, "transfer_accuracy": transfer.accuracy,
-                  "scratch_accuracy": scratch.accuracy, "linear_probe_accuracy": probe, "gain": gain,
-                  "weights": config.weights}  # fmt: skip
+    over_probe = transfer.accuracy - probe
+    print(f"  fine-tuned - scratch: {100 * gain:+.1f} points; fine-tuned - probe: {100 * over_probe:+.1f}")
+    comparison = {
+        "split": data["split"],
+        "num_examples": transfer.num_examples,
+        "transfer_accuracy": transfer.accuracy,
+        "scratch_accuracy": scratch.accuracy,
+        "linear_probe_accuracy": probe,
+        "gain": gain,
+        "weights": config.weights,
+    }
     write_text(os.path.join(config.output, "comparison.json"), json.dumps(comparison, indent=2))
 
 
@@ -162,8 +204,10 @@ def print_history(history, stage1_epochs):
     """The last epoch of each stage, as a table: the per-epoch lines were printed while training."""
     keys = [k for k in history.history if k != "learning_rate"]
     print(f"{'stage':<6} {'epochs':>9} " + " ".join(f"{k:>12}" for k in keys))
-    for stage, epochs in (("head", [e for e in history.epoch if e < stage1_epochs]),
-                          ("tune", [e for e in history.epoch if e >= stage1_epochs])):  # fmt: skip
+    for stage, epochs in (
+        ("head", [e for e in history.epoch if e < stage1_epochs]),
+        ("tune", [e for e in history.epoch if e >= stage1_epochs]),
+    ):
         if epochs:
             i = history.epoch.index(epochs[-1])
             span = f"{epochs[0] + 1}-{epochs[-1] + 1}"
@@ -175,20 +219,45 @@ def _train(config, model, data, strategy, run_dir, scratch=False, verbose=False)
     callbacks = []
     if config.early_stopping:
         monitor = "val_loss" if data["val"] is not None else "loss"
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping,
-                                                       restore_best_weights=True))  # fmt: skip
+        callbacks.append(
+            keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping, restore_best_weights=True)
+        )
     options = TrainingOptions(
-        optimizer=config.optimizer, label_smoothing=config.label_smoothing, train_batchnorm=config.train_batchnorm,
+        optimizer=config.optimizer,
+        label_smoothing=config.label_smoothing,
+        train_batchnorm=config.train_batchnorm,
         cache_features={"auto": "auto", "true": True, "false": False}[config.cache_features],
         jit_compile={"auto": "auto", "on": True, "off": False}[config.xla],
         head_init=None if config.head_init == "none" else "probe",
-    )  # fmt: skip
-    stages = dict(head_epochs=config.head_epochs, fine_tune_epochs=config.fine_tune_epochs, unfreeze=config.unfreeze,
-                  learning_rate=config.learning_rate, fine_tune_learning_rate=config.fine_tune_learning_rate)  # fmt: skip
+    )
+    stages = dict(
+        head_epochs=config.head_epochs,
+        fine_tune_epochs=config.fine_tune_epochs,
+        unfreeze=config.unfreeze,
+        learning_rate=config.learning_rate,
+        fine_tune_learning_rate=config.fine_tune_learning_rate,
+    )
     if scratch:
-        options = TrainingOptions(optimizer=config.optimizer, label_smoothing=config.label_smoothing,
-                                  jit_compile=options.jit_compile, train_batchnorm=True)  # fmt: skip
-        stages = dict(head_epochs=0, fine_tune_epochs=config.head_epochs + config.fine_tune_epochs, unfreeze="all",
-                      fine_tune_learning_rate=config.learning_rate)  # fmt: skip
-    return fine_tune(model, data["train"], data["val"], options=options, callbacks=callbacks, run_dir=run_dir,
-                     strategy=strategy, verbose="auto" if verbose else "lines", **stages)  # fmt: skip
+        options = TrainingOptions(
+            optimizer=config.optimizer,
+            label_smoothing=config.label_smoothing,
+            jit_compile=options.jit_compile,
+            train_batchnorm=True,
+        )
+        stages = dict(
+            head_epochs=0,
+            fine_tune_epochs=config.head_epochs + config.fine_tune_epochs,
+            unfreeze="all",
+            fine_tune_learning_rate=config.learning_rate,
+        )
+    return fine_tune(
+        model,
+        data["train"],
+        data["val"],
+        options=options,
+        callbacks=callbacks,
+        run_dir=run_dir,
+        strategy=strategy,
+        verbose="auto" if verbose else "lines",
+        **stages,
+    )

@@ -47,11 +47,21 @@ def save_examples(model, dataset, probs, labels, output_dir):
     examples = []
     for kind, indices in (("mistake", wrong), ("unsure", right)):
         for i in (i for i in indices if i in images):
-            examples.append({"kind": kind, "index": int(i), "true": int(labels[i]), "predicted": int(predicted[i]),
-                             "probability": float(confidence[i]), "image": f"examples/{kind}_{i}.png"})  # fmt: skip
+            examples.append(
+                {
+                    "kind": kind,
+                    "index": int(i),
+                    "true": int(labels[i]),
+                    "predicted": int(predicted[i]),
+                    "probability": float(confidence[i]),
+                    "image": f"examples/{kind}_{i}.png",
+                }
+            )
             _save_png(images[i], os.path.join(output_dir, examples[-1]["image"]))
     cams = [e for e in examples if e["kind"] == "mistake"][:GRADCAM]
-    maps = gradcam(model, np.stack([images[e["index"]] for e in cams]), [e["predicted"] for e in cams]) if cams else None
+    maps = (
+        gradcam(model, np.stack([images[e["index"]] for e in cams]), [e["predicted"] for e in cams]) if cams else None
+    )
     for example, heat in zip(cams, maps if maps is not None else []):
         example["gradcam"] = f"examples/gradcam_{example['index']}.png"
         _save_png(_overlay(images[example["index"]], heat), os.path.join(output_dir, example["gradcam"]))
@@ -129,15 +139,29 @@ def write_html(run_dir):
         ValueError: when `run_dir` has no `report.json` (nothing was evaluated there).
     """
     if not os.path.isfile(os.path.join(run_dir, "report.json")):
-        raise ValueError(f"{run_dir!r} has no report.json: evaluate a model with output_dir={run_dir!r}, or give a "
-                         f"run folder of keras-transfer. Received: run_dir={run_dir!r}")  # fmt: skip
+        raise ValueError(
+            f"{run_dir!r} has no report.json: evaluate a model with output_dir={run_dir!r}, or give a "
+            f"run folder of keras-transfer. Received: run_dir={run_dir!r}"
+        )
     files = _read_run(run_dir)
-    sections = [_settings(files), _data(files), _curves(files), _metrics(files), _examples(run_dir, files),
-                _calibration(files), _comparison(files), _timings(files), _versions()]  # fmt: skip
+    sections = [
+        _settings(files),
+        _data(files),
+        _curves(files),
+        _metrics(files),
+        _examples(run_dir, files),
+        _calibration(files),
+        _comparison(files),
+        _timings(files),
+        _versions(),
+    ]
     title = f"keras_transfer report: {html.escape(os.path.basename(os.path.abspath(run_dir)))}"
-    page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>"
-            f"<style>{STYLE}</style></head><body><h1>{title}</h1>\n" + "\n".join(s for s in sections if s)
-            + "\n</body></html>\n")  # fmt: skip
+    page = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{STYLE}</style></head><body><h1>{title}</h1>\n"
+        + "\n".join(s for s in sections if s)
+        + "\n</body></html>\n"
+    )
     path = os.path.join(run_dir, "report.html")
     write_text(path, page)
     logger.debug("Wrote %s", path)  # evaluate and the CLI say where the report is
@@ -168,11 +192,19 @@ def _read_run(run_dir):
 
     from keras_transfer.training import read_history
 
-    return {"report": load("report.json"), "config": load("config.yaml", {}), "data": load("data.json"),
-            "history": read_history(os.path.join(run_dir, "history.csv")), "predictions": load("predictions.npz"),
-            "examples": load("examples/examples.json"), "comparison": load("comparison.json"),
-            "timings": load("timings.json"),
-            "confusion": os.path.join(run_dir, "confusion.png") if os.path.isfile(os.path.join(run_dir, "confusion.png")) else None}  # fmt: skip
+    return {
+        "report": load("report.json"),
+        "config": load("config.yaml", {}),
+        "data": load("data.json"),
+        "history": read_history(os.path.join(run_dir, "history.csv")),
+        "predictions": load("predictions.npz"),
+        "examples": load("examples/examples.json"),
+        "comparison": load("comparison.json"),
+        "timings": load("timings.json"),
+        "confusion": os.path.join(run_dir, "confusion.png")
+        if os.path.isfile(os.path.join(run_dir, "confusion.png"))
+        else None,
+    }
 
 
 def _table(header, rows):
@@ -184,7 +216,7 @@ def _cell(value, **data):
     attrs = "".join(f' data-{k}="{html.escape(str(v))}"' for k, v in data.items())
     if isinstance(value, float):
         return f'<td class="num"{attrs}>{value:.4f}</td>'
-    return f'<td{" class=num" if isinstance(value, int) else ""}{attrs}>{html.escape(str(value))}</td>'
+    return f"<td{' class=num' if isinstance(value, int) else ''}{attrs}>{html.escape(str(value))}</td>"
 
 
 def _png(fig_or_path):
@@ -214,8 +246,10 @@ def _data(files):
     if not data:
         return None
     splits = [s for s, c in data["counts"].items() if c]
-    rows = [[_cell(name)] + [_cell(int(data["counts"][s].get(name, 0)), split=s, cls=name) for s in splits]
-            for name in data["class_names"]]  # fmt: skip
+    rows = [
+        [_cell(name)] + [_cell(int(data["counts"][s].get(name, 0)), split=s, cls=name) for s in splits]
+        for name in data["class_names"]
+    ]
     text = f"<h2>Data</h2><p>{html.escape(str(data['source']))}, images at {data['image_size']}</p>"
     text += _table(["class"] + splits, rows)
     skipped = data.get("skipped") or []
@@ -253,13 +287,24 @@ def _curves(files):
 def _metrics(files):
     report = files["report"]
     top = "".join(f", top-{k} {v:.2%}" for k, v in report["top_k"].items())
-    text = (f'<h2>Test metrics</h2><p>{report["num_examples"]} images: accuracy '
-            f'<span id="accuracy">{report["accuracy"]:.4f}</span>, loss {report["loss"]:.4f}{top}</p>')  # fmt: skip
-    rows = [[_cell(name)] + [_cell(float(m[k]) if k != "support" else int(m[k]), cls=name, metric=k)
-                             for k in ("precision", "recall", "f1", "support")] for name, m in report["per_class"].items()]  # fmt: skip
+    text = (
+        f"<h2>Test metrics</h2><p>{report['num_examples']} images: accuracy "
+        f'<span id="accuracy">{report["accuracy"]:.4f}</span>, loss {report["loss"]:.4f}{top}</p>'
+    )
+    rows = [
+        [_cell(name)]
+        + [
+            _cell(float(m[k]) if k != "support" else int(m[k]), cls=name, metric=k)
+            for k in ("precision", "recall", "f1", "support")
+        ]
+        for name, m in report["per_class"].items()
+    ]
     text += _table(["class", "precision", "recall", "F1", "support"], rows)
     if files["confusion"]:
-        return text + f'<h3>Confusion matrix</h3><img class="plot" alt="confusion matrix" src="{_png(files["confusion"])}">'
+        return (
+            text
+            + f'<h3>Confusion matrix</h3><img class="plot" alt="confusion matrix" src="{_png(files["confusion"])}">'
+        )
     matrix, names = np.array(report["confusion"]), report["class_names"]
     rows = [[_cell(f"true {t}")] + [_cell(int(matrix[i, j])) for j in range(len(names))] for i, t in enumerate(names)]
     return text + "<h3>Confusion matrix</h3>" + _table([""] + [f"predicted {p}" for p in names], rows)
@@ -277,15 +322,23 @@ def _examples(run_dir, files):
         shown = [e for e in found["examples"] if e["kind"] == kind]
         text += f"<h3>{title} ({len(shown)})</h3>"
         for e in shown:
-            caption = f"#{e['index']}: true {names[e['true']]}, predicted {names[e['predicted']]} ({e['probability']:.1%})"
-            text += (f'<figure class="example" data-kind="{kind}" data-index="{e["index"]}" data-true="{e["true"]}" '
-                     f'data-predicted="{e["predicted"]}"><img alt="example {e["index"]}" '
-                     f'src="{_png(os.path.join(run_dir, e["image"]))}"><figcaption>{html.escape(caption)}</figcaption></figure>')  # fmt: skip
+            caption = (
+                f"#{e['index']}: true {names[e['true']]}, predicted {names[e['predicted']]} ({e['probability']:.1%})"
+            )
+            text += (
+                f'<figure class="example" data-kind="{kind}" data-index="{e["index"]}" data-true="{e["true"]}" '
+                f'data-predicted="{e["predicted"]}"><img alt="example {e["index"]}" '
+                f'src="{_png(os.path.join(run_dir, e["image"]))}">'
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
     cams = [e for e in found["examples"] if "gradcam" in e]
     if cams:
         text += "<h3>Where the model looked (Grad-CAM on the backbone's last feature map, predicted class)</h3>"
-        text += "".join(f'<figure><img alt="Grad-CAM {e["index"]}" src="{_png(os.path.join(run_dir, e["gradcam"]))}">'
-                        f"<figcaption>#{e['index']}: {html.escape(names[e['predicted']])}</figcaption></figure>" for e in cams)  # fmt: skip
+        text += "".join(
+            f'<figure><img alt="Grad-CAM {e["index"]}" src="{_png(os.path.join(run_dir, e["gradcam"]))}">'
+            f"<figcaption>#{e['index']}: {html.escape(names[e['predicted']])}</figcaption></figure>"
+            for e in cams
+        )
     return text
 
 
@@ -298,7 +351,9 @@ def calibration(probs, labels, bins=BINS):
     for b in range(bins):
         mask = index == b
         if mask.any():
-            rows.append((b / bins, (b + 1) / bins, int(mask.sum()), float(confidence[mask].mean()), float(correct[mask].mean())))
+            rows.append(
+                (b / bins, (b + 1) / bins, int(mask.sum()), float(confidence[mask].mean()), float(correct[mask].mean()))
+            )
             ece += mask.mean() * abs(rows[-1][3] - rows[-1][4])
     return float(ece), rows
 
@@ -312,19 +367,32 @@ def _calibration(files):
     ece, rows = calibration(predictions["probabilities"], predictions["labels"])
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.plot([0, 1], [0, 1], ":", color="gray", label="perfectly calibrated")
-    ax.bar([(lo + hi) / 2 for lo, hi, *_ in rows], [r[4] for r in rows], width=1 / BINS, alpha=0.7, edgecolor="k",
-           label="accuracy in bin")  # fmt: skip
+    ax.bar(
+        [(lo + hi) / 2 for lo, hi, *_ in rows],
+        [r[4] for r in rows],
+        width=1 / BINS,
+        alpha=0.7,
+        edgecolor="k",
+        label="accuracy in bin",
+    )
     ax.set_xlabel("confidence (top-1 probability)")
     ax.set_ylabel("accuracy")
     ax.legend(fontsize=8)
-    table = _table(["confidence", "images", "mean confidence", "accuracy"],
-                   [[_cell(f"{lo:.1f}-{hi:.1f}"), _cell(n), _cell(c), _cell(a)] for lo, hi, n, c, a in rows])  # fmt: skip
+    table = _table(
+        ["confidence", "images", "mean confidence", "accuracy"],
+        [[_cell(f"{lo:.1f}-{hi:.1f}"), _cell(n), _cell(c), _cell(a)] for lo, hi, n, c, a in rows],
+    )
     confident = [r for r in rows if r[0] >= 0.9 - 1e-9]
-    line = (f" Predictions made with 90-100% confidence: {confident[0][4]:.1%} correct ({confident[0][2]} images)."
-            if confident else "")  # fmt: skip
-    return (f'<h2>Calibration</h2><p>Expected calibration error <span id="ece">{ece:.4f}</span>: the gap between '
-            f"confidence and accuracy, averaged over the bins weighted by their images.{line}</p>"
-            f'<img class="plot" alt="reliability diagram" src="{_png(fig)}">' + table)  # fmt: skip
+    line = (
+        f" Predictions made with 90-100% confidence: {confident[0][4]:.1%} correct ({confident[0][2]} images)."
+        if confident
+        else ""
+    )
+    return (
+        f'<h2>Calibration</h2><p>Expected calibration error <span id="ece">{ece:.4f}</span>: the gap between '
+        f"confidence and accuracy, averaged over the bins weighted by their images.{line}</p>"
+        f'<img class="plot" alt="reliability diagram" src="{_png(fig)}">' + table
+    )
 
 
 def _comparison(files):
@@ -339,7 +407,9 @@ def _timings(files):
     timings = files["timings"]
     if not timings:
         return None
-    return "<h2>Timings</h2>" + _table(["step", "seconds"], [[_cell(k), _cell(f"{float(v):.1f}")] for k, v in timings.items()])
+    return "<h2>Timings</h2>" + _table(
+        ["step", "seconds"], [[_cell(k), _cell(f"{float(v):.1f}")] for k, v in timings.items()]
+    )
 
 
 def _versions():
@@ -348,6 +418,11 @@ def _versions():
 
     import keras_transfer
 
-    versions = {"keras_transfer": keras_transfer.__version__, "tensorflow": tf.__version__, "keras": keras.__version__,
-                "numpy": np.__version__, "python": platform.python_version()}  # fmt: skip
+    versions = {
+        "keras_transfer": keras_transfer.__version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
     return "<h2>Versions</h2>" + _table(["package", "version"], [[_cell(k), _cell(v)] for k, v in versions.items()])

@@ -43,8 +43,9 @@ class FeatureIndex:
 
     def __init__(self, model, *, weights="imagenet", image_size=None, batch_size=32, search="exact"):
         if search not in SEARCHES:
-            raise ValueError(f"Unknown search {search!r}. Expected one of: {', '.join(SEARCHES)}. "
-                             f"Received: search={search!r}")  # fmt: skip
+            raise ValueError(
+                f"Unknown search {search!r}. Expected one of: {', '.join(SEARCHES)}. Received: search={search!r}"
+            )
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer. Received: batch_size={batch_size!r}")
         self.embedder = embedding_model(model, weights=weights, image_size=image_size)
@@ -76,8 +77,10 @@ class FeatureIndex:
         if labels is not None:
             labels = np.asarray(labels, np.int64).reshape(-1)
             if len(labels) != len(vectors):
-                raise ValueError(f"Got {len(labels)} labels for {len(vectors)} images; give one label per image. "
-                                 f"Received: labels of length {len(labels)}")  # fmt: skip
+                raise ValueError(
+                    f"Got {len(labels)} labels for {len(vectors)} images; give one label per image. "
+                    f"Received: labels of length {len(labels)}"
+                )
         else:
             labels = found_labels if found_labels is not None else np.full(len(vectors), -1, np.int64)
         self._append(vectors, paths, labels)
@@ -106,10 +109,13 @@ class FeatureIndex:
         vectors = self.embed(image)
         scores, ids = self.search_vectors(vectors, min(k, len(self)))
         hits = [
-            [{"index": int(i), "score": float(s), "path": self.paths[i], "label": int(self.labels[i])}
-             for s, i in zip(row_scores, row_ids) if i >= 0]
+            [
+                {"index": int(i), "score": float(s), "path": self.paths[i], "label": int(self.labels[i])}
+                for s, i in zip(row_scores, row_ids)
+                if i >= 0
+            ]
             for row_scores, row_ids in zip(scores, ids)
-        ]  # fmt: skip
+        ]
         return hits[0] if single else hits
 
     def embed(self, image):
@@ -157,8 +163,16 @@ class FeatureIndex:
                 os.makedirs(tmp)
                 np.save(os.path.join(tmp, "embeddings.npy"), self.embeddings)
                 with open(os.path.join(tmp, "index.json"), "w") as f:
-                    json.dump({"paths": self.paths, "labels": self.labels.tolist(), "search": self.search,
-                               "batch_size": self.batch_size, "dim": self.dim}, f)  # fmt: skip
+                    json.dump(
+                        {
+                            "paths": self.paths,
+                            "labels": self.labels.tolist(),
+                            "search": self.search,
+                            "batch_size": self.batch_size,
+                            "dim": self.dim,
+                        },
+                        f,
+                    )
                 self.embedder.save(os.path.join(tmp, "embedder.keras"))
         except PermissionError as e:
             raise ValueError(f"Cannot write the index to {path!r}: {e}. Received: path={path!r}") from e
@@ -176,19 +190,23 @@ class FeatureIndex:
         path = os.fspath(path)
         missing = [name for name in INDEX_FILES if not os.path.isfile(os.path.join(path, name))]
         if missing:
-            raise ValueError(f"{path!r} is not a saved FeatureIndex (missing {', '.join(missing)}). "
-                             f"Received: path={path!r}")  # fmt: skip
+            raise ValueError(
+                f"{path!r} is not a saved FeatureIndex (missing {', '.join(missing)}). Received: path={path!r}"
+            )
         facts, embeddings = _read_index(path)
         import keras_transfer.preprocessing  # noqa: F401  (registers BackbonePreprocessing for loading)
 
         try:
             embedder = keras.saving.load_model(os.path.join(path, "embedder.keras"), compile=False)
         except Exception as e:  # Keras raises several kinds for a file it refuses
-            raise ValueError(f"The embedding model in {path!r} cannot be loaded: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ValueError(f"The embedding model in {path!r} cannot be loaded: {why}") from e
         index = cls(embedder, batch_size=facts["batch_size"], search=search or facts["search"])
         if index.dim != embeddings.shape[1]:
-            raise ValueError(f"{path!r} is not a consistent FeatureIndex: its embeddings have {embeddings.shape[1]} "
-                             f"dimensions, its model gives {index.dim}.")  # fmt: skip
+            raise ValueError(
+                f"{path!r} is not a consistent FeatureIndex: its embeddings have {embeddings.shape[1]} "
+                f"dimensions, its model gives {index.dim}."
+            )
         index._append(embeddings, facts["paths"], np.asarray(facts["labels"], np.int64))
         return index
 
@@ -207,7 +225,9 @@ class FeatureIndex:
             try:
                 import faiss
             except ImportError as e:
-                raise ValueError("search='faiss' needs faiss-cpu: pip install faiss-cpu (or use search='exact').") from e
+                raise ValueError(
+                    "search='faiss' needs faiss-cpu: pip install faiss-cpu (or use search='exact')."
+                ) from e
             self._faiss = faiss.IndexHNSWFlat(self.dim, 32, faiss.METRIC_INNER_PRODUCT)
             self._faiss.hnsw.efSearch = 64
             self._faiss.add(self.embeddings)
@@ -218,8 +238,10 @@ class FeatureIndex:
 
         if self._embed is None:
             self._embed = tf.function(lambda x: self.embedder(x, training=False), reduce_retracing=True)
-        out = [self._embed(tf.constant(images[i : i + self.batch_size])).numpy()
-               for i in range(0, len(images), self.batch_size)]  # fmt: skip
+        out = [
+            self._embed(tf.constant(images[i : i + self.batch_size])).numpy()
+            for i in range(0, len(images), self.batch_size)
+        ]
         return _normalise(np.concatenate(out))
 
     def _embed_source(self, source):
@@ -236,15 +258,18 @@ class FeatureIndex:
                 raise ValueError("The dataset holds no images. Received: an empty tf.data.Dataset")
             vectors = np.concatenate(vectors)
             return vectors, [None] * len(vectors), np.concatenate(labels).astype(np.int64) if labels else None
-        if isinstance(source, (str, os.PathLike)) or (isinstance(source, (list, tuple)) and source
-                                                       and isinstance(source[0], (str, os.PathLike))):  # fmt: skip
+        if isinstance(source, (str, os.PathLike)) or (
+            isinstance(source, (list, tuple)) and source and isinstance(source[0], (str, os.PathLike))
+        ):
             return self._embed_files(source)
         images = np.asarray(source, np.float32)
         if images.ndim == 2 and images.shape[1] == self.dim and len(images):
             return _normalise(images), [None] * len(images), None
         if images.ndim != 4 or images.shape[-1] != 3 or not len(images):
-            raise ValueError("add() takes a folder, a list of image paths, images (n, height, width, 3), a "
-                             f"tf.data.Dataset or embeddings (n, {self.dim}). Received: an array of shape {images.shape}")  # fmt: skip
+            raise ValueError(
+                "add() takes a folder, a list of image paths, images (n, height, width, 3), a "
+                f"tf.data.Dataset or embeddings (n, {self.dim}). Received: an array of shape {images.shape}"
+            )
         return self._embed_arrays(images), [None] * len(images), None
 
     def _embed_files(self, source):
@@ -278,16 +303,23 @@ def _read_index(path):
             facts = json.load(f)
         embeddings = np.load(os.path.join(path, "embeddings.npy"), allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:  # EOFError: a zero-byte .npy
-        raise ValueError(f"{path!r} is not a readable FeatureIndex: {type(e).__name__}: {e}. Received: path={path!r}") from None
+        raise ValueError(
+            f"{path!r} is not a readable FeatureIndex: {type(e).__name__}: {e}. Received: path={path!r}"
+        ) from None
     keys = ("paths", "labels", "search", "batch_size", "dim")
     if not isinstance(facts, dict) or any(k not in facts for k in keys):
         raise ValueError(f"{path!r} is not a FeatureIndex: index.json lacks some of {', '.join(keys)}.")
-    counts = {"embeddings": len(embeddings) if embeddings.ndim == 2 else -1, "paths": len(facts["paths"]),
-              "labels": len(facts["labels"])}  # fmt: skip
+    counts = {
+        "embeddings": len(embeddings) if embeddings.ndim == 2 else -1,
+        "paths": len(facts["paths"]),
+        "labels": len(facts["labels"]),
+    }
     if len(set(counts.values())) != 1 or embeddings.ndim != 2 or embeddings.shape[1] != facts["dim"]:
-        raise ValueError(f"{path!r} is not a consistent FeatureIndex: "
-                         + ", ".join(f"{n} {k}" for k, n in counts.items())
-                         + f", embeddings of shape {embeddings.shape} for dim {facts['dim']}. Rebuild it.")  # fmt: skip
+        raise ValueError(
+            f"{path!r} is not a consistent FeatureIndex: "
+            + ", ".join(f"{n} {k}" for k, n in counts.items())
+            + f", embeddings of shape {embeddings.shape} for dim {facts['dim']}. Rebuild it."
+        )
     return facts, embeddings
 
 
@@ -298,8 +330,9 @@ def embedding_model(model, *, weights="imagenet", image_size=None):
     if isinstance(model, str):
         model = build_model(model, 1, input_shape=image_size, weights=weights)
     if not isinstance(model, keras.Model):
-        raise ValueError("model must be a Keras model or a backbone key such as 'resnet50'. "
-                         f"Received: model={type(model).__name__}")  # fmt: skip
+        raise ValueError(
+            f"model must be a Keras model or a backbone key such as 'resnet50'. Received: model={type(model).__name__}"
+        )
     return feature_model(model, name=f"{model.name}_embedding")
 
 

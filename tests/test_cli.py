@@ -1,6 +1,6 @@
 import json
-import re
 import os
+import re
 
 import keras
 import numpy as np
@@ -28,12 +28,43 @@ def small_folder(tmp_path):
 @pytest.mark.slow
 def test_end_to_end_run_folder_report_and_export(small_folder, tmp_path, capsys):
     run, export = tmp_path / "run", tmp_path / "export"
-    code = main(["--data", str(small_folder), "--backbone", "mobilenet_v3_small", "--image-size", "64",
-                 "--weights", "none", "--head-epochs", "1", "--fine-tune-epochs", "1", "--batch-size", "4",
-                 "--test-split", "0.25", "--output", str(run), "--export", str(export), "--export-onnx"])  # fmt: skip
+    code = main(
+        [
+            "--data",
+            str(small_folder),
+            "--backbone",
+            "mobilenet_v3_small",
+            "--image-size",
+            "64",
+            "--weights",
+            "none",
+            "--head-epochs",
+            "1",
+            "--fine-tune-epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--test-split",
+            "0.25",
+            "--output",
+            str(run),
+            "--export",
+            str(export),
+            "--export-onnx",
+        ]
+    )
     assert code == 0
-    for name in ("config.yaml", "history.csv", "report.json", "report.txt", "confusion.png", "model.keras",
-                 "checkpoints/best.keras", "model.onnx", "model.labels.txt"):  # fmt: skip
+    for name in (
+        "config.yaml",
+        "history.csv",
+        "report.json",
+        "report.txt",
+        "confusion.png",
+        "model.keras",
+        "checkpoints/best.keras",
+        "model.onnx",
+        "model.labels.txt",
+    ):
         assert (run / name).exists(), name
     assert os.listdir(run / "logs")
     captured = capsys.readouterr()
@@ -54,8 +85,9 @@ def test_end_to_end_run_folder_report_and_export(small_folder, tmp_path, capsys)
     probs, labels = np.concatenate(probs), np.concatenate(labels)
     assert report["num_examples"] == len(labels) == 9
     assert report["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == labels))
-    assert report["confusion"] == [[int(np.sum((labels == t) & (probs.argmax(1) == p))) for p in range(3)]
-                                   for t in range(3)]  # fmt: skip
+    assert report["confusion"] == [
+        [int(np.sum((labels == t) & (probs.argmax(1) == p))) for p in range(3)] for t in range(3)
+    ]
 
     # The export loads with TensorFlow alone and agrees with the Keras model.
     loaded = tf.saved_model.load(str(export / "1"))
@@ -72,7 +104,10 @@ def test_end_to_end_run_folder_report_and_export(small_folder, tmp_path, capsys)
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--backbone", "resnet5"], r"argument --backbone: invalid backbone 'resnet5': expected one of .*hub:URL_OR_FOLDER"),
+        (
+            ["--backbone", "resnet5"],
+            r"argument --backbone: invalid backbone 'resnet5': expected one of .*hub:URL_OR_FOLDER",
+        ),
         (["--unfreeze", "freeze"], r"argument --unfreeze: invalid policy 'freeze'"),
         (["--batch-size", "0"], r"argument --batch-size: invalid value 0"),
         (["--head-epochs", "x"], r"argument --head-epochs: invalid int value: 'x'"),
@@ -98,10 +133,17 @@ def test_library_errors_exit_2_with_the_message(tmp_path, capsys):
 
 def test_config_file_sets_defaults_and_flags_override(tmp_path):
     config = tmp_path / "recipe.yaml"
-    config.write_text("backbone: vgg16\npooling: flatten\ndense_units: [1024]\nhead_epochs: 10\nunfreeze: from:block5\n")
+    config.write_text(
+        "backbone: vgg16\npooling: flatten\ndense_units: [1024]\nhead_epochs: 10\nunfreeze: from:block5\n"
+    )
     _, run = parse_config(["--config", str(config), "--head-epochs", "3"])
     assert (run.backbone, run.pooling, run.dense_units, run.head_epochs, run.unfreeze) == (
-        "vgg16", "flatten", [1024], 3, "from:block5")  # fmt: skip
+        "vgg16",
+        "flatten",
+        [1024],
+        3,
+        "from:block5",
+    )
     assert run.learning_rate == 1e-3  # untouched default from RunConfig
     bad = tmp_path / "bad.yaml"
     bad.write_text("backbone: vgg16\nepoch: 3\n")
@@ -114,9 +156,25 @@ def test_pretrained_weights_set_the_image_size_when_none_is_given(tmp_path):
     base.save_weights(str(tmp_path / "mine.weights.h5"))
     (tmp_path / "mine.json").write_text(json.dumps({"backbone": "mobilenet_v3_small", "image_size": [32, 32]}))
     run = tmp_path / "run"
-    code = main(["--data", "digits", "--classes", "0", "1", "--backbone", "mobilenet_v3_small",
-                 "--weights", str(tmp_path / "mine.weights.h5"), "--head-epochs", "0", "--fine-tune-epochs", "0",
-                 "--output", str(run)])  # fmt: skip
+    code = main(
+        [
+            "--data",
+            "digits",
+            "--classes",
+            "0",
+            "1",
+            "--backbone",
+            "mobilenet_v3_small",
+            "--weights",
+            str(tmp_path / "mine.weights.h5"),
+            "--head-epochs",
+            "0",
+            "--fine-tune-epochs",
+            "0",
+            "--output",
+            str(run),
+        ]
+    )
     assert code == 0
     model = keras.saving.load_model(run / "model.keras")
     assert model.get_layer("preprocessing").size == (32, 32)
@@ -129,9 +187,29 @@ def test_compare_scratch_trains_both_on_the_same_split_and_reports_the_gain(smal
 
     build_model("small_cnn", 3, input_shape=32, weights=None).get_layer("backbone").save_weights(weights)
     run = tmp_path / "run"
-    code = main(["--data", str(small_folder), "--backbone", "small_cnn", "--image-size", "32", "--weights",
-                 str(weights), "--head-epochs", "1", "--fine-tune-epochs", "1", "--batch-size", "4", "--test-split", "0.25",
-                 "--compare-scratch", "--output", str(run)])  # fmt: skip
+    code = main(
+        [
+            "--data",
+            str(small_folder),
+            "--backbone",
+            "small_cnn",
+            "--image-size",
+            "32",
+            "--weights",
+            str(weights),
+            "--head-epochs",
+            "1",
+            "--fine-tune-epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--test-split",
+            "0.25",
+            "--compare-scratch",
+            "--output",
+            str(run),
+        ]
+    )
     assert code == 0
     comparison = json.loads((run / "comparison.json").read_text())
     transfer = json.loads((run / "report.json").read_text())
@@ -175,8 +253,10 @@ def test_config_file_errors_are_one_line_exit_2_before_anything_is_written(tmp_p
     broken.write_text("backbone: vgg16\nepochs: [1, 2\n")
     wrong_type = tmp_path / "wrong.yaml"
     wrong_type.write_text("backbone: vgg16\nlearning_rate: fast\n")
-    for path, message in ((broken, rf"Config file '{broken}' is not valid YAML \(line 3, column 1\)"),
-                          (wrong_type, r"learning_rate must be a number\. Received: learning_rate: 'fast'")):  # fmt: skip
+    for path, message in (
+        (broken, rf"Config file '{broken}' is not valid YAML \(line 3, column 1\)"),
+        (wrong_type, r"learning_rate must be a number\. Received: learning_rate: 'fast'"),
+    ):
         assert main(["--config", str(path), "--output", str(tmp_path / "run")]) == 2
         err = capsys.readouterr().err
         assert re.search(message, err) and "Traceback" not in err

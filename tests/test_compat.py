@@ -15,8 +15,11 @@ def test_a_changed_target_fails_with_a_message_naming_it_and_the_versions(monkey
     name = "keras.src.layers.layer:Layer._flatten_layers"
     monkeypatch.setitem(compat.TARGETS, name, "0000000000000000")
     monkeypatch.setattr(compat, "_checked", set())
-    with pytest.raises(RuntimeError, match=r"keras\.src\.layers\.layer\.Layer\._flatten_layers, checked with Keras "
-                                           r"3\.15\.1; in the installed Keras .* its source changed"):  # fmt: skip
+    with pytest.raises(
+        RuntimeError,
+        match=r"keras\.src\.layers\.layer\.Layer\._flatten_layers, checked with Keras "
+        r"3\.15\.1; in the installed Keras .* its source changed",
+    ):
         compat.flatten_layers(object())
 
 
@@ -29,6 +32,8 @@ def test_a_missing_target_fails_clearly(monkeypatch):
 def test_the_patched_functions_are_used_through_compat():
     import keras
 
-    model = keras.Sequential([keras.Input((4,)), keras.Sequential([keras.layers.Dense(2), keras.layers.BatchNormalization()])])
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.Sequential([keras.layers.Dense(2), keras.layers.BatchNormalization()])]
+    )
     assert sum(isinstance(x, keras.layers.BatchNormalization) for x in compat.flatten_layers(model)) == 1
     assert compat.in_safe_mode() in (True, None)  # load_model's default outside a load: safe mode

@@ -4,8 +4,8 @@ import time
 import warnings
 
 import numpy as np
-import tensorflow as tf
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from keras_transfer import data
@@ -79,7 +79,7 @@ def test_folder_with_bad_files_iterates_a_full_epoch_and_reports_them(image_fold
     x_val, y_val = _all(val)
     assert len(x_train) + len(x_val) == good
     assert x_train.dtype == np.float32 and x_train.shape[1:] == (24, 24, 3)
-    assert 0.0 <= x_train.min() and x_train.max() <= 255.0 and x_train.max() > 1.0
+    assert x_train.min() >= 0.0 and x_train.max() <= 255.0 and x_train.max() > 1.0
     assert y_train.dtype == np.int32
     assert sum(info.counts["train"].values()) == len(x_train)
     assert np.bincount(y_val, minlength=3).tolist() == [info.counts["validation"][c] for c in info.class_names]
@@ -125,11 +125,18 @@ def test_folder_errors(tmp_path):
 
 
 def test_digits_subset_relabelled_with_names_kept_and_few_shot_counts_exact():
-    train, val, test, info = load_dataset("digits", image_size=16, batch_size=64, classes=range(5, 10),
-                                          labels_per_class=3, validation_split=0.2, test_split=0.1)
+    train, val, test, info = load_dataset(
+        "digits",
+        image_size=16,
+        batch_size=64,
+        classes=range(5, 10),
+        labels_per_class=3,
+        validation_split=0.2,
+        test_split=0.1,
+    )
     assert info.class_names == ["5", "6", "7", "8", "9"]
     assert info.label_map == {5: 0, 6: 1, 7: 2, 8: 3, 9: 4}
-    assert info.counts["train"] == {name: 3 for name in info.class_names}
+    assert info.counts["train"] == dict.fromkeys(info.class_names, 3)
     x, y = _all(train)
     assert sorted(y.tolist()) == sorted([0, 1, 2, 3, 4] * 3)
     # scikit-learn's digits has 182, 181, 179, 174 and 180 images of 5..9; the held-out fractions are exact.
@@ -141,8 +148,9 @@ def test_digits_subset_relabelled_with_names_kept_and_few_shot_counts_exact():
 
 def test_splits_are_identical_across_calls_with_one_seed_and_differ_with_another():
     def split_arrays(seed):
-        _, val, test, _ = load_dataset("digits", image_size=8, batch_size=256, seed=seed, test_split=0.2,
-                                       deterministic=True)
+        _, val, test, _ = load_dataset(
+            "digits", image_size=8, batch_size=256, seed=seed, test_split=0.2, deterministic=True
+        )
         return _all(val), _all(test)
 
     (xv1, yv1), (xt1, _) = split_arrays(0)
@@ -193,13 +201,15 @@ def test_arrays_source_grayscale_and_errors():
 def test_augmentation_only_on_training_split_and_stays_in_range():
     x = np.random.default_rng(0).integers(0, 256, (16, 12, 12, 3), dtype=np.uint8)
     y = np.array([0, 1] * 8)
-    train, val, _, _ = load_dataset((x, y), image_size=12, batch_size=8, validation_split=0.5, augment=True, seed=3,
-                                    deterministic=True)
-    plain_train, plain_val, _, _ = load_dataset((x, y), image_size=12, batch_size=8, validation_split=0.5, seed=3,
-                                                deterministic=True)
+    train, val, _, _ = load_dataset(
+        (x, y), image_size=12, batch_size=8, validation_split=0.5, augment=True, seed=3, deterministic=True
+    )
+    plain_train, plain_val, _, _ = load_dataset(
+        (x, y), image_size=12, batch_size=8, validation_split=0.5, seed=3, deterministic=True
+    )
     xa, _ = _all(train)
     xp, _ = _all(plain_train)
-    assert 0.0 <= xa.min() and xa.max() <= 255.0
+    assert xa.min() >= 0.0 and xa.max() <= 255.0
     assert not np.allclose(np.sort(xa.ravel()), np.sort(xp.ravel()))
     np.testing.assert_array_equal(_all(val)[0], _all(plain_val)[0])
 
@@ -242,8 +252,11 @@ def test_fashion_mnist_missing_everywhere_names_all_three_places(tmp_path, monke
         raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3]")
 
     monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", offline)
-    with pytest.raises(OSError, match=r"(?s)Fashion-MNIST is not on this machine.*apt-get install dataset-fashion-mnist"
-                                      r".*Keras's cache.*keras\.datasets\.fashion_mnist\.load_data\(\)"):
+    with pytest.raises(
+        OSError,
+        match=r"(?s)Fashion-MNIST is not on this machine.*apt-get install dataset-fashion-mnist"
+        r".*Keras's cache.*keras\.datasets\.fashion_mnist\.load_data\(\)",
+    ):
         load_dataset("fashion_mnist")
 
 
@@ -267,7 +280,10 @@ def test_tfds_not_prepared_offline_fails_fast_with_instructions(monkeypatch, tmp
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", hang)
     monkeypatch.setattr(data, "TFDS_DEADLINE_S", 0.5)
     start = time.time()
-    with pytest.raises(OSError, match=r"TFDS dataset 'tf_flowers' is not prepared in .*\(not prepared within 0\.5 s\).*"
-                                      r"tfds build tf_flowers --data_dir DIR"):
+    with pytest.raises(
+        OSError,
+        match=r"TFDS dataset 'tf_flowers' is not prepared in .*\(not prepared within 0\.5 s\).*"
+        r"tfds build tf_flowers --data_dir DIR",
+    ):
         load_dataset("tfds:tf_flowers", data_dir=str(tmp_path))
     assert time.time() - start < 10

@@ -15,7 +15,9 @@ def test_auto_on_this_machine_is_the_default_strategy(monkeypatch):
 def test_auto_picks_multi_worker_from_tf_config(monkeypatch):
     from keras_transfer import distribute
 
-    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}')
+    monkeypatch.setenv(
+        "TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}'
+    )
     assert distribute._auto() == "multi_worker"
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(ValueError, match=r"TF_CONFIG is not valid JSON"):

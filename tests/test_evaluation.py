@@ -13,8 +13,9 @@ def _model_and_data(n_classes=6, n=40):
     x = rng.uniform(0, 255, (n, 4, 4, 3)).astype("float32")
     y = rng.integers(0, n_classes, n)
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(),
-                              keras.layers.Dense(n_classes, activation="softmax")])  # fmt: skip
+    model = keras.Sequential(
+        [keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(n_classes, activation="softmax")]
+    )
     model.layers[-1].set_weights([rng.normal(0, 0.002, (48, n_classes)), np.zeros(n_classes)])
     return model, x, y
 
@@ -35,11 +36,18 @@ def test_report_matches_a_recomputation_and_is_written(tmp_path):
     assert report.accuracy == pytest.approx(np.mean(pred == y))
     assert report.loss == pytest.approx(-np.mean(np.log(probs[np.arange(40), y])), rel=1e-5)
     top3 = np.mean([y[i] in np.argsort(-probs[i])[:3] for i in range(40)])
-    assert report.top_k == {3: pytest.approx(top3), 5: pytest.approx(np.mean([y[i] in np.argsort(-probs[i])[:5] for i in range(40)]))}
+    assert report.top_k == {
+        3: pytest.approx(top3),
+        5: pytest.approx(np.mean([y[i] in np.argsort(-probs[i])[:5] for i in range(40)])),
+    }
     for i, name in enumerate(names):
         assert report.per_class[name]["support"] == int(np.sum(y == i))
-        assert report.per_class[name]["recall"] == pytest.approx(recall_score(y, pred, labels=[i], average="macro", zero_division=0))
-        assert report.per_class[name]["precision"] == pytest.approx(precision_score(y, pred, labels=[i], average="macro", zero_division=0))
+        assert report.per_class[name]["recall"] == pytest.approx(
+            recall_score(y, pred, labels=[i], average="macro", zero_division=0)
+        )
+        assert report.per_class[name]["precision"] == pytest.approx(
+            precision_score(y, pred, labels=[i], average="macro", zero_division=0)
+        )
     assert report.macro["f1"] == pytest.approx(f1_score(y, pred, labels=range(6), average="macro", zero_division=0))
     confusion = np.zeros((6, 6), int)
     np.add.at(confusion, (y, pred), 1)
@@ -80,7 +88,9 @@ def test_linear_probe_separates_an_easy_problem_and_needs_two_classes():
     keras.utils.set_random_seed(0)
     model = build_model("small_cnn", 3, input_shape=32, weights=None)
     order = rng.permutation(60)
-    train = tf.data.Dataset.from_tensor_slices((x[order[:30]], y[order[:30]])).shuffle(30).batch(8)  # reshuffled per pass
+    train = (
+        tf.data.Dataset.from_tensor_slices((x[order[:30]], y[order[:30]])).shuffle(30).batch(8)
+    )  # reshuffled per pass
     test = tf.data.Dataset.from_tensor_slices((x[order[30:]], y[order[30:]])).shuffle(30).batch(8)
     assert linear_probe(model, train, test) >= 0.9
     one_class = tf.data.Dataset.from_tensor_slices((x[:5], np.zeros(5, int))).batch(5)

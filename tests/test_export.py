@@ -62,13 +62,19 @@ def test_export_serves_what_was_trained_in_a_process_without_keras(model, tmp_pa
     decoded = [image_array(b, size=(32, 32)) for b in encoded]
     np.savez(tmp_path / "data.npz", images=images, encoded=np.array(encoded, dtype=object))
 
-    path = kt.export_saved_model(model, str(tmp_path / "served"), class_names=["a", "b", "c"],
-                                 metadata={"metrics": {"accuracy": 0.5}})  # fmt: skip
+    path = kt.export_saved_model(
+        model, str(tmp_path / "served"), class_names=["a", "b", "c"], metadata={"metrics": {"accuracy": 0.5}}
+    )
     assert path == str(tmp_path / "served" / "1")
     script = tmp_path / "fresh.py"
     script.write_text(FRESH_PROCESS)
-    out = subprocess.run([sys.executable, str(script), path, str(tmp_path / "data.npz")], env=ENV,
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, str(script), path, str(tmp_path / "data.npz")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     served = json.loads(out.stdout.strip().splitlines()[-1])
     expected = model.predict(images, verbose=0)
@@ -79,8 +85,12 @@ def test_export_serves_what_was_trained_in_a_process_without_keras(model, tmp_pa
     assert "not a JPEG, PNG, GIF, BMP or WebP image" in served["bad"]
     assert not served["keras_loaded"]
 
-    cli = subprocess.run([os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "show", "--all",
-                          "--dir", path], capture_output=True, text=True, timeout=120)  # fmt: skip
+    cli = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "show", "--all", "--dir", path],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert cli.returncode == 0, cli.stderr[-2000:]
     assert "signature_def['serving_default']" in cli.stdout and "signature_def['serve_bytes']" in cli.stdout
     assert (tmp_path / "served" / "1" / "labels.txt").read_text() == "a\nb\nc\n"
@@ -110,8 +120,7 @@ def test_a_killed_export_leaves_no_version_and_old_versions_intact(model, tmp_pa
     before = sorted(os.listdir(base / "1"))
     script = tmp_path / "killed.py"
     script.write_text(KILLED_EXPORT)
-    out = subprocess.run([sys.executable, str(script), str(base)], env=ENV, capture_output=True, text=True,
-                         timeout=300)  # fmt: skip
+    out = subprocess.run([sys.executable, str(script), str(base)], env=ENV, capture_output=True, text=True, timeout=300)
     assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
     assert sorted(n for n in os.listdir(base) if not n.startswith(".")) == ["1"]
     assert sorted(os.listdir(base / "1")) == before

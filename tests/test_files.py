@@ -8,12 +8,11 @@ from keras_transfer.files import atomic_path
 def test_a_file_appears_whole_or_not_at_all(tmp_path):
     path = tmp_path / "a.weights.h5"
     path.write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_path(path) as tmp:
-            assert tmp.endswith(".weights.h5") and os.path.dirname(tmp) == str(tmp_path)
-            with open(tmp, "w") as f:
-                f.write("half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        assert tmp.endswith(".weights.h5") and os.path.dirname(tmp) == str(tmp_path)
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise RuntimeError("killed")
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["a.weights.h5"]
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         f.write("new")
@@ -24,10 +23,9 @@ def test_a_folder_replaces_the_old_one_only_when_complete(tmp_path):
     path = tmp_path / "index"
     path.mkdir()
     (path / "old").write_text("1")
-    with pytest.raises(ValueError):
-        with atomic_path(path) as tmp:
-            os.makedirs(tmp)
-            raise ValueError("failed")
+    with pytest.raises(ValueError), atomic_path(path) as tmp:
+        os.makedirs(tmp)
+        raise ValueError("failed")
     assert os.listdir(path) == ["old"] and os.listdir(tmp_path) == ["index"]
     with atomic_path(path) as tmp:
         os.makedirs(tmp)

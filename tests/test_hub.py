@@ -62,7 +62,9 @@ def test_fine_tuning_trains_the_module_variables_in_place(hub_dir, rgb_images):
     before = [np.array(v) for v in layer._module.variables]
     x, y = rgb_images(8, 32), np.array([0, 1] * 4)
     train = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
-    kt.fine_tune(model, train, head_epochs=1, fine_tune_epochs=2, unfreeze="all", fine_tune_learning_rate=1e-2, verbose=0)
+    kt.fine_tune(
+        model, train, head_epochs=1, fine_tune_epochs=2, unfreeze="all", fine_tune_learning_rate=1e-2, verbose=0
+    )
     after = [np.array(v) for v in layer._module.variables]
     assert not np.allclose(before[0], after[0])  # the kernel trained
     np.testing.assert_array_equal(before[2], after[2])  # the non-trainable variable did not

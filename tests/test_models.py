@@ -1,9 +1,9 @@
 import keras
 import numpy as np
 import pytest
+from conftest import SMALL_INPUT
 
 import keras_transfer as kt
-from conftest import SMALL_INPUT
 
 
 @pytest.mark.parametrize("head", ["avg", "max", "flatten"])
@@ -12,8 +12,16 @@ def test_builds_with_each_head_and_predicts_class_probabilities(name, head, rgb_
     size = SMALL_INPUT[name]
     model = kt.build_model(name, 4, input_shape=(size, size), weights=None, pooling=head, dense_units=(8,), dropout=0.2)
     names = [layer.name for layer in model.layers]
-    assert names == ["images", "preprocessing", "backbone", "head_pool", "head_dropout_0", "head_dense_0",
-                     "head_dropout_1", "predictions"]
+    assert names == [
+        "images",
+        "preprocessing",
+        "backbone",
+        "head_pool",
+        "head_dropout_0",
+        "head_dense_0",
+        "head_dropout_1",
+        "predictions",
+    ]
     assert model.name == name
     # Raw images of another size are resized inside the model.
     probs = model.predict(rgb_images(2, size + 7), verbose=0)
@@ -64,8 +72,9 @@ def _pooled_reference(constructor, module, size, x, weights_path):
         ("inception_v3", keras.applications.InceptionV3, keras.applications.inception_v3),
     ],
 )
-def test_backbone_weights_file_gives_the_same_features_as_keras_applications(name, constructor, module, tmp_path,
-                                                                           rgb_images):
+def test_backbone_weights_file_gives_the_same_features_as_keras_applications(
+    name, constructor, module, tmp_path, rgb_images
+):
     size = SMALL_INPUT[name]
     source = constructor(include_top=False, weights=None, input_shape=(size, size, 3))
     path = str(tmp_path / f"{name}.weights.h5")
@@ -145,8 +154,11 @@ def test_imagenet_download_failure_names_backbone_and_offline_alternatives(monke
         raise Exception(f"URL fetch failure on {origin}: None -- [Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(file_utils, "get_file", offline)
-    with pytest.raises(OSError, match=r"ImageNet weights for backbone 'vgg16'.*URL fetch failure on https://.*"
-                                      r"weights=None.*local backbone weights file.*~/\.keras/models/"):
+    with pytest.raises(
+        OSError,
+        match=r"ImageNet weights for backbone 'vgg16'.*URL fetch failure on https://.*"
+        r"weights=None.*local backbone weights file.*~/\.keras/models/",
+    ):
         kt.build_model("vgg16", 2, input_shape=32)
 
 
@@ -172,8 +184,11 @@ def test_policies_that_cannot_apply_say_which_can():
     backbone = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Conv2D(4, 3)], name="backbone")
     pooled = keras.layers.GlobalAveragePooling2D(name="head_pool")(backbone(image))
     model = keras.Model(image, keras.layers.Dense(2, name="predictions")(pooled), name="handmade")
-    with pytest.raises(ValueError, match=r"'stages:K' needs to know the model's backbone.*policies that apply: "
-                                         r"'frozen', 'all', 'top:N', 'from:NAME'"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"'stages:K' needs to know the model's backbone.*policies that apply: "
+        r"'frozen', 'all', 'top:N', 'from:NAME'",
+    ):
         kt.set_trainable(model, "stages:1")
     assert kt.set_trainable(model, "all").trainable_layers == 1
 

@@ -21,10 +21,17 @@ def test_import_does_not_pull_tfds_or_hub():
 
 def test_import_keeps_tensorflow_start_up_lines_off_the_terminal():
     code = "import keras_transfer, tensorflow as tf; tf.constant(1.0) + 1; print('ok')"
-    env = {k: v for k, v in __import__("os").environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "KERAS_TRANSFER_VERBOSE")}
+    env = {
+        k: v for k, v in __import__("os").environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "KERAS_TRANSFER_VERBOSE")
+    }
     quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert quiet.returncode == 0 and quiet.stdout == "ok\n" and quiet.stderr == "", quiet.stderr
     # The same process with KERAS_TRANSFER_VERBOSE=1 shows what was kept away (TF 2.21's absl/oneDNN lines).
-    loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**env, "KERAS_TRANSFER_VERBOSE": "1"})  # fmt: skip
+    loud = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "KERAS_TRANSFER_VERBOSE": "1"},
+    )
     assert loud.returncode == 0 and loud.stderr.strip(), "nothing to hide: the test above proves nothing here"

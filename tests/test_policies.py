@@ -4,9 +4,9 @@ BatchNormalization statistics unchanged unless asked (keras-team/keras#9214)."""
 import keras
 import numpy as np
 import pytest
+from conftest import SMALL_INPUT
 
 import keras_transfer as kt
-from conftest import SMALL_INPUT
 
 
 def _after(names, first):
@@ -65,7 +65,9 @@ def test_policy_freezes_exactly_what_it_says(name, policy, expected):
             moved_layers += 1
     for layer in model.layers:
         if layer.weights and layer is not backbone:
-            assert not np.array_equal(before[layer.name][0], _snapshot(layer)[0]), f"head layer {layer.name} did not move"
+            assert not np.array_equal(before[layer.name][0], _snapshot(layer)[0]), (
+                f"head layer {layer.name} did not move"
+            )
     assert summary.trainable_layers == moved_layers
     assert summary.trainable_params == sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     assert f"policy {policy!r}: {moved_layers} of" in str(summary)

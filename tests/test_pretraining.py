@@ -10,8 +10,15 @@ from keras_transfer.pretraining import nt_xent, pretrain
 
 
 def _digits_pretrain(tmp_path):
-    return pretrain("mobilenet_v3_small", "digits", image_size=32, epochs=3, batch_size=32, classes=range(5),
-                    output_dir=str(tmp_path))  # fmt: skip
+    return pretrain(
+        "mobilenet_v3_small",
+        "digits",
+        image_size=32,
+        epochs=3,
+        batch_size=32,
+        classes=range(5),
+        output_dir=str(tmp_path),
+    )
 
 
 @pytest.mark.slow
@@ -45,9 +52,18 @@ def test_simclr_never_reads_labels(tmp_path):
     y = np.arange(32) % 3
     losses = []
     for labels in (y, np.random.default_rng(1).permutation(y)):
-        path = pretrain("mobilenet_v3_small", (x, labels), method="simclr", image_size=32, epochs=1, batch_size=16,
-                        output_dir=str(tmp_path))  # fmt: skip
-        losses.append(json.loads((tmp_path / "mobilenet_v3_small_simclr.json").read_text())["metrics"]["loss_per_epoch"])
+        path = pretrain(
+            "mobilenet_v3_small",
+            (x, labels),
+            method="simclr",
+            image_size=32,
+            epochs=1,
+            batch_size=16,
+            output_dir=str(tmp_path),
+        )
+        losses.append(
+            json.loads((tmp_path / "mobilenet_v3_small_simclr.json").read_text())["metrics"]["loss_per_epoch"]
+        )
     assert losses[0] == losses[1]
     assert kt.build_model("mobilenet_v3_small", 2, weights=path).output_shape == (None, 2)
 

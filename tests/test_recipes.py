@@ -27,10 +27,30 @@ def test_recipe_runs_in_smoke_mode(path, tmp_path):
     if recipe.get("compare_scratch"):  # needs pretrained weights: a backbone saved here stands in
         weights = str(tmp_path / "pretrained.weights.h5")
         kt.build_model(recipe["backbone"], 2, input_shape=32, weights=None).get_layer("backbone").save_weights(weights)
-    smoke = ["--config", str(path), "--data", "digits", "--weights", weights, "--image-size", "32",
-             "--labels-per-class", "2", "--batch-size", "4", "--validation-split", "0.1", "--test-split", "0.1",
-             "--head-epochs", str(min(full.head_epochs, 1)), "--fine-tune-epochs", str(min(full.fine_tune_epochs, 1)),
-             "--output", str(tmp_path / "run")]  # fmt: skip
+    smoke = [
+        "--config",
+        str(path),
+        "--data",
+        "digits",
+        "--weights",
+        weights,
+        "--image-size",
+        "32",
+        "--labels-per-class",
+        "2",
+        "--batch-size",
+        "4",
+        "--validation-split",
+        "0.1",
+        "--test-split",
+        "0.1",
+        "--head-epochs",
+        str(min(full.head_epochs, 1)),
+        "--fine-tune-epochs",
+        str(min(full.fine_tune_epochs, 1)),
+        "--output",
+        str(tmp_path / "run"),
+    ]
     assert main(smoke) == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["num_examples"] > 0

@@ -5,9 +5,9 @@ import io
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
-import struct
 import tempfile
 import zlib
 
@@ -38,8 +38,9 @@ def photo_folder(tmp_path):
 
 
 def test_evaluation_splits_come_in_the_same_order_on_every_pass(photo_folder):
-    train, val, test, info = kt.load_dataset(str(photo_folder), image_size=32, batch_size=2, validation_split=0.3,
-                                             test_split=0.3, cache=False, seed=1)  # fmt: skip
+    train, val, test, info = kt.load_dataset(
+        str(photo_folder), image_size=32, batch_size=2, validation_split=0.3, test_split=0.3, cache=False, seed=1
+    )
     model = kt.build_model("small_cnn", info.num_classes, input_shape=32, weights=None)
     kt.fine_tune(model, train, head_epochs=2, fine_tune_epochs=0, learning_rate=1e-2, verbose=0)
     model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -65,7 +66,7 @@ def test_temporary_feature_caches_are_removed_on_return_and_on_error(monkeypatch
             seen.extend(os.listdir(tmp_path))
 
     kt.fine_tune(model, train, head_epochs=1, fine_tune_epochs=0, callbacks=[Look()], verbose=0)
-    ours = lambda names: [n for n in names if n.startswith("keras_transfer_features_")]  # noqa: E731
+    ours = lambda names: [n for n in names if n.startswith("keras_transfer_features_")]
     assert ours(seen)  # it was used
     assert not ours(os.listdir(tmp_path))
 
@@ -81,13 +82,28 @@ def test_temporary_feature_caches_are_removed_on_return_and_on_error(monkeypatch
 @pytest.mark.parametrize(
     "call,message",
     [
-        (lambda: kt.load_dataset("digits", validation_split="0.2"), r"validation_split must be in \[0, 1\)\. Received: validation_split='0\.2'"),
-        (lambda: kt.load_dataset("digits", image_size=32.0), r"image_size must be an int or \(height, width\).*Received: image_size=32\.0"),
-        (lambda: kt.load_dataset("digits", batch_size=2.0), r"batch_size must be a positive integer\. Received: batch_size=2\.0"),
-        (lambda: kt.build_model("small_cnn", 2, input_shape=32.0, weights=None), r"input_shape must be .*Received: input_shape=32\.0"),
-        (lambda: kt.build_model("small_cnn", 2, input_shape=32, weights=None, dropout="0.2"), r"dropout must be in \[0, 1\)\. Received: dropout='0\.2'"),
+        (
+            lambda: kt.load_dataset("digits", validation_split="0.2"),
+            r"validation_split must be in \[0, 1\)\. Received: validation_split='0\.2'",
+        ),
+        (
+            lambda: kt.load_dataset("digits", image_size=32.0),
+            r"image_size must be an int or \(height, width\).*Received: image_size=32\.0",
+        ),
+        (
+            lambda: kt.load_dataset("digits", batch_size=2.0),
+            r"batch_size must be a positive integer\. Received: batch_size=2\.0",
+        ),
+        (
+            lambda: kt.build_model("small_cnn", 2, input_shape=32.0, weights=None),
+            r"input_shape must be .*Received: input_shape=32\.0",
+        ),
+        (
+            lambda: kt.build_model("small_cnn", 2, input_shape=32, weights=None, dropout="0.2"),
+            r"dropout must be in \[0, 1\)\. Received: dropout='0\.2'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_values_of_the_wrong_type_are_value_errors_naming_the_argument(call, message):
     with pytest.raises(ValueError, match=message):
         call()
@@ -104,7 +120,10 @@ def test_odd_labels_and_unit_range_images_are_warned_about(caplog):
     x = np.random.default_rng(0).uniform(0, 1, (8, 8, 8, 3)).astype("float32")
     with caplog.at_level("WARNING", logger="keras_transfer.data"):
         kt.load_dataset((x, np.array([0, 1000] * 4)), image_size=8, batch_size=4, validation_split=0.0)
-    assert "The labels are not 0..1: 2 distinct values between 0 and 1000, so 999 of the 1001 classes have no images" in caplog.text
+    assert (
+        "The labels are not 0..1: 2 distinct values between 0 and 1000, so 999 of the 1001 classes have no images"
+        in caplog.text
+    )
     assert "x holds floats in [" in caplog.text and "expects RGB values in 0-255" in caplog.text
 
 
@@ -187,18 +206,48 @@ def _chain(script, tmp_path, name, points):
     """Runs the CLI killed at each point in turn, then once to the end; returns the run folder, the export folder
     and every per-epoch line printed, as (epoch, stage)."""
     run_dir, export_dir = tmp_path / name, tmp_path / f"{name}_export"
-    argv = ["--data", "digits", "--classes", "0", "1", "2", "--backbone", "small_cnn", "--weights", "none",
-            "--image-size", "32", "--batch-size", "16", "--validation-split", "0.2", "--test-split", "0.2",
-            "--augment", "--head-epochs", "3", "--fine-tune-epochs", "3", "--unfreeze", "all",
-            "--output", str(run_dir), "--export", str(export_dir)]  # fmt: skip
+    argv = [
+        "--data",
+        "digits",
+        "--classes",
+        "0",
+        "1",
+        "2",
+        "--backbone",
+        "small_cnn",
+        "--weights",
+        "none",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "16",
+        "--validation-split",
+        "0.2",
+        "--test-split",
+        "0.2",
+        "--augment",
+        "--head-epochs",
+        "3",
+        "--fine-tune-epochs",
+        "3",
+        "--unfreeze",
+        "all",
+        "--output",
+        str(run_dir),
+        "--export",
+        str(export_dir),
+    ]
     printed = []
     for point in (*points, None):
         env = {**ENV, "KILL_AT": point} if point else ENV
         out = subprocess.run([sys.executable, str(script), *argv], env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode == (-signal.SIGKILL if point else 0), (point, out.stderr[-3000:])
         _visible_files_are_whole(run_dir, export_dir)
-        printed += [(int(line.split()[1].split("/")[0]), line.split()[2]) for line in out.stderr.splitlines()
-                    if line.startswith("epoch ")]  # fmt: skip
+        printed += [
+            (int(line.split()[1].split("/")[0]), line.split()[2])
+            for line in out.stderr.splitlines()
+            if line.startswith("epoch ")
+        ]
     return run_dir, export_dir, printed
 
 
@@ -238,7 +287,14 @@ def _jpeg(array, orientation=None, big_endian=False):
     if not orientation:
         return data
     # A Motorola-order (big-endian) EXIF segment written by hand: one entry, tag 0x0112, type SHORT.
-    tiff = b"MM\x00\x2a\x00\x00\x00\x08" + b"\x00\x01" + b"\x01\x12\x00\x03\x00\x00\x00\x01" + orientation.to_bytes(2, "big") + b"\x00\x00" + b"\x00\x00\x00\x00"
+    tiff = (
+        b"MM\x00\x2a\x00\x00\x00\x08"
+        + b"\x00\x01"
+        + b"\x01\x12\x00\x03\x00\x00\x00\x01"
+        + orientation.to_bytes(2, "big")
+        + b"\x00\x00"
+        + b"\x00\x00\x00\x00"
+    )
     app1 = b"Exif\x00\x00" + tiff
     return data[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + data[2:]
 
@@ -279,7 +335,9 @@ def _png_with_header(width, height):
         return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 10)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 10)) + chunk(b"IEND", b"")
+    )
 
 
 def test_counts_equal_what_iterating_yields_over_a_corpus_of_bad_files(tmp_path):
@@ -311,8 +369,9 @@ def test_counts_equal_what_iterating_yields_over_a_corpus_of_bad_files(tmp_path)
     os.mkdir(os.path.join(os.fsencode(tmp_path), b"\xe9t\xe9"))  # a class folder whose name is not UTF-8
     with open(os.path.join(os.fsencode(tmp_path), b"\xe9t\xe9", b"1.jpg"), "wb") as f:
         f.write(jpeg)
-    train, val, test, info = kt.load_dataset(str(tmp_path), image_size=16, batch_size=2, validation_split=0.3,
-                                             test_split=0.2, cache=False)  # fmt: skip
+    train, val, test, info = kt.load_dataset(
+        str(tmp_path), image_size=16, batch_size=2, validation_split=0.3, test_split=0.2, cache=False
+    )
     reasons = {os.path.basename(p): r for p, r in info.skipped}
     assert set(reasons) == set(corpus), reasons
     assert "60000x60000 pixels is above the limit of 89,478,485" in reasons["bomb.png"]
@@ -333,8 +392,10 @@ def test_the_pixel_limit_is_configurable(tmp_path, monkeypatch):
     Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(path)
     assert images.image_problem(str(path)) is None
     monkeypatch.setattr(images, "MAX_PIXELS", 1000)
-    assert images.image_problem(str(path)) == ("40x30 pixels is above the limit of 1,000 (a decompression bomb; raise "
-                                               "keras_transfer.images.MAX_PIXELS to allow it)")  # fmt: skip
+    assert images.image_problem(str(path)) == (
+        "40x30 pixels is above the limit of 1,000 (a decompression bomb; raise "
+        "keras_transfer.images.MAX_PIXELS to allow it)"
+    )
 
 
 def _photo(height, width, seed=0):
@@ -348,14 +409,18 @@ def _photo(height, width, seed=0):
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("stored,target,ratio,limit", [
-    ((1600, 2400), (224, 224), 4, 2.0),  # the benchmark's photo size
-    ((300, 400), (224, 224), 1, 2.0),    # and its small size: no reduction possible
-    ((460, 700), (224, 224), 2, 2.0),
-    ((900, 1200), (100, 150), 8, 5.0),   # a 1/8 decode landing on the target itself: measured 3.8
-])  # fmt: skip
-def test_size_aware_jpeg_decoding_is_close_to_a_full_decode_and_never_upsamples(stored, target, ratio, limit,
-                                                                                 monkeypatch):
+@pytest.mark.parametrize(
+    "stored,target,ratio,limit",
+    [
+        ((1600, 2400), (224, 224), 4, 2.0),  # the benchmark's photo size
+        ((300, 400), (224, 224), 1, 2.0),  # and its small size: no reduction possible
+        ((460, 700), (224, 224), 2, 2.0),
+        ((900, 1200), (100, 150), 8, 5.0),  # a 1/8 decode landing on the target itself: measured 3.8
+    ],
+)
+def test_size_aware_jpeg_decoding_is_close_to_a_full_decode_and_never_upsamples(
+    stored, target, ratio, limit, monkeypatch
+):
     from keras_transfer import images
 
     blob = _photo(*stored)
@@ -369,8 +434,13 @@ def test_size_aware_jpeg_decoding_is_close_to_a_full_decode_and_never_upsamples(
     assert chosen == ratio
 
 
-@pytest.mark.parametrize("kwargs,message", [(dict(epochs=0), r"epochs must be an integer >= 1\. Received: epochs=0"),
-                                            (dict(learning_rate=-1.0), r"learning_rate must be a number > 0")])  # fmt: skip
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(epochs=0), r"epochs must be an integer >= 1\. Received: epochs=0"),
+        (dict(learning_rate=-1.0), r"learning_rate must be a number > 0"),
+    ],
+)
 def test_pretrain_checks_its_numbers_before_loading_anything(kwargs, message):
     with pytest.raises(ValueError, match=message):
         kt.pretrain("small_cnn", "/nonexistent/folder", **kwargs)
@@ -381,7 +451,10 @@ def test_folder_decoding_groups_jpegs_by_decode_and_gives_what_decode_image_give
 
     size = (112, 112)
     blobs = [
-        _photo(300, 400), _photo(1000, 1000, seed=1), _photo(200, 210), _photo(240, 300, seed=1),  # ratios 2, 8, 1, 2
+        _photo(300, 400),
+        _photo(1000, 1000, seed=1),
+        _photo(200, 210),
+        _photo(240, 300, seed=1),  # ratios 2, 8, 1, 2
         _jpeg(ASYMMETRIC, orientation=6),  # turned: the general decoder
         _jpeg(np.full((50, 70), 90, np.uint8)),  # grayscale JPEG: RGB like the others
         _photo(200, 260)[:400] + bytes(range(256)) * 8 + b"\xff\xd9",  # passes the byte check, fails to decode

@@ -15,8 +15,9 @@ from keras_transfer.report import calibration
 
 
 def _chromium():
-    return next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)),
-                None)  # fmt: skip
+    return next(
+        (shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None
+    )
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +32,47 @@ def run_dir(tmp_path_factory):
             Image.fromarray(image).save(root / "images" / name / f"{i}.png")
     (root / "images" / "square" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     run = root / "run"
-    assert main(["--data", str(root / "images"), "--backbone", "small_cnn", "--image-size", "32", "--weights", "none",
-                 "--head-epochs", "2", "--fine-tune-epochs", "1", "--batch-size", "4", "--test-split", "0.5",
-                 "--output", str(run)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "--data",
+                str(root / "images"),
+                "--backbone",
+                "small_cnn",
+                "--image-size",
+                "32",
+                "--weights",
+                "none",
+                "--head-epochs",
+                "2",
+                "--fine-tune-epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--test-split",
+                "0.5",
+                "--output",
+                str(run),
+            ]
+        )
+        == 0
+    )
     return run
 
 
 def test_the_run_folder_has_a_self_contained_report_that_the_report_command_rebuilds(run_dir, capsys):
     page = (run_dir / "report.html").read_text()
-    for section in ("Settings", "Data", "Training", "Test metrics", "Confusion matrix", "Mistakes and doubts",
-                    "Calibration", "Timings", "Versions"):  # fmt: skip
+    for section in (
+        "Settings",
+        "Data",
+        "Training",
+        "Test metrics",
+        "Confusion matrix",
+        "Mistakes and doubts",
+        "Calibration",
+        "Timings",
+        "Versions",
+    ):
         assert f">{section}</h" in page, section
     assert "<script" not in page and "http://" not in page and "https://" not in page  # opens offline, no JavaScript
     assert "broken.png" in page  # the skipped file and its reason
@@ -49,8 +81,12 @@ def test_the_run_folder_has_a_self_contained_report_that_the_report_command_rebu
     assert main(["report", str(run_dir / "nowhere")]) == 2
     assert "has no report.json" in capsys.readouterr().err
     os.remove(run_dir / "report.html")  # as a module too: `python -m keras_transfer.cli report RUN_DIR`
-    done = subprocess.run([sys.executable, "-m", "keras_transfer.cli", "report", str(run_dir)], capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_transfer.cli", "report", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"Report: {run_dir / 'report.html'}" and (run_dir / "report.html").exists()
 
@@ -63,8 +99,11 @@ def test_expected_calibration_error_by_hand():
     assert [r[2] for r in rows] == [1, 1, 2]
 
 
-@pytest.mark.skipif(_chromium() is None, reason="no Chromium here: `make test` installs Debian's chromium where "
-                    "apt-get is allowed; the report is then checked in a real browser")  # fmt: skip
+@pytest.mark.skipif(
+    _chromium() is None,
+    reason="no Chromium here: `make test` installs Debian's chromium where "
+    "apt-get is allowed; the report is then checked in a real browser",
+)
 def test_the_report_in_headless_chromium(run_dir, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (in [dev]) drives the browser")
     report = json.loads((run_dir / "report.json").read_text())
@@ -79,8 +118,13 @@ def test_the_report_in_headless_chromium(run_dir, tmp_path):
         page.wait_for_load_state("load")
         widths = page.eval_on_selector_all("img", "images => images.map(i => i.complete ? i.naturalWidth : 0)")
         accuracy = page.inner_text("#accuracy")
-        cells = page.eval_on_selector_all("td[data-metric]", "cells => cells.map(c => [c.dataset.cls, c.dataset.metric, c.innerText])")
-        shown = page.eval_on_selector_all("figure.example", "fs => fs.map(f => [f.dataset.kind, +f.dataset.index, +f.dataset.true, +f.dataset.predicted])")
+        cells = page.eval_on_selector_all(
+            "td[data-metric]", "cells => cells.map(c => [c.dataset.cls, c.dataset.metric, c.innerText])"
+        )
+        shown = page.eval_on_selector_all(
+            "figure.example",
+            "fs => fs.map(f => [f.dataset.kind, +f.dataset.index, +f.dataset.true, +f.dataset.predicted])",
+        )
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         browser.close()
     assert errors == []

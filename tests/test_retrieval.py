@@ -145,8 +145,7 @@ def test_retrieve_script_indexes_queries_adds_and_evaluates(photo_folder, tmp_pa
     index_dir = tmp_path / "index"
     assert retrieve(["index", str(photo_folder / "red"), "--model", str(model_file), "--index", str(index_dir)]) == 0
     assert "indexed 6 images" in capsys.readouterr().out
-    assert retrieve(["index", str(photo_folder / "blue"), "--model", "unused", "--index", str(index_dir),
-                     "--add"]) == 0  # fmt: skip
+    assert retrieve(["index", str(photo_folder / "blue"), "--model", "unused", "--index", str(index_dir), "--add"]) == 0
     assert "12 in" in capsys.readouterr().out
     query = str(photo_folder / "blue" / "2.png")
     assert retrieve(["query", str(index_dir), query, "--k", "3", "--json", "--output", str(tmp_path / "r.json")]) == 0

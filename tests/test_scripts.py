@@ -31,8 +31,9 @@ def saved(tmp_path_factory):
     model = kt.build_model("resnet50", 3, input_shape=32, weights=None)
     model.save(root / "model.keras")
     (root / "labels.txt").write_text("cat\ndog\nfox\n")
-    code = _script("export").main([str(root / "model.keras"), "--saved-model", str(root / "served"),
-                                   "--labels", str(root / "labels.txt")])  # fmt: skip
+    code = _script("export").main(
+        [str(root / "model.keras"), "--saved-model", str(root / "served"), "--labels", str(root / "labels.txt")]
+    )
     assert code == 0
     rng = np.random.default_rng(0)
     os.makedirs(root / "images" / "nested")
@@ -68,8 +69,20 @@ def test_predict_keras_file_table(saved, capsys):
 def test_export_tflite_onnx_and_bad_arguments(saved, capsys):
     root, _ = saved
     export = _script("export")
-    assert export.main([str(root / "model.keras"), "--tflite", str(root / "m.tflite"), "--quantize", "dynamic",
-                        "--onnx", str(root / "m.onnx")]) == 0  # fmt: skip
+    assert (
+        export.main(
+            [
+                str(root / "model.keras"),
+                "--tflite",
+                str(root / "m.tflite"),
+                "--quantize",
+                "dynamic",
+                "--onnx",
+                str(root / "m.onnx"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "TFLite:" in out and (root / "m.tflite").stat().st_size > 0
     assert f"ONNX: {root / 'm.onnx'}" in out and (root / "m.onnx").stat().st_size > 0
@@ -84,7 +97,9 @@ def test_predict_imagenet_names_the_flower_offline(tmp_path, capsys):
 
     sample = load_sample_images()
     flower = tmp_path / "flower.jpg"
-    Image.fromarray(sample.images[sample.filenames.index(next(f for f in sample.filenames if f.endswith("flower.jpg")))]).save(flower)
+    Image.fromarray(
+        sample.images[sample.filenames.index(next(f for f in sample.filenames if f.endswith("flower.jpg")))]
+    ).save(flower)
     assert _script("predict").main(["--imagenet", str(flower), "--top-k", "3", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)[0]
     assert result["predictions"][0]["label"] == "daisy" and len(result["predictions"]) == 3
@@ -100,8 +115,11 @@ def test_every_script_turns_a_refused_model_into_one_line(tmp_path, capsys):
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
     for model in ("lambda.keras", "garbage.keras"):
         path = str(tmp_path / model)
-        for script, argv in (("export", [path, "--tflite", str(tmp_path / "m.tflite")]), ("predict", [path, str(image)]),
-                             ("retrieve", ["index", str(tmp_path), "--model", path, "--index", str(tmp_path / "i")])):  # fmt: skip
+        for script, argv in (
+            ("export", [path, "--tflite", str(tmp_path / "m.tflite")]),
+            ("predict", [path, str(image)]),
+            ("retrieve", ["index", str(tmp_path), "--model", path, "--index", str(tmp_path / "i")]),
+        ):
             code = _script(script).main(argv)
             err = capsys.readouterr().err
             assert code in (1, 2) and err.count("\n") == 1 and "Traceback" not in err, (script, model, err)

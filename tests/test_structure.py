@@ -57,11 +57,14 @@ def test_no_hidden_dataset_attribute_decides_anything():
         assert "keras_transfer_augmented" not in path.read_text(), path.name
 
 
-@pytest.mark.parametrize("call,home", [
-    ("tf.io.decode_image(", "images.py"),   # one image decoder
-    ("os.replace(", "files.py"),            # one atomic write
-    ("os.rename(", None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "call,home",
+    [
+        ("tf.io.decode_image(", "images.py"),  # one image decoder
+        ("os.replace(", "files.py"),  # one atomic write
+        ("os.rename(", None),
+    ],
+)
 def test_one_of_each_helper(call, home):
     users = [p.name for p in PACKAGE + sorted((ROOT / "scripts").glob("*.py")) if call in p.read_text()]
     assert users == ([home] if home else []), users

