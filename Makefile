@@ -38,7 +38,18 @@ browser:
 demo: $(BIN)/.installed datasets
 	$(BIN)/python scripts/demo.py
 
-test: $(BIN)/.installed datasets browser
-	$(BIN)/python -m pytest
+# Everything: lint and format checks, then the whole suite (what CI runs), one worker per core (pytest-xdist;
+# each test file stays on one worker, so its module fixtures are built once).
+test: $(BIN)/.installed datasets browser lint
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
-.PHONY: browser datasets demo test
+# The loop to run while working: the suite without the tests marked slow (notebooks, recipes, kill chains,
+# subprocess runs, conversions, the browser).
+test-fast: $(BIN)/.installed lint
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+.PHONY: browser datasets demo lint test test-fast

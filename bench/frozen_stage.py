@@ -14,6 +14,10 @@ import argparse
 import os
 import time
 
+from keras_transfer.terminal import quiet_tensorflow
+
+quiet_tensorflow()  # before TensorFlow loads, so its start-up lines stay off the terminal
+
 import keras
 import numpy as np
 

@@ -19,6 +19,10 @@ import os
 import tempfile
 import time
 
+from keras_transfer.terminal import quiet_tensorflow
+
+quiet_tensorflow()  # before TensorFlow loads, so its start-up lines stay off the terminal
+
 import numpy as np
 
 import keras_transfer as kt

@@ -16,7 +16,9 @@ import os
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from keras_transfer.terminal import quiet_tensorflow
+
+quiet_tensorflow()  # before TensorFlow loads, so its start-up lines stay off the terminal
 
 import keras
 import numpy as np

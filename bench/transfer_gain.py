@@ -17,7 +17,7 @@ Accuracy is measured on the official test images of the target classes (1,000 pe
 of mean +- sd and writes it (and the raw numbers as JSON) beside --output.
 
 With --compare-grouping, every fine-tuning row also runs the way `fine_tune` did before it grouped the epochs of
-a small training set (`MIN_STEPS_PER_EPOCH = 1`: one Keras epoch, one validation and one round of callbacks per
+a small training set (`min_steps_per_epoch=1`: one Keras epoch, one validation and one round of callbacks per
 epoch), in alternating order on the same draw, and a second table gives both arms' seconds and accuracies.
 
 Usage: python bench/transfer_gain.py [--labels 1 5 20] [--seeds 3] [--methods supervised] [--lite-size 224]
@@ -31,6 +31,10 @@ import json
 import math
 import os
 import time
+
+from keras_transfer.terminal import quiet_tensorflow
+
+quiet_tensorflow()  # before TensorFlow loads, so its start-up lines stay off the terminal
 
 import keras
 import numpy as np
@@ -96,7 +100,7 @@ def pretrained_weights(args, method):
     return path
 
 
-def run(args, row, weights, labels, seed):
+def run(args, row, weights, labels, seed, min_steps_per_epoch=20):
     """Trains one row's recipe; returns test accuracy and the seconds in `fine_tune` (None for a probe)."""
     keras.utils.set_random_seed(seed)
     lite = row.startswith("lite0")
@@ -120,7 +124,7 @@ def run(args, row, weights, labels, seed):
         return linear_probe(model, train, test), None
     batches = math.ceil(sum(info.counts["train"].values()) / batch)
     epochs = max(1, math.ceil(args.steps / batches))
-    settings = {"verbose": 0, "optimizer": "adam"}
+    settings = {"verbose": 0, "optimizer": "adam", "min_steps_per_epoch": min_steps_per_epoch}
     start = time.time()
     if recipe == "scratch":  # twice the steps: it has no stage 1
         kt.fine_tune(
@@ -179,7 +183,7 @@ def table(args, results):
     return "\n".join(lines)
 
 
-ARMS = {"grouped": kt.training.MIN_STEPS_PER_EPOCH, "per-epoch": 1}  # arm -> fine_tune's MIN_STEPS_PER_EPOCH
+ARMS = {"grouped": kt.training.TrainingOptions().min_steps_per_epoch, "per-epoch": 1}  # arm -> min_steps_per_epoch
 
 
 def run_arms(args, row, weights, labels, seed, timings):
@@ -188,16 +192,14 @@ def run_arms(args, row, weights, labels, seed, timings):
     arms = ["grouped", "per-epoch"] if args.compare_grouping and "probe" not in row else ["grouped"]
     accuracies = {}
     for arm in arms if seed % 2 == 0 else arms[::-1]:
-        kt.training.MIN_STEPS_PER_EPOCH = ARMS[arm]
         t = time.time()
-        accuracies[arm], training = run(args, row, weights, labels, seed)
+        accuracies[arm], training = run(args, row, weights, labels, seed, ARMS[arm])
         for counted in ARMS if len(arms) == 1 else [arm]:
             timings.setdefault((row, labels, counted), []).append((time.time() - t, accuracies[arm], training or 0.0))
         print(
             f"labels {labels:>3} seed {seed} {row:<30} {arm:<9} {accuracies[arm]:6.1%} ({time.time() - t:.0f} s)",
             flush=True,
         )
-    kt.training.MIN_STEPS_PER_EPOCH = ARMS["grouped"]
     return accuracies["grouped"]
 
 

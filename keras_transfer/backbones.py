@@ -139,16 +139,6 @@ def get_spec(backbone: str) -> BackboneSpec:
     return BACKBONES[backbone]
 
 
-def backbone_constructor(backbone: str):
-    """The function that builds `backbone`: `keras.applications.<constructor>` or our own architecture."""
-    import keras
-
-    from keras_transfer import architectures
-
-    name = get_spec(backbone).constructor
-    return getattr(keras.applications, name, None) or getattr(architectures, name)
-
-
 def list_backbones() -> str:
     """Returns the backbone table as aligned text, one row per backbone.
 

@@ -17,12 +17,10 @@ import traceback
 import warnings
 
 from keras_transfer.backbones import BACKBONES
-from keras_transfer.config import RunConfig, load_config
-from keras_transfer.distribute import MIXED_PRECISION, STRATEGIES
-from keras_transfer.heads import POOLINGS
-from keras_transfer.training import OPTIMIZERS
+from keras_transfer.config import MIXED_PRECISION, OPTIMIZERS, POLICIES, POOLINGS, STRATEGIES, RunConfig, load_config
+from keras_transfer.terminal import quiet_tensorflow
 
-POLICY = re.compile(r"^(frozen|none|all|top:\d+|from:.+|stages:\d+)$")
+POLICY = re.compile(r"^(frozen|all|top:\d+|from:.+|stages:\d+)$")
 FLAGS = {  # group -> RunConfig fields shown as flags, in order
     "Data": (
         "data",
@@ -33,6 +31,7 @@ FLAGS = {  # group -> RunConfig fields shown as flags, in order
         "test_split",
         "classes",
         "labels_per_class",
+        "test_per_class",
         "augment",
         "seed",
     ),
@@ -54,29 +53,38 @@ FLAGS = {  # group -> RunConfig fields shown as flags, in order
     "Distribution": ("strategy", "mixed_precision", "xla"),
     "Output": ("output", "export", "export_onnx"),
 }
-DEPRECATED_FLAGS = {"--head": "--pooling", "--epochs": "--head-epochs"}  # old flag -> new flag, same meaning
 HELP = {
     "data": "a folder of class subfolders, tfds:NAME, digits or fashion_mnist",
     "data_dir": "TFDS data directory",
-    "image_size": "input side in pixels (default: the backbone's)",
+    "image_size": "input side in pixels",
     "batch_size": "images per batch per replica",
+    "validation_split": "fraction of the images held out for validation, per class",
+    "test_split": "fraction of the images held out for the test, per class",
+    "seed": "seed of the splits, the shuffling and the initial weights",
+    "dropout": "dropout rate before each dense layer of the head",
+    "learning_rate": "stage-1 learning rate",
+    "fine_tune_learning_rate": "stage-2 peak learning rate (linear warmup, then cosine decay)",
+    "label_smoothing": "label smoothing of the cross-entropy loss",
     "classes": "class subset, names or ids (e.g. 5 6 7 8 9)",
     "labels_per_class": "keep at most this many training images per class",
+    "test_per_class": "evaluate on at most this many test images per class (a stratified sample)",
     "augment": "random flip, rotation, zoom, translation and contrast, inside the model, in training only",
     "weights": "imagenet, none, or a .weights.h5 / .h5 / .keras file",
-    "pooling": "how the head pools the feature map (formerly --head)",
+    "pooling": "how the head pools the feature map",
     "dense_units": "hidden layer sizes of the head (e.g. 1024)",
-    "head_epochs": "stage-1 epochs: the head on a frozen backbone (formerly --epochs)",
+    "head_epochs": "stage-1 epochs: the head on a frozen backbone",
     "fine_tune_epochs": "stage-2 epochs: the unfrozen part of the backbone too",
-    "unfreeze": "stage-2 policy: frozen, all, top:N, from:NAME, stages:K",
+    "unfreeze": f"stage-2 policy: one of {', '.join(POLICIES)}",
     "head_init": "probe: stage 1 starts from a logistic regression on the cached features (LP-FT)",
     "train_batchnorm": "stage 2 also trains BatchNormalization (training from scratch); statistics recomputed",
     "early_stopping": "stop after this many epochs without val_loss improvement (0: off)",
-    "cache_features": "auto, true or false: compute frozen-backbone features once for stage 1",
+    "cache_features": "compute the frozen backbone's features once for stage 1",
     "compare_scratch": "also train the same model from random weights on the same images (all layers, BatchNorm "
     "trained, as many epochs as both stages) and compare test accuracy; written to <output>/scratch/",
-    "mixed_precision": "off, auto, mixed_float16 or mixed_bfloat16",
-    "xla": "auto (on for GPUs), on or off",
+    "mixed_precision": "float16 or bfloat16 compute (auto: bfloat16 on CPU and TPU, float16 on GPU)",
+    "xla": "XLA compilation (auto: on for GPUs)",
+    "optimizer": "the optimizer of both stages (sgd: momentum 0.9)",
+    "strategy": "tf.distribute strategy (auto: TPU, multi-worker from TF_CONFIG, several GPUs, else default)",
     "output": "run folder: config.yaml, history.csv, logs, checkpoints, report.json, confusion.png",
     "export": "also export a SavedModel (TF Serving layout) into this folder",
     "export_onnx": "also write <output>/model.onnx for ONNX Runtime (needs the onnx extra)",
@@ -90,7 +98,23 @@ CHOICES = {
     "cache_features": ["auto", "true", "false"],
     "head_init": ["none", "probe"],
 }
-POSITIVE = ("batch_size", "learning_rate", "fine_tune_learning_rate", "image_size", "labels_per_class")
+DEFAULT_TEXT = {
+    "image_size": "the backbone's",
+    "export": "none",
+    "data_dir": "TFDS's",
+    "classes": "all",
+    "labels_per_class": "all",
+    "test_per_class": "all",
+    "dense_units": "none",
+}
+POSITIVE = (
+    "batch_size",
+    "learning_rate",
+    "fine_tune_learning_rate",
+    "image_size",
+    "labels_per_class",
+    "test_per_class",
+)
 NON_NEGATIVE = ("head_epochs", "fine_tune_epochs", "early_stopping")
 FRACTIONS = ("validation_split", "test_split", "dropout", "label_smoothing")
 
@@ -138,15 +162,12 @@ def add_verbose(parser):
 
 
 def quiet_frameworks(verbose=False):
-    """What a command shows: our INFO lines; without `verbose`, none of Keras's UserWarnings (about choices the
-    library made for the user) nor TensorFlow's Python log lines."""
-    import tensorflow as tf
-
+    """What a command shows: our INFO lines; without `verbose`, none of TensorFlow's start-up and log lines
+    (`quiet_tensorflow`) nor Keras's UserWarnings (about choices the library made for the user)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     if not verbose:
+        quiet_tensorflow()
         warnings.filterwarnings("ignore", category=UserWarning, module=r"keras(\.|$)")
-        tf.get_logger().setLevel(logging.ERROR)
-        tf.autograph.set_verbosity(0)
 
 
 def positive_int(value):
@@ -184,7 +205,9 @@ def weights_arg(value):
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="keras-transfer", description="Fine-tune a pretrained backbone into an evaluated, exported classifier."
+        prog="keras-transfer",
+        description="Fine-tune a pretrained backbone into an evaluated, exported classifier.",
+        allow_abbrev=False,  # an abbreviation that works today breaks when a flag is added
     )
     parser.add_argument("--config", help="YAML file of settings (the flags' names with underscores)")
     add_verbose(parser)
@@ -199,7 +222,8 @@ def build_parser():
 
 
 def _flag_options(name, field, default):
-    options = {"default": argparse.SUPPRESS, "help": f"{HELP.get(name, '')} (default: {default})".strip()}
+    shown = DEFAULT_TEXT.get(name, default)
+    options = {"default": argparse.SUPPRESS, "help": f"{HELP.get(name, '')} (default: {shown})".strip()}
     if isinstance(default, bool):
         return {**options, "action": argparse.BooleanOptionalAction}
     if name in ("classes", "dense_units"):
@@ -209,7 +233,7 @@ def _flag_options(name, field, default):
             **options,
             "choices": CHOICES[name],
             "metavar": name.upper(),
-            "help": f"{HELP.get(name, '')}; one of: {', '.join(CHOICES[name])} (default: {default})".lstrip("; "),
+            "help": f"{HELP.get(name, '')}; one of: {', '.join(CHOICES[name])} (default: {shown})".lstrip("; "),
         }
     if name == "unfreeze":
         return {**options, "type": _policy}
@@ -227,28 +251,15 @@ def _flag_options(name, field, default):
 
 def _policy(value):
     if not POLICY.match(value):
-        raise argparse.ArgumentTypeError(
-            f"invalid policy {value!r}: expected frozen, all, top:N, from:NAME or stages:K"
-        )
+        raise argparse.ArgumentTypeError(f"invalid policy {value!r}: expected one of {', '.join(POLICIES)}")
     return value
 
 
 def parse_config(argv=None):
     """Merges RunConfig defaults < --config file < flags. Exits 2 on bad arguments, naming the flag and value."""
     parser = build_parser()
-    args = parser.parse_args(_renamed_flags(argv))
+    args = parser.parse_args(argv)
     return parser, config_from_args(parser, args)
-
-
-def _renamed_flags(argv):
-    """argv with deprecated flags replaced by their new names (a note on stderr for each)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    for i, arg in enumerate(argv):
-        flag, eq, value = arg.partition("=")
-        if flag in DEPRECATED_FLAGS:
-            print(f"keras-transfer: note: {flag} is deprecated; use {DEPRECATED_FLAGS[flag]}", file=sys.stderr)
-            argv[i] = DEPRECATED_FLAGS[flag] + eq + value
-    return argv
 
 
 def config_from_args(parser, args):
@@ -272,28 +283,34 @@ def config_from_args(parser, args):
 
 def main(argv=None) -> int:
     """`keras-transfer [flags]`, or `keras-transfer report RUN_DIR`; returns the exit code (see the module
-    docstring)."""
-    from keras_transfer.recipe import run
-
+    docstring). TensorFlow loads after the flags are parsed, so `--help` and flag errors answer at once."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["report"]:
         return _report_command(argv[1:])
     parser = build_parser()
-    return run_command(
-        "keras-transfer", parser, _renamed_flags(argv), lambda args: run(config_from_args(parser, args), args.verbose)
-    )
+    return run_command("keras-transfer", parser, argv, lambda args: _run(config_from_args(parser, args), args.verbose))
+
+
+def _run(config, verbose):
+    from keras_transfer.recipe import run
+
+    return run(config, verbose)
 
 
 def _report_command(argv):
-    from keras_transfer.report import write_html
-
     parser = add_verbose(
         argparse.ArgumentParser(
             prog="keras-transfer report", description="(Re)build report.html from a run folder's files."
         )
     )
     parser.add_argument("run_dir", help="a run folder (config.yaml, history.csv, report.json, ...)")
-    return run_command("keras-transfer report", parser, argv, lambda args: print(f"Report: {write_html(args.run_dir)}"))
+    return run_command("keras-transfer report", parser, argv, _write_report)
+
+
+def _write_report(args):
+    from keras_transfer.report import write_html
+
+    print(f"Report: {write_html(args.run_dir)}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""Every use of private Keras, in one place.
+"""Every use of private Keras and TensorFlow, in one place.
 
-Checked with Keras 3.15.1 on TensorFlow 2.21. Each entry of `TARGETS` names a private Keras object this module
-reads or replaces and the SHA-256 prefix of its source as checked. On another Keras the source is compared
-before use: where it changed, the call fails with a message naming the object and the version checked, instead
-of patching code it no longer understands (a wrong result). `tests/test_compat.py` pins every target.
+Checked with Keras 3.15.1 on TensorFlow 2.21 (`KERAS_RANGE` is the range setup.cfg allows). Each entry of
+`TARGETS` names a private object this module reads or replaces and the SHA-256 prefix of its source as checked.
+On another version the source is compared before use: where it changed, the call fails with a message naming
+the object and the version checked, instead of patching code it no longer understands (a wrong result).
+`tests/test_compat.py` pins every target.
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ TARGETS = {  # "module:attribute.path" -> SHA-256 prefix of its source under CHE
     "keras.src.backend.tensorflow.trainer:_is_per_replica_instance": "19a5613a75de7a78",
     "keras.src.backend.tensorflow.trainer:TensorFlowTrainer.fit": "a9a6dc02a7ddafa8",
     "keras.src.callbacks.backup_and_restore:BackupAndRestore._load_model": "2d9676e74b55aa49",
+    "keras.src.layers.layer:Layer._track_variable": "2f03e5ffbfe1d662",
+    "keras.src.layers.layer:Layer._build_at_init": "dc6e5ba48ae65d7c",
+    "tensorflow.python.trackable.base:Trackable._trackable_children": "215ee46a59b2d9e4",
 }
+# The Keras versions setup.cfg allows: the one these fingerprints were taken on and its patch releases, where
+# `target` still compares each source before use. tests/test_compat.py checks setup.cfg says the same.
+KERAS_RANGE = ">=3.15.1,<3.16"
 _checked = set()
 
 
@@ -64,6 +71,24 @@ def _changed(name, why):
         f"in the installed Keras {keras.__version__} {why}, so keras_transfer will not guess. Install "
         f"keras=={CHECKED_WITH}, or report this with both versions."
     )
+
+
+def track_variable(layer, variable):
+    """Makes `layer` own `variable` (a Keras variable made outside `build`), as `add_weight` would."""
+    target("keras.src.layers.layer:Layer._track_variable")(layer, variable)
+
+
+def mark_built(layer):
+    """Marks a layer whose variables were all made in `__init__` as built (`Layer._build_at_init`)."""
+    target("keras.src.layers.layer:Layer._build_at_init")(layer)
+
+
+def trackable_children(node):
+    """The objects a loaded SavedModel object holds (TensorFlow's `_trackable_children`), or {} for others."""
+    if not hasattr(node, "_trackable_children"):
+        return {}
+    target("tensorflow.python.trackable.base:Trackable._trackable_children")
+    return node._trackable_children()
 
 
 def flatten_layers(layer):

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-import warnings
 
 import yaml
+
+# The names each choice accepts, for the library and the CLI alike (the CLI lists them without loading TensorFlow).
+POOLINGS = ("avg", "max", "flatten")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
+MIXED_PRECISION = ("off", "auto", "mixed_float16", "mixed_bfloat16")
+POLICIES = ("frozen", "all", "top:N", "from:NAME", "stages:K")
 
 
 @dataclasses.dataclass
@@ -22,16 +28,17 @@ class RunConfig:
     test_split: float = 0.1
     classes: list | None = None
     labels_per_class: int | None = None
+    test_per_class: int | None = None
     augment: bool = False
     seed: int = 0
     # Model
     backbone: str = "mobilenet_v2"
     weights: str = "imagenet"  # "imagenet", "none" or a file path
-    pooling: str = "avg"  # formerly "head"
+    pooling: str = "avg"
     dense_units: list = dataclasses.field(default_factory=list)
     dropout: float = 0.2
     # Training
-    head_epochs: int = 5  # stage 1; formerly "epochs"
+    head_epochs: int = 5  # stage 1
     fine_tune_epochs: int = 5
     unfreeze: str = "stages:1"
     learning_rate: float = 1e-3
@@ -56,10 +63,6 @@ class RunConfig:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
 
 
-# Keys renamed since 0.1; old files keep working, with a DeprecationWarning.
-DEPRECATED_KEYS = {"head": "pooling", "epochs": "head_epochs"}
-
-
 def load_config(path):
     """Reads a YAML file of `RunConfig` keys into a dict, checking every key and the type of every value.
 
@@ -81,7 +84,6 @@ def load_config(path):
         ) from None
     if not isinstance(values, dict):
         raise ValueError(f"Config file {path!r} must hold a mapping of settings. Received: {type(values).__name__}")
-    values = _renamed_keys(values, path)
     types = typing.get_type_hints(RunConfig)
     unknown = sorted(set(values) - set(types))
     if unknown:
@@ -91,19 +93,6 @@ def load_config(path):
     for key, value in values.items():
         if not _fits(value, types[key]):
             raise ValueError(f"Config file {path!r}: {key} must be {_describe(types[key])}. Received: {key}: {value!r}")
-    return values
-
-
-def _renamed_keys(values, path):
-    values = dict(values)
-    for old, new in DEPRECATED_KEYS.items():
-        if old in values:
-            if new in values:
-                raise ValueError(f"Config file {path!r} sets both {old!r} and its new name {new!r}; keep {new!r}.")
-            warnings.warn(
-                f"Config key {old!r} is deprecated; use {new!r} (same meaning).", DeprecationWarning, stacklevel=3
-            )
-            values[new] = values.pop(old)
     return values
 
 

@@ -15,12 +15,12 @@ import gzip
 import logging
 import os
 import threading
-import warnings
 
 import numpy as np
 import tensorflow as tf
 
 from keras_transfer.images import decode_files, find_images, image_problem  # noqa: F401  (image_problem: public here too)
+from keras_transfer.images import image_size as image_size_rule
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +87,10 @@ def load_dataset(
     validation_split=0.2,
     test_split=0.0,
     seed=0,
-    augment=False,
     cache=True,
     classes=None,
     labels_per_class=None,
+    test_per_class=None,
     deterministic=False,
     data_dir=None,
 ):
@@ -105,15 +105,14 @@ def load_dataset(
         validation_split: fraction of the training images held out for validation when the source has no
             validation split of its own.
         test_split: the same for a test split.
-        seed: fixes the splits, the shuffling and the augmentation.
-        augment: deprecated (a `DeprecationWarning`): apply random flip, rotation, zoom, translation and contrast
-            to the training split in the pipeline. Use `build_model(..., augment=True)` instead: augmentation
-            inside the model acts in training only, `fine_tune` sees it, and this pipeline stays cacheable.
+        seed: fixes the splits and the shuffling. (Augmentation lives in the model: `build_model(augment=True)`.)
         cache: True caches decoded, resized images in memory (skipped with a warning when they would not fit
             in half the available memory), a path prefix caches them on disk, False does not cache.
         classes: a subset of classes, as original names or ids (e.g. `range(5, 10)`); they are relabelled
             0..k-1 in the order of their original ids, and their names are kept.
         labels_per_class: keep at most this many training images per class (few-shot runs).
+        test_per_class: keep at most this many test images per class: a stratified sample, drawn with `seed`, for a
+            quicker evaluation (the standard error of an accuracy grows as 1/sqrt(test images)).
         deterministic: keep a reproducible element order in the training split too (slower parallel decoding).
             Validation and test splits always keep their order, so `model.predict(test)` lines up with the labels
             of another pass over `test`.
@@ -133,20 +132,12 @@ def load_dataset(
     >>> info.num_classes, sum(info.counts["test"].values())
     (10, 179)
     """
-    size = _check_arguments(image_size, batch_size, validation_split, test_split, labels_per_class)
-    if augment:
-        warnings.warn(
-            "load_dataset(augment=True) is deprecated: fine_tune cannot see augmentation done in the input "
-            "pipeline. Use build_model(..., augment=True), which augments inside the model during training "
-            "only; with pipeline augmentation pass fine_tune(..., cache_features=False).",
-            DeprecationWarning,
-            stacklevel=2,
-        )
+    size = _check_arguments(image_size, batch_size, validation_split, test_split, labels_per_class, test_per_class)
     records = _records(source, data_dir)
     keep_ids, class_names = _select_classes(records.class_names, classes)
     relabel = np.full(len(records.class_names), -1, dtype=np.int64)
     relabel[keep_ids] = np.arange(len(keep_ids))
-    indices = _split_indices(records, relabel, validation_split, test_split, labels_per_class, seed)
+    indices = _split_indices(records, relabel, validation_split, test_split, (labels_per_class, test_per_class), seed)
     info = DatasetInfo(
         source=records.name,
         class_names=list(class_names),
@@ -167,7 +158,6 @@ def load_dataset(
                 size=size,
                 batch_size=batch_size,
                 training=split == "train",
-                augment=augment,
                 cache=cache if cache is not True else _fits_in_memory(len(labels), size, records.dtype),
                 cache_name=split,
                 seed=seed,
@@ -182,9 +172,9 @@ def load_dataset(
     return datasets["train"], datasets["validation"], datasets["test"], info
 
 
-def _check_arguments(image_size, batch_size, validation_split, test_split, labels_per_class):
+def _check_arguments(image_size, batch_size, validation_split, test_split, labels_per_class, test_per_class):
     """The image size as `(height, width)`, after checking every numeric argument of `load_dataset`."""
-    size = _image_size(image_size)
+    size = image_size_rule(image_size)
     for name, value in (("validation_split", validation_split), ("test_split", test_split)):
         if not isinstance(value, (int, float, np.number)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
             raise ValueError(f"{name} must be in [0, 1). Received: {name}={value!r}")
@@ -193,7 +183,11 @@ def _check_arguments(image_size, batch_size, validation_split, test_split, label
             "validation_split + test_split must leave images for training. "
             f"Received: validation_split={validation_split!r}, test_split={test_split!r}"
         )
-    for name, value in (("batch_size", batch_size), ("labels_per_class", labels_per_class)):
+    for name, value in (
+        ("batch_size", batch_size),
+        ("labels_per_class", labels_per_class),
+        ("test_per_class", test_per_class),
+    ):
         if (value is not None or name == "batch_size") and (not _is_int(value) or value < 1):
             raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
     return size
@@ -203,9 +197,10 @@ def _is_int(value):
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def _split_indices(records, relabel, validation_split, test_split, labels_per_class, seed):
+def _split_indices(records, relabel, validation_split, test_split, per_class, seed):
     """split -> positions into the records' own split (`train` when the source has none), for the kept classes:
-    predefined splits as they are, the missing ones stratified out of the training images."""
+    predefined splits as they are, the missing ones stratified out of the training images; then at most
+    `per_class = (train, test)` images per class in those splits (None: all)."""
     rng = np.random.default_rng(seed)
     indices = {
         split: rng.permutation(np.flatnonzero(relabel[records.labels[split]] >= 0))
@@ -224,9 +219,11 @@ def _split_indices(records, relabel, validation_split, test_split, labels_per_cl
     indices["train"] = train_positions[derived["train"]]
     for split in ("validation", "test"):
         indices.setdefault(split, train_positions[derived[split]])
-    if labels_per_class is not None:
-        train_labels = relabel[records.labels["train"][indices["train"]]]
-        indices["train"] = _limit_per_class(indices["train"], train_labels, labels_per_class)
+    for split, limit in zip(("train", "test"), per_class):
+        if limit is not None:
+            origin = split if split in records.labels else "train"
+            labels = relabel[records.labels[origin][indices[split]]]
+            indices[split] = _limit_per_class(indices[split], labels, limit)
     return indices
 
 
@@ -533,26 +530,27 @@ def _stratified_split(labels, validation_split, test_split, rng, *, need_validat
 
 
 def _limit_per_class(indices, labels, n):
+    if not len(indices):
+        return indices
     keep = np.concatenate([np.flatnonzero(labels == label)[:n] for label in np.unique(labels)])
     return indices[np.sort(keep)]
 
 
+def with_known_size(dataset):
+    """The dataset with its number of batches known, counted once when filtering left it unknown.
+
+    Keras needs it: with an unknown size, progress bars have no total, the stage-2 schedule no length, and
+    Keras 3.15's `optimizer.iterations` counts one step too many per epoch (measured: 8 after 2 epochs of 3
+    batches), which would corrupt a resumed schedule. The count is stable: a file that fails to decode fails
+    every epoch, and with a cache the counting pass fills it.
+    """
+    n = int(dataset.cardinality())
+    if n < 0:
+        n = int(dataset.reduce(np.int64(0), lambda count, _: count + 1))
+    return dataset.apply(tf.data.experimental.assert_cardinality(n))
+
+
 # --- the pipeline --------------------------------------------------------------------------------------------
-
-
-def _image_size(image_size):
-    size = (
-        (image_size, image_size)
-        if _is_int(image_size)
-        else tuple(image_size)
-        if isinstance(image_size, (list, tuple))
-        else ()
-    )
-    if len(size) != 2 or not all(_is_int(s) and s >= 1 for s in size):
-        raise ValueError(
-            f"image_size must be an int or (height, width) of positive ints. Received: image_size={image_size!r}"
-        )
-    return int(size[0]), int(size[1])
 
 
 def _fits_in_memory(n, size, dtype):
@@ -598,7 +596,7 @@ def _shuffle(ds, n, seed):
     return ds.shuffle(min(n, SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
 
 
-def _pipeline(images, labels, *, size, batch_size, training, augment, cache, cache_name, seed, deterministic):
+def _pipeline(images, labels, *, size, batch_size, training, cache, cache_name, seed, deterministic):
     # `images` drops what fails to decode (never a crash mid-epoch); uncached, it shuffles (files before decoding)
     # and gives float32 (cached: uint8 where it can, a quarter of the memory; cast per batch).
     ds = images(labels, size, seed if training and not cache else None, tf.uint8 if cache else tf.float32)
@@ -608,13 +606,6 @@ def _pipeline(images, labels, *, size, batch_size, training, augment, cache, cac
     ds = ds.batch(batch_size)
     if ds.element_spec[0].dtype != tf.float32:
         ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
-    if training and augment:
-        from keras_transfer.preprocessing import augmentation
-
-        augmenter = augmentation(seed)
-        ds = ds.map(
-            lambda x, y: (tf.clip_by_value(augmenter(x, training=True), 0.0, 255.0), y), num_parallel_calls=AUTOTUNE
-        )
     options = tf.data.Options()
     options.deterministic = bool(deterministic) or not training  # evaluation order is the same on every pass
     return ds.with_options(options).prefetch(AUTOTUNE)

@@ -14,11 +14,9 @@ import keras
 import tensorflow as tf
 
 from keras_transfer.compat import patch_multi_worker_fit
+from keras_transfer.config import MIXED_PRECISION, STRATEGIES
 
 logger = logging.getLogger(__name__)
-
-STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
-MIXED_PRECISION = ("off", "auto", "mixed_float16", "mixed_bfloat16")
 
 
 def get_strategy(name="auto"):

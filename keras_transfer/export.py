@@ -13,11 +13,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_transfer import native_logs_hidden
 from keras_transfer.compat import flatten_layers
 from keras_transfer.files import atomic_path, write_text
 from keras_transfer.images import FORMATS, SIGNATURES, decode_image, image_array
 from keras_transfer.models import backbone_key, input_size, model_spec
+from keras_transfer.terminal import native_logs_hidden
 
 logger = logging.getLogger(__name__)
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
+
+from keras_transfer.config import POOLINGS
 
 # Layer names of the head (models.py re-exports them; other modules read a model through models.py).
 HEAD_POOL, PREDICTIONS = "head_pool", "predictions"
-# pooling name -> pooling layer; "flatten" keeps spatial positions and so needs a fixed input size.
-POOLINGS = {
-    "avg": keras.layers.GlobalAveragePooling2D,
-    "max": keras.layers.GlobalMaxPooling2D,
-    "flatten": keras.layers.Flatten,
-}
+# The layer of each name in POOLINGS; "flatten" keeps spatial positions and so needs a fixed input size.
+POOLING_LAYERS = dict(
+    zip(POOLINGS, (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D, keras.layers.Flatten))
+)
 ACTIVATIONS = ("softmax", "sigmoid")
 
 
@@ -60,7 +61,7 @@ def add_head(features, num_classes, *, pooling="avg", dense_units=(), dropout=0.
             f"Received: pooling={pooling!r}"
         )
 
-    x = POOLINGS[pooling](name=HEAD_POOL)(features)
+    x = POOLING_LAYERS[pooling](name=HEAD_POOL)(features)
     for i, n in enumerate(units):
         if dropout:
             x = keras.layers.Dropout(dropout, name=f"head_dropout_{i}")(x)
@@ -70,3 +71,39 @@ def add_head(features, num_classes, *, pooling="avg", dense_units=(), dropout=0.
     if num_classes == 1:
         activation = "sigmoid"  # a softmax over one unit is constantly 1
     return keras.layers.Dense(num_classes, activation=activation, dtype="float32", name=PREDICTIONS)(x)
+
+
+def fit_probe(features, labels, num_classes):
+    """The linear probe: a logistic regression (scikit-learn's, C=10) fitted on pooled features divided by their
+    mean L2 norm (a scale, so the fit stays a linear map of the raw features), as the kernel and bias of a
+    softmax layer over `num_classes` classes. Classes without training images get a bias of -10: never predicted.
+
+    Args:
+        features: `(n, d)` pooled backbone features.
+        labels: `(n,)` integer labels in `0..num_classes-1`, or `(n, num_classes)` one-hot labels.
+        num_classes: the width of the layer.
+
+    Returns:
+        `(kernel, bias)`: `(d, num_classes)` and `(num_classes,)` float32 arrays; `features @ kernel + bias` are the
+        logits.
+
+    Raises:
+        ValueError: if `labels` hold fewer than two classes.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    labels = np.asarray(labels)
+    labels = labels.argmax(axis=1) if labels.ndim == 2 else labels.reshape(-1)
+    if len(np.unique(labels)) < 2:
+        raise ValueError(
+            f"A linear probe needs at least two classes in its training images; found {np.unique(labels)}."
+        )
+    scale = float(np.mean(np.linalg.norm(features, axis=1))) or 1.0
+    fit = LogisticRegression(C=10.0, max_iter=2000).fit(features / scale, labels)
+    coef, intercept = fit.coef_, fit.intercept_
+    if len(fit.classes_) == 2:  # scikit-learn keeps one row for two classes: the logit of the second
+        coef, intercept = np.stack([np.zeros_like(coef[0]), coef[0]]), np.array([0.0, intercept[0]])
+    kernel = np.zeros((features.shape[1], num_classes), np.float32)
+    bias = np.full(num_classes, -10.0, np.float32)
+    kernel[:, fit.classes_], bias[fit.classes_] = coef.T / scale, intercept
+    return kernel, bias

@@ -17,7 +17,7 @@ import keras
 import tensorflow as tf
 
 from keras_transfer.backbones import BackboneSpec
-from keras_transfer.compat import in_safe_mode
+from keras_transfer.compat import in_safe_mode, mark_built, track_variable, trackable_children
 
 PREFIX = "hub:"
 # What every hub module shares, as a backbone row: images in [0, 1] ("unit"), 224 px by default (the size of most
@@ -94,8 +94,8 @@ class HubLayer(keras.layers.Layer):
                 shape=variable.shape,
                 name=variable.name.split(":")[0].replace("/", "_"),
             )
-            self._track_variable(wrapped)
-        self._build_at_init()
+            track_variable(self, wrapped)
+        mark_built(self)
 
     def call(self, inputs, training=False):
         return self._module(inputs, training=bool(training) and self.trainable)
@@ -129,9 +129,7 @@ def _find_variables(root):
         if isinstance(node, tf.Variable):
             found.append(node)
             continue
-        children = getattr(node, "_trackable_children", None)
-        if children is not None:
-            queue.extend(children().values())
+        queue.extend(trackable_children(node).values())
     return found
 
 

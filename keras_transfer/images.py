@@ -20,8 +20,35 @@ SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"RIFF")
 # Files whose header declares more pixels are skipped: PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS).
 # Set keras_transfer.images.MAX_PIXELS to change it (as PIL users set Image.MAX_IMAGE_PIXELS).
 MAX_PIXELS = 89_478_485
-# decode_image(blob, size) decodes a JPEG at a reduced DCT scale when that still covers `size` (False: always full).
-DCT_SCALING = True
+
+
+def image_size(value, name="image_size", *, channels=False, any_size=False):
+    """`(height, width)` from an int side or a `(height, width)` pair: the one rule for sizes, used by
+    `load_dataset(image_size=...)` and `build_model(input_shape=...)`.
+
+    Args:
+        value: the size given.
+        name: the argument's name, for the error.
+        channels: also accept `(height, width, 3)`.
+        any_size: also accept `(None, None)` (a model that runs at any size), returned as is.
+
+    Raises:
+        ValueError: naming `name` and `value`, for anything else.
+    """
+    pair = (value, value) if _is_size(value) else tuple(value) if isinstance(value, (list, tuple)) else ()
+    if channels and len(pair) == 3 and pair[2] == 3:
+        pair = pair[:2]
+    if any_size and pair == (None, None):
+        return pair
+    if len(pair) != 2 or not all(_is_size(side) for side in pair):
+        allowed = "an int or (height, width) of positive ints" + (", or (height, width, 3)" if channels else "")
+        unknown = "; (None, None) for any size" if any_size else ""
+        raise ValueError(f"{name} must be {allowed}{unknown}; images are RGB. Received: {name}={value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _is_size(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
 
 
 def find_images(folder):
@@ -208,7 +235,7 @@ def _tiff_orientation(tiff):
     return 1
 
 
-def decode_image(blob, size=None):
+def decode_image(blob, size=None, dct_scaling=True):
     """Encoded image bytes (a string tensor) -> `uint8` RGB tensor, turned upright by the JPEG's EXIF orientation;
     works in a graph (tf.data, an exported signature).
 
@@ -219,12 +246,14 @@ def decode_image(blob, size=None):
         size: None for the full image; or `(height, width)`: the image is resized there with antialiasing, and a
             JPEG is decoded at the smallest DCT scale (1/8, 1/4, 1/2) that still leaves it at least that large
             on both sides (libjpeg skips most of the work; never upsampled from a reduced decode).
+        dct_scaling: False decodes every JPEG in full before resizing (what the reduced decode is measured
+            against).
     """
     orientation = exif_orientation(blob)
     # The decode waits for the orientation: independent branches in a tf.data map function measured 2x slower.
     with tf.control_dependencies([orientation]):
         blob = tf.identity(blob)
-    if size is not None and DCT_SCALING:
+    if size is not None and dct_scaling:
         jpeg = tf.strings.substr(blob, 0, 3) == b"\xff\xd8\xff"
         image, reduced = tf.cond(
             jpeg,
@@ -254,10 +283,11 @@ def _resize_to(image, size, antialias, dtype=tf.uint8):
     return resized
 
 
-def decode_files(paths, labels, size, shuffle_seed=None, dtype=tf.uint8):
+def decode_files(paths, labels, size, shuffle_seed=None, dtype=tf.uint8, dct_scaling=True):
     """A dataset of `(decode_image(read_file(path), size), label)`, in the order of `paths` (bytes or str), or
     reshuffled on every pass for a `shuffle_seed`; files that fail to decode are dropped. `dtype` float32 gives
-    the same values as uint8 does, as float32 (what a model takes, when the images are not cached as uint8).
+    the same values as uint8 does, as float32 (what a model takes, when the images are not cached as uint8);
+    `dct_scaling` as in `decode_image`.
 
     Upright JPEGs (no EXIF orientation other than 1) are grouped by how `decode_image` would decode them (DCT
     ratio, antialiasing), which their headers tell here in Python, and each group gets a decode fixed for it: the
@@ -266,12 +296,12 @@ def decode_files(paths, labels, size, shuffle_seed=None, dtype=tf.uint8):
     files are shuffled and the groups interleaved at random, which is a uniform shuffle of all files, done on
     the file names before decoding (no buffer of decoded images to fill before the first one comes out).
     """
-    keys = [_decode_key(path, size) for path in paths]
+    keys = [_decode_key(path, size, dct_scaling) for path in paths]
     groups = sorted(set(keys), key=repr)
     datasets = []
     for i, key in enumerate(groups):
         pick = np.array([k == key for k in keys])
-        decode = _group_decoder(key, size, dtype)
+        decode = _group_decoder(key, size, dtype, dct_scaling)
         ds = tf.data.Dataset.from_tensor_slices(
             (np.asarray(paths, dtype=object)[pick], np.asarray(labels, np.int32)[pick])
         )
@@ -290,7 +320,7 @@ def decode_files(paths, labels, size, shuffle_seed=None, dtype=tf.uint8):
     return tf.data.Dataset.choose_from_datasets(datasets, order, stop_on_empty_dataset=False)
 
 
-def _decode_key(path, size):
+def _decode_key(path, size, dct_scaling=True):
     """`(DCT ratio, antialias)` for an upright JPEG, as `decode_image(blob, size)` would choose; None for the rest."""
     try:
         with open(path, "rb") as f:
@@ -301,14 +331,14 @@ def _decode_key(path, size):
     if header is None or header[2] != 1:
         return None
     width, height, _ = header
-    fits = [r for r in (8, 4, 2) if DCT_SCALING and -(-height // r) >= size[0] and -(-width // r) >= size[1]]
+    fits = [r for r in (8, 4, 2) if dct_scaling and -(-height // r) >= size[0] and -(-width // r) >= size[1]]
     ratio = fits[0] if fits else 1
     return ratio, ratio > 1 or height >= 2 * size[0] or width >= 2 * size[1]
 
 
-def _group_decoder(key, size, dtype=tf.uint8):
+def _group_decoder(key, size, dtype=tf.uint8, dct_scaling=True):
     if key is None:
-        return lambda blob: tf.cast(decode_image(blob, size), dtype)
+        return lambda blob: tf.cast(decode_image(blob, size, dct_scaling), dtype)
     ratio, antialias = key
 
     def decode(blob):
@@ -432,14 +462,15 @@ def read_image(path):
         return f.read()
 
 
-def image_array(blob, name="image", size=None):
-    """Encoded bytes -> float32 NumPy array `(height, width, 3)` in 0-255, eagerly (`size`: see `decode_image`).
+def image_array(blob, name="image", size=None, dct_scaling=True):
+    """Encoded bytes -> float32 NumPy array `(height, width, 3)` in 0-255, eagerly (`size`, `dct_scaling`: see
+    `decode_image`).
 
     Raises:
         ValueError: when the bytes are not a readable image, naming `name`.
     """
     try:
-        image = decode_image(blob, size)
+        image = decode_image(blob, size, dct_scaling)
     except (tf.errors.InvalidArgumentError, ValueError) as e:
         raise ValueError(f"{name!r} is not a readable {FORMATS} image: {str(e).splitlines()[0][:200]}") from None
     return np.asarray(image, np.float32)

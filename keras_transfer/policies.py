@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import warnings
 
 import keras
 
+from keras_transfer.config import POLICIES
 from keras_transfer.models import backbone_key, batchnorm_layers, get_backbone, model_spec
 
 logger = logging.getLogger(__name__)
-
-POLICIES = ("frozen", "all", "top:N", "from:NAME", "stages:K")
-DEPRECATED_POLICIES = {"none": "frozen"}  # old name -> new name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +45,7 @@ def set_trainable(model, policy="frozen", *, train_batchnorm=False):
     """Sets which backbone layers train; head layers always train.
 
     Policies, over the backbone's layers in graph order:
-    - `"frozen"`: freeze the whole backbone (train the head only). Formerly `"none"`, still accepted with a
-      `DeprecationWarning`.
+    - `"frozen"`: freeze the whole backbone (train the head only).
     - `"all"`: train every backbone layer.
     - `"top:N"`: train the last N backbone layers.
     - `"from:NAME"`: train the first layer whose name starts with NAME and every layer after it
@@ -75,13 +71,6 @@ def set_trainable(model, policy="frozen", *, train_batchnorm=False):
     >>> print(set_trainable(model, "from:block5").trainable_layers)
     3
     """
-    if policy in DEPRECATED_POLICIES:
-        warnings.warn(
-            f"Policy {policy!r} is deprecated; use {DEPRECATED_POLICIES[policy]!r} (same meaning).",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        policy = DEPRECATED_POLICIES[policy]
     backbone = get_backbone(model)
     layers = [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
     start = _first_trainable(model, layers, policy)

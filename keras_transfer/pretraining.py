@@ -16,10 +16,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transfer.backbones import get_spec
-from keras_transfer.data import load_dataset
+from keras_transfer.data import load_dataset, with_known_size
 from keras_transfer.models import build_model, default_input_size, feature_model, get_backbone
 from keras_transfer.policies import set_trainable
-from keras_transfer.training import EpochLines, _with_known_size, recompute_batchnorm
+from keras_transfer.training import EpochLines, recompute_batchnorm
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +108,8 @@ def _supervised(model, train, val, epochs, learning_rate):
     model.compile(keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
     # A known size and no shuffle argument: Keras warns about neither (the pipeline shuffles already).
     history = model.fit(
-        _with_known_size(train),
-        validation_data=_with_known_size(val),
+        with_known_size(train),
+        validation_data=with_known_size(val),
         epochs=epochs,
         shuffle=False,
         verbose=0,

@@ -20,6 +20,7 @@ from keras_transfer.export import export_onnx, export_saved_model
 from keras_transfer.files import atomic_path, write_text
 from keras_transfer.models import build_model, default_input_size
 from keras_transfer.report import write_html
+from keras_transfer.runs import run_file
 from keras_transfer.training import TrainingOptions, fine_tune
 
 
@@ -46,7 +47,7 @@ def run(config, verbose=False):
     timings = _Timings(config.output)
     probe = timings.run("linear probe", _probe, model, data) if config.compare_scratch else None
     history = timings.run("training", _train, config, model, data, strategy, config.output, verbose=verbose)
-    with atomic_path(os.path.join(config.output, "model.keras")) as tmp:
+    with atomic_path(run_file(config.output, "model")) as tmp:
         model.save(tmp)
     report = timings.run("evaluation", _evaluate, model, data, config.output)
     exported = timings.run("export", _export, config, model, data, report) if config.export else None
@@ -57,7 +58,7 @@ def run(config, verbose=False):
     if exported:
         print(f"\nSavedModel: {exported}")
     if config.export_onnx:
-        onnx_path = export_onnx(model, os.path.join(config.output, "model.onnx"), class_names=data["info"].class_names)
+        onnx_path = export_onnx(model, run_file(config.output, "onnx"), class_names=data["info"].class_names)
         print(f"ONNX: {onnx_path}")
     if config.compare_scratch and report:
         timings.run("scratch comparison", _compare_scratch, config, report, probe, size, data, strategy, verbose)
@@ -70,7 +71,7 @@ class _Timings:
     """`timings.run("step", fn, *args)` calls `fn` and adds its seconds to `timings.json` in the run folder."""
 
     def __init__(self, folder):
-        self.path, self.seconds = os.path.join(folder, "timings.json"), {}
+        self.path, self.seconds = run_file(folder, "timings"), {}
 
     def run(self, step, fn, *args, **kwargs):
         start = time.perf_counter()
@@ -91,6 +92,7 @@ def _load(config, size, strategy):
         seed=config.seed,
         classes=config.classes,
         labels_per_class=config.labels_per_class,
+        test_per_class=config.test_per_class,
         data_dir=config.data_dir,
     )
     print(info)
@@ -113,8 +115,8 @@ def _write_config(config, info):
     }
     try:
         os.makedirs(config.output, exist_ok=True)
-        write_text(os.path.join(config.output, "config.yaml"), config.to_yaml())
-        write_text(os.path.join(config.output, "data.json"), json.dumps(data, indent=1))
+        write_text(run_file(config.output, "config"), config.to_yaml())
+        write_text(run_file(config.output, "data"), json.dumps(data, indent=1))
     except OSError as e:
         raise OSError(
             f"Cannot write the run folder {config.output!r}: {e.strerror or e}. Choose a writable --output."
@@ -168,7 +170,7 @@ def _export(config, model, data, report):
 def _compare_scratch(config, transfer, probe, size, data, strategy, verbose):
     """Trains the same architecture from random weights on the same batches; prints and saves the comparison with
     the fine-tuned model and the linear probe."""
-    run_dir = os.path.join(config.output, "scratch")
+    run_dir = run_file(config.output, "scratch")
     epochs = config.head_epochs + config.fine_tune_epochs
     print(f"\n--compare-scratch: {config.backbone} from random weights, all layers, {epochs} epochs -> {run_dir}")
     keras.utils.set_random_seed(config.seed)
@@ -197,7 +199,7 @@ def _compare_scratch(config, transfer, probe, size, data, strategy, verbose):
         "gain": gain,
         "weights": config.weights,
     }
-    write_text(os.path.join(config.output, "comparison.json"), json.dumps(comparison, indent=2))
+    write_text(run_file(config.output, "comparison"), json.dumps(comparison, indent=2))
 
 
 def print_history(history, stage1_epochs):

@@ -19,6 +19,9 @@ import platform
 import numpy as np
 
 from keras_transfer.files import write_text
+from keras_transfer.models import backbone_and_head_layers
+from keras_transfer.runs import read_history, run_file
+from keras_transfer.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -36,14 +39,14 @@ def save_examples(model, dataset, probs, labels, output_dir):
     The images are read in a second pass over `dataset`; when that pass does not give the same labels in the same
     order (a shuffled dataset), the thumbnails are left out and the page says so.
     """
-    np.savez(os.path.join(output_dir, "predictions.npz"), probabilities=probs, labels=labels)
+    np.savez(run_file(output_dir, "predictions"), probabilities=probs, labels=labels)
     predicted, confidence = probs.argmax(axis=1), probs.max(axis=1)
     wrong = np.flatnonzero(predicted != labels)
     wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:EXAMPLES]
     right = np.flatnonzero(predicted == labels)
     right = right[np.argsort(confidence[right], kind="stable")][:EXAMPLES]
     images = _images_at(dataset, set(wrong) | set(right), labels)
-    os.makedirs(os.path.join(output_dir, "examples"), exist_ok=True)
+    os.makedirs(run_file(output_dir, "examples"), exist_ok=True)
     examples = []
     for kind, indices in (("mistake", wrong), ("unsure", right)):
         for i in (i for i in indices if i in images):
@@ -66,7 +69,7 @@ def save_examples(model, dataset, probs, labels, output_dir):
         example["gradcam"] = f"examples/gradcam_{example['index']}.png"
         _save_png(_overlay(images[example["index"]], heat), os.path.join(output_dir, example["gradcam"]))
     note = None if images or not (len(wrong) or len(right)) else "the dataset did not repeat its order: no thumbnails"
-    write_text(os.path.join(output_dir, "examples", "examples.json"), json.dumps({"examples": examples, "note": note}))
+    write_text(run_file(output_dir, "examples_index"), json.dumps({"examples": examples, "note": note}))
 
 
 def _images_at(dataset, wanted, labels):
@@ -89,8 +92,6 @@ def gradcam(model, images, class_ids):
     evidence for `class_ids` lies, in [0, 1] at the feature map's resolution; None when the backbone gives no
     spatial map (e.g. a hub module's vectors)."""
     import tensorflow as tf
-
-    from keras_transfer.models import backbone_and_head_layers
 
     split = backbone_and_head_layers(model)
     if split is None:
@@ -138,7 +139,7 @@ def write_html(run_dir):
     Raises:
         ValueError: when `run_dir` has no `report.json` (nothing was evaluated there).
     """
-    if not os.path.isfile(os.path.join(run_dir, "report.json")):
+    if not os.path.isfile(run_file(run_dir, "report")):
         raise ValueError(
             f"{run_dir!r} has no report.json: evaluate a model with output_dir={run_dir!r}, or give a "
             f"run folder of keras-transfer. Received: run_dir={run_dir!r}"
@@ -162,7 +163,7 @@ def write_html(run_dir):
         + "\n".join(s for s in sections if s)
         + "\n</body></html>\n"
     )
-    path = os.path.join(run_dir, "report.html")
+    path = run_file(run_dir, "report_html")
     write_text(path, page)
     logger.debug("Wrote %s", path)  # evaluate and the CLI say where the report is
     return path
@@ -176,34 +177,31 @@ font-size:12px;vertical-align:top}figure img{width:150px;image-rendering:pixelat
 
 
 def _read_run(run_dir):
-    def load(name, default=None):
-        path = os.path.join(run_dir, name)
+    def load(key, default=None):
+        path = run_file(run_dir, key)
         if not os.path.isfile(path):
             return default
-        if name.endswith(".json"):
+        if path.endswith(".json"):
             with open(path) as f:
                 return json.load(f)
-        if name.endswith(".yaml"):
+        if path.endswith(".yaml"):
             import yaml
 
             with open(path) as f:
                 return yaml.safe_load(f)
         return dict(np.load(path))
 
-    from keras_transfer.training import read_history
-
+    confusion = run_file(run_dir, "confusion")
     return {
-        "report": load("report.json"),
-        "config": load("config.yaml", {}),
-        "data": load("data.json"),
-        "history": read_history(os.path.join(run_dir, "history.csv")),
-        "predictions": load("predictions.npz"),
-        "examples": load("examples/examples.json"),
-        "comparison": load("comparison.json"),
-        "timings": load("timings.json"),
-        "confusion": os.path.join(run_dir, "confusion.png")
-        if os.path.isfile(os.path.join(run_dir, "confusion.png"))
-        else None,
+        "report": load("report"),
+        "config": load("config", {}),
+        "data": load("data"),
+        "history": read_history(run_dir),
+        "predictions": load("predictions"),
+        "examples": load("examples_index"),
+        "comparison": load("comparison"),
+        "timings": load("timings"),
+        "confusion": confusion if os.path.isfile(confusion) else None,
     }
 
 
@@ -416,10 +414,8 @@ def _versions():
     import keras
     import tensorflow as tf
 
-    import keras_transfer
-
     versions = {
-        "keras_transfer": keras_transfer.__version__,
+        "keras_transfer": __version__,
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "numpy": np.__version__,

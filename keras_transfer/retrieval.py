@@ -14,8 +14,8 @@ import os
 import numpy as np
 
 from keras_transfer.files import atomic_path
-from keras_transfer.images import image_array, read_image
-from keras_transfer.models import build_model, feature_model, input_size
+from keras_transfer.images import image_array, image_files, read_image
+from keras_transfer.models import build_model, feature_extractor, feature_model, input_size
 
 SEARCHES = ("exact", "faiss")
 INDEX_FILES = ("embeddings.npy", "index.json", "embedder.keras")
@@ -237,7 +237,7 @@ class FeatureIndex:
         import tensorflow as tf
 
         if self._embed is None:
-            self._embed = tf.function(lambda x: self.embedder(x, training=False), reduce_retracing=True)
+            self._embed = feature_extractor(self.embedder)
         out = [
             self._embed(tf.constant(images[i : i + self.batch_size])).numpy()
             for i in range(0, len(images), self.batch_size)
@@ -274,8 +274,6 @@ class FeatureIndex:
 
     def _embed_files(self, source):
         import logging
-
-        from keras_transfer.images import image_files
 
         if isinstance(source, (str, os.PathLike)) and not os.path.isdir(source):
             raise ValueError(f"{os.fspath(source)!r} is not a folder. Received: source={os.fspath(source)!r}")

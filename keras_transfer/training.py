@@ -11,31 +11,29 @@ backup, the end of stage 1 is recorded, and rerunning the same call resumes wher
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import logging
 import os
 import tempfile
 import time
-import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_transfer.compat import reset_resumed_epoch
-from keras_transfer.files import atomic_path, write_text
-from keras_transfer.models import augmentation_layer, batchnorm_layers, feature_model, head_model, output_layer
+from keras_transfer.config import OPTIMIZERS
+from keras_transfer.data import with_known_size
+from keras_transfer.files import atomic_path
+from keras_transfer.heads import fit_probe
+from keras_transfer.models import augmentation_layer, batchnorm_layers, feature_extractor, head_model, output_layer
 from keras_transfer.policies import set_trainable
+from keras_transfer.runs import backup_callback, run_callbacks, run_paths
 
 logger = logging.getLogger(__name__)
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 FEATURE_MEMORY_LIMIT = 2 * 1024**3  # cached features above this size go to disk
-STAGE1_DONE = "stage1.weights.h5"
-MIN_STEPS_PER_EPOCH = 20  # a smaller training set is repeated within each Keras epoch (see `_fit`)
-MIN_GROUPS = 10  # but a stage keeps at least this many validations
+MIN_GROUPS = 10  # a stage run in groups of epochs keeps at least this many validations (see `_fit`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +51,8 @@ class TrainingOptions:
         train_batchnorm: let stage 2 train the BatchNormalization layers it unfreezes (for training from
             scratch). Their moving statistics then lag behind the weights after a short run, so they are
             recomputed over the training images at the end (`recompute_batchnorm`).
+        min_steps_per_epoch: a training set of fewer batches runs several epochs per Keras epoch (see
+            `fine_tune`'s Returns); 1 runs one Keras epoch per epoch.
         head_init: None, or `"probe"`: start stage 1 from a logistic regression fitted on the cached features
             (LP-FT, Kumar et al. 2022), so fine-tuning starts at the linear probe's accuracy with a loss that
             is not yet zero. Needs cached features and a head without hidden dense layers.
@@ -64,6 +64,7 @@ class TrainingOptions:
     jit_compile: object = "auto"
     train_batchnorm: bool = False
     head_init: str | None = None
+    min_steps_per_epoch: int = 20
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -81,6 +82,7 @@ class TrainingOptions:
             ("jit_compile", self.jit_compile in ("auto", True, False), "'auto', True or False"),
             ("train_batchnorm", isinstance(self.train_batchnorm, bool), "True or False"),
             ("head_init", self.head_init in (None, "probe"), "None or 'probe'"),
+            ("min_steps_per_epoch", _is_number(self.min_steps_per_epoch) and self.min_steps_per_epoch >= 1, ">= 1"),
         )
         for name, ok, allowed in checks:
             if not ok:
@@ -110,8 +112,7 @@ def fine_tune(
         model: a model from `build_model` (built inside `strategy.scope()` when a strategy is given).
         train: a `tf.data.Dataset` of `(images, labels)` batches, e.g. from `load_dataset`.
         val: an optional validation dataset of the same form.
-        head_epochs: stage-1 epochs (head only, backbone frozen); 0 skips stage 1. Formerly `epochs`, still
-            accepted with a `DeprecationWarning`.
+        head_epochs: stage-1 epochs (head only, backbone frozen); 0 skips stage 1.
         fine_tune_epochs: stage-2 epochs; 0 skips stage 2.
         unfreeze: the `set_trainable` policy for stage 2, e.g. `"stages:1"`, `"from:block5"`, `"all"`.
         learning_rate: stage-1 learning rate, > 0.
@@ -145,7 +146,6 @@ def fine_tune(
     >>> history.epoch
     [0, 1]
     """
-    head_epochs = _renamed_epochs(head_epochs, kwargs)
     options = dataclasses.replace(options or TrainingOptions(), **_option_fields(kwargs))
     _check_schedule(head_epochs, fine_tune_epochs, learning_rate, fine_tune_learning_rate, verbose)
     if fine_tune_epochs:
@@ -181,17 +181,6 @@ class _Run:
     scratch_dir: str | None = None  # features too large for memory, without a run_dir; removed at the end
 
 
-def _renamed_epochs(head_epochs, kwargs):
-    if "epochs" not in kwargs:
-        return head_epochs
-    warnings.warn(
-        "fine_tune(epochs=...) is deprecated: it counts stage 1 only; use head_epochs=... .",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    return kwargs.pop("epochs")
-
-
 def _option_fields(kwargs):
     known = {field.name for field in dataclasses.fields(TrainingOptions)}
     unknown = sorted(set(kwargs) - known)
@@ -220,16 +209,16 @@ def _is_number(value):
 
 def _prepare_run(model, train, val, options, callbacks, run_dir, strategy, verbose):
     loss, metrics, prepare = _loss_and_metrics(model, options.label_smoothing)
-    val = _with_known_size(prepare(val)) if val is not None else None
-    paths = _run_paths(run_dir)
+    val = with_known_size(prepare(val)) if val is not None else None
+    paths = run_paths(run_dir)
     return _Run(
         model,
-        _with_known_size(prepare(train)),
+        with_known_size(prepare(train)),
         val,
         options,
         strategy or tf.distribute.get_strategy(),
         paths,
-        _run_callbacks(model, paths, val is not None) + list(callbacks),
+        run_callbacks(model, paths, val is not None) + list(callbacks),
         loss,
         metrics,
         verbose,
@@ -302,11 +291,11 @@ def _use_cache(run):
 
 
 def _fit(run, model, train, val, stage, first_epoch, last_epoch, backup):
-    """One stage's `model.fit`. A training set of fewer than `MIN_STEPS_PER_EPOCH` batches is repeated so that
+    """One stage's `model.fit`. A training set of fewer than `min_steps_per_epoch` batches is repeated so that
     one Keras epoch makes several passes (same optimizer steps, less per-epoch overhead, validation once per
     group); the history, the run folder and the callbacks still count the epochs asked for."""
     batches = int(train.cardinality())
-    passes = _passes_per_epoch(batches, last_epoch - first_epoch)
+    passes = _passes_per_epoch(batches, last_epoch - first_epoch, run.options.min_steps_per_epoch)
     callbacks = run.callbacks + _progress(run.verbose, stage, first_epoch, run.total_epochs)
     verbose = 0 if run.verbose == "lines" else run.verbose
     if passes > 1:
@@ -331,17 +320,17 @@ def _fit(run, model, train, val, stage, first_epoch, last_epoch, backup):
         epochs=first_epoch + (last_epoch - first_epoch) // passes,
         shuffle=False,
         verbose=verbose,
-        callbacks=_backup(run.paths, backup) + callbacks,
+        callbacks=backup_callback(run.paths, backup) + callbacks,
     )
     history.epoch = [first_epoch + (e - first_epoch + 1) * passes - 1 for e in history.epoch]
     return history
 
 
-def _passes_per_epoch(batches, epochs):
+def _passes_per_epoch(batches, epochs, min_steps=20):
     """How many passes over the training set one Keras epoch makes: the largest divisor of `epochs` that keeps
-    the passes' batches within about `MIN_STEPS_PER_EPOCH` and leaves at least `MIN_GROUPS` groups (so a stage
+    the passes' batches within about `min_steps` and leaves at least `MIN_GROUPS` groups (so a stage
     of fewer than 20 epochs keeps one validation per epoch)."""
-    most = min(-(-MIN_STEPS_PER_EPOCH // max(batches, 1)), epochs // MIN_GROUPS)
+    most = min(-(-int(min_steps) // max(batches, 1)), epochs // MIN_GROUPS)
     return max(k for k in range(1, max(most, 1) + 1) if epochs % k == 0)
 
 
@@ -478,20 +467,6 @@ def _schedule(learning_rate, total_steps):
     )
 
 
-def _with_known_size(dataset):
-    """The dataset with its number of batches known, counted once when filtering left it unknown.
-
-    Keras needs it: with an unknown size, progress bars have no total, the stage-2 schedule no length, and
-    Keras 3.15's `optimizer.iterations` counts one step too many per epoch (measured: 8 after 2 epochs of 3
-    batches), which would corrupt a resumed schedule. The count is stable: a file that fails to decode fails
-    every epoch, and with a cache the counting pass fills it.
-    """
-    n = int(dataset.cardinality())
-    if n < 0:
-        n = int(dataset.reduce(np.int64(0), lambda count, _: count + 1))
-    return dataset.apply(tf.data.experimental.assert_cardinality(n))
-
-
 def _is_multi_worker(strategy):
     return (
         isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
@@ -504,9 +479,8 @@ def _is_multi_worker(strategy):
 
 def _head_on_features(run):
     """The head model on features computed once by the frozen backbone, and its train and validation data."""
-    extractor = feature_model(run.model)
-    predict = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
-    cache_dir = os.path.dirname(run.paths["stage1"]) if run.paths else run.scratch_dir
+    predict = feature_extractor(run.model)
+    cache_dir = run.paths["features"] if run.paths else run.scratch_dir
 
     def cached(dataset, name, shuffle):
         feats, labels, batch_size, size = [], [], None, 0
@@ -518,7 +492,7 @@ def _head_on_features(run):
         features, labels = np.concatenate(feats), np.concatenate(labels)
         ds = tf.data.Dataset.from_tensor_slices((features, labels))
         if size > FEATURE_MEMORY_LIMIT:
-            path = os.path.join(cache_dir, "features", name)
+            path = os.path.join(cache_dir, name)
             ds.save(path)
             ds = tf.data.Dataset.load(path)
             logger.info("Cached %d %s features (%.1f GB) on disk in %s", len(labels), name, size / 1e9, path)
@@ -531,10 +505,7 @@ def _head_on_features(run):
 
 
 def _probe_head(model, features):
-    """Sets the `predictions` layer to a logistic regression fitted on cached `(features, labels)` batches, on
-    features divided by their mean L2 norm (a scale, so the fit stays a linear map of the raw features)."""
-    from sklearn.linear_model import LogisticRegression
-
+    """Sets the `predictions` layer to the linear probe (`heads.fit_probe`) of cached `(features, labels)` batches."""
     dense = output_layer(model)
     if features is None or dense.get_config()["activation"] != "softmax":
         raise ValueError(
@@ -543,112 +514,13 @@ def _probe_head(model, features):
         )
     batches = [(np.asarray(x), np.asarray(y)) for x, y in features]
     x, y = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
-    y = y.argmax(axis=1) if y.ndim == 2 else y.reshape(-1)  # one-hot when label smoothing is on
-    kernel, bias = (np.asarray(w) for w in dense.get_weights())
+    kernel = dense.get_weights()[0]
     if x.shape[1] != kernel.shape[0]:
         raise ValueError(
             "head_init='probe' needs a head without hidden dense layers (dense_units=()). Received: head_init='probe'"
         )
-    scale = float(np.mean(np.linalg.norm(x, axis=1))) or 1.0
-    fit = LogisticRegression(C=10.0, max_iter=2000).fit(x / scale, y)
-    coef, intercept = fit.coef_, fit.intercept_
-    if len(fit.classes_) == 2:  # scikit-learn keeps one row for two classes: the logit of the second
-        coef, intercept = np.stack([np.zeros_like(coef[0]), coef[0]]), np.array([0.0, intercept[0]])
-    kernel[:], bias[:] = 0.0, -10.0  # classes absent from the training images: never predicted
-    kernel[:, fit.classes_], bias[fit.classes_] = coef.T / scale, intercept
-    dense.set_weights([kernel, bias])
+    dense.set_weights(list(fit_probe(x, y, kernel.shape[1])))  # labels are one-hot when label smoothing is on
     logger.info("Stage 1 starts from a logistic regression on the cached features (head_init='probe')")
-
-
-# --- run folder -----------------------------------------------------------------------------------------------
-
-
-def _run_paths(run_dir):
-    if not run_dir:
-        return None
-    os.makedirs(run_dir, exist_ok=True)
-    for sub in ("checkpoints", "logs", "backup"):
-        os.makedirs(os.path.join(run_dir, sub), exist_ok=True)
-    return {
-        "stage1": os.path.join(run_dir, STAGE1_DONE),
-        "best": os.path.join(run_dir, "checkpoints", "best.keras"),
-        "csv": os.path.join(run_dir, "history.csv"),
-        "logs": os.path.join(run_dir, "logs"),
-        "backup": os.path.join(run_dir, "backup"),
-    }
-
-
-class _BestCheckpoint(keras.callbacks.Callback):
-    """`checkpoints/best.keras`: the full model (also while stage 1 fits the head on cached features) at its best
-    `monitor` so far, across both stages and resumed runs (the best value is kept in `best.json` beside it),
-    written atomically."""
-
-    def __init__(self, full_model, path, monitor):
-        super().__init__()
-        self.full_model, self.path, self.monitor = full_model, path, monitor
-        self.record = path[: -len(".keras")] + ".json"
-
-    def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is None or not np.isfinite(value):
-            return
-        best = _read_json(self.record).get("value", np.inf)
-        if value < best:
-            with atomic_path(self.path) as tmp:
-                self.full_model.save(tmp)
-            write_text(self.record, json.dumps({"monitor": self.monitor, "value": float(value), "epoch": epoch}))
-
-
-class _HistoryFile(keras.callbacks.Callback):
-    """`history.csv`, one row per epoch, rewritten atomically at every epoch end: an epoch trained again after a
-    resume replaces its row, so each epoch appears exactly once and a kill never leaves half a line."""
-
-    def __init__(self, path):
-        super().__init__()
-        self.path = path
-
-    def on_epoch_end(self, epoch, logs=None):
-        rows = read_history(self.path)
-        rows[epoch] = {k: float(v) for k, v in (logs or {}).items()}
-        keys = sorted({k for row in rows.values() for k in row})
-        lines = [",".join(["epoch", *keys])]
-        lines += [",".join([str(e), *(str(rows[e].get(k, "")) for k in keys)]) for e in sorted(rows)]
-        write_text(self.path, "\n".join(lines) + "\n")
-
-
-def read_history(path):
-    """epoch -> {metric: value} from a run folder's `history.csv` (empty when there is none)."""
-    if not os.path.exists(path):
-        return {}
-    with open(path, newline="") as f:
-        return {int(row.pop("epoch")): {k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)}
-
-
-def _read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
-def _backup(paths, stage):
-    # Kept after training ends, so rerunning a finished run trains nothing more.
-    return (
-        [keras.callbacks.BackupAndRestore(os.path.join(paths["backup"], stage), delete_checkpoint=False)]
-        if paths
-        else []
-    )
-
-
-def _run_callbacks(model, paths, has_val):
-    if not paths:
-        return []
-    return [
-        _BestCheckpoint(model, paths["best"], monitor="val_loss" if has_val else "loss"),
-        _HistoryFile(paths["csv"]),
-        keras.callbacks.TensorBoard(paths["logs"]),
-    ]
 
 
 def _extend(history, h):

@@ -21,7 +21,12 @@ import pickle
 import tempfile
 import typing
 
+import keras
 import numpy as np
+
+from keras_transfer import architectures
+from keras_transfer.backbones import get_spec
+from keras_transfer.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -229,19 +234,78 @@ def imagenet_weights(backbone, include_top=False):
     return path
 
 
+def load_imagenet_weights(model, backbone):
+    """Loads the ImageNet weights of an EfficientNet-Lite row into `model`, an `architectures.EfficientNetLite*`
+    network built with or without its classification top (see `imagenet_weights`); returns the model."""
+    include_top = any(layer.name == "predictions" for layer in model.layers)
+    model.load_weights(imagenet_weights(backbone, include_top=include_top))
+    return model
+
+
 def _convert(backbone, state, stem):
-    import keras
-
-    from keras_transfer import architectures
-    from keras_transfer.backbones import backbone_constructor
-    from keras_transfer.files import atomic_path
-
-    model = backbone_constructor(backbone)(include_top=True, weights=None, input_shape=(None, None, 3))
-    architectures.assign_lite_weights(model, state)
+    constructor = getattr(architectures, get_spec(backbone).constructor)
+    model = constructor(include_top=True, weights=None, input_shape=(None, None, 3))
+    assign_lite_weights(model, state)
     notop = keras.Model(model.input, model.get_layer("top_activation").output, name=model.name)
     for network, path in ((model, stem + ".weights.h5"), (notop, stem + "_notop.weights.h5")):
         with atomic_path(path) as tmp:
             network.save_weights(tmp)
+
+
+def assign_lite_weights(model, state):
+    """Copies a PyTorch EfficientNet-Lite state dict (`read_torch_checkpoint`) into a model from
+    `EfficientNetLite*`, checking that every tensor is used once and every shape fits.
+
+    Raises:
+        ValueError: when the checkpoint and the architecture disagree (a missing, extra or misshapen tensor).
+    """
+    blocks = [layer.name[: -len("dwconv")] for layer in model.layers if layer.name.endswith("_dwconv")]
+    names = {
+        "_conv_stem": "stem_conv",
+        "_bn0": "stem_bn",
+        "_conv_head": "top_conv",
+        "_bn1": "top_bn",
+        "_fc": "predictions",
+    }
+    parts = {
+        "_expand_conv": "expand_conv",
+        "_bn0": "expand_bn",
+        "_depthwise_conv": "dwconv",
+        "_bn1": "bn",
+        "_project_conv": "project_conv",
+        "_bn2": "project_bn",
+    }
+    for i, prefix in enumerate(blocks):
+        names.update({f"_blocks.{i}.{torch_name}": prefix + keras_name for torch_name, keras_name in parts.items()})
+    layer_names = {layer.name for layer in model.layers}
+    grouped = {}
+    for key, value in state.items():
+        module, field = key.rsplit(".", 1)
+        if field != "num_batches_tracked" and (module != "_fc" or "predictions" in layer_names):
+            grouped.setdefault(names.get(module, module), {})[field] = value
+    expected = {layer.name for layer in model.layers if layer.weights}
+    if set(grouped) != expected:
+        raise ValueError(
+            f"The checkpoint does not fit {model.name!r}: tensors for {sorted(set(grouped) - expected)[:5]} "
+            f"have no layer, layers {sorted(expected - set(grouped))[:5]} have no tensors."
+        )
+    for layer_name, fields in grouped.items():
+        layer = model.get_layer(layer_name)
+        if isinstance(layer, keras.layers.BatchNormalization):
+            values = [fields["weight"], fields["bias"], fields["running_mean"], fields["running_var"]]
+        elif isinstance(layer, keras.layers.DepthwiseConv2D):
+            values = [fields["weight"].transpose(2, 3, 0, 1)]  # (C, 1, kh, kw) -> (kh, kw, C, 1)
+        elif isinstance(layer, keras.layers.Dense):
+            values = [fields["weight"].T, fields["bias"]]
+        else:
+            values = [fields["weight"].transpose(2, 3, 1, 0)]  # (out, in, kh, kw) -> (kh, kw, in, out)
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if shapes != [v.shape for v in values]:
+            raise ValueError(
+                f"The checkpoint does not fit layer {layer_name!r} of {model.name!r}: "
+                f"{[v.shape for v in values]} vs {shapes}."
+            )
+        layer.set_weights(values)
 
 
 def _cache_dir():

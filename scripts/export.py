@@ -10,11 +10,13 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from keras_transfer.terminal import quiet_tensorflow
+
+quiet_tensorflow()  # before TensorFlow loads, so its start-up lines stay off the terminal
 
 import keras
 
-import keras_transfer  # noqa: F401  (registers the preprocessing layer for loading)
+import keras_transfer.models  # noqa: F401  (registers the preprocessing layer for loading)
 from keras_transfer.cli import add_verbose, positive_int, script_main
 from keras_transfer.export import export_onnx, export_saved_model, export_tflite
 

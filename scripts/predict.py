@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from keras_transfer.terminal import quiet_tensorflow
+
+quiet_tensorflow()  # before TensorFlow loads, so its start-up lines stay off the terminal
 
 import numpy as np
 

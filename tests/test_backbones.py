@@ -3,7 +3,8 @@ import pytest
 
 import keras_transfer as kt
 from keras_transfer import architectures
-from keras_transfer.backbones import BACKBONES, PREPROCESSING_MODES, backbone_constructor, get_spec
+from keras_transfer.backbones import BACKBONES, PREPROCESSING_MODES, get_spec
+from keras_transfer.models import backbone_constructor
 
 REQUIRED = [
     "vgg16",

@@ -6,32 +6,18 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
 from keras_transfer import load_dataset
 from keras_transfer.cli import main, parse_config
 
 
-@pytest.fixture
-def small_folder(tmp_path):
-    """Three classes of 12 generated PNGs whose colour carries the class."""
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(("red", "green", "blue")):
-        os.makedirs(tmp_path / "images" / name)
-        for i in range(12):
-            pixels = rng.integers(0, 80, (48, 56, 3), dtype=np.uint8)
-            pixels[..., c] += 150
-            Image.fromarray(pixels).save(tmp_path / "images" / name / f"{i}.png")
-    return tmp_path / "images"
-
-
 @pytest.mark.slow
-def test_end_to_end_run_folder_report_and_export(small_folder, tmp_path, capsys):
+def test_end_to_end_run_folder_report_and_export(colour_folder, tmp_path, capsys):
     run, export = tmp_path / "run", tmp_path / "export"
     code = main(
         [
             "--data",
-            str(small_folder),
+            str(colour_folder),
             "--backbone",
             "mobilenet_v3_small",
             "--image-size",
@@ -76,7 +62,7 @@ def test_end_to_end_run_folder_report_and_export(small_folder, tmp_path, capsys)
 
     # The report's numbers, recomputed from the saved model on the same test split.
     report = json.loads((run / "report.json").read_text())
-    _, _, test, info = load_dataset(str(small_folder), image_size=64, batch_size=4, test_split=0.25)
+    _, _, test, info = load_dataset(str(colour_folder), image_size=64, batch_size=4, test_split=0.25)
     model = keras.saving.load_model(run / "model.keras")
     probs, labels = [], []
     for x, y in test:
@@ -180,7 +166,8 @@ def test_pretrained_weights_set_the_image_size_when_none_is_given(tmp_path):
     assert model.get_layer("preprocessing").size == (32, 32)
 
 
-def test_compare_scratch_trains_both_on_the_same_split_and_reports_the_gain(small_folder, tmp_path, capsys):
+@pytest.mark.slow
+def test_compare_scratch_trains_both_on_the_same_split_and_reports_the_gain(colour_folder, tmp_path, capsys):
     keras.utils.set_random_seed(0)
     weights = tmp_path / "small.weights.h5"
     from keras_transfer import build_model
@@ -190,7 +177,7 @@ def test_compare_scratch_trains_both_on_the_same_split_and_reports_the_gain(smal
     code = main(
         [
             "--data",
-            str(small_folder),
+            str(colour_folder),
             "--backbone",
             "small_cnn",
             "--image-size",
@@ -225,8 +212,8 @@ def test_compare_scratch_trains_both_on_the_same_split_and_reports_the_gain(smal
     assert f"test images): test accuracy {comparison['linear_probe_accuracy']:.1%}" in out
 
 
-def test_compare_scratch_needs_pretrained_weights(small_folder, tmp_path, capsys):
-    code = main(["--data", str(small_folder), "--weights", "none", "--compare-scratch", "--output", str(tmp_path)])
+def test_compare_scratch_needs_pretrained_weights(colour_folder, tmp_path, capsys):
+    code = main(["--data", str(colour_folder), "--weights", "none", "--compare-scratch", "--output", str(tmp_path)])
     assert code == 2
     assert "--compare-scratch compares pretrained weights with random ones" in capsys.readouterr().err
 
@@ -263,12 +250,11 @@ def test_config_file_errors_are_one_line_exit_2_before_anything_is_written(tmp_p
     assert not (tmp_path / "run").exists()
 
 
-def test_renamed_flags_and_keys_still_work(tmp_path, capsys):
+def test_old_flags_and_keys_are_errors(tmp_path, capsys):
     old = tmp_path / "old.yaml"
-    old.write_text("head: flatten\nepochs: 7\n")
-    with pytest.warns(DeprecationWarning, match="Config key 'head' is deprecated; use 'pooling'"):
-        _, config = parse_config(["--config", str(old)])
-    assert (config.pooling, config.head_epochs) == ("flatten", 7)
-    _, config = parse_config(["--head", "max", "--epochs", "2"])
-    assert (config.pooling, config.head_epochs) == ("max", 2)
-    assert "--head is deprecated; use --pooling" in capsys.readouterr().err
+    old.write_text("head: flatten\n")
+    assert main(["--config", str(old), "--output", str(tmp_path / "run")]) == 2
+    assert "Unknown keys in config file" in capsys.readouterr().err
+    assert main(["--head", "max", "--output", str(tmp_path / "run")]) == 2
+    assert "unrecognized arguments: --head" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -1,6 +1,10 @@
 """Every use of private Keras is pinned: its target exists in this Keras with the source it was checked against,
 and a changed target is a clear error, never a silent patch."""
 
+import configparser
+from pathlib import Path
+
+import keras
 import pytest
 
 from keras_transfer import compat
@@ -37,3 +41,11 @@ def test_the_patched_functions_are_used_through_compat():
     )
     assert sum(isinstance(x, keras.layers.BatchNormalization) for x in compat.flatten_layers(model)) == 1
     assert compat.in_safe_mode() in (True, None)  # load_model's default outside a load: safe mode
+
+
+def test_setup_cfg_allows_only_the_keras_that_compat_was_checked_with():
+    setup = configparser.ConfigParser()
+    setup.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    requirements = setup["options"]["install_requires"].split()
+    assert f"keras{compat.KERAS_RANGE}" in requirements
+    assert keras.__version__.startswith(compat.CHECKED_WITH.rsplit(".", 1)[0])

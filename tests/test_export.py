@@ -10,6 +10,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from conftest import SUBPROCESS_ENV
 from PIL import Image
 
 import keras_transfer as kt
@@ -17,7 +18,7 @@ from keras_transfer.export import export_tflite
 from keras_transfer.images import image_array
 from keras_transfer.models import feature_model, output_layer
 
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}
+ENV = SUBPROCESS_ENV
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +172,7 @@ def _digit_images(n=32, size=32):
     return next(iter(test))[0].numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["small_cnn", "resnet50", "efficientnet_lite0"])
 def test_onnx_runtime_gives_keras_probabilities(backbone, tmp_path):
     ort = pytest.importorskip("onnxruntime")
@@ -196,6 +198,7 @@ def test_onnx_runtime_gives_keras_probabilities(backbone, tmp_path):
     assert (tmp_path / "model.labels.txt").read_text() == "cat\ndog\nfox\n"
 
 
+@pytest.mark.slow
 def test_onnx_export_names_the_layer_it_cannot_convert_and_writes_nothing(tmp_path):
     pytest.importorskip("tf2onnx")
     import tensorflow as tf

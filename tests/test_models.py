@@ -65,6 +65,7 @@ def _pooled_reference(constructor, module, size, x, weights_path):
     return ref.predict(module.preprocess_input(x.copy()), verbose=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name,constructor,module",
     [
@@ -193,14 +194,13 @@ def test_policies_that_cannot_apply_say_which_can():
     assert kt.set_trainable(model, "all").trainable_layers == 1
 
 
-def test_deprecated_names_still_work_and_say_the_new_one():
-    with pytest.warns(DeprecationWarning, match=r"build_model\(head=\.\.\.\) is deprecated; use pooling="):
-        model = kt.build_model("small_cnn", 2, input_shape=32, weights=None, head="max")
+def test_old_names_are_errors():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'head'"):
+        kt.build_model("small_cnn", 2, input_shape=32, weights=None, head="max")
+    model = kt.build_model("small_cnn", 2, input_shape=32, weights=None, pooling="max")
     assert isinstance(model.get_layer("head_pool"), keras.layers.GlobalMaxPooling2D)
-    with pytest.warns(DeprecationWarning, match=r"Policy 'none' is deprecated; use 'frozen'"):
-        assert kt.set_trainable(model, "none").trainable_layers == 0
-    with pytest.raises(TypeError, match="unexpected keyword argument 'heads'"):
-        kt.build_model("small_cnn", 2, input_shape=32, weights=None, heads="max")
+    with pytest.raises(ValueError, match=r"Unknown policy 'none'"):
+        kt.set_trainable(model, "none")
 
 
 def test_augmentation_inside_the_model_acts_in_training_only(rgb_images):

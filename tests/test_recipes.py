@@ -18,6 +18,7 @@ def test_there_is_a_recipe_per_worked_example():
     assert [p.name[:3] for p in RECIPES] == ["000", "001", "002", "003", "004"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
 def test_recipe_runs_in_smoke_mode(path, tmp_path):
     recipe = load_config(path)  # unknown keys would fail here

@@ -16,30 +16,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
+from conftest import SUBPROCESS_ENV
 from PIL import Image
 
 import keras_transfer as kt
-from keras_transfer import training
+from keras_transfer import runs, training
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
-
-
-@pytest.fixture
-def photo_folder(tmp_path):
-    """Three classes of 6 PNGs each, different enough to learn something."""
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(("a", "b", "c")):
-        (tmp_path / name).mkdir()
-        for i in range(6):
-            image = rng.integers(0, 60, (20, 20, 3)) + np.array([80 * c, 0, 200 - 80 * c])
-            Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(tmp_path / name / f"{i}.png")
-    return tmp_path
+ENV = SUBPROCESS_ENV
 
 
-def test_evaluation_splits_come_in_the_same_order_on_every_pass(photo_folder):
+@pytest.mark.slow
+def test_evaluation_splits_come_in_the_same_order_on_every_pass(colour_folder):
     train, val, test, info = kt.load_dataset(
-        str(photo_folder), image_size=32, batch_size=2, validation_split=0.3, test_split=0.3, cache=False, seed=1
+        str(colour_folder), image_size=32, batch_size=2, validation_split=0.3, test_split=0.3, cache=False, seed=1
     )
     model = kt.build_model("small_cnn", info.num_classes, input_shape=32, weights=None)
     kt.fine_tune(model, train, head_epochs=2, fine_tune_epochs=0, learning_rate=1e-2, verbose=0)
@@ -127,15 +116,15 @@ def test_odd_labels_and_unit_range_images_are_warned_about(caplog):
     assert "x holds floats in [" in caplog.text and "expects RGB values in 0-255" in caplog.text
 
 
-def test_feature_index_files_that_disagree_are_refused(tmp_path, photo_folder):
+def test_feature_index_files_that_disagree_are_refused(tmp_path, colour_folder):
     index = kt.FeatureIndex("small_cnn", weights=None, image_size=32)
-    index.add(str(photo_folder))
+    index.add(str(colour_folder))
     path = tmp_path / "index"
     index.save(path)
-    assert len(kt.FeatureIndex.load(path)) == 18
+    assert len(kt.FeatureIndex.load(path)) == 36
     embeddings = np.load(path / "embeddings.npy")
     np.save(path / "embeddings.npy", embeddings[:7])
-    with pytest.raises(ValueError, match=r"not a consistent FeatureIndex: 7 embeddings, 18 paths, 18 labels"):
+    with pytest.raises(ValueError, match=r"not a consistent FeatureIndex: 7 embeddings, 36 paths, 36 labels"):
         kt.FeatureIndex.load(path)
     (path / "embeddings.npy").write_bytes(b"")
     with pytest.raises(ValueError, match=r"is not a readable FeatureIndex"):
@@ -194,7 +183,7 @@ def _visible_files_are_whole(run_dir, export_dir):
     for name in ("model.keras", "checkpoints/best.keras"):
         if os.path.exists(os.path.join(run_dir, name)):
             keras.saving.load_model(os.path.join(run_dir, name))
-    history = training.read_history(os.path.join(run_dir, "history.csv"))
+    history = runs.read_history(run_dir)
     assert all(row for row in history.values())
     if os.path.exists(export_dir):
         for version in (v for v in os.listdir(export_dir) if not v.startswith(".")):
@@ -305,6 +294,7 @@ ASYMMETRIC[20:, 30:] = (0, 0, 255)
 ASYMMETRIC[:6, 50:] = 255
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_every_exif_orientation_is_applied_wherever_images_are_decoded(orientation, tmp_path):
     from PIL import ImageOps
@@ -425,8 +415,7 @@ def test_size_aware_jpeg_decoding_is_close_to_a_full_decode_and_never_upsamples(
 
     blob = _photo(*stored)
     fast = images.image_array(blob, size=target)
-    monkeypatch.setattr(images, "DCT_SCALING", False)
-    full = images.image_array(blob, size=target)
+    full = images.image_array(blob, size=target, dct_scaling=False)
     assert fast.shape == full.shape == (*target, 3)
     assert np.abs(fast - full).mean() <= limit
     # the ratio it chose is the largest whose output still covers the target on both sides
@@ -446,6 +435,7 @@ def test_pretrain_checks_its_numbers_before_loading_anything(kwargs, message):
         kt.pretrain("small_cnn", "/nonexistent/folder", **kwargs)
 
 
+@pytest.mark.slow
 def test_folder_decoding_groups_jpegs_by_decode_and_gives_what_decode_image_gives(tmp_path):
     from keras_transfer import images
 

@@ -60,6 +60,7 @@ def run_dir(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_the_run_folder_has_a_self_contained_report_that_the_report_command_rebuilds(run_dir, capsys):
     page = (run_dir / "report.html").read_text()
     for section in (
@@ -99,6 +100,7 @@ def test_expected_calibration_error_by_hand():
     assert [r[2] for r in rows] == [1, 1, 2]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     _chromium() is None,
     reason="no Chromium here: `make test` installs Debian's chromium where "

@@ -53,6 +53,7 @@ def test_exact_search_matches_brute_force_and_faiss_agrees(index):
     np.testing.assert_allclose(approx_scores, scores, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_incremental_add_and_save_load_round_trip(index, tmp_path, rgb_images):
     extra = rgb_images(3, 40, seed=5)
     assert index.add(extra, labels=[7, 7, 8]) == 3
@@ -138,6 +139,7 @@ def _retrieve_script():
     return module.main
 
 
+@pytest.mark.slow
 def test_retrieve_script_indexes_queries_adds_and_evaluates(photo_folder, tmp_path, capsys):
     retrieve = _retrieve_script()
     model_file = tmp_path / "model.keras"

@@ -44,6 +44,7 @@ def saved(tmp_path_factory):
     return root, model
 
 
+@pytest.mark.slow
 def test_predict_saved_model_json_matches_keras(saved, capsys):
     root, model = saved
     assert _script("predict").main([str(root / "served"), str(root / "images"), "--json", "--top-k", "2"]) == 0
@@ -59,6 +60,7 @@ def test_predict_saved_model_json_matches_keras(saved, capsys):
     assert top[0]["probability"] == pytest.approx(float(probs.max()), abs=1e-5)
 
 
+@pytest.mark.slow
 def test_predict_keras_file_table(saved, capsys):
     root, _ = saved
     assert _script("predict").main([str(root / "model.keras"), str(root / "images" / "1.png"), "--top-k", "3"]) == 0
@@ -66,6 +68,7 @@ def test_predict_keras_file_table(saved, capsys):
     assert line.startswith(str(root / "images" / "1.png")) and line.count("%") == 3
 
 
+@pytest.mark.slow
 def test_export_tflite_onnx_and_bad_arguments(saved, capsys):
     root, _ = saved
     export = _script("export")

@@ -74,3 +74,81 @@ def test_one_feature_extractor_builder():
     # The pooled-features model is built in models.feature_model only; the head's layer names live in heads.py.
     users = [p.name for p in PACKAGE if re.search(r"HEAD_POOL|[\"']head_pool[\"']", p.read_text())]
     assert users == ["heads.py", "models.py"], users
+
+
+def _imports(path):
+    """The keras_transfer modules `path` imports, anywhere in it (function-level imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.split(".")[0] == "keras_transfer"}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "keras_transfer":
+            if node.module == "keras_transfer":
+                found |= {f"keras_transfer.{alias.name}" for alias in node.names}
+            else:
+                found.add(node.module)
+    return {name.removeprefix("keras_transfer.") if name != "keras_transfer" else "__init__" for name in found}
+
+
+def _import_graph():
+    modules = {p.stem for p in PACKAGE}
+    return {p.stem: _imports(p) & modules | ({"__init__"} & _imports(p)) for p in PACKAGE if p.stem != "__init__"}
+
+
+def _cycle(graph):
+    state = {}
+
+    def visit(node, path):
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return [*path, node, nxt]
+            if nxt not in state and (found := visit(nxt, [*path, node])):
+                return found
+        state[node] = "done"
+        return None
+
+    return next((c for node in sorted(graph) if node not in state and (c := visit(node, []))), None)
+
+
+def test_the_modules_import_each_other_without_a_circle_and_never_the_package():
+    graph = _import_graph()
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+    assert not [m for m, targets in graph.items() if "__init__" in targets]
+
+
+def test_the_circle_check_sees_a_circle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_command_line_front_loads_without_tensorflow():
+    # keras-transfer --help answers at once: cli.py and what it imports stay clear of TensorFlow and Keras.
+    graph, seen, todo = _import_graph(), set(), ["cli"]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo += [m for m in graph[module] if not _imported_inside_a_function(module, m)]
+    heavy = [
+        m
+        for m in sorted(seen)
+        if re.search(r"^(import|from) (tensorflow|keras)\b", (ROOT / "keras_transfer" / f"{m}.py").read_text(), re.M)
+    ]
+    assert not heavy, heavy
+
+
+def _imported_inside_a_function(module, target):
+    tree = ast.parse((ROOT / "keras_transfer" / f"{module}.py").read_text())
+    top = {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
+    return f"keras_transfer.{target}" not in top
+
+
+def test_only_runs_py_spells_the_names_of_run_folder_files():
+    from keras_transfer.runs import FILES
+
+    names = {path.rsplit("/", 1)[-1] for path in FILES.values() if "." in path}
+    for path in PACKAGE:
+        if path.name != "runs.py":
+            found = [n for n in names if re.search(rf"[\"'/]{re.escape(n)}[\"']", path.read_text())]
+            assert not found, f"{path.name} spells {found}: ask keras_transfer.runs.run_file"

@@ -9,11 +9,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import SUBPROCESS_ENV
 
 import keras_transfer as kt
 from keras_transfer.models import feature_model, head_model
+from keras_transfer.runs import read_history
 
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))}
+ENV = SUBPROCESS_ENV
 
 
 def _weights(layer):
@@ -53,6 +55,7 @@ def test_two_stages_with_continuous_epochs_and_the_policy_applied_in_stage_two()
     assert float(schedule) <= 1e-5
 
 
+@pytest.mark.slow
 def test_cached_features_train_the_same_head_as_plain_fit():
     x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
     y = np.array([0, 1, 2, 0, 1, 2, 0, 1])
@@ -373,18 +376,19 @@ def test_bad_settings_fail_before_any_training(kwargs, message):
         kt.fine_tune(model, None, **kwargs)  # checked before the data is touched
 
 
-def test_options_group_the_less_common_settings_and_old_names_still_work():
+def test_options_group_the_less_common_settings_and_old_names_are_errors():
     train, _, _, _ = _digits(validation_split=0.0)
     model = kt.build_model("small_cnn", 3, input_shape=32, weights=None)
     options = kt.training.TrainingOptions(optimizer="sgd", label_smoothing=0.1)
-    with pytest.warns(DeprecationWarning, match=r"fine_tune\(epochs=\.\.\.\) is deprecated: it counts stage 1 only"):
-        history = kt.fine_tune(
-            model, train.take(1), epochs=1, fine_tune_epochs=1, unfreeze="all", options=options, verbose=0
-        )
+    history = kt.fine_tune(
+        model, train.take(1), head_epochs=1, fine_tune_epochs=1, unfreeze="all", options=options, verbose=0
+    )
     assert history.epoch == [0, 1]
     assert type(model.optimizer).__name__ == "SGD"
     with pytest.raises(TypeError, match=r"unexpected keyword argument 'optimiser'; options are: cache_features"):
         kt.fine_tune(model, train, optimiser="sgd")
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'epochs'"):
+        kt.fine_tune(model, train, epochs=1)
 
 
 def test_xla_stays_off_by_default_on_a_cpu_only_machine():
@@ -466,7 +470,7 @@ def test_long_stages_on_a_small_training_set_run_in_groups_with_the_same_optimiz
     assert all(len(values) == 20 for values in history.history.values())
     assert counts.batches == 20 * 3 + 30 * 3 and counts.validations == 20
     assert int(model.optimizer.iterations.numpy()) == 30 * 3  # stage 2's schedule saw every step
-    assert sorted(kt.training.read_history(str(tmp_path / "history.csv"))) == expected
+    assert sorted(read_history(tmp_path)) == expected
     assert "its 20 epochs run in 10 groups of 2" in caplog.text and "its 30 epochs run in 10 groups of 3" in caplog.text
     lines = [message.split()[1] for message in caplog.messages if message.startswith("epoch ")]
     assert lines == [f"{e + 1}/50" for e in expected]
@@ -484,4 +488,4 @@ def test_a_grouped_stage_resumes_after_its_last_finished_group(tmp_path):
     history = kt.fine_tune(model, data, **settings, callbacks=[counts])
     assert history.epoch == counts.epochs == [11, 13, 15, 17, 19]
     assert int(model.optimizer.iterations.numpy()) == 20 * 3  # the optimizer state came back with the backup
-    assert sorted(kt.training.read_history(str(tmp_path / "history.csv"))) == list(range(1, 20, 2))
+    assert sorted(read_history(tmp_path)) == list(range(1, 20, 2))
