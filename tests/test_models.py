@@ -163,6 +163,15 @@ def test_imagenet_download_failure_names_backbone_and_offline_alternatives(monke
         kt.build_model("vgg16", 2, input_shape=32)
 
 
+def test_a_failure_that_is_not_a_download_is_not_reported_as_one(monkeypatch):
+    def broken(**kwargs):
+        raise RuntimeError("a bug in the constructor")
+
+    monkeypatch.setattr(keras.applications, "VGG16", broken)
+    with pytest.raises(RuntimeError, match="a bug in the constructor"):
+        kt.build_model("vgg16", 2, input_shape=32)
+
+
 def test_the_model_carries_its_backbone_through_renaming_and_saving(tmp_path, rgb_images):
     from keras_transfer import models
 
