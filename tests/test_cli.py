@@ -258,3 +258,14 @@ def test_old_flags_and_keys_are_errors(tmp_path, capsys):
     assert main(["--head", "max", "--output", str(tmp_path / "run")]) == 2
     assert "unrecognized arguments: --head" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_help_lists_the_choices_and_each_default_once():
+    from keras_transfer.cli import build_parser
+
+    actions = [a for a in build_parser()._actions if a.option_strings and a.help and "--help" not in a.option_strings]
+    for action in actions:
+        assert action.help.count("(default:") <= 1 and "(default: None)" not in action.help, action.help
+    text = build_parser().format_help()
+    for choice in ("efficientnet_lite0", "stages:K", "mirrored", "mixed_bfloat16", "rmsprop", "flatten"):
+        assert choice in text, choice
