@@ -51,7 +51,7 @@ FLAGS = {  # group -> RunConfig fields shown as flags, in order
         "compare_scratch",
     ),
     "Distribution": ("strategy", "mixed_precision", "xla"),
-    "Output": ("output", "export", "export_onnx"),
+    "Output": ("output", "overwrite", "export", "export_onnx"),
 }
 HELP = {
     "data": "a folder of class subfolders, tfds:NAME, digits or fashion_mnist",
@@ -85,7 +85,8 @@ HELP = {
     "xla": "XLA compilation (auto: on for GPUs)",
     "optimizer": "the optimizer of both stages (sgd: momentum 0.9)",
     "strategy": "tf.distribute strategy (auto: TPU, multi-worker from TF_CONFIG, several GPUs, else default)",
-    "output": "run folder: config.yaml, history.csv, logs, checkpoints, report.json, confusion.png",
+    "output": "run folder (one run per folder: the same command resumes it, other settings are refused)",
+    "overwrite": "empty the --output run folder first, when it holds another run",
     "export": "also export a SavedModel (TF Serving layout) into this folder",
     "export_onnx": "also write <output>/model.onnx for ONNX Runtime (needs the onnx extra)",
 }

@@ -24,8 +24,6 @@ TARGETS = {  # "module:attribute.path" -> SHA-256 prefix of its source under CHE
     "keras.src.backend.tensorflow.trainer:reduce_per_replica": "2e7d54b1e6edc29a",
     "keras.src.backend.tensorflow.trainer:_collective_all_reduce_multi_worker": "0302369d850e6694",
     "keras.src.backend.tensorflow.trainer:_is_per_replica_instance": "19a5613a75de7a78",
-    "keras.src.backend.tensorflow.trainer:TensorFlowTrainer.fit": "a9a6dc02a7ddafa8",
-    "keras.src.callbacks.backup_and_restore:BackupAndRestore._load_model": "2d9676e74b55aa49",
     "keras.src.layers.layer:Layer._track_variable": "2f03e5ffbfe1d662",
     "keras.src.layers.layer:Layer._build_at_init": "dc6e5ba48ae65d7c",
     "tensorflow.python.trackable.base:Trackable._trackable_children": "215ee46a59b2d9e4",
@@ -94,18 +92,6 @@ def trackable_children(node):
 def flatten_layers(layer):
     """Every layer nested inside `layer` (sub-models and layers held by layers), without `layer` itself."""
     return list(target("keras.src.layers.layer:Layer._flatten_layers")(layer, include_self=False))
-
-
-def reset_resumed_epoch(model):
-    """Clears the epoch a resumed `BackupAndRestore` left on `model`, before another `fit`.
-
-    `BackupAndRestore._load_model` sets `model._initial_epoch` when it resumes, and `fit` starts at
-    `self._initial_epoch or initial_epoch`, so a later `fit` of the same model (stage 2 after a resumed stage 1)
-    would ignore the `initial_epoch` it is given: it trained 7 epochs instead of 4, the last ones at learning rate 0.
-    """
-    target("keras.src.backend.tensorflow.trainer:TensorFlowTrainer.fit")
-    target("keras.src.callbacks.backup_and_restore:BackupAndRestore._load_model")
-    model._initial_epoch = None
 
 
 def in_safe_mode():

@@ -56,6 +56,7 @@ class RunConfig:
     xla: str = "auto"  # "auto": on for GPUs, off on CPU, where it measured slower
     # Output
     output: str = "saved_models/run"
+    overwrite: bool = False  # empty the run folder first when it holds another run
     export: str | None = None
     export_onnx: bool = False  # also <output>/model.onnx (+ model.labels.txt) for ONNX Runtime
 

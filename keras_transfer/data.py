@@ -168,8 +168,29 @@ def load_dataset(
         )
     if not sum(info.counts["train"].values()):
         raise ValueError(f"No training images left in {records.name!r} after the class selection and splits.")
+    _warn_missing_classes(info.counts)
     logger.debug("%s", info)
     return datasets["train"], datasets["validation"], datasets["test"], info
+
+
+def _warn_missing_classes(counts):
+    """Warns, per class, about a validation or test split that has images but none of the class (too few images
+    to stratify: a class of one image lands in training only), naming the class and its counts."""
+    for split in ("validation", "test"):
+        if not sum(counts[split].values()):
+            continue
+        for name, n in counts[split].items():
+            if n == 0:
+                total = sum(counts[s].get(name, 0) for s in counts)
+                logger.warning(
+                    "Class %r has %d image%s (train %d): none in the %s split, so it is not %s there.",
+                    name,
+                    total,
+                    "s" if total != 1 else "",
+                    counts["train"].get(name, 0),
+                    split,
+                    "validated" if split == "validation" else "tested",
+                )
 
 
 def _check_arguments(image_size, batch_size, validation_split, test_split, labels_per_class, test_per_class):

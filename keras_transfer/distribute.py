@@ -49,6 +49,7 @@ def get_strategy(name="auto"):
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
     elif name == "multi_worker":
+        _workers_in_tf_config()  # a TF_CONFIG that does not parse is named before TensorFlow reads it
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         patch_multi_worker_fit()  # Keras 3 fit under several workers (keras-team/keras#20585), see compat.py
     else:
@@ -72,6 +73,11 @@ def _workers_in_tf_config():
         config = json.loads(os.environ.get("TF_CONFIG", "") or "{}")
     except json.JSONDecodeError as e:
         raise ValueError(f"TF_CONFIG is not valid JSON: {e}. Received: TF_CONFIG={os.environ['TF_CONFIG']!r}") from e
+    if not isinstance(config, dict) or not isinstance(config.get("cluster", {}), dict):
+        raise ValueError(
+            'TF_CONFIG must be a JSON object like {"cluster": {"worker": ["host:port", ...]}, "task": {"type": '
+            f'"worker", "index": 0}}}}. Received: TF_CONFIG={os.environ["TF_CONFIG"]!r}'
+        )
     cluster = config.get("cluster", {})
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 

@@ -31,6 +31,7 @@ class EvaluationReport:
     weighted: dict
     confusion: list  # confusion[true][predicted]
     num_examples: int
+    absent: list = dataclasses.field(default_factory=list)  # classes without images here: not in the macro average
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -48,6 +49,8 @@ class EvaluationReport:
             lines.append(
                 f"{name:<{width}} {m['precision']:>9.4f} {m['recall']:>9.4f} {m['f1']:>9.4f} {m['support']:>8d}"
             )
+        if self.absent:
+            lines.append(f"not in this split, so not in the macro average: {', '.join(self.absent)}")
         return "\n".join(lines)
 
 
@@ -139,9 +142,11 @@ def _report(probs, labels, class_names):
         for i, name in enumerate(class_names)
     }
 
+    present = [i for i in range(n) if s[i] > 0]  # a class without images here has no recall to average
+
     def average(kind):
         ap, ar, af, _ = precision_recall_fscore_support(
-            labels, predicted, labels=range(n), average=kind, zero_division=0
+            labels, predicted, labels=present, average=kind, zero_division=0
         )
         return {"precision": float(ap), "recall": float(ar), "f1": float(af), "support": len(labels)}
 
@@ -155,6 +160,7 @@ def _report(probs, labels, class_names):
         weighted=average("weighted"),
         confusion=confusion_matrix(labels, predicted, labels=range(n)).tolist(),
         num_examples=len(labels),
+        absent=[name for i, name in enumerate(class_names) if s[i] == 0],
     )
 
 

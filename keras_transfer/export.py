@@ -14,9 +14,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transfer.compat import flatten_layers
-from keras_transfer.files import atomic_path, write_text
-from keras_transfer.images import FORMATS, SIGNATURES, decode_image, image_array
-from keras_transfer.models import backbone_key, input_size, model_spec
+from keras_transfer.files import atomic_path, new_version, versions, write_text
+from keras_transfer.images import FORMATS, SIGNATURES, decode_image, image_array, within_pixel_limit
+from keras_transfer.models import backbone_key, input_size, load_model, model_spec
 from keras_transfer.terminal import native_logs_hidden
 
 logger = logging.getLogger(__name__)
@@ -28,8 +28,9 @@ def export_saved_model(model, export_dir, *, version=None, class_names=None, met
     Signatures: `serving_default` takes float32 `images` `[batch, height, width, 3]` in 0-255 of any size (the
     model resizes and preprocesses them inside); `serve_bytes` takes `image_bytes` `[batch]`, encoded JPEG, PNG,
     GIF, BMP or WebP. Both return `probabilities` and `class_ids`. `labels.txt` and `metadata.json` are written
-    beside the graph. The version is written to a temporary folder and renamed
-    at the end, so it appears whole or not at all, and existing versions are never touched.
+    beside the graph. The version number is reserved atomically (processes exporting into one folder at once
+    get different versions), the version is written to a temporary folder and renamed at the end, so it appears
+    whole or not at all, and existing versions are never touched.
 
     Args:
         model: a model from `build_model` (or any Keras model taking RGB images).
@@ -46,35 +47,31 @@ def export_saved_model(model, export_dir, *, version=None, class_names=None, met
             the model's outputs.
         OSError: when `export_dir` cannot be written.
     """
-    try:
-        os.makedirs(export_dir, exist_ok=True)
-        existing = sorted(int(n) for n in os.listdir(export_dir) if n.isdigit())
-    except OSError as e:
-        raise OSError(
-            f"Cannot write an export into {export_dir!r}: {e.strerror or e}. Choose a writable folder."
-        ) from e
-    version = (existing[-1] + 1 if existing else 1) if version is None else version
-    if not isinstance(version, int) or version < 1:
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
         raise ValueError(f"version must be a positive integer. Received: version={version!r}")
-    if version in existing:
-        raise ValueError(
-            f"Version {version} already exists in {export_dir!r}; existing versions: {existing}. "
-            f"Received: version={version!r}"
-        )
     num_classes = model.output_shape[-1]
     if class_names is not None and len(class_names) != max(num_classes, 2 if num_classes == 1 else num_classes):
         raise ValueError(
             f"class_names has {len(class_names)} names but the model predicts {num_classes} classes. "
             f"Received: class_names={list(class_names)!r}"
         )
-
-    final = os.path.join(export_dir, str(version))
-    with atomic_path(final) as tmp:
-        _write_saved_model(model, tmp)
-        with open(os.path.join(tmp, "labels.txt"), "w") as f:
-            f.writelines(f"{name}\n" for name in (class_names or [str(i) for i in range(num_classes)]))
-        with open(os.path.join(tmp, "metadata.json"), "w") as f:
-            json.dump(_metadata(model, class_names, metadata), f, indent=2)
+    try:
+        with new_version(export_dir, version) as (number, tmp):
+            _write_saved_model(model, tmp)
+            with open(os.path.join(tmp, "labels.txt"), "w") as f:
+                f.writelines(f"{name}\n" for name in (class_names or [str(i) for i in range(num_classes)]))
+            with open(os.path.join(tmp, "metadata.json"), "w") as f:
+                json.dump(_metadata(model, class_names, metadata), f, indent=2)
+    except FileExistsError:
+        raise ValueError(
+            f"Version {version} already exists in {os.fspath(export_dir)!r}; existing versions: "
+            f"{versions(export_dir)}. Received: version={version!r}"
+        ) from None
+    except OSError as e:
+        raise OSError(
+            f"Cannot write an export into {os.fspath(export_dir)!r}: {e.strerror or e}. Choose a writable folder."
+        ) from e
+    final = os.path.join(export_dir, str(number))
     logger.info("Exported %s", final)
     return final
 
@@ -98,7 +95,7 @@ def _write_saved_model(model, path):
         with tf.control_dependencies([check]):  # refused before any decoder sees it
             image_bytes = tf.identity(image_bytes)
         # Decoded as a training folder is (decode_image at the model's size), so that serving sees what training saw.
-        return tf.cast(decode_image(image_bytes, size), tf.float32)
+        return tf.cast(decode_image(within_pixel_limit(image_bytes), size), tf.float32)
 
     def predict_bytes(image_bytes):
         return predict(tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec([*size, 3], tf.float32)))
@@ -293,13 +290,7 @@ def load_predictor(path):
         ValueError: when `path` is none of those.
     """
     if path.endswith(".keras") and os.path.isfile(path):
-        try:
-            model = keras.saving.load_model(path)
-        except Exception as e:  # Keras raises several kinds for a file it refuses or cannot read
-            raise ValueError(
-                f"Cannot load the model {path!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}. "
-                f"Received: model={path!r}"
-            ) from e
+        model = load_model(path)
         return keras_predictor(model), [str(i) for i in range(model.output_shape[-1])]
     version = path
     if os.path.isdir(path) and not os.path.exists(os.path.join(path, "saved_model.pb")):

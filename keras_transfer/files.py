@@ -1,4 +1,4 @@
-"""Writing files and folders so that they appear whole or not at all."""
+"""Writing files and folders so that they appear whole or not at all, and numbered versions that never collide."""
 
 from __future__ import annotations
 
@@ -6,36 +6,126 @@ import contextlib
 import os
 import re
 import shutil
+import tempfile
 
 _TEMPORARY = re.compile(r"^\.tmp-(\d+)-")
+_RESERVATION = re.compile(r"^\.reserved-(\d+)$")
 
 
 @contextlib.contextmanager
-def atomic_path(path):
+def atomic_path(path, *, replace_folder=False, work_dir=False):
     """Yields a temporary path beside `path` to write a file or folder to; renamed to `path` when the block
     ends without an error, removed when it raises. The temporary name keeps `path`'s extension
     (`.tmp-<pid>-<name>`), so writers that check it (`save_weights` wants `.weights.h5`) accept it.
 
-    An existing file at `path` is replaced in one step; an existing folder is removed just before the rename.
-    Temporaries that killed processes left in the same folder are removed first.
+    An existing file at `path` is replaced in one step. An existing folder is replaced only with
+    `replace_folder=True` (removed just before the rename); otherwise it is a `FileExistsError`. With
+    `work_dir=True`, the writer's own temporary files (Keras's `model.save` makes some) go to a folder beside
+    `path` too, so a kill never leaves them in the system's temporary folder. Temporaries that killed processes
+    left in the same folder are removed first.
     """
     path = os.fspath(path)
-    remove_stale_temporaries(os.path.dirname(path) or ".")
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    _remove(tmp)
+    folder = os.path.dirname(path) or "."
+    remove_stale_temporaries(folder)
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    work = os.path.join(folder, f".tmp-{os.getpid()}-work") if work_dir else None
+    remove_path(tmp)
     try:
-        yield tmp
+        with _temporaries_in(work):
+            yield tmp
         if os.path.isdir(tmp) and os.path.isdir(path):
+            if not replace_folder:
+                raise FileExistsError(f"{path!r} exists; a folder is never replaced here")
             shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
-        _remove(tmp)
+        remove_path(tmp)
+
+
+@contextlib.contextmanager
+def _temporaries_in(work):
+    if work is None:
+        yield
+        return
+    os.makedirs(work, exist_ok=True)
+    previous, tempfile.tempdir = tempfile.tempdir, work
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
+        remove_path(work)
+
+
+def replace(source, target):
+    """Moves the finished file `source` onto `target` in one step (the rename that commits a write)."""
+    os.replace(source, target)
 
 
 def write_text(path, text):
     """Writes `text` to `path` atomically (see `atomic_path`)."""
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         f.write(text)
+
+
+@contextlib.contextmanager
+def new_version(base, version=None):
+    """Reserves a numbered version folder in `base` (TF Serving's layout) and yields `(version, tmp)`: an empty
+    folder to write the version to, renamed to `base/<version>` when the block ends without an error.
+
+    The reservation is an exclusive `os.mkdir` of `base/.reserved-<version>` (with the pid inside), so processes
+    exporting into one base at once get different versions; None takes the next number after every version and
+    reservation present. Nothing ever removes or replaces a version: an existing one is a `FileExistsError`.
+    Reservations of dead processes are removed first.
+    """
+    base = os.fspath(base)
+    os.makedirs(base, exist_ok=True)
+    for name in os.listdir(base):
+        match = _RESERVATION.match(name)
+        if match and _reserved_by_dead(os.path.join(base, name)):
+            remove_path(os.path.join(base, name))
+    number = version or _next_version(base)
+    while True:
+        reservation = os.path.join(base, f".reserved-{number}")
+        try:
+            if os.path.exists(os.path.join(base, str(number))):
+                raise FileExistsError(number)
+            os.mkdir(reservation)
+            break
+        except FileExistsError:
+            if version is not None:
+                raise FileExistsError(f"version {number} exists (or is being written) in {base!r}") from None
+            number += 1
+    try:
+        with open(os.path.join(reservation, "pid"), "w") as f:
+            f.write(str(os.getpid()))
+        tmp = os.path.join(reservation, "version")
+        os.mkdir(tmp)
+        yield number, tmp
+        os.replace(tmp, os.path.join(base, str(number)))  # fails rather than replace a folder that has files
+    finally:
+        remove_path(reservation)
+
+
+def versions(base):
+    """The version numbers present in `base`, sorted (reservations not included)."""
+    try:
+        return sorted(int(n) for n in os.listdir(base) if n.isdigit())
+    except FileNotFoundError:
+        return []
+
+
+def _next_version(base):
+    taken = [int(n) for n in os.listdir(base) if n.isdigit()]
+    taken += [int(m.group(1)) for m in map(_RESERVATION.match, os.listdir(base)) if m]
+    return max(taken, default=0) + 1
+
+
+def _reserved_by_dead(reservation):
+    try:
+        with open(os.path.join(reservation, "pid")) as f:
+            return not process_alive(int(f.read()))
+    except (OSError, ValueError):
+        return False  # being made right now: its pid is not written yet
 
 
 def remove_stale_temporaries(folder):
@@ -46,11 +136,12 @@ def remove_stale_temporaries(folder):
         return
     for name in names:
         match = _TEMPORARY.match(name)
-        if match and not _alive(int(match.group(1))):
-            _remove(os.path.join(folder, name))
+        if match and not process_alive(int(match.group(1))):
+            remove_path(os.path.join(folder, name))
 
 
-def _alive(pid):
+def process_alive(pid):
+    """Whether process `pid` runs (this one always does)."""
     if pid == os.getpid():
         return True
     try:
@@ -62,8 +153,9 @@ def _alive(pid):
     return True
 
 
-def _remove(path):
-    if os.path.isdir(path):
+def remove_path(path):
+    """Removes a file, link or folder tree if it is there."""
+    if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
     elif os.path.lexists(path):
         os.remove(path)

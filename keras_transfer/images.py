@@ -248,6 +248,9 @@ def decode_image(blob, size=None, dct_scaling=True):
             on both sides (libjpeg skips most of the work; never upsampled from a reduced decode).
         dct_scaling: False decodes every JPEG in full before resizing (what the reduced decode is measured
             against).
+
+    Bytes from strangers (a served model's requests) go through `within_pixel_limit` first; image files are
+    checked when they are listed (`image_problem`), so the training pipeline does not pay for it twice.
     """
     orientation = exif_orientation(blob)
     # The decode waits for the orientation: independent branches in a tf.data map function measured 2x slower.
@@ -265,6 +268,57 @@ def decode_image(blob, size=None, dct_scaling=True):
     image = tf.cond(orientation == 1, lambda: image, lambda: orient(image, orientation))
     image.set_shape([None, None, 3])
     return image if size is None else _resize(image, size, reduced)
+
+
+def within_pixel_limit(blob):
+    """`blob` (encoded image bytes, a string tensor), passed on only after its header's declared width x height
+    was checked against `MAX_PIXELS` (the value when the graph is traced): JPEG SOF, PNG IHDR, GIF, BMP and
+    WebP (VP8, VP8L, VP8X) headers are read with a few byte reads, nothing is decoded or allocated. Above the
+    limit the op fails with an InvalidArgumentError that names both sizes; in TensorFlow ops."""
+    blob = tf.convert_to_tensor(blob, tf.string)
+    padded = tf.where(tf.strings.length(blob) >= 32, blob, blob + b"\x00" * 32)
+
+    def read(offset, length, little_endian):
+        raw = tf.io.decode_raw(tf.strings.substr(padded, offset, 4), tf.uint8)
+        raw = tf.cast(raw[:length] if little_endian else raw[:length][::-1], tf.int64)
+        return tf.reduce_sum(raw * tf.constant([1, 256, 65536, 16777216][:length], tf.int64))
+
+    head = tf.strings.substr(padded, 0, 4)
+    webp = tf.strings.substr(padded, 12, 4)
+    width, height = tf.case(
+        [
+            (head == b"\x89PNG", lambda: (read(16, 4, False), read(20, 4, False))),
+            (head == b"GIF8", lambda: (read(6, 2, True), read(8, 2, True))),
+            (tf.strings.substr(head, 0, 2) == b"BM", lambda: (_signed(read(18, 4, True)), _signed(read(22, 4, True)))),
+            (webp == b"VP8 ", lambda: (read(26, 2, True) % 16384, read(28, 2, True) % 16384)),
+            (webp == b"VP8L", lambda: (read(21, 4, True) % 16384 + 1, read(21, 4, True) // 16384 % 16384 + 1)),
+            (webp == b"VP8X", lambda: (read(24, 3, True) + 1, read(27, 3, True) + 1)),
+            (tf.strings.substr(head, 0, 3) == b"\xff\xd8\xff", lambda: _jpeg_width_height(blob)),
+        ],
+        default=lambda: (tf.constant(0, tf.int64), tf.constant(0, tf.int64)),
+    )
+    check = tf.debugging.Assert(
+        width * height <= MAX_PIXELS,
+        [
+            "An image declares",
+            width,
+            "x",
+            height,
+            f"pixels, above the limit of {MAX_PIXELS:,} (a decompression bomb?); raise "
+            "keras_transfer.images.MAX_PIXELS before exporting to allow it.",
+        ],
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(blob)
+
+
+def _signed(value):
+    return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
+
+
+def _jpeg_width_height(blob):
+    shape = tf.cast(tf.io.extract_jpeg_shape(blob), tf.int64)
+    return shape[1], shape[0]
 
 
 def _resize(image, size, reduced):
@@ -470,7 +524,7 @@ def image_array(blob, name="image", size=None, dct_scaling=True):
         ValueError: when the bytes are not a readable image, naming `name`.
     """
     try:
-        image = decode_image(blob, size, dct_scaling)
+        image = decode_image(within_pixel_limit(blob), size, dct_scaling)
     except (tf.errors.InvalidArgumentError, ValueError) as e:
         raise ValueError(f"{name!r} is not a readable {FORMATS} image: {str(e).splitlines()[0][:200]}") from None
     return np.asarray(image, np.float32)

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import warnings
+import zipfile
 
 import keras
 import numpy as np
@@ -221,6 +222,80 @@ def _construct_backbone(backbone, shape, weights):
     return base
 
 
+def backbone_layer_names(backbone, image_size=None):
+    """The layer names of a backbone of the table, in graph order, from its architecture built without weights at
+    `image_size` (default: the row's default size); checks the size against the row's minimum."""
+    spec = get_spec(backbone)
+    height, width = _input_size(backbone, None if image_size is None else (image_size, image_size), spec)
+    base = _constructed(backbone, include_top=False, weights=None, input_shape=(height, width, 3))
+    return [layer.name for layer in base.layers if not isinstance(layer, keras.layers.InputLayer)]
+
+
+def check_input_size(backbone, size):
+    """Raises ValueError when `size` (pixels, square) is below the backbone's minimum."""
+    _input_size(backbone, (size, size), backbone_spec(backbone))
+
+
+def training_memory(model, batch_size):
+    """An estimate, in bytes, of the memory one training step of `model` takes: every layer's float32 output
+    for `batch_size` images, kept for the backward pass and matched by its gradient, plus the weights with their
+    gradients and two optimizer slots."""
+    per_image = 0
+    for layer in [*model.layers, *get_backbone(model).layers]:
+        try:
+            outputs = keras.tree.flatten(layer.output)
+        except (AttributeError, ValueError):  # a layer used twice, or one that was never called symbolically
+            continue
+        per_image += sum(4 * int(np.prod([d or 1 for d in t.shape[1:]])) for t in outputs)
+    return 2 * batch_size * per_image + 16 * int(model.count_params())
+
+
+def check_memory(model, batch_size):
+    """Refuses (ValueError) a model and batch whose `training_memory` estimate exceeds the memory available on a
+    machine without accelerators, and warns above half of it, naming the input size and the estimate."""
+    needed, available = training_memory(model, batch_size), _available_memory()
+    size = "x".join(map(str, input_size(model) or ("any",)))
+    what = f"training {model.name!r} at {size} pixels in batches of {batch_size} takes about {needed / 1e9:.1f} GB"
+    if available is None or tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"):
+        logger.debug("Memory estimate: %s", what)
+        return needed
+    if needed > available:
+        raise ValueError(
+            f"Too large for this machine: {what}, {available / 1e9:.1f} GB are available. Use a smaller image "
+            f"size or batch size. Received: input_size={size}, batch_size={batch_size}"
+        )
+    if needed > available / 2:
+        logger.warning("%s, of %.1f GB available.", what[0].upper() + what[1:], available / 1e9)
+    return needed
+
+
+def _available_memory():
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def load_model(path, **kwargs):
+    """`keras.saving.load_model` with errors that say what is wrong with the file (missing, not a Keras archive,
+    or refused by Keras), as ValueError naming the path."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"No model file at {path!r}. Received: model={path!r}")
+    if path.endswith(".keras") and not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path!r} is not a valid Keras archive ({os.path.getsize(path)} bytes; a .keras file is a zip "
+            f"written by model.save): it is empty, truncated or another kind of file. Received: model={path!r}"
+        )
+    try:
+        return keras.saving.load_model(path, **kwargs)
+    except Exception as e:  # Keras raises several kinds for a file it refuses or cannot read
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"Cannot load the model {path!r}: {first}. Received: model={path!r}") from e
+
+
 def backbone_constructor(backbone):
     """The function that builds the architecture of a row: `keras.applications.<constructor>` or one of
     `keras_transfer.architectures` (which make the architecture only: see `_constructed`)."""
@@ -260,11 +335,7 @@ def _load_weights(base, backbone, path):
             f"'.weights.h5', '.h5' or '.keras' file. Received: weights={path!r}"
         )
     if path.endswith(".keras") or (path.endswith(".h5") and _is_full_model_h5(path)):
-        try:
-            source = keras.saving.load_model(path, compile=False)
-        except Exception as e:
-            raise ValueError(f"Could not load the model in {path!r}: {e}. Received: weights={path!r}") from e
-        source = _find_backbone(source)
+        source = _find_backbone(load_model(path, compile=False))
         _copy_weights(source, base, backbone, path)
     elif path.endswith(".h5"):
         try:

@@ -13,7 +13,15 @@ import logging
 import keras
 
 from keras_transfer.config import POLICIES
-from keras_transfer.models import backbone_key, batchnorm_layers, get_backbone, model_spec
+from keras_transfer.models import (
+    backbone_key,
+    backbone_layer_names,
+    backbone_spec,
+    batchnorm_layers,
+    get_backbone,
+    is_hub,
+    model_spec,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +81,9 @@ def set_trainable(model, policy="frozen", *, train_batchnorm=False):
     """
     backbone = get_backbone(model)
     layers = [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
-    start = _first_trainable(model, layers, policy)
+    start = _first_trainable(
+        [layer.name for layer in layers], policy, model_spec(model), backbone_key(model), model.name
+    )
 
     backbone.trainable = start < len(layers)
     for i, layer in enumerate(layers):
@@ -107,40 +117,60 @@ def _count(weights):
     return int(sum(keras.ops.size(w) for w in weights))
 
 
-def _first_trainable(model, layers, policy):
-    """Index of the first trainable backbone layer under `policy` (len(layers) when none)."""
+def check_policy(backbone, policy, image_size=None):
+    """Checks `policy` for a backbone by name before a model is built: its form, `stages:K` against the backbone's
+    table row and, for `from:NAME`, the layer names of the backbone (built without weights at `image_size`).
+
+    Raises:
+        ValueError: as `set_trainable` would, for the model `build_model(backbone, ...)` makes.
+    """
+    kind = str(policy).partition(":")[0]
+    names = backbone_layer_names(backbone, image_size) if kind == "from" and not is_hub(backbone) else None
+    _first_trainable(names, policy, backbone_spec(backbone), backbone, backbone)
+
+
+def _first_trainable(names, policy, spec, key, model_name):
+    """Index of the first trainable backbone layer under `policy` (len(names) when none); `names` None checks the
+    policy without placing it."""
     kind, _, arg = str(policy).partition(":")
+    count = len(names) if names is not None else 0
     if policy == "frozen":
-        return len(layers)
+        return count
     if policy == "all":
         return 0
     if kind == "top" and arg.isdigit():
-        return max(len(layers) - int(arg), 0)
+        return max(count - int(arg), 0)
     if kind == "from" and arg:
-        for i, layer in enumerate(layers):
-            if layer.name.startswith(arg):
+        if names is None:
+            return 0
+        for i, name in enumerate(names):
+            if name.startswith(arg):
                 return i
-        spec = model_spec(model)
-        hint = f" Stage prefixes of {backbone_key(model)!r}: {', '.join(spec.stages)}." if spec else ""
-        raise ValueError(f"No backbone layer name starts with {arg!r}.{hint} Received: policy={policy!r}")
+        hint = f" Stage prefixes of {key!r}: {', '.join(spec.stages)}." if spec else ""
+        some = ", ".join([*names[:3], "...", *names[len(names) // 2 : len(names) // 2 + 2], "...", *names[-2:]])
+        raise ValueError(
+            f"No backbone layer name starts with {arg!r}.{hint} Its {len(names)} layers include: {some}. "
+            f"Received: policy={policy!r}"
+        )
     if kind == "stages" and arg.isdigit():
-        return _stage_start(model, layers, int(arg), policy)
+        return _stage_start(names, int(arg), policy, spec, key, model_name)
     raise ValueError(f"Unknown policy {policy!r}. Expected one of: {', '.join(POLICIES)}. Received: policy={policy!r}")
 
 
-def _stage_start(model, layers, k, policy):
-    spec, key = model_spec(model), backbone_key(model)
+def _stage_start(names, k, policy, spec, key, model_name):
     if spec is None:
         raise ValueError(
-            f"Policy 'stages:K' needs to know the model's backbone, but model {model.name!r} was not made by "
+            f"Policy 'stages:K' needs to know the model's backbone, but model {model_name!r} was not made by "
             f"build_model; policies that apply: 'frozen', 'all', 'top:N', 'from:NAME'. Received: policy={policy!r}"
         )
     n = len(spec.stages)
     if not 1 <= k <= n:
-        raise ValueError(f"Backbone {key!r} has {n} stages; K must be in 1..{n}. Received: policy={policy!r}")
-    if k == n:
+        raise ValueError(
+            f"Backbone {key!r} has {n} stage{'s' if n != 1 else ''} ({', '.join(spec.stages)}); K must be in "
+            f"1..{n}. Received: policy={policy!r}"
+        )
+    if k == n or names is None:
         return 0
-    names = [layer.name for layer in layers]
     if spec.stage_marks == "end":
         return names.index(spec.stages[-k - 1]) + 1
     return next(i for i, name in enumerate(names) if name.startswith(spec.stages[-k]))

@@ -7,6 +7,9 @@ library functions it calls only log.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -17,42 +20,60 @@ from keras_transfer.data import load_dataset
 from keras_transfer.distribute import get_strategy, set_mixed_precision
 from keras_transfer.evaluation import evaluate, linear_probe
 from keras_transfer.export import export_onnx, export_saved_model
-from keras_transfer.files import atomic_path, write_text
-from keras_transfer.models import build_model, default_input_size
+from keras_transfer.files import atomic_path, versions, write_text
+from keras_transfer.models import build_model, check_input_size, check_memory, default_input_size
+from keras_transfer.policies import check_policy, set_trainable
 from keras_transfer.report import write_html
-from keras_transfer.runs import run_file
+from keras_transfer.runs import claim, empty_run_folder, locked, mark_complete, read_complete, read_history, run_file
 from keras_transfer.training import TrainingOptions, fine_tune
+
+NOT_IDENTITY = ("output", "export", "export_onnx", "overwrite")  # settings that do not change the result
+WAYS_OUT = "Choose another --output, or pass --overwrite to start this one afresh."
 
 
 def run(config, verbose=False):
     """Runs one fine-tuning job as configured; writes the run folder `config.output`. Returns 0.
 
+    The folder belongs to this run (`runs.claim`): the same settings and data resume a killed run or, when the run
+    is complete, do nothing; others are refused (`--overwrite` empties the folder first).
+
     Raises:
-        ValueError: for settings that do not fit together or data that cannot be used (before anything is written).
+        ValueError: for settings that do not fit together, data that cannot be used, or a run folder that holds
+            another run (before anything is written).
         OSError: when data, weights or the output folder cannot be read or written.
+        RuntimeError: when another process is running into the same folder.
     """
     weights = None if config.weights.lower() == "none" else config.weights
-    if config.compare_scratch and weights is None:
-        raise ValueError(
-            "--compare-scratch compares pretrained weights with random ones; give --weights imagenet "
-            f"or a weights file. Received: weights={config.weights!r}"
-        )
+    size = _check(config, weights)
     keras.utils.set_random_seed(config.seed)
     policy, strategy = set_mixed_precision(config.mixed_precision), get_strategy(config.strategy)
-    size = config.image_size or default_input_size(config.backbone, weights)[0]
-    data = _load(config, size, strategy)
-    with strategy.scope():
-        model = _build(config, data["info"].num_classes, size, weights)
-    _write_config(config, data["info"])  # only now: the data and the model were accepted
+    with locked(config.output):
+        if not config.overwrite:
+            claim(config.output, "run", {"settings": _settings(config)}, WAYS_OUT, record=False)
+        data = _load(config, size, strategy)
+        with strategy.scope():
+            model = _build(config, data["info"].num_classes, size, weights)
+        _check_model(config, model)
+        identity = {"settings": _settings(config), "data": _data_identity(data["info"])}
+        if config.overwrite:
+            empty_run_folder(config.output)
+        claim(config.output, "run", identity, WAYS_OUT)
+        if read_complete(config.output):
+            return _already_complete(config)
+        _write_config(config, data["info"])
+        return _run(config, model, data, strategy, policy, size, _run_id(config, identity), verbose)
+
+
+def _run(config, model, data, strategy, policy, size, run_id, verbose):
     timings = _Timings(config.output)
     probe = timings.run("linear probe", _probe, model, data) if config.compare_scratch else None
-    history = timings.run("training", _train, config, model, data, strategy, config.output, verbose=verbose)
-    with atomic_path(run_file(config.output, "model")) as tmp:
+    timings.run("training", _train, config, model, data, strategy, config.output, verbose=verbose)
+    with atomic_path(run_file(config.output, "model"), work_dir=True) as tmp:
         model.save(tmp)
     report = timings.run("evaluation", _evaluate, model, data, config.output)
-    exported = timings.run("export", _export, config, model, data, report) if config.export else None
+    exported = timings.run("export", _export, config, model, data, report, run_id) if config.export else None
     print(f"\nRun folder: {config.output}  (dtype policy {policy}, {strategy.num_replicas_in_sync} replica(s))")
-    print_history(history, config.head_epochs)
+    print_history(read_history(config.output), config.head_epochs)
     if report:
         print(f"\n{data['split']}: {report}")
     if exported:
@@ -64,6 +85,66 @@ def run(config, verbose=False):
         timings.run("scratch comparison", _compare_scratch, config, report, probe, size, data, strategy, verbose)
     if report:
         print(f"Report: {write_html(config.output)}")
+    mark_complete(config.output, {"export": exported, "accuracy": report.accuracy if report else None})
+    return 0
+
+
+def _check(config, weights):
+    """Every setting that can be checked before data is loaded or a file written; returns the image size."""
+    if config.compare_scratch and weights is None:
+        raise ValueError(
+            "--compare-scratch compares pretrained weights with random ones; give --weights imagenet "
+            f"or a weights file. Received: weights={config.weights!r}"
+        )
+    size = config.image_size or default_input_size(config.backbone, weights)[0]
+    check_input_size(config.backbone, size)
+    check_policy(config.backbone, config.unfreeze, image_size=size)
+    if config.export:
+        _check_writable(config.export, "--export")
+    _check_writable(config.output, "--output")
+    return size
+
+
+def _check_writable(folder, flag):
+    """Creates `folder` if needed and writes a probe file into it, so an unwritable folder fails before work."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = os.path.join(folder, f".tmp-{os.getpid()}-writable")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise OSError(f"Cannot write into {folder!r}: {e.strerror or e}. Choose a writable {flag}.") from e
+
+
+def _check_model(config, model):
+    """What needs the built model: the policy's layer names and the training memory at this size."""
+    set_trainable(model, config.unfreeze)  # raises for a layer name the backbone lacks
+    set_trainable(model, "frozen")
+    check_memory(model, config.batch_size)
+
+
+def _settings(config):
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_IDENTITY}
+
+
+def _data_identity(info):
+    return {"source": info.source, "class_names": info.class_names, "counts": info.counts}
+
+
+def _run_id(config, identity):
+    """One run's id: its folder and identity; written into its export so a rerun finds what it exported."""
+    text = json.dumps([os.path.abspath(config.output), identity], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _already_complete(config):
+    done = read_complete(config.output)
+    print(f"The run in {config.output} is complete (these settings and data); nothing to do.")
+    print_history(read_history(config.output), config.head_epochs)
+    if done.get("export"):
+        print(f"\nSavedModel: {done['export']}")
+    print(f"To run it again: {WAYS_OUT[0].lower() + WAYS_OUT[1:]}")
     return 0
 
 
@@ -155,15 +236,19 @@ def _evaluate(model, data, output_dir):
     return evaluate(model, data["evaluated"], data["info"].class_names, output_dir=output_dir)
 
 
-def _export(config, model, data, report):
-    if not config.export:
-        return None
+def _export(config, model, data, report, run_id):
+    """The run's SavedModel version; a rerun after a kill finds the version it already wrote (by its run id)."""
+    for version in reversed(versions(config.export)):
+        metadata = os.path.join(config.export, str(version), "metadata.json")
+        with contextlib.suppress(OSError, ValueError), open(metadata) as f:
+            if json.load(f).get("run_id") == run_id:
+                return os.path.join(config.export, str(version))
     metrics = {"accuracy": report.accuracy, "split": data["split"]} if report else {}
     return export_saved_model(
         model,
         config.export,
         class_names=data["info"].class_names,
-        metadata={"backbone": config.backbone, "metrics": metrics},
+        metadata={"backbone": config.backbone, "metrics": metrics, "run_id": run_id},
     )
 
 
@@ -202,18 +287,18 @@ def _compare_scratch(config, transfer, probe, size, data, strategy, verbose):
     write_text(run_file(config.output, "comparison"), json.dumps(comparison, indent=2))
 
 
-def print_history(history, stage1_epochs):
-    """The last epoch of each stage, as a table: the per-epoch lines were printed while training."""
-    keys = [k for k in history.history if k != "learning_rate"]
+def print_history(rows, stage1_epochs):
+    """The last epoch of each stage, as a table, from the run folder's history (`runs.read_history`: every epoch,
+    those of earlier, killed calls too); the per-epoch lines were printed while training."""
+    keys = sorted({k for row in rows.values() for k in row if k != "learning_rate"})
     print(f"{'stage':<6} {'epochs':>9} " + " ".join(f"{k:>12}" for k in keys))
     for stage, epochs in (
-        ("head", [e for e in history.epoch if e < stage1_epochs]),
-        ("tune", [e for e in history.epoch if e >= stage1_epochs]),
+        ("head", [e for e in sorted(rows) if e < stage1_epochs]),
+        ("tune", [e for e in sorted(rows) if e >= stage1_epochs]),
     ):
         if epochs:
-            i = history.epoch.index(epochs[-1])
             span = f"{epochs[0] + 1}-{epochs[-1] + 1}"
-            print(f"{stage:<6} {span:>9} " + " ".join(f"{history.history[k][i]:>12.4f}" for k in keys))
+            print(f"{stage:<6} {span:>9} " + " ".join(f"{rows[epochs[-1]].get(k, float('nan')):>12.4f}" for k in keys))
 
 
 def _train(config, model, data, strategy, run_dir, scratch=False, verbose=False):

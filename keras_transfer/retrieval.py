@@ -159,7 +159,7 @@ class FeatureIndex:
         path = os.fspath(path)
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            with atomic_path(path) as tmp:
+            with atomic_path(path, replace_folder=True) as tmp:
                 os.makedirs(tmp)
                 np.save(os.path.join(tmp, "embeddings.npy"), self.embeddings)
                 with open(os.path.join(tmp, "index.json"), "w") as f:

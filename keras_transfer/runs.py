@@ -1,28 +1,56 @@
-"""The run folder: its layout (one table of paths), the callbacks that commit each epoch, and the readers.
+"""The run folder: its layout (one table of paths), its identity and lock, the commit of each epoch, resume, and
+the readers that reports use.
 
 Every file a run folder holds is named in `FILES` and nowhere else; the modules that write or read one ask
 `run_file(run_dir, key)` for its path.
+
+Each epoch is committed like a database transaction (write ahead, then commit, then apply): the epoch's backup
+(weights and optimizer state) and, when it is the best so far, a candidate checkpoint are written under new names;
+then `backup/state.json` is replaced in one rename, the commit point, holding the epoch, every history row and the
+best record; then `history.csv`, `checkpoints/best.keras` and `checkpoints/best.json` are brought in line with it.
+A kill before the commit loses only the epoch in progress (its files are removed on resume); a kill after it is
+finished on resume (`apply_state`). So whatever instant a kill lands, the rerun ends with every epoch exactly once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import json
+import logging
 import os
+import re
+import tempfile
 
 import keras
 import numpy as np
 
-from keras_transfer.files import atomic_path, write_text
+from keras_transfer.files import (
+    atomic_path,
+    process_alive,
+    remove_path,
+    remove_stale_temporaries,
+    replace,
+    write_text,
+)
 
-FILES = {  # key -> path inside a run folder ("/" separates folders)
+logger = logging.getLogger(__name__)
+
+FILES = {  # key -> path inside a run folder ("/" separates folders; {fields} are filled by run_file)
+    "identity": "run.json",
+    "lock": "run.lock",
+    "complete": "complete.json",
     "config": "config.yaml",
     "data": "data.json",
     "history": "history.csv",
     "stage1": "stage1.weights.h5",
     "best": "checkpoints/best.keras",
     "best_record": "checkpoints/best.json",
+    "best_candidate": "checkpoints/best-epoch{epoch}.keras",
     "backup": "backup",
+    "state": "backup/state.json",
+    "backup_weights": "backup/{stage}-epoch{epoch}.weights.h5",
     "logs": "logs",
     "features": "features",
     "model": "model.keras",
@@ -38,89 +66,299 @@ FILES = {  # key -> path inside a run folder ("/" separates folders)
     "timings": "timings.json",
     "scratch": "scratch",
 }
-TRAINING_FILES = ("stage1", "best", "best_record", "history", "logs", "backup", "features")  # what fine_tune writes
+_FOLDERS = ("checkpoints", "backup", "logs")
 
 
-def run_file(run_dir, key):
-    """The path of the run folder's file `key` (a key of `FILES`)."""
-    return os.path.join(run_dir, *FILES[key].split("/"))
+def run_file(run_dir, key, **fields):
+    """The path of the run folder's file `key` (a key of `FILES`; `fields` fill its `{...}` parts)."""
+    return os.path.join(run_dir, *FILES[key].format(**fields).split("/"))
 
 
-def run_paths(run_dir):
-    """key -> path of what `fine_tune` writes into `run_dir` (created with its folders); None without a run_dir."""
-    if not run_dir:
-        return None
-    for folder in ("checkpoints", "logs", "backup"):
+# --- identity -------------------------------------------------------------------------------------------------
+
+
+class RunFolderMismatch(ValueError):
+    """The run folder holds another run (other settings or other data)."""
+
+
+def claim(run_dir, section, identity, ways_out, *, record=True):
+    """Records `identity` (a JSON-able dict of what changes the result) under `section` of the folder's `run.json`,
+    or checks it against the one recorded there by an earlier call. With `record=False` it only checks the keys
+    of `identity` and writes nothing (a check before the rest of the identity is known).
+
+    Raises:
+        RunFolderMismatch: naming each value that differs (`learning_rate 0.001 -> 0.01`) and `ways_out`.
+    """
+    path = run_file(run_dir, "identity")
+    recorded = _read_json(path)
+    identity = json.loads(json.dumps(identity, default=str))  # as it reads back
+    if section in recorded:
+        old = recorded[section] if record else {k: recorded[section].get(k, "(unset)") for k in identity}
+        differ = _differences(old, identity)
+        if differ:
+            shown = "; ".join(differ[:6]) + (f"; and {len(differ) - 6} more" if len(differ) > 6 else "")
+            raise RunFolderMismatch(f"The run folder {os.fspath(run_dir)!r} holds another run: {shown}. {ways_out}")
+        return
+    if section == "run" and not recorded and _holds_a_run(run_dir):
+        raise RunFolderMismatch(
+            f"The run folder {os.fspath(run_dir)!r} holds files of a run whose settings were not recorded "
+            f"(no {FILES['identity']}). {ways_out}"
+        )
+    if record:
+        os.makedirs(run_dir, exist_ok=True)
+        write_text(path, json.dumps({**recorded, section: identity}, indent=1, sort_keys=True))
+
+
+def _differences(old, new, prefix=""):
+    keys = sorted(set(old) | set(new)) if isinstance(old, dict) and isinstance(new, dict) else None
+    if keys is None:
+        return [] if old == new else [f"{prefix or 'value'} {_short(old)} → {_short(new)}"]
+    found = []
+    for key in keys:
+        found += _differences(
+            old.get(key, "(unset)"), new.get(key, "(unset)"), f"{prefix}{key}" if not prefix else f"{prefix}.{key}"
+        )
+    return found
+
+
+def _short(value):
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _holds_a_run(run_dir):
+    return any(os.path.exists(run_file(run_dir, key)) for key in ("config", "history", "state", "model"))
+
+
+def empty_run_folder(run_dir):
+    """Removes everything in a run folder but its lock (for `--overwrite`). Refuses a folder that holds other
+    files than a run's, so a mistyped `--output` never empties a folder of yours."""
+    if not os.path.isdir(run_dir):
+        return
+    ours = {FILES[key].split("/")[0] for key in FILES}
+    names = [n for n in os.listdir(run_dir) if n != FILES["lock"]]
+    strangers = sorted(n for n in names if n not in ours and not n.startswith(".tmp-"))
+    if strangers:
+        raise ValueError(
+            f"--overwrite empties a run folder, but {os.fspath(run_dir)!r} also holds {strangers[:5]}, which no "
+            "run writes. Choose another --output."
+        )
+    for name in names:
+        remove_path(os.path.join(run_dir, name))
+
+
+def mark_complete(run_dir, facts):
+    """Records that the run finished (the last write of a run: `complete.json`)."""
+    write_text(run_file(run_dir, "complete"), json.dumps(facts, indent=1, default=str))
+
+
+def read_complete(run_dir):
+    """What `mark_complete` recorded, or None for a run that has not finished."""
+    return _read_json(run_file(run_dir, "complete")) or None
+
+
+# --- lock -----------------------------------------------------------------------------------------------------
+
+_HELD = {}  # real path of a lock file -> [file descriptor, depth]: a process may enter its own lock again
+
+
+@contextlib.contextmanager
+def locked(run_dir):
+    """Holds the run folder's lock (`run.lock`, an `fcntl` lock with the holder's pid in it) while the block runs.
+
+    A lock left by a killed process is taken over (the kernel released it; a warning names the old pid).
+
+    Raises:
+        RuntimeError: when another live process holds the lock, naming its pid.
+    """
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.realpath(run_file(run_dir, "lock"))
+    if path in _HELD:
+        _HELD[path][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[path][1] -= 1
+        return
+    fd = _take(path, run_dir)
+    _HELD[path] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _HELD[path]
+        with contextlib.suppress(OSError):
+            os.remove(path)  # still holding it, so no other process can be between open and flock on this file
+        os.close(fd)
+
+
+def _take(path, run_dir):
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RuntimeError(
+                f"The run folder {os.fspath(run_dir)!r} is in use by process {holder} (lock {path}). Wait for it "
+                "to finish, stop it, or choose another output folder."
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # the holder removed the file between our open and flock: take the new one
+            os.close(fd)
+            continue
+        previous = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if previous:
+            logger.warning("Took over the lock of %s from process %s, which no longer runs.", run_dir, previous)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+
+# --- the commit of each epoch -----------------------------------------------------------------------------------
+
+
+def prepare_folder(run_dir):
+    """Creates the training folders and finishes or removes what a killed run left (see `apply_state`)."""
+    for folder in _FOLDERS:
         os.makedirs(os.path.join(run_dir, folder), exist_ok=True)
-    return {key: run_file(run_dir, key) for key in TRAINING_FILES}
+    apply_state(run_dir, read_state(run_dir))
+    remove_features(run_dir)
+    remove_stale_temporaries(run_dir)
 
 
-def run_callbacks(model, paths, has_val):
-    """The callbacks that commit each epoch to the run folder: best checkpoint, history, TensorBoard logs."""
-    if not paths:
-        return []
-    return [
-        _BestCheckpoint(model, paths["best"], paths["best_record"], monitor="val_loss" if has_val else "loss"),
-        _HistoryFile(paths["history"]),
-        keras.callbacks.TensorBoard(paths["logs"]),
-    ]
+def read_state(run_dir):
+    """The last committed epoch's record (`backup/state.json`), or None before the first commit."""
+    return _read_json(run_file(run_dir, "state")) or None if run_dir else None
 
 
-def backup_callback(paths, stage):
-    """A stage's `BackupAndRestore` in `backup/<stage>`, kept after training ends, so rerunning a finished run
-    trains nothing more; none without a run folder."""
-    if not paths:
-        return []
-    return [keras.callbacks.BackupAndRestore(os.path.join(paths["backup"], stage), delete_checkpoint=False)]
+def apply_state(run_dir, state):
+    """Brings the run folder in line with the committed `state`: `history.csv`, the best checkpoint and its
+    record; removes backups and candidate checkpoints that are not the committed ones, and temporaries of dead
+    processes. Safe to repeat (a kill during it is finished by the next call)."""
+    keep = {"backup": {os.path.basename(run_file(run_dir, "state"))}, "checkpoints": set()}
+    if state:
+        history = _history_text(state["history"])
+        if _read_text(run_file(run_dir, "history")) != history:
+            write_text(run_file(run_dir, "history"), history)
+        keep["backup"].add(state["weights"])
+        best = state.get("best")
+        if best:
+            candidate = run_file(run_dir, "best_candidate", epoch=best["epoch"])
+            if os.path.exists(candidate):
+                replace(candidate, run_file(run_dir, "best"))
+            if _read_json(run_file(run_dir, "best_record")) != best:
+                write_text(run_file(run_dir, "best_record"), json.dumps(best))
+    keep["checkpoints"] |= {os.path.basename(run_file(run_dir, key)) for key in ("best", "best_record")}
+    for folder, names in keep.items():
+        folder = os.path.join(run_dir, folder)
+        remove_stale_temporaries(folder)
+        for name in os.listdir(folder) if os.path.isdir(folder) else ():
+            if name not in names and not name.startswith(".tmp-"):
+                remove_path(os.path.join(folder, name))
 
 
-class _BestCheckpoint(keras.callbacks.Callback):
-    """`checkpoints/best.keras`: the full model (also while stage 1 fits the head on cached features) at its best
-    `monitor` so far, across both stages and resumed runs (the best value is kept in `best.json` beside it),
-    written atomically."""
+class EpochCommit(keras.callbacks.Callback):
+    """Commits each epoch of `stage` to the run folder (see the module's docstring): the fitted model's weights
+    and optimizer state, the history row, and `full_model` as the best checkpoint when `monitor` improved."""
 
-    def __init__(self, full_model, path, record, monitor):
+    def __init__(self, run_dir, full_model, stage, monitor):
         super().__init__()
-        self.full_model, self.path, self.record, self.monitor = full_model, path, record, monitor
+        self.run_dir, self.full_model, self.stage, self.monitor = run_dir, full_model, stage, monitor
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is None or not np.isfinite(value):
-            return
-        best = _read_json(self.record).get("value", np.inf)
-        if value < best:
-            with atomic_path(self.path) as tmp:
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        state = read_state(self.run_dir) or {"history": {}, "best": None}
+        weights = os.path.basename(run_file(self.run_dir, "backup_weights", stage=self.stage, epoch=epoch))
+        with atomic_path(os.path.join(self.run_dir, FILES["backup"], weights)) as tmp:
+            self.model.save_weights(tmp)
+        best, value = state["best"], logs.get(self.monitor)
+        if value is not None and np.isfinite(value) and (best is None or value < best["value"]):
+            with atomic_path(run_file(self.run_dir, "best_candidate", epoch=epoch), work_dir=True) as tmp:
                 self.full_model.save(tmp)
-            write_text(self.record, json.dumps({"monitor": self.monitor, "value": float(value), "epoch": epoch}))
+            best = {"monitor": self.monitor, "value": value, "epoch": epoch}
+        history = {e: row for e, row in state["history"].items() if int(e) < epoch}
+        state = {"stage": self.stage, "epoch": epoch, "weights": weights, "history": {**history, str(epoch): logs}}
+        write_text(run_file(self.run_dir, "state"), json.dumps({**state, "best": best}))  # the commit point
+        apply_state(self.run_dir, {**state, "best": best})
 
 
-class _HistoryFile(keras.callbacks.Callback):
-    """`history.csv`, one row per epoch, rewritten atomically at every epoch end: an epoch trained again after a
-    resume replaces its row, so each epoch appears exactly once and a kill never leaves half a line."""
+def resume(run_dir, model, stage):
+    """Loads the committed backup of `stage` into `model` (weights and optimizer state); returns the last epoch
+    committed in that stage, or None when the stage has none."""
+    state = read_state(run_dir)
+    if not state or state["stage"] != stage:
+        return None
+    if model.optimizer is not None and not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)  # its variables must exist to be loaded
+    model.load_weights(os.path.join(run_dir, FILES["backup"], state["weights"]))
+    logger.info("Resuming after epoch %d (committed in %s)", state["epoch"] + 1, run_dir)
+    return state["epoch"]
 
-    def __init__(self, path):
-        super().__init__()
-        self.path = path
 
-    def on_epoch_end(self, epoch, logs=None):
-        rows = _read_history_file(self.path)
-        rows[epoch] = {k: float(v) for k, v in (logs or {}).items()}
-        keys = sorted({k for row in rows.values() for k in row})
-        lines = [",".join(["epoch", *keys])]
-        lines += [",".join([str(e), *(str(rows[e].get(k, "")) for k in keys)]) for e in sorted(rows)]
-        write_text(self.path, "\n".join(lines) + "\n")
+def run_callbacks(run_dir):
+    """The run folder's TensorBoard logs; none without a run folder."""
+    return [keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"))] if run_dir else []
+
+
+# --- feature caches ---------------------------------------------------------------------------------------------
+
+_FEATURES_PREFIX = "keras_transfer_features_"
+
+
+def feature_cache(run_dir):
+    """A new folder for stage 1's on-disk feature cache: `features/` in the run folder, else one in the temporary
+    folder named with this process's pid (so a later run removes it when this process was killed)."""
+    if run_dir:
+        path = run_file(run_dir, "features")
+        remove_features(run_dir)
+        os.makedirs(path)
+        return path
+    remove_features(None)
+    return tempfile.mkdtemp(prefix=f"{_FEATURES_PREFIX}{os.getpid()}_")
+
+
+def remove_features(run_dir, path=None):
+    """Removes the run folder's feature cache (or `path`); without either, the caches of dead processes."""
+    if path or run_dir:
+        remove_path(path or run_file(run_dir, "features"))
+        return
+    folder = tempfile.gettempdir()
+    for name in os.listdir(folder):
+        match = re.match(rf"{_FEATURES_PREFIX}(\d+)_", name)
+        if match and not process_alive(int(match.group(1))):
+            remove_path(os.path.join(folder, name))
+
+
+# --- readers ----------------------------------------------------------------------------------------------------
 
 
 def read_history(run_dir):
     """epoch -> {metric: value} from a run folder's `history.csv` (empty when there is none)."""
-    return _read_history_file(run_file(run_dir, "history"))
-
-
-def _read_history_file(path):
+    path = run_file(run_dir, "history")
     if not os.path.exists(path):
         return {}
     with open(path, newline="") as f:
         return {int(row.pop("epoch")): {k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)}
+
+
+def _history_text(rows):
+    rows = {int(e): row for e, row in rows.items()}
+    keys = sorted({k for row in rows.values() for k in row})
+    lines = [",".join(["epoch", *keys])]
+    lines += [",".join([str(e), *(str(rows[e].get(k, "")) for k in keys)]) for e in sorted(rows)]
+    return "\n".join(lines) + "\n"
+
+
+def _read_text(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def _read_json(path):

@@ -5,30 +5,50 @@ epoch, so by default it runs ONCE over the data and the head trains on the cache
 shared with the full model, so nothing has to be copied back. Stage 2 applies an unfreezing policy, recompiles
 with a lower learning rate (cosine decay with warmup) and continues with continuous epoch numbers.
 
-With a `run_dir`, the run survives being killed: each stage keeps a `keras.callbacks.BackupAndRestore`
-backup, the end of stage 1 is recorded, and rerunning the same call resumes where it stopped.
+With a `run_dir`, the run survives being killed: every epoch is committed to the run folder (`runs.py`: backup
+of the weights and optimizer state, history row, best checkpoint), the end of stage 1 is recorded, and rerunning
+the same call resumes after the last committed epoch. The folder records the call's settings and data, and
+another call into it is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
-import tempfile
 import time
+import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_transfer.compat import reset_resumed_epoch
 from keras_transfer.config import OPTIMIZERS
 from keras_transfer.data import with_known_size
 from keras_transfer.files import atomic_path
 from keras_transfer.heads import fit_probe
-from keras_transfer.models import augmentation_layer, batchnorm_layers, feature_extractor, head_model, output_layer
+from keras_transfer.models import (
+    augmentation_layer,
+    backbone_key,
+    batchnorm_layers,
+    feature_extractor,
+    head_model,
+    input_size,
+    output_layer,
+)
 from keras_transfer.policies import set_trainable
-from keras_transfer.runs import backup_callback, run_callbacks, run_paths
+from keras_transfer.runs import (
+    EpochCommit,
+    claim,
+    feature_cache,
+    locked,
+    prepare_folder,
+    remove_features,
+    resume,
+    run_callbacks,
+    run_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +142,9 @@ def fine_tune(
             fields may also be passed here by name, e.g. `optimizer="sgd"`.
         callbacks: extra Keras callbacks, called in both stages after the run-folder callbacks.
         run_dir: folder for the best checkpoint (`checkpoints/best.keras`), `history.csv`, TensorBoard `logs/`
-            and the `backup/` that lets a killed run resume when called again.
+            and the `backup/` that lets a killed run resume when called again. It holds one run: it records
+            this call's settings and data (`run.json`) and refuses a call with others; it is locked while the
+            call runs.
         strategy: a `tf.distribute.Strategy` (see `get_strategy`); compiling happens inside its scope.
         verbose: `"lines"` logs one line per epoch through `logging` (about ten per stage when a stage is longer
             than 10 epochs), with the stage in it; anything else is passed to `model.fit`: `"auto"`, 0 (silent),
@@ -136,7 +158,9 @@ def fine_tune(
         validation runs once per group. A stage keeps at least 10 groups.
 
     Raises:
-        ValueError: for an unknown optimizer or policy, negative epochs, a learning rate <= 0 or a bad option.
+        ValueError: for an unknown optimizer or policy, negative epochs, a learning rate <= 0 or a bad option;
+            for a `run_dir` that holds another run (`runs.RunFolderMismatch`, naming what differs).
+        RuntimeError: when another process is training into `run_dir`.
 
     Example:
     >>> import keras_transfer as kt
@@ -152,15 +176,35 @@ def fine_tune(
         set_trainable(model, unfreeze, train_batchnorm=options.train_batchnorm)  # a bad policy fails before stage 1
     run = _prepare_run(model, train, val, options, callbacks, run_dir, strategy, verbose)
     run.total_epochs = head_epochs + fine_tune_epochs
+    settings = dict(head_epochs=head_epochs, fine_tune_epochs=fine_tune_epochs, unfreeze=unfreeze)
+    settings.update(learning_rate=learning_rate, fine_tune_learning_rate=fine_tune_learning_rate)
     history = keras.callbacks.History()
     history.history, history.epoch = {}, []
-    with tempfile.TemporaryDirectory(prefix="keras_transfer_features_") as scratch:  # removed on return or raise
-        run.scratch_dir = scratch
-        if head_epochs:
-            _extend(history, _train_head(run, head_epochs, learning_rate))
-        if fine_tune_epochs:
-            _extend(history, _train_unfrozen(run, unfreeze, head_epochs, fine_tune_epochs, fine_tune_learning_rate))
+    with locked(run_dir) if run_dir else contextlib.nullcontext():
+        if run_dir:
+            claim(run_dir, "fine_tune", _identity(run, settings), "Pass another run_dir, or empty this one.")
+            prepare_folder(run_dir)
+        try:
+            if head_epochs:
+                _extend(history, _train_head(run, head_epochs, learning_rate))
+            if fine_tune_epochs:
+                _extend(history, _train_unfrozen(run, unfreeze, head_epochs, fine_tune_epochs, fine_tune_learning_rate))
+        finally:
+            remove_features(run_dir, run.scratch_dir)
     return history
+
+
+def _identity(run, settings):
+    """What makes a `fine_tune` call's result: its settings, the model's shape and the data's batches."""
+    spec = lambda ds: None if ds is None else {"batches": int(ds.cardinality()), "spec": str(ds.element_spec)}
+    model = {
+        "backbone": backbone_key(run.model),
+        "parameters": int(run.model.count_params()),
+        "input_size": input_size(run.model),
+        "outputs": int(run.model.output_shape[-1]),
+    }
+    options = dataclasses.asdict(run.options)
+    return {**settings, "options": options, "model": model, "train": spec(run.train), "validation": spec(run.val)}
 
 
 @dataclasses.dataclass
@@ -172,13 +216,13 @@ class _Run:
     val: object
     options: TrainingOptions
     strategy: object
-    paths: dict | None
+    run_dir: str | None
     callbacks: list  # run-folder callbacks, then the caller's
     loss: object
     metrics: list
     verbose: object
     total_epochs: int = 0
-    scratch_dir: str | None = None  # features too large for memory, without a run_dir; removed at the end
+    scratch_dir: str | None = None  # features too large for memory (see `runs.feature_cache`); removed at the end
 
 
 def _option_fields(kwargs):
@@ -210,15 +254,15 @@ def _is_number(value):
 def _prepare_run(model, train, val, options, callbacks, run_dir, strategy, verbose):
     loss, metrics, prepare = _loss_and_metrics(model, options.label_smoothing)
     val = with_known_size(prepare(val)) if val is not None else None
-    paths = run_paths(run_dir)
+    run_dir = os.fspath(run_dir) if run_dir else None
     return _Run(
         model,
         with_known_size(prepare(train)),
         val,
         options,
         strategy or tf.distribute.get_strategy(),
-        paths,
-        run_callbacks(model, paths, val is not None) + list(callbacks),
+        run_dir,
+        run_callbacks(run_dir) + list(callbacks),
         loss,
         metrics,
         verbose,
@@ -228,9 +272,11 @@ def _prepare_run(model, train, val, options, callbacks, run_dir, strategy, verbo
 def _train_head(run, epochs, learning_rate):
     """Stage 1: the head on a frozen backbone, on cached features when `_use_cache` says so."""
     set_trainable(run.model, "frozen")
-    if run.paths and os.path.exists(run.paths["stage1"]):
-        run.model.load_weights(run.paths["stage1"])
-        logger.info("Stage 1 already finished in %s; its weights are restored.", os.path.dirname(run.paths["stage1"]))
+    if run.run_dir and os.path.exists(run_file(run.run_dir, "stage1")):
+        with warnings.catch_warnings():  # the file has no optimizer state, and stage 1's optimizer is not needed
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            run.model.load_weights(run_file(run.run_dir, "stage1"))
+        logger.info("Stage 1 already finished in %s; its weights are restored.", run.run_dir)
         return None
     use_cache = _use_cache(run)
     with run.strategy.scope():  # the head model and its optimizer must belong to the strategy too
@@ -249,10 +295,11 @@ def _train_head(run, epochs, learning_rate):
         "s" if epochs != 1 else "",
         " (cached backbone features)" if use_cache else "",
     )
-    history = _fit(run, fit_model, train, val, "head", 0, epochs, "stage1")
-    if run.paths:
-        with atomic_path(run.paths["stage1"]) as tmp:
-            run.model.save_weights(tmp)
+    history = _fit(run, fit_model, train, val, "head", 0, epochs)
+    remove_features(run.run_dir, run.scratch_dir)
+    if run.run_dir:
+        with atomic_path(run_file(run.run_dir, "stage1")) as tmp:
+            run.model.save_weights(tmp)  # the mark that stage 1 is done, holding the weights stage 2 starts from
     return history
 
 
@@ -268,7 +315,7 @@ def _train_unfrozen(run, unfreeze, first_epoch, epochs, learning_rate):
             metrics=run.metrics,
             jit_compile=run.options.jit_compile,
         )
-    history = _fit(run, run.model, run.train, run.val, "tune", first_epoch, first_epoch + epochs, "stage2")
+    history = _fit(run, run.model, run.train, run.val, "tune", first_epoch, first_epoch + epochs)
     if run.options.train_batchnorm and summary.trainable_layers:
         recompute_batchnorm(run.model, run.train)
     return history
@@ -290,13 +337,16 @@ def _use_cache(run):
     return True
 
 
-def _fit(run, model, train, val, stage, first_epoch, last_epoch, backup):
-    """One stage's `model.fit`. A training set of fewer than `min_steps_per_epoch` batches is repeated so that
-    one Keras epoch makes several passes (same optimizer steps, less per-epoch overhead, validation once per
-    group); the history, the run folder and the callbacks still count the epochs asked for."""
+def _fit(run, model, train, val, stage, first_epoch, last_epoch):
+    """One stage's `model.fit`, resumed after its last committed epoch. A training set of fewer than
+    `min_steps_per_epoch` batches is repeated so that one Keras epoch makes several passes (same optimizer steps,
+    less per-epoch overhead, validation once per group); the history, the run folder and the callbacks still count
+    the epochs asked for."""
     batches = int(train.cardinality())
     passes = _passes_per_epoch(batches, last_epoch - first_epoch, run.options.min_steps_per_epoch)
-    callbacks = run.callbacks + _progress(run.verbose, stage, first_epoch, run.total_epochs)
+    monitor = "val_loss" if val is not None else "loss"
+    commit = [EpochCommit(run.run_dir, run.model, stage, monitor)] if run.run_dir else []
+    callbacks = commit + run.callbacks + _progress(run.verbose, stage, first_epoch, run.total_epochs)
     verbose = 0 if run.verbose == "lines" else run.verbose
     if passes > 1:
         logger.info(
@@ -312,15 +362,17 @@ def _fit(run, model, train, val, stage, first_epoch, last_epoch, backup):
         progress_bar = [keras.callbacks.ProgbarLogger()] if verbose else []  # counting epochs as asked, too
         train, callbacks = train.repeat(passes), [_InUserEpochs(callbacks + progress_bar, first_epoch, passes, verbose)]
         verbose = 0
-    reset_resumed_epoch(model)  # a resumed stage 1 would otherwise set where stage 2 starts
+    for metric in run.metrics:  # shared by both stages' compile: a new compile's first epoch would count the last
+        metric.reset_state()  # epoch of stage 1 too (Keras resets compiled metrics only once they are built)
+    done = resume(run.run_dir, model, stage) if run.run_dir else None  # the last committed epoch of the stage
     history = model.fit(
         train,
         validation_data=val,
-        initial_epoch=first_epoch,
+        initial_epoch=first_epoch if done is None else first_epoch + (done - first_epoch + 1) // passes,
         epochs=first_epoch + (last_epoch - first_epoch) // passes,
         shuffle=False,
         verbose=verbose,
-        callbacks=backup_callback(run.paths, backup) + callbacks,
+        callbacks=callbacks,
     )
     history.epoch = [first_epoch + (e - first_epoch + 1) * passes - 1 for e in history.epoch]
     return history
@@ -480,7 +532,6 @@ def _is_multi_worker(strategy):
 def _head_on_features(run):
     """The head model on features computed once by the frozen backbone, and its train and validation data."""
     predict = feature_extractor(run.model)
-    cache_dir = run.paths["features"] if run.paths else run.scratch_dir
 
     def cached(dataset, name, shuffle):
         feats, labels, batch_size, size = [], [], None, 0
@@ -492,7 +543,8 @@ def _head_on_features(run):
         features, labels = np.concatenate(feats), np.concatenate(labels)
         ds = tf.data.Dataset.from_tensor_slices((features, labels))
         if size > FEATURE_MEMORY_LIMIT:
-            path = os.path.join(cache_dir, name)
+            run.scratch_dir = run.scratch_dir or feature_cache(run.run_dir)
+            path = os.path.join(run.scratch_dir, name)
             ds.save(path)
             ds = tf.data.Dataset.load(path)
             logger.info("Cached %d %s features (%.1f GB) on disk in %s", len(labels), name, size / 1e9, path)

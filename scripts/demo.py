@@ -127,6 +127,7 @@ def main(argv=None) -> int:
         "--compare-scratch",
         "--output",
         run_dir,
+        "--overwrite",  # each demo trains afresh (the same command otherwise finds its run complete)
         "--export",
         export,
     ] + (["--verbose"] if args.verbose else [])

@@ -14,11 +14,10 @@ from keras_transfer.terminal import quiet_tensorflow
 
 quiet_tensorflow()  # before TensorFlow loads, so its start-up lines stay off the terminal
 
-import keras
 
-import keras_transfer.models  # noqa: F401  (registers the preprocessing layer for loading)
 from keras_transfer.cli import add_verbose, positive_int, script_main
 from keras_transfer.export import export_onnx, export_saved_model, export_tflite
+from keras_transfer.models import load_model
 
 
 def build_parser():
@@ -42,10 +41,7 @@ def run(args):
     if args.labels:
         with open(args.labels) as f:
             class_names = [line.strip() for line in f if line.strip()]
-    try:
-        model = keras.saving.load_model(args.model)
-    except Exception as e:  # Keras raises ValueError, TypeError or its own errors for a model it refuses
-        raise ValueError(f"cannot load {args.model!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    model = load_model(args.model)
     if args.saved_model:
         print(
             f"SavedModel: {export_saved_model(model, args.saved_model, version=args.version, class_names=class_names)}"

@@ -48,8 +48,19 @@ try:
     bad = "no error"
 except tf.errors.InvalidArgumentError as e:
     bad = e.message
+import resource, struct, zlib
+chunk = lambda kind, body: struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+bomb = b"\\x89PNG\\r\\n\\x1a\\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0))
+bomb += chunk(b"IDAT", zlib.compress(b"\\x00" * 100000)) + chunk(b"IEND", b"")
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    loaded.signatures["serve_bytes"](image_bytes=tf.constant([bomb]))
+    big = "no error"
+except tf.errors.InvalidArgumentError as e:
+    big = e.message
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
 print(json.dumps({"floats": floats["probabilities"].numpy().tolist(), "ids": floats["class_ids"].numpy().tolist(),
-                  "bytes": encoded["probabilities"].numpy().tolist(), "bad": bad,
+                  "bytes": encoded["probabilities"].numpy().tolist(), "bad": bad, "big": big, "grown": grown,
                   "keras_loaded": "keras" in sys.modules and sys.modules["keras"] is not None}))
 """
 
@@ -84,6 +95,9 @@ def test_export_serves_what_was_trained_in_a_process_without_keras(model, tmp_pa
     for got, image in zip(served["bytes"], decoded):
         np.testing.assert_allclose(got, model.predict(image[None], verbose=0)[0], atol=1e-5)
     assert "not a JPEG, PNG, GIF, BMP or WebP image" in served["bad"]
+    # A 60000x60000 PNG header (10.8 GB decoded) is refused from its header: peak memory grew by under 50 MB.
+    assert "An image declares" in served["big"] and "above the limit of 89,478,485" in served["big"], served["big"]
+    assert "60000" in served["big"] and served["grown"] < 50e6, served
     assert not served["keras_loaded"]
 
     cli = subprocess.run(

@@ -23,11 +23,14 @@ def test_a_folder_replaces_the_old_one_only_when_complete(tmp_path):
     path = tmp_path / "index"
     path.mkdir()
     (path / "old").write_text("1")
-    with pytest.raises(ValueError), atomic_path(path) as tmp:
+    with pytest.raises(ValueError), atomic_path(path, replace_folder=True) as tmp:
         os.makedirs(tmp)
         raise ValueError("failed")
     assert os.listdir(path) == ["old"] and os.listdir(tmp_path) == ["index"]
-    with atomic_path(path) as tmp:
+    with pytest.raises(FileExistsError, match=r"a folder is never replaced here"), atomic_path(path) as tmp:
+        os.makedirs(tmp)  # without replace_folder=True (an export version must never be replaced)
+    assert os.listdir(path) == ["old"] and os.listdir(tmp_path) == ["index"]
+    with atomic_path(path, replace_folder=True) as tmp:
         os.makedirs(tmp)
         (tmp_path / tmp / "new").write_text("2")
     assert os.listdir(path) == ["new"]

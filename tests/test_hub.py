@@ -114,5 +114,5 @@ def test_the_default_unfreeze_works_on_a_renamed_hub_model(hub_dir):
     assert kt.models.backbone_key(model) == f"hub:{hub_dir}"
     summary = kt.set_trainable(model, "stages:1")  # a hub module is one stage: all of it trains
     assert summary.first_trainable == "hub_module" and summary.trainable_layers == 1
-    with pytest.raises(ValueError, match=r"has 1 stages; K must be in 1\.\.1"):
+    with pytest.raises(ValueError, match=r"has 1 stage \(hub_module\); K must be in 1\.\.1"):
         kt.set_trainable(model, "stages:2")

@@ -103,8 +103,11 @@ def test_head_always_trains_and_summary_reads_well():
         ("top:x", r"Unknown policy 'top:x'"),
         ("from:", r"Unknown policy 'from:'"),
         ("from:block9", r"No backbone layer name starts with 'block9'\. Stage prefixes of 'vgg16': block1_, .*block5_"),
-        ("stages:0", r"'vgg16' has 5 stages; K must be in 1\.\.5\. Received: policy='stages:0'"),
-        ("stages:6", r"'vgg16' has 5 stages; K must be in 1\.\.5"),
+        (
+            "stages:0",
+            r"'vgg16' has 5 stages \(block1_, .*, block5_\); K must be in 1\.\.5\. Received: policy='stages:0'",
+        ),
+        ("stages:6", r"'vgg16' has 5 stages \(block1_, .*\); K must be in 1\.\.5"),
     ],
 )
 def test_bad_policies_are_clear_errors(policy, message):

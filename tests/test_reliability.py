@@ -2,12 +2,8 @@
 and a run killed anywhere resumes exactly."""
 
 import io
-import json
 import os
-import signal
 import struct
-import subprocess
-import sys
 import tempfile
 import zlib
 
@@ -15,12 +11,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import yaml
 from conftest import SUBPROCESS_ENV
 from PIL import Image
 
 import keras_transfer as kt
-from keras_transfer import runs, training
+from keras_transfer import training
 
 ENV = SUBPROCESS_ENV
 
@@ -129,138 +124,6 @@ def test_feature_index_files_that_disagree_are_refused(tmp_path, colour_folder):
     (path / "embeddings.npy").write_bytes(b"")
     with pytest.raises(ValueError, match=r"is not a readable FeatureIndex"):
         kt.FeatureIndex.load(path)
-
-
-RUN = """
-import os, signal, sys
-import keras_transfer
-from keras_transfer import evaluation, export, recipe, training
-from keras_transfer.cli import main
-
-point = os.environ.get("KILL_AT", "")
-die = lambda: os.kill(os.getpid(), signal.SIGKILL)
-
-class KillAfter(__import__("keras").callbacks.Callback):
-    def __init__(self, stage, epoch):
-        super().__init__(); self.stage, self.epoch = stage, epoch
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.epoch:
-            die()
-
-fit = training._fit
-def killing_fit(run, model, train, val, stage, first, last, backup):
-    if point == "stage1" and stage == "head" or point == "stage2" and stage == "tune":
-        run.callbacks.append(KillAfter(stage, first + 1))
-    return fit(run, model, train, val, stage, first, last, backup)
-training._fit = killing_fit
-
-unfrozen = training._train_unfrozen
-def killing_switch(*args):
-    if point == "switch":
-        die()
-    return unfrozen(*args)
-training._train_unfrozen = killing_switch
-
-evaluate = recipe.evaluate
-def killing_evaluate(*args, **kwargs):
-    if point == "evaluation":
-        die()
-    return evaluate(*args, **kwargs)
-recipe.evaluate = killing_evaluate
-
-write = export._write_saved_model
-def killing_write(model, path):
-    write(model, path)
-    if point == "export":
-        die()  # the version folder is complete but not yet renamed into place
-export._write_saved_model = killing_write
-
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def _visible_files_are_whole(run_dir, export_dir):
-    for name in ("model.keras", "checkpoints/best.keras"):
-        if os.path.exists(os.path.join(run_dir, name)):
-            keras.saving.load_model(os.path.join(run_dir, name))
-    history = runs.read_history(run_dir)
-    assert all(row for row in history.values())
-    if os.path.exists(export_dir):
-        for version in (v for v in os.listdir(export_dir) if not v.startswith(".")):
-            assert os.path.exists(os.path.join(export_dir, version, "saved_model.pb"))
-    return history
-
-
-def _chain(script, tmp_path, name, points):
-    """Runs the CLI killed at each point in turn, then once to the end; returns the run folder, the export folder
-    and every per-epoch line printed, as (epoch, stage)."""
-    run_dir, export_dir = tmp_path / name, tmp_path / f"{name}_export"
-    argv = [
-        "--data",
-        "digits",
-        "--classes",
-        "0",
-        "1",
-        "2",
-        "--backbone",
-        "small_cnn",
-        "--weights",
-        "none",
-        "--image-size",
-        "32",
-        "--batch-size",
-        "16",
-        "--validation-split",
-        "0.2",
-        "--test-split",
-        "0.2",
-        "--augment",
-        "--head-epochs",
-        "3",
-        "--fine-tune-epochs",
-        "3",
-        "--unfreeze",
-        "all",
-        "--output",
-        str(run_dir),
-        "--export",
-        str(export_dir),
-    ]
-    printed = []
-    for point in (*points, None):
-        env = {**ENV, "KILL_AT": point} if point else ENV
-        out = subprocess.run([sys.executable, str(script), *argv], env=env, capture_output=True, text=True, timeout=300)
-        assert out.returncode == (-signal.SIGKILL if point else 0), (point, out.stderr[-3000:])
-        _visible_files_are_whole(run_dir, export_dir)
-        printed += [
-            (int(line.split()[1].split("/")[0]), line.split()[2])
-            for line in out.stderr.splitlines()
-            if line.startswith("epoch ")
-        ]
-    return run_dir, export_dir, printed
-
-
-@pytest.mark.slow
-def test_a_run_killed_anywhere_resumes_exactly(tmp_path):
-    """Killed in stage 1, then (rerun) in stage 2, in the evaluation and in the export; the last rerun finishes.
-    A second run is killed at the stage switch. Stage 1 fits the full model (augmentation inside it), where
-    Keras's BackupAndRestore left a stale initial epoch that made stage 2 start too early."""
-    script = tmp_path / "run.py"
-    script.write_text(RUN)
-    _, _, _, info = kt.load_dataset("digits", classes=[0, 1, 2], image_size=32, validation_split=0.2, test_split=0.2)
-    steps = -(-sum(info.counts["train"].values()) // 16)
-    for name, points in (("run", ("stage1", "stage2", "evaluation", "export")), ("switch", ("switch",))):
-        run_dir, export_dir, printed = _chain(script, tmp_path, name, points)
-        history = _visible_files_are_whole(run_dir, export_dir)
-        assert sorted(history) == [0, 1, 2, 3, 4, 5], name  # every epoch exactly once, none extra
-        assert len(printed) == len(set(printed)), printed  # no epoch trained twice
-        assert all(stage == ("head" if epoch <= 3 else "tune") for epoch, stage in printed), printed
-        assert sorted(os.listdir(export_dir)) == ["1"]  # the killed export's temporary folder was removed
-        assert json.loads((run_dir / "report.json").read_text())["num_examples"] > 0
-        assert yaml.safe_load((run_dir / "config.yaml").read_text())["head_epochs"] == 3
-        # One stage-2 schedule, continued across the kills: the saved optimizer counted every stage-2 step once.
-        model = keras.saving.load_model(run_dir / "model.keras")
-        assert int(model.optimizer.iterations) == 3 * steps, name
 
 
 def _jpeg(array, orientation=None, big_endian=False):

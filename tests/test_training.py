@@ -489,3 +489,38 @@ def test_a_grouped_stage_resumes_after_its_last_finished_group(tmp_path):
     assert history.epoch == counts.epochs == [11, 13, 15, 17, 19]
     assert int(model.optimizer.iterations.numpy()) == 20 * 3  # the optimizer state came back with the backup
     assert sorted(read_history(tmp_path)) == list(range(1, 20, 2))
+
+
+class _BatchAccuracy(keras.callbacks.Callback):
+    """Keras's running training accuracy after each batch, per epoch."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.__dict__.setdefault("epochs", {})[epoch] = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.epochs[max(self.epochs)].append(float(logs["accuracy"]))
+
+
+def test_each_epochs_training_accuracy_counts_that_epochs_images_only():
+    """8 images in 4 batches of 2: after batch b the running accuracy is a multiple of 1 / (2 (b + 1)), and the
+    epoch's accuracy a multiple of 1/8, in stage 2 as in stage 1 (stage 2's first epoch counted stage 1's last)."""
+    x = np.random.default_rng(0).uniform(0, 255, (10, 32, 32, 3)).astype("float32")
+    train, val, _, _ = kt.load_dataset((x, np.arange(10) % 2), image_size=32, batch_size=2, validation_split=0.2)
+    model = kt.build_model("small_cnn", 2, input_shape=32, weights=None, augment=True)  # stage 1 on the full model
+    batches = _BatchAccuracy()
+    history = kt.fine_tune(
+        model,
+        train,
+        val,
+        head_epochs=2,
+        fine_tune_epochs=2,
+        unfreeze="all",
+        verbose=0,
+        callbacks=[batches],
+        min_steps_per_epoch=1,
+    )
+    assert sorted(batches.epochs) == [0, 1, 2, 3]
+    for epoch, running in batches.epochs.items():
+        seen = 2 * np.arange(1, len(running) + 1)
+        assert np.allclose(np.round(np.array(running) * seen), np.array(running) * seen), (epoch, running)
+        assert history.history["accuracy"][epoch] == pytest.approx(running[-1])
