@@ -25,6 +25,12 @@ FLAGS = {  # group -> RunConfig fields shown as flags, in order
     "Data": (
         "data",
         "data_dir",
+        "root",
+        "path_column",
+        "label_column",
+        "label_columns",
+        "label_delimiter",
+        "split_column",
         "image_size",
         "batch_size",
         "validation_split",
@@ -54,7 +60,13 @@ FLAGS = {  # group -> RunConfig fields shown as flags, in order
     "Output": ("output", "overwrite", "export", "export_onnx"),
 }
 HELP = {
-    "data": "a folder of class subfolders, tfds:NAME, digits or fashion_mnist",
+    "data": "a folder of class subfolders, a CSV file of image paths and labels, tfds:NAME, digits or fashion_mnist",
+    "root": "folder the CSV's relative image paths start from",
+    "path_column": "the CSV's column of image paths",
+    "label_column": "the CSV's column of labels (class names or integer ids)",
+    "label_columns": "instead, the CSV's 0/1 columns, one per label (several labels per image)",
+    "label_delimiter": "split each label cell into several labels at this text (e.g. ' ' or '|')",
+    "split_column": "the CSV's column of splits: train, validation (val, valid) or test",
     "data_dir": "TFDS data directory",
     "image_size": "input side in pixels",
     "batch_size": "images per batch per replica",
@@ -103,6 +115,11 @@ DEFAULT_TEXT = {
     "image_size": "the backbone's",
     "export": "none",
     "data_dir": "TFDS's",
+    "root": "the CSV's folder",
+    "path_column": "the first of path, filename, file, image",
+    "label_columns": "none",
+    "label_delimiter": "none: one label per image",
+    "split_column": "none: drawn per class",
     "classes": "all",
     "labels_per_class": "all",
     "test_per_class": "all",
@@ -227,7 +244,7 @@ def _flag_options(name, field, default):
     options = {"default": argparse.SUPPRESS, "help": f"{HELP.get(name, '')} (default: {shown})".strip()}
     if isinstance(default, bool):
         return {**options, "action": argparse.BooleanOptionalAction}
-    if name in ("classes", "dense_units"):
+    if name in ("classes", "dense_units", "label_columns"):
         return {**options, "nargs": "+", "type": int if name == "dense_units" else str}
     if name in CHOICES:
         return {

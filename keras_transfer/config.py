@@ -22,6 +22,13 @@ class RunConfig:
     # Data
     data: str = "digits"
     data_dir: str | None = None
+    # A table (CSV) of image paths and labels: its columns, and the folder its relative paths start from
+    root: str | None = None
+    path_column: str | None = None
+    label_column: str = "label"
+    label_columns: list | None = None
+    label_delimiter: str | None = None
+    split_column: str | None = None
     image_size: int | None = None  # None: the backbone's default size
     batch_size: int = 32  # per replica
     validation_split: float = 0.2

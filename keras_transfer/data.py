@@ -1,7 +1,9 @@
-"""tf.data input pipelines: image folders, TFDS names, NumPy arrays and the offline datasets.
+"""tf.data input pipelines: image folders, tables (CSV files, DataFrames), TFDS names, NumPy arrays and the offline
+datasets.
 
-Every source becomes the same thing: integer labels in memory, images read lazily, split stratified and
-deterministically for a seed, then one pipeline (parallel decode + resize, cache, shuffle, batch, augment,
+Every source becomes the same thing: labels in memory (one integer per image, or a 0/1 row per image for several
+labels per image), images read lazily, split stratified (iteratively, for several labels) and deterministically for
+a seed, then one pipeline (parallel decode + resize, cache, shuffle, batch, augment,
 prefetch; uncached, image files are shuffled by name before decoding, so no buffer of decoded images has to
 fill before the first batch). Images come out as float32 RGB in 0-255 at `image_size`; the model does its own
 preprocessing.
@@ -10,16 +12,20 @@ Bad files are found before training by their bytes, reported with path and reaso
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import gzip
+import io
 import logging
+import math
 import os
+import re
 import threading
 
 import numpy as np
 import tensorflow as tf
 
-from keras_transfer.images import decode_files, find_images, image_problem  # noqa: F401  (image_problem: public here too)
+from keras_transfer.images import decode_files, find_images, image_problem, label_array
 from keras_transfer.images import image_size as image_size_rule
 
 logger = logging.getLogger(__name__)
@@ -30,6 +36,17 @@ SPLITS = ("train", "validation", "test")
 SPLIT_FOLDERS = {"train": ("train",), "validation": ("validation", "val", "valid"), "test": ("test",)}
 TFDS_DEADLINE_S = 30  # tfds itself retries a failing download for minutes
 SHUFFLE_BUFFER = 10_000
+# Tables: the path column looked for when none is named (the first present), the split column's values, and the
+# options that only a table source takes (`load_dataset`'s table arguments, in order).
+PATH_COLUMNS = ("path", "filename", "file", "image")
+SPLIT_VALUES = {
+    "train": "train",
+    "validation": "validation",
+    "val": "validation",
+    "valid": "validation",
+    "test": "test",
+}
+TABLE_OPTIONS = ("root", "path_column", "label_column", "label_columns", "label_delimiter", "split_column")
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
@@ -54,10 +71,13 @@ class DatasetInfo:
     Attributes:
         source: the source as given (a path, `"tfds:NAME"`, `"digits"`, `"fashion_mnist"` or `"arrays"`).
         class_names: names of the classes, in label order (label i is `class_names[i]`).
-        label_map: original label (folder name, or original integer id) -> label id used here.
-        counts: split -> class name -> number of images.
-        skipped: `(path, reason)` for every file or folder left out.
+        label_map: original label (folder name, table label, or original integer id) -> label id used here.
+        counts: split -> class name -> number of images (with that label, for several labels per image).
+        skipped: `(path, reason)` for every file, folder or table row left out (a row's reason starts with
+            "row N:", N its line in the CSV file or its DataFrame index).
         image_size: `(height, width)` of the images the datasets yield.
+        multi_label: True when an image may carry several labels (batches then carry float32 0/1 rows).
+        sizes: split -> number of images.
     """
 
     source: str
@@ -66,14 +86,20 @@ class DatasetInfo:
     counts: dict
     skipped: list
     image_size: tuple
+    multi_label: bool = False
+    sizes: dict = dataclasses.field(default_factory=dict)
 
     @property
     def num_classes(self):
         return len(self.class_names)
 
     def __str__(self):
-        sizes = ", ".join(f"{split} {sum(c.values())}" for split, c in self.counts.items() if sum(c.values()))
-        text = f"{self.source}: {self.num_classes} classes, {sizes} images at {self.image_size[0]}x{self.image_size[1]}"
+        sizes = ", ".join(f"{split} {n}" for split, n in self.sizes.items() if n)
+        kind = f"{self.num_classes} classes"
+        if self.multi_label:
+            per_image = sum(sum(c.values()) for c in self.counts.values()) / max(sum(self.sizes.values()), 1)
+            kind = f"multi-label: {self.num_classes} labels, {per_image:.1f} per image"
+        text = f"{self.source}: {kind}, {sizes} images at {self.image_size[0]}x{self.image_size[1]}"
         if self.skipped:
             text += f"; {len(self.skipped)} skipped:" + "".join(f"\n  {readable(p)}: {r}" for p, r in self.skipped)
         return text
@@ -93,13 +119,21 @@ def load_dataset(
     test_per_class=None,
     deterministic=False,
     data_dir=None,
+    root=None,
+    path_column=None,
+    label_column="label",
+    label_columns=None,
+    label_delimiter=None,
+    split_column=None,
 ):
     """Loads an image classification dataset as batched `tf.data` pipelines.
 
     Args:
-        source: a folder of class subfolders (or with `train/`, `validation/`, `test/` inside), `"tfds:NAME"`,
-            `"digits"` (scikit-learn's 8x8 digits), `"fashion_mnist"`, or a tuple of NumPy arrays `(x, y)` with
-            `x` of shape `(n, height, width[, channels])` in 0-255 and integer labels `y`.
+        source: a folder of class subfolders (or with `train/`, `validation/`, `test/` inside), a CSV file or a
+            pandas DataFrame of image paths and labels (see `root` and after), `"tfds:NAME"`, `"digits"`
+            (scikit-learn's 8x8 digits), `"fashion_mnist"`, or a tuple of NumPy arrays `(x, y)` with `x` of shape
+            `(n, height, width[, channels])` in 0-255 and `y` integer labels or an `(n, classes)` 0/1 matrix
+            (several labels per image).
         image_size: `(height, width)` or an int; images are resized (bilinear, as the model does) to it.
         batch_size: images per batch.
         validation_split: fraction of the training images held out for validation when the source has no
@@ -110,21 +144,37 @@ def load_dataset(
             in half the available memory), a path prefix caches them on disk, False does not cache.
         classes: a subset of classes, as original names or ids (e.g. `range(5, 10)`); they are relabelled
             0..k-1 in the order of their original ids, and their names are kept.
-        labels_per_class: keep at most this many training images per class (few-shot runs).
+        labels_per_class: keep at most this many training images per class (few-shot runs). With several labels
+            per image: at least this many per label where it has them, the rarest label drawn first (labels that
+            come with others then have more).
         test_per_class: keep at most this many test images per class: a stratified sample, drawn with `seed`, for a
             quicker evaluation (the standard error of an accuracy grows as 1/sqrt(test images)).
         deterministic: keep a reproducible element order in the training split too (slower parallel decoding).
             Validation and test splits always keep their order, so `model.predict(test)` lines up with the labels
             of another pass over `test`.
         data_dir: the TFDS data directory for `"tfds:NAME"`.
+        root: a table's relative paths are resolved against it (default: the CSV file's folder, or the current
+            folder for a DataFrame).
+        path_column: a table's column of image paths (default: the first of `path`, `filename`, `file`, `image`).
+        label_column: a table's column of labels: class names (sorted into ids, as folders are) or integers.
+        label_columns: instead, one 0/1 column per class (several labels per image), named in class order.
+        label_delimiter: splits each label cell into several labels (e.g. `" "`, `","`, `"|"`).
+        split_column: a table's column of predefined splits: `train`, `validation` (`val`, `valid`) or `test`;
+            the splits it lacks are drawn from its training rows.
+
+    A table's rows that cannot be used (file missing, not an image or damaged, empty label, a path listed twice)
+    are left out and listed in `info.skipped`. Several labels per image split iteratively (Sechidis et al. 2011),
+    so that every label keeps its share in every split where it has enough images.
 
     Returns:
         `(train, validation, test, info)`: datasets of `(images, labels)` batches, float32 `(batch, height,
-        width, 3)` in 0-255 and int32 `(batch,)`; a split with no images is None. `info` is a `DatasetInfo`.
+        width, 3)` in 0-255 and int32 `(batch,)` (float32 `(batch, classes)` 0/1 for several labels per image); a
+        split with no images is None. `info` is a `DatasetInfo`.
 
     Raises:
-        ValueError: for an unknown source, a folder with no images or one class only, bad arrays, unknown
-            classes or bad fractions.
+        ValueError: for an unknown source, a folder with no images or one class only, bad arrays, a table with a
+            missing column or bad cells (naming the row, the column and the value), unknown classes or bad
+            fractions.
         OSError: when a TFDS dataset or Fashion-MNIST is not on this machine and cannot be downloaded.
 
     Example:
@@ -133,24 +183,26 @@ def load_dataset(
     (10, 179)
     """
     size = _check_arguments(image_size, batch_size, validation_split, test_split, labels_per_class, test_per_class)
-    records = _records(source, data_dir)
+    table = dict(zip(TABLE_OPTIONS, (root, path_column, label_column, label_columns, label_delimiter, split_column)))
+    records = _records(source, data_dir, table)
     keep_ids, class_names = _select_classes(records.class_names, classes)
-    relabel = np.full(len(records.class_names), -1, dtype=np.int64)
-    relabel[keep_ids] = np.arange(len(keep_ids))
-    indices = _split_indices(records, relabel, validation_split, test_split, (labels_per_class, test_per_class), seed)
+    selected = _selected_labels(records, keep_ids)
+    indices = _split_indices(selected, validation_split, test_split, (labels_per_class, test_per_class), seed)
     info = DatasetInfo(
         source=records.name,
         class_names=list(class_names),
-        label_map={records.original_ids[i]: int(relabel[i]) for i in keep_ids},
+        label_map={records.original_ids[i]: k for k, i in enumerate(keep_ids)},
         counts={},
         skipped=list(records.skipped),
         image_size=size,
+        multi_label=records.multi_label,
     )
     datasets = {}
     for split in SPLITS:
         origin = split if split in records.labels else "train"
-        labels = relabel[records.labels[origin][indices[split]]]
-        info.counts[split] = {name: int(np.sum(labels == i)) for i, name in enumerate(class_names)}
+        labels = selected[origin][indices[split]]
+        info.counts[split] = {name: int(np.sum(_has_label(labels, i))) for i, name in enumerate(class_names)}
+        info.sizes[split] = len(labels)
         datasets[split] = (
             _pipeline(
                 records.images(origin, indices[split]),
@@ -166,16 +218,37 @@ def load_dataset(
             if len(labels)
             else None
         )
-    if not sum(info.counts["train"].values()):
+    if not info.sizes["train"]:
         raise ValueError(f"No training images left in {records.name!r} after the class selection and splits.")
     _warn_missing_classes(info.counts)
     logger.debug("%s", info)
     return datasets["train"], datasets["validation"], datasets["test"], info
 
 
+def _has_label(labels, i):
+    """Which images carry label `i`: integer labels (one per image) or 0/1 rows (several)."""
+    return labels == i if labels.ndim == 1 else labels[:, i] > 0
+
+
+def _selected_labels(records, keep_ids):
+    """split -> the records' labels in the ids of the kept classes: integers (-1 for a class left out), or the
+    kept classes' 0/1 columns."""
+    if records.multi_label:
+        return {split: labels[:, keep_ids] for split, labels in records.labels.items()}
+    relabel = np.full(len(records.class_names), -1, dtype=np.int64)
+    relabel[keep_ids] = np.arange(len(keep_ids))
+    return {split: relabel[labels] for split, labels in records.labels.items()}
+
+
 def _warn_missing_classes(counts):
     """Warns, per class, about a validation or test split that has images but none of the class (too few images
-    to stratify: a class of one image lands in training only), naming the class and its counts."""
+    to stratify: a class of one image lands in training only), naming the class and its counts; and about a
+    label without training images (several labels per image: iterative stratification may place all of a rare
+    label's images elsewhere)."""
+    for name, n in counts["train"].items():
+        total = sum(counts[s].get(name, 0) for s in counts)
+        if n == 0 and total:
+            logger.warning("Label %r has %d image%s, none in the training split.", name, total, "s"[: total != 1])
     for split in ("validation", "test"):
         if not sum(counts[split].values()):
             continue
@@ -218,19 +291,18 @@ def _is_int(value):
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def _split_indices(records, relabel, validation_split, test_split, per_class, seed):
-    """split -> positions into the records' own split (`train` when the source has none), for the kept classes:
-    predefined splits as they are, the missing ones stratified out of the training images; then at most
-    `per_class = (train, test)` images per class in those splits (None: all)."""
+def _split_indices(selected, validation_split, test_split, per_class, seed):
+    """split -> positions into the source's own split (`train` when the source has none), for the kept classes
+    (`selected`: split -> labels, from `_selected_labels`): predefined splits as they are, the missing ones
+    stratified out of the training images; then at most `per_class = (train, test)` images per class in those
+    splits (None: all)."""
     rng = np.random.default_rng(seed)
-    indices = {
-        split: rng.permutation(np.flatnonzero(relabel[records.labels[split]] >= 0))
-        for split in SPLITS
-        if split in records.labels
-    }
+    kept = lambda labels: np.ones(len(labels), bool) if labels.ndim == 2 else labels >= 0
+    indices = {split: rng.permutation(np.flatnonzero(kept(selected[split]))) for split in SPLITS if split in selected}
     train_positions = indices["train"]
-    derived = _stratified_split(
-        relabel[records.labels["train"][train_positions]],
+    split_rows = _stratified_split if selected["train"].ndim == 1 else _iterative_split
+    derived = split_rows(
+        selected["train"][train_positions],
         validation_split,
         test_split,
         rng,
@@ -242,9 +314,9 @@ def _split_indices(records, relabel, validation_split, test_split, per_class, se
         indices.setdefault(split, train_positions[derived[split]])
     for split, limit in zip(("train", "test"), per_class):
         if limit is not None:
-            origin = split if split in records.labels else "train"
-            labels = relabel[records.labels[origin][indices[split]]]
-            indices[split] = _limit_per_class(indices[split], labels, limit)
+            labels = selected[split if split in selected else "train"][indices[split]]
+            limit_rows = _limit_per_class if labels.ndim == 1 else _limit_per_label
+            indices[split] = limit_rows(indices[split], labels, limit)
     return indices
 
 
@@ -265,9 +337,18 @@ class _Records:
     images: object
     dtype: object = np.uint8
     skipped: list = dataclasses.field(default_factory=list)
+    multi_label: bool = False  # labels are (n, classes) 0/1 arrays
 
 
-def _records(source, data_dir):
+def _records(source, data_dir, table):
+    given = [name for name in TABLE_OPTIONS if table[name] != (None if name != "label_column" else "label")]
+    is_table = _is_dataframe(source) or (isinstance(source, (str, os.PathLike)) and os.path.isfile(source))
+    if given and not is_table:
+        raise ValueError(
+            f"{', '.join(given)} only apply to a table source (a CSV file or a DataFrame). Received: source={source!r}"
+        )
+    if is_table:
+        return _table_records(source, table)
     if isinstance(source, tuple) and len(source) == 2:
         x, y = source
         return _array_records("arrays", {"train": (x, y)}, None)
@@ -276,24 +357,27 @@ def _records(source, data_dir):
         if source == "digits":
             return _array_records("digits", {"train": _digits()}, [str(i) for i in range(10)])
         if source == "fashion_mnist":
-            return _array_records("fashion_mnist", _fashion_mnist(), list(FASHION_MNIST_CLASSES))
+            return _array_records("fashion_mnist", fashion_mnist_arrays(), list(FASHION_MNIST_CLASSES))
         if source.startswith("tfds:"):
             return _tfds_records(source[len("tfds:") :], data_dir)
         if os.path.isdir(source):
             return _folder_records(source)
         if not os.path.exists(source):
             raise ValueError(
-                f"Dataset source {source!r} is not a folder, and not one of 'tfds:NAME', 'digits', "
+                f"Dataset source {source!r} is not a folder or a file, and not one of 'tfds:NAME', 'digits', "
                 f"'fashion_mnist' or an (x, y) tuple of arrays. Received: source={source!r}"
             )
     raise ValueError(
-        "source must be a folder of class subfolders, 'tfds:NAME', 'digits', 'fashion_mnist' or an (x, y) tuple "
-        f"of arrays. Received: source={source!r}"
+        "source must be a folder of class subfolders, a CSV file or DataFrame, 'tfds:NAME', 'digits', "
+        f"'fashion_mnist' or an (x, y) tuple of arrays. Received: source={source!r}"
     )
 
 
 def _array_records(name, splits, class_names):
     arrays = {split: _check_arrays(x, y) for split, (x, y) in splits.items()}
+    multi_label = next(iter(arrays.values()))[1].ndim == 2
+    if multi_label:
+        class_names = [str(i) for i in range(next(iter(arrays.values()))[1].shape[1])]
     if class_names is None:
         ids = sorted(set(np.concatenate([y for _, y in arrays.values()]).tolist()))
         if ids and (ids[0] < 0):
@@ -317,8 +401,9 @@ def _array_records(name, splits, class_names):
         # ran out of data" in `evaluate` and `predict` on a dataset of unknown size).
         return _paired(tf.data.Dataset.from_tensor_slices(arrays[split][0][idx]), _resize, may_fail=False)
 
+    labels = {s: y for s, (_, y) in arrays.items()}
     return _Records(
-        name, class_names, list(range(len(class_names))), {s: y for s, (_, y) in arrays.items()}, images, dtype=dtype
+        name, class_names, list(range(len(class_names))), labels, images, dtype=dtype, multi_label=multi_label
     )
 
 
@@ -331,9 +416,11 @@ def _check_arrays(x, y):
             "x must have shape (n, height, width) or (n, height, width, channels) with 1, 3 or 4 channels. "
             f"Received: x.shape={x.shape}"
         )
-    if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+    multi = y.ndim == 2 and len(y) == len(x) and y.size and np.isin(y, (0, 1)).all()
+    if not multi and (y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer)):
         raise ValueError(
-            f"y must be one integer label per image. Received: y.shape={y.shape}, y.dtype={y.dtype}, x.shape={x.shape}"
+            "y must be one integer label per image, or a 0/1 matrix of shape (images, classes) for several labels "
+            f"per image. Received: y.shape={y.shape}, y.dtype={y.dtype}, x.shape={x.shape}"
         )
     if x.shape[-1] == 1:
         x = np.repeat(x, 3, axis=-1)
@@ -348,7 +435,7 @@ def _check_arrays(x, y):
                 float(x.min()),
                 float(x.max()),
             )
-    return x, y.astype(np.int64)
+    return x, y.astype(np.uint8 if multi else np.int64)
 
 
 def _digits():
@@ -358,8 +445,9 @@ def _digits():
     return np.round(digits.images * (255.0 / 16.0)).astype(np.uint8), digits.target
 
 
-def _fashion_mnist():
-    """Fashion-MNIST's official 60,000 training and 10,000 test images, from a local copy or Keras's download."""
+def fashion_mnist_arrays():
+    """Fashion-MNIST's official 60,000 training and 10,000 test images, from a local copy or Keras's download:
+    `{"train": (x, y), "test": (x, y)}`, uint8 `(n, 28, 28)` images and integer labels."""
     for folder in FASHION_MNIST_DIRS:
         folder = os.path.expanduser(folder)
         files = [
@@ -451,6 +539,213 @@ def _scan_classes(folder, skipped):
 def readable(name):
     """A file or folder name as text: undecodable bytes (a name that is not UTF-8) shown as `\\xNN` escapes."""
     return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+# --- tables ----------------------------------------------------------------------------------------------------
+
+
+def _is_dataframe(source):
+    return type(source).__name__ == "DataFrame" and hasattr(source, "columns") and hasattr(source, "to_dict")
+
+
+def _table_records(source, table):
+    """A CSV file or DataFrame of image paths and labels (`load_dataset`'s table arguments) as records: every row
+    checked, the unusable ones in `skipped` with their row and reason."""
+    delimiter = table["label_delimiter"]
+    if delimiter is not None and (not isinstance(delimiter, str) or not delimiter):
+        raise ValueError(f"label_delimiter must be a non-empty string, e.g. ' ' or '|'. Received: {delimiter!r}")
+    if table["label_delimiter"] is not None and table["label_columns"] is not None:
+        raise ValueError(
+            "Pass label_delimiter (one label column) or label_columns (one 0/1 column per label), not both."
+        )
+    name, rows, columns, root = _read_table(source, table["root"])
+    path_column = _table_column(table["path_column"], columns, "path_column", PATH_COLUMNS)
+    if table["label_columns"] is not None:
+        label_columns = [_table_column(c, columns, "label_columns") for c in table["label_columns"]]
+        if len(label_columns) < 2:
+            raise ValueError(f"label_columns must name at least two columns. Received: label_columns={label_columns!r}")
+        class_names, original_ids = list(label_columns), list(label_columns)
+        labels = [(row, _zero_one_row(row, cells, label_columns)) for row, cells in rows]
+    else:
+        column = _table_column(table["label_column"], columns, "label_column")
+        cells = [(row, _label_set(cells[column], table["label_delimiter"])) for row, cells in rows]
+        _check_delimiter(table["label_delimiter"], rows, column)
+        class_names, original_ids = _label_names([names for _, names in cells], column)
+        labels = [(row, sorted(class_names.index(n) for n in names) if names else None) for row, names in cells]
+    multi = table["label_columns"] is not None or table["label_delimiter"] is not None
+    split_column = table["split_column"] and _table_column(table["split_column"], columns, "split_column")
+    usable, skipped = _usable_rows(rows, labels, path_column, root)
+    splits = {}
+    for i, path, ids in usable:
+        split = _split_value(*rows[i], split_column) if split_column else "train"
+        splits.setdefault(split, []).append((path, ids))
+    if "train" not in splits:
+        raise ValueError(f"The table {name!r} has no usable training rows ({len(skipped)} rows skipped).")
+
+    def as_labels(entries):
+        if not multi:
+            return np.array([ids[0] for _, ids in entries], dtype=np.int64)
+        matrix = np.zeros((len(entries), len(class_names)), np.uint8)
+        for i, (_, ids) in enumerate(entries):
+            matrix[i, ids] = 1
+        return matrix
+
+    paths = {split: np.array([os.fsencode(p) for p, _ in entries], dtype=object) for split, entries in splits.items()}
+
+    def images(split, idx):
+        files = paths[split][idx]
+        return lambda labels, size, shuffle_seed, dtype: decode_files(files, labels, size, shuffle_seed, dtype)
+
+    labels = {split: as_labels(entries) for split, entries in splits.items()}
+    return _Records(name, class_names, original_ids, labels, images, skipped=skipped, multi_label=multi)
+
+
+def _read_table(source, root):
+    """`(name, rows, columns, root)`: rows are `(row number, {column: cell text})`, numbered by CSV line (the
+    header is line 1) or DataFrame index; `root` resolved."""
+    if _is_dataframe(source):
+        columns = [str(c) for c in source.columns]
+        records = source.to_dict("records")
+        rows = [(index, {str(k): _cell_text(v) for k, v in r.items()}) for index, r in zip(source.index, records)]
+        name, folder = "dataframe", os.getcwd()
+    else:
+        name = os.fspath(source)
+        try:
+            with open(name, "rb") as f:
+                text = f.read().decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            line = e.object[: e.start].count(b"\n") + 1
+            raise ValueError(
+                f"The table {name!r} is not UTF-8 text: byte {e.object[e.start : e.start + 1]!r} on line {line}. "
+                "Save it as UTF-8 (e.g. pandas: df.to_csv(path, index=False, encoding='utf-8'))."
+            ) from None
+        reader = csv.reader(io.StringIO(text, newline=""))
+        columns = [c.strip() for c in next(reader, [])]
+        rows = []
+        for cells in reader:
+            if any(c.strip() for c in cells):  # blank lines are not rows
+                rows.append((reader.line_num, dict(zip(columns, (c.strip() for c in cells)))))
+        folder = os.path.dirname(os.path.abspath(name))
+    if not rows:
+        raise ValueError(f"The table {name!r} has no rows (columns: {', '.join(columns) or 'none'}).")
+    return name, rows, columns, os.fspath(root) if root is not None else folder
+
+
+def _cell_text(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, (bool, np.bool_)):
+        return "1" if value else "0"
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _table_column(name, columns, argument, defaults=None):
+    if name is None and defaults:
+        found = next((c for c in defaults if c in columns), None)
+        if found is None:
+            raise ValueError(
+                f"No image path column: none of {', '.join(defaults)} is among the table's columns "
+                f"({', '.join(columns)}). Pass {argument}=... naming it."
+            )
+        return found
+    if name not in columns:
+        raise ValueError(
+            f"The table has no column {name!r}; its columns: {', '.join(columns)}. Received: {argument}={name!r}"
+        )
+    return name
+
+
+def _label_set(cell, delimiter):
+    if delimiter is None:
+        return [cell] if cell else []
+    return sorted({part.strip() for part in cell.split(delimiter) if part.strip()})
+
+
+def _check_delimiter(delimiter, rows, column):
+    if delimiter is None or any(delimiter in cells[column] for _, cells in rows):
+        return
+    seen = next((c for c in (" ", ",", "|", ";") if any(c in cells[column] for _, cells in rows)), None)
+    hint = f"; the cells hold {seen!r}: pass label_delimiter={seen!r}" if seen else ""
+    raise ValueError(
+        f"label_delimiter={delimiter!r} splits no cell of column {column!r} (e.g. row {rows[0][0]}: "
+        f"{rows[0][1][column]!r}), so every image would have one label{hint}. For one label per image, pass no "
+        "label_delimiter."
+    )
+
+
+def _label_names(name_sets, column):
+    """Class names in label order and their original ids: integers sorted by value (kept as ints), or names
+    sorted (as folders are); a column holding both is refused."""
+    names = sorted({n for names in name_sets for n in names})
+    numbers = [n for n in names if re.fullmatch(r"-?\d+", n)]
+    if numbers and len(numbers) < len(names):
+        text = next(n for n in names if n not in numbers)
+        raise ValueError(
+            f"Column {column!r} holds both numbers and names (e.g. {numbers[0]!r} and {text!r}): labels must be all "
+            "class names or all integer ids."
+        )
+    if numbers:
+        names = sorted(names, key=int)
+        return names, [int(n) for n in names]
+    return names, list(names)
+
+
+def _zero_one_row(row, cells, columns):
+    ids = []
+    for i, column in enumerate(columns):
+        value = cells[column].lower()
+        if value not in ("0", "1", "true", "false", "0.0", "1.0"):
+            raise ValueError(
+                f"Row {row}, column {column!r}: {cells[column]!r} is not 0 or 1 (label_columns hold one 0/1 "
+                "column per class)."
+            )
+        if value in ("1", "true", "1.0"):
+            ids.append(i)
+    return ids
+
+
+def _usable_rows(rows, labels, path_column, root):
+    """`(row index, path, label ids)` for every usable row, and `(path, "row N: reason")` for the others: no path,
+    no label (one label per image), file missing or not a whole image, a path listed twice."""
+    usable, skipped, first = [], [], {}
+    for i, ((row, cells), (_, ids)) in enumerate(zip(rows, labels)):
+        given = cells.get(path_column, "")
+        path = os.path.normpath(os.path.join(root, os.path.expanduser(given))) if given else ""
+        reason = None
+        if not given:
+            reason = "empty path"
+        elif ids is None:
+            reason = "empty label"
+        elif path in first:
+            other_row, other_ids = first[path]
+            same = "the same label" if other_ids == ids else "another label"
+            reason = f"duplicate of row {other_row} ({same})"
+        elif not os.path.isfile(path):
+            reason = "file missing" if not os.path.exists(path) else "not a file"
+        else:
+            reason = image_problem(path)
+        if reason:
+            skipped.append((path or given, f"row {row}: {reason}"))
+            continue
+        first[path] = (row, ids)
+        usable.append((i, path, ids))
+    if skipped:
+        logger.warning(
+            "%d table row%s left out (see info.skipped), e.g. %s", len(skipped), "s"[: len(skipped) != 1], skipped[0][1]
+        )
+    return usable, skipped
+
+
+def _split_value(row, cells, column):
+    value = cells.get(column, "").lower()
+    if value not in SPLIT_VALUES:
+        raise ValueError(
+            f"Row {row}, column {column!r}: split {cells.get(column, '')!r} is not one of train, validation (val, "
+            "valid) or test."
+        )
+    return SPLIT_VALUES[value]
 
 
 def _tfds_records(name, data_dir):
@@ -550,6 +845,52 @@ def _stratified_split(labels, validation_split, test_split, rng, *, need_validat
     }
 
 
+def _iterative_split(labels, validation_split, test_split, rng, *, need_validation, need_test):
+    """Positions into `labels` (`(n, classes)` 0/1) for train/validation/test by iterative stratification
+    (Sechidis et al. 2011): the images of the label with the fewest left are placed first, each into the split
+    that most lacks that label (ties: the split that lacks most images, then at random), so that every label keeps
+    about its share in every split; images without labels fill what each split lacks."""
+    shares = np.array([0.0, validation_split * need_validation, test_split * need_test])
+    shares[0] = 1.0 - shares.sum()
+    closed = np.where(shares > 0, 0.0, -np.inf)[:, None]  # a split with no share gets no image
+    want = shares[:, None] * labels.sum(axis=0)[None, :] + closed
+    want_rows = shares * len(labels) + closed[:, 0]
+    split_of = np.full(len(labels), -1)
+    positive = labels > 0
+
+    def place(row, lacks):
+        best = np.flatnonzero(lacks == lacks.max())
+        best = best[want_rows[best] == want_rows[best].max()]
+        split = best[0] if len(best) == 1 else rng.choice(best)
+        split_of[row] = split
+        want[split] -= positive[row]
+        want_rows[split] -= 1
+
+    while True:
+        left = positive[split_of < 0].sum(axis=0)
+        if not left.any():
+            break
+        label = int(np.argmin(np.where(left > 0, left, np.inf)))
+        for row in rng.permutation(np.flatnonzero((split_of < 0) & positive[:, label])):
+            place(row, want[:, label])
+    for row in rng.permutation(np.flatnonzero(split_of < 0)):
+        place(row, want_rows)
+    return {split: np.flatnonzero(split_of == j) for j, split in enumerate(SPLITS)}
+
+
+def _limit_per_label(indices, labels, n):
+    """The images of `indices` (in their order) that give each label `n` images where it has them: the rarest
+    label first, then each next; labels that come with others may end with more."""
+    chosen, have = np.zeros(len(indices), bool), np.zeros(labels.shape[1])
+    for label in np.argsort(labels.sum(axis=0), kind="stable"):
+        for row in np.flatnonzero((labels[:, label] > 0) & ~chosen):
+            if have[label] >= n:
+                break
+            chosen[row] = True
+            have += labels[row] > 0
+    return indices[np.flatnonzero(chosen)]
+
+
 def _limit_per_class(indices, labels, n):
     if not len(indices):
         return indices
@@ -605,7 +946,7 @@ def _paired(items, load, may_fail=True):
     with `may_fail`, items that fail to load are dropped."""
 
     def pairs(labels, size, shuffle_seed, dtype):  # dtype: what the pipeline wants; arrays keep their own
-        ds = tf.data.Dataset.zip(items, tf.data.Dataset.from_tensor_slices(labels.astype(np.int32)))
+        ds = tf.data.Dataset.zip(items, tf.data.Dataset.from_tensor_slices(label_array(labels)))
         ds = ds.map(lambda item, label: (load(item, size), label), num_parallel_calls=AUTOTUNE)
         ds = ds.ignore_errors(log_warning=True) if may_fail else ds
         return ds if shuffle_seed is None else _shuffle(ds, len(labels), shuffle_seed)

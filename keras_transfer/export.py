@@ -15,19 +15,22 @@ import tensorflow as tf
 
 from keras_transfer.compat import flatten_layers
 from keras_transfer.files import atomic_path, new_version, versions, write_text
+from keras_transfer.heads import check_thresholds
 from keras_transfer.images import FORMATS, SIGNATURES, decode_image, image_array, within_pixel_limit
-from keras_transfer.models import backbone_key, input_size, load_model, model_spec
+from keras_transfer.models import backbone_key, input_size, is_multi_label, load_model, model_spec
 from keras_transfer.terminal import native_logs_hidden
 
 logger = logging.getLogger(__name__)
 
 
-def export_saved_model(model, export_dir, *, version=None, class_names=None, metadata=None):
+def export_saved_model(model, export_dir, *, version=None, class_names=None, metadata=None, thresholds=None):
     """Writes `model` as a SavedModel version that TF Serving can load.
 
     Signatures: `serving_default` takes float32 `images` `[batch, height, width, 3]` in 0-255 of any size (the
     model resizes and preprocesses them inside); `serve_bytes` takes `image_bytes` `[batch]`, encoded JPEG, PNG,
-    GIF, BMP or WebP. Both return `probabilities` and `class_ids`. `labels.txt` and `metadata.json` are written
+    GIF, BMP or WebP. Both return `probabilities` and `class_ids`; for a multi-label model (one sigmoid per
+    label) `probabilities` and `predicted` (int32 0/1 per label, at `thresholds`). `labels.txt` and
+    `metadata.json` (with `multi_label` and the `thresholds`) are written
     beside the graph. The version number is reserved atomically (processes exporting into one folder at once
     get different versions), the version is written to a temporary folder and renamed at the end, so it appears
     whole or not at all, and existing versions are never touched.
@@ -38,13 +41,15 @@ def export_saved_model(model, export_dir, *, version=None, class_names=None, met
         version: a positive integer; None takes the next one after the versions present.
         class_names: names of the classes, written to `labels.txt`.
         metadata: extra JSON-serializable facts for `metadata.json` (e.g. training metrics).
+        thresholds: a multi-label model's per-label thresholds (one number, or one per label; default 0.5), e.g.
+            from `evaluation.tune_thresholds`.
 
     Returns:
         The path of the written version folder.
 
     Raises:
-        ValueError: for a version that exists or is not a positive integer, or class names that do not match
-            the model's outputs.
+        ValueError: for a version that exists or is not a positive integer, class names that do not match
+            the model's outputs, or thresholds for a model with one label per image.
         OSError: when `export_dir` cannot be written.
     """
     if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
@@ -55,13 +60,14 @@ def export_saved_model(model, export_dir, *, version=None, class_names=None, met
             f"class_names has {len(class_names)} names but the model predicts {num_classes} classes. "
             f"Received: class_names={list(class_names)!r}"
         )
+    thresholds = _thresholds(model, thresholds)
     try:
         with new_version(export_dir, version) as (number, tmp):
-            _write_saved_model(model, tmp)
+            _write_saved_model(model, tmp, thresholds)
             with open(os.path.join(tmp, "labels.txt"), "w") as f:
                 f.writelines(f"{name}\n" for name in (class_names or [str(i) for i in range(num_classes)]))
             with open(os.path.join(tmp, "metadata.json"), "w") as f:
-                json.dump(_metadata(model, class_names, metadata), f, indent=2)
+                json.dump(_metadata(model, class_names, metadata, thresholds), f, indent=2)
     except FileExistsError:
         raise ValueError(
             f"Version {version} already exists in {os.fspath(export_dir)!r}; existing versions: "
@@ -76,13 +82,28 @@ def export_saved_model(model, export_dir, *, version=None, class_names=None, met
     return final
 
 
-def _write_saved_model(model, path):
+def _thresholds(model, thresholds):
+    """A multi-label model's thresholds as a list (0.5 each by default); None for one label per image."""
+    if not is_multi_label(model):
+        if thresholds is not None:
+            raise ValueError(
+                "thresholds apply to a multi-label model (one sigmoid per label); this one predicts one label per "
+                f"image. Received: thresholds={thresholds!r}"
+            )
+        return None
+    return [float(v) for v in check_thresholds(thresholds, model.output_shape[-1])]
+
+
+def _write_saved_model(model, path, thresholds=None):
     size = _input_size(model)
     archive = keras.export.ExportArchive()
     archive.track(model)
 
     def predict(images):
         probabilities = model(images, training=False)
+        if thresholds is not None:  # several labels per image: each label at its own threshold
+            predicted = tf.cast(probabilities >= tf.constant(thresholds, probabilities.dtype), tf.int32)
+            return {"probabilities": probabilities, "predicted": predicted}
         if probabilities.shape[-1] == 1:
             class_ids = tf.cast(probabilities[:, 0] > 0.5, tf.int64)
         else:
@@ -158,7 +179,7 @@ def export_tflite(model, path, *, quantize=None):
     return len(flatbuffer)
 
 
-def export_onnx(model, path, *, class_names=None):
+def export_onnx(model, path, *, class_names=None, thresholds=None):
     """Converts `model` to ONNX (Keras's `model.export(format="onnx")`, which uses tf2onnx) for ONNX Runtime.
 
     Input `images`: float32 RGB 0-255, `(batch, height, width, 3)` at the model's input size; the backbone's
@@ -170,6 +191,7 @@ def export_onnx(model, path, *, class_names=None):
         model: a model from `build_model` with a fixed input size.
         path: the `.onnx` file to write (written to a temporary file and renamed).
         class_names: optional class names, in label order.
+        thresholds: a multi-label model's per-label thresholds, for the metadata (as `export_saved_model`).
 
     Returns:
         The path written.
@@ -180,6 +202,7 @@ def export_onnx(model, path, *, class_names=None):
         ImportError: without the `onnx` extra (`pip install keras_transfer[onnx]`).
     """
     height, width = _input_size(model)
+    thresholds = _thresholds(model, thresholds)
     _onnx_modules()
     model(np.zeros((1, height, width, 3), np.float32))  # Keras exports only a model that was called
     path = os.fspath(path)
@@ -194,7 +217,8 @@ def export_onnx(model, path, *, class_names=None):
             )
         unconvertible.check()
         _add_onnx_metadata(
-            tmp, _metadata(model, class_names, {"input": "images: float32 RGB 0-255, preprocessing inside"})
+            tmp,
+            _metadata(model, class_names, {"input": "images: float32 RGB 0-255, preprocessing inside"}, thresholds),
         )
     if class_names is not None:
         write_text(os.path.splitext(path)[0] + ".labels.txt", "\n".join(class_names) + "\n")
@@ -263,8 +287,11 @@ def _add_onnx_metadata(path, facts):
     onnx.save(proto, path)
 
 
-def _metadata(model, class_names, extra):
+def _metadata(model, class_names, extra, thresholds=None):
     facts = {"backbone": backbone_key(model) or model.name, "num_classes": int(model.output_shape[-1])}
+    facts["multi_label"] = thresholds is not None
+    if thresholds is not None:
+        facts["thresholds"] = list(thresholds)
     size = input_size(model)
     facts["input_size"] = list(size) if size else None
     spec = model_spec(model)
@@ -292,11 +319,7 @@ def load_predictor(path):
     if path.endswith(".keras") and os.path.isfile(path):
         model = load_model(path)
         return keras_predictor(model), [str(i) for i in range(model.output_shape[-1])]
-    version = path
-    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "saved_model.pb")):
-        versions = sorted(int(n) for n in os.listdir(path) if n.isdigit())
-        if versions:
-            version = os.path.join(path, str(versions[-1]))
+    version = _newest_version(path)
     if not os.path.exists(os.path.join(version, "saved_model.pb")):
         raise ValueError(
             f"{path!r} is not a SavedModel folder, a folder of numbered versions, or a .keras file. "
@@ -311,6 +334,27 @@ def load_predictor(path):
         return serve_bytes(image_bytes=tf.constant(list(blobs)))["probabilities"].numpy()
 
     return predict_saved_model, class_names
+
+
+def export_thresholds(path):
+    """The per-label thresholds of a multi-label export (from its `metadata.json`; 0.5 each for a multi-label
+    `.keras` file), or None for a model with one label per image."""
+    if os.fspath(path).endswith(".keras") and os.path.isfile(path):
+        return _thresholds(load_model(path), None)
+    version = _newest_version(path)
+    try:
+        with open(os.path.join(version, "metadata.json")) as f:
+            return json.load(f).get("thresholds")
+    except (OSError, ValueError):
+        return None
+
+
+def _newest_version(path):
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, "saved_model.pb")):
+        numbered = sorted(int(n) for n in os.listdir(path) if n.isdigit())
+        if numbered:
+            return os.path.join(path, str(numbered[-1]))
+    return path
 
 
 def keras_predictor(model):

@@ -73,15 +73,32 @@ def add_head(features, num_classes, *, pooling="avg", dense_units=(), dropout=0.
     return keras.layers.Dense(num_classes, activation=activation, dtype="float32", name=PREDICTIONS)(x)
 
 
-def fit_probe(features, labels, num_classes):
+def check_thresholds(thresholds, num_labels):
+    """Per-label thresholds as a float array of `num_labels`: one number for all (default 0.5) or one per label,
+    each in (0, 1); otherwise a ValueError naming them."""
+    values = np.asarray(0.5 if thresholds is None else thresholds, dtype=float)
+    values = np.full(num_labels, float(values)) if values.ndim == 0 else values
+    if values.shape != (num_labels,) or not np.all((values > 0) & (values < 1)):
+        raise ValueError(
+            f"thresholds must be one number or {num_labels} numbers (one per label), each in (0, 1). "
+            f"Received: thresholds={thresholds!r}"
+        )
+    return values
+
+
+def fit_probe(features, labels, num_classes, *, multi_label=False):
     """The linear probe: a logistic regression (scikit-learn's, C=10) fitted on pooled features divided by their
     mean L2 norm (a scale, so the fit stays a linear map of the raw features), as the kernel and bias of a
     softmax layer over `num_classes` classes. Classes without training images get a bias of -10: never predicted.
+    With `multi_label`, one binary logistic regression per label (one-vs-rest), for a sigmoid layer; a label that
+    is always absent (present) in the training images gets a bias of -10 (+10).
 
     Args:
         features: `(n, d)` pooled backbone features.
-        labels: `(n,)` integer labels in `0..num_classes-1`, or `(n, num_classes)` one-hot labels.
+        labels: `(n,)` integer labels in `0..num_classes-1`, or `(n, num_classes)` one-hot labels (0/1 rows of
+            several labels with `multi_label`).
         num_classes: the width of the layer.
+        multi_label: fit one-vs-rest binary regressions on 0/1 label rows.
 
     Returns:
         `(kernel, bias)`: `(d, num_classes)` and `(num_classes,)` float32 arrays; `features @ kernel + bias` are the
@@ -93,12 +110,23 @@ def fit_probe(features, labels, num_classes):
     from sklearn.linear_model import LogisticRegression
 
     labels = np.asarray(labels)
+    scale = float(np.mean(np.linalg.norm(features, axis=1))) or 1.0
+    if multi_label:
+        kernel = np.zeros((features.shape[1], num_classes), np.float32)
+        bias = np.zeros(num_classes, np.float32)
+        for j in range(num_classes):
+            positive = labels[:, j] > 0.5
+            if positive.all() or not positive.any():
+                bias[j] = 10.0 if positive.all() else -10.0
+                continue
+            fit = LogisticRegression(C=10.0, max_iter=2000).fit(features / scale, positive)
+            kernel[:, j], bias[j] = fit.coef_[0] / scale, fit.intercept_[0]
+        return kernel, bias
     labels = labels.argmax(axis=1) if labels.ndim == 2 else labels.reshape(-1)
     if len(np.unique(labels)) < 2:
         raise ValueError(
             f"A linear probe needs at least two classes in its training images; found {np.unique(labels)}."
         )
-    scale = float(np.mean(np.linalg.norm(features, axis=1))) or 1.0
     fit = LogisticRegression(C=10.0, max_iter=2000).fit(features / scale, labels)
     coef, intercept = fit.coef_, fit.intercept_
     if len(fit.classes_) == 2:  # scikit-learn keeps one row for two classes: the logit of the second

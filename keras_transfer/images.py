@@ -356,9 +356,7 @@ def decode_files(paths, labels, size, shuffle_seed=None, dtype=tf.uint8, dct_sca
     for i, key in enumerate(groups):
         pick = np.array([k == key for k in keys])
         decode = _group_decoder(key, size, dtype, dct_scaling)
-        ds = tf.data.Dataset.from_tensor_slices(
-            (np.asarray(paths, dtype=object)[pick], np.asarray(labels, np.int32)[pick])
-        )
+        ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths, dtype=object)[pick], label_array(labels)[pick]))
         if shuffle_seed is not None:
             ds = ds.shuffle(int(pick.sum()), seed=shuffle_seed + i, reshuffle_each_iteration=True)
         ds = ds.map(
@@ -372,6 +370,12 @@ def decode_files(paths, labels, size, shuffle_seed=None, dtype=tf.uint8, dct_sca
     if shuffle_seed is not None:
         order = order.shuffle(len(keys), seed=shuffle_seed, reshuffle_each_iteration=True)
     return tf.data.Dataset.choose_from_datasets(datasets, order, stop_on_empty_dataset=False)
+
+
+def label_array(labels):
+    """Labels as a pipeline carries them: int32 ids, or float32 0/1 rows for several labels per image."""
+    labels = np.asarray(labels)
+    return labels.astype(np.float32 if labels.ndim == 2 else np.int32)
 
 
 def _decode_key(path, size, dct_scaling=True):

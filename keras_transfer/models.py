@@ -447,6 +447,11 @@ def output_layer(model):
     return _required(model, PREDICTIONS)
 
 
+def is_multi_label(model):
+    """Whether the model predicts several labels per image: one sigmoid output per label (more than one)."""
+    return output_layer(model).get_config()["activation"] == "sigmoid" and model.output_shape[-1] > 1
+
+
 def augmentation_layer(model):
     """The model's in-model augmentation layer, or None."""
     return _layer(model, AUGMENTATION)

@@ -16,9 +16,9 @@ import time
 
 import keras
 
-from keras_transfer.data import load_dataset
+from keras_transfer.data import TABLE_OPTIONS, load_dataset
 from keras_transfer.distribute import get_strategy, set_mixed_precision
-from keras_transfer.evaluation import evaluate, linear_probe
+from keras_transfer.evaluation import evaluate, linear_probe, tune_thresholds
 from keras_transfer.export import export_onnx, export_saved_model
 from keras_transfer.files import atomic_path, versions, write_text
 from keras_transfer.models import build_model, check_input_size, check_memory, default_input_size
@@ -52,7 +52,7 @@ def run(config, verbose=False):
             claim(config.output, "run", {"settings": _settings(config)}, WAYS_OUT, record=False)
         data = _load(config, size, strategy)
         with strategy.scope():
-            model = _build(config, data["info"].num_classes, size, weights)
+            model = _build(config, data["info"], size, weights)
         _check_model(config, model)
         identity = {"settings": _settings(config), "data": _data_identity(data["info"])}
         if config.overwrite:
@@ -70,6 +70,7 @@ def _run(config, model, data, strategy, policy, size, run_id, verbose):
     timings.run("training", _train, config, model, data, strategy, config.output, verbose=verbose)
     with atomic_path(run_file(config.output, "model"), work_dir=True) as tmp:
         model.save(tmp)
+    data["thresholds"] = _thresholds(model, data)
     report = timings.run("evaluation", _evaluate, model, data, config.output)
     exported = timings.run("export", _export, config, model, data, report, run_id) if config.export else None
     print(f"\nRun folder: {config.output}  (dtype policy {policy}, {strategy.num_replicas_in_sync} replica(s))")
@@ -79,14 +80,32 @@ def _run(config, model, data, strategy, policy, size, run_id, verbose):
     if exported:
         print(f"\nSavedModel: {exported}")
     if config.export_onnx:
-        onnx_path = export_onnx(model, run_file(config.output, "onnx"), class_names=data["info"].class_names)
+        onnx_path = export_onnx(
+            model, run_file(config.output, "onnx"), class_names=data["info"].class_names, thresholds=data["thresholds"]
+        )
         print(f"ONNX: {onnx_path}")
     if config.compare_scratch and report:
         timings.run("scratch comparison", _compare_scratch, config, report, probe, size, data, strategy, verbose)
     if report:
         print(f"Report: {write_html(config.output)}")
-    mark_complete(config.output, {"export": exported, "accuracy": report.accuracy if report else None})
+    mark_complete(config.output, {"export": exported, **({report.headline_name: report.headline} if report else {})})
     return 0
+
+
+def _thresholds(model, data):
+    """A multi-label run's per-label thresholds: tuned on the validation split (highest F1 per label), else 0.5."""
+    if not data["info"].multi_label:
+        return None
+    if data["val"] is None:
+        print("Thresholds: 0.5 for every label (no validation split to tune them on)")
+        return None
+    thresholds = tune_thresholds(model, data["val"])
+    names = data["info"].class_names
+    print(
+        "Thresholds tuned on the validation split (highest F1 per label): "
+        + ", ".join(f"{n} {t:.2f}" for n, t in zip(names, thresholds))
+    )
+    return thresholds
 
 
 def _check(config, weights):
@@ -175,6 +194,7 @@ def _load(config, size, strategy):
         labels_per_class=config.labels_per_class,
         test_per_class=config.test_per_class,
         data_dir=config.data_dir,
+        **{name: getattr(config, name) for name in TABLE_OPTIONS},
     )
     print(info)
     if config.compare_scratch and test is None and val is None:
@@ -192,6 +212,8 @@ def _write_config(config, info):
         "class_names": info.class_names,
         "image_size": list(info.image_size),
         "counts": info.counts,
+        "sizes": info.sizes,
+        "multi_label": info.multi_label,
         "skipped": [list(map(str, s)) for s in info.skipped],
     }
     try:
@@ -204,10 +226,11 @@ def _write_config(config, info):
         ) from e
 
 
-def _build(config, num_classes, size, weights):
+def _build(config, info, size, weights):
     return build_model(
         config.backbone,
-        num_classes,
+        info.num_classes,
+        activation="sigmoid" if info.multi_label else "softmax",
         input_shape=size,
         weights=weights,
         pooling=config.pooling,
@@ -225,15 +248,17 @@ def _probe(model, data):
         flush=True,
     )
     probe = linear_probe(model, data["train"], data["evaluated"])
-    print(f"{data['split']} accuracy {probe:.1%}")
+    print(f"{data['split']} {'mAP' if data['info'].multi_label else 'accuracy'} {probe:.1%}")
     return probe
 
 
 def _evaluate(model, data, output_dir):
     if data["evaluated"] is None:
         return None
-    print(f"Evaluating on the {sum(data['info'].counts[data['split']].values())} {data['split']} images", flush=True)
-    return evaluate(model, data["evaluated"], data["info"].class_names, output_dir=output_dir)
+    print(f"Evaluating on the {data['info'].sizes[data['split']]} {data['split']} images", flush=True)
+    return evaluate(
+        model, data["evaluated"], data["info"].class_names, output_dir=output_dir, thresholds=data["thresholds"]
+    )
 
 
 def _export(config, model, data, report, run_id):
@@ -243,12 +268,13 @@ def _export(config, model, data, report, run_id):
         with contextlib.suppress(OSError, ValueError), open(metadata) as f:
             if json.load(f).get("run_id") == run_id:
                 return os.path.join(config.export, str(version))
-    metrics = {"accuracy": report.accuracy, "split": data["split"]} if report else {}
+    metrics = {report.headline_name: report.headline, "split": data["split"]} if report else {}
     return export_saved_model(
         model,
         config.export,
         class_names=data["info"].class_names,
         metadata={"backbone": config.backbone, "metrics": metrics, "run_id": run_id},
+        thresholds=data["thresholds"],
     )
 
 
@@ -260,27 +286,32 @@ def _compare_scratch(config, transfer, probe, size, data, strategy, verbose):
     print(f"\n--compare-scratch: {config.backbone} from random weights, all layers, {epochs} epochs -> {run_dir}")
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
-        model = _build(config, data["info"].num_classes, size, None)
+        model = _build(config, data["info"], size, None)
     _train(config, model, data, strategy, run_dir, scratch=True, verbose=verbose)
     print(f"Evaluating on the {transfer.num_examples} {data['split']} images", flush=True)
-    scratch = evaluate(model, data["evaluated"], data["info"].class_names, output_dir=run_dir)
+    scratch = evaluate(
+        model, data["evaluated"], data["info"].class_names, output_dir=run_dir, thresholds=data["thresholds"]
+    )
     rows = {
-        f"{config.backbone} ({config.weights}), fine-tuned": transfer.accuracy,
+        f"{config.backbone} ({config.weights}), fine-tuned": transfer.headline,
         f"linear probe on the {config.weights} features": probe,
-        f"{config.backbone} from scratch": scratch.accuracy,
+        f"{config.backbone} from scratch": scratch.headline,
     }
-    print(f"\n{data['split']} accuracy on {transfer.num_examples} images:")
-    for name, accuracy in rows.items():
-        print(f"  {name:<60} {accuracy:6.1%}")
-    gain = transfer.accuracy - scratch.accuracy
-    over_probe = transfer.accuracy - probe
+    metric = transfer.headline_name
+    print(f"\n{data['split']} {metric} on {transfer.num_examples} images:")
+    for name, value in rows.items():
+        print(f"  {name:<60} {value:6.1%}")
+    gain = transfer.headline - scratch.headline
+    over_probe = transfer.headline - probe
     print(f"  fine-tuned - scratch: {100 * gain:+.1f} points; fine-tuned - probe: {100 * over_probe:+.1f}")
+    key = "accuracy" if metric == "accuracy" else "map"
     comparison = {
         "split": data["split"],
         "num_examples": transfer.num_examples,
-        "transfer_accuracy": transfer.accuracy,
-        "scratch_accuracy": scratch.accuracy,
-        "linear_probe_accuracy": probe,
+        "metric": metric,
+        f"transfer_{key}": transfer.headline,
+        f"scratch_{key}": scratch.headline,
+        f"linear_probe_{key}": probe,
         "gain": gain,
         "weights": config.weights,
     }

@@ -33,13 +33,17 @@ BINS = 10  # reliability diagram
 # --- written by evaluate --------------------------------------------------------------------------------------
 
 
-def save_examples(model, dataset, probs, labels, output_dir):
-    """Writes `predictions.npz` and `examples/` (thumbnails, Grad-CAM overlays, `examples.json`) into `output_dir`.
+def save_examples(model, dataset, probs, labels, output_dir, thresholds=None):
+    """Writes `predictions.npz` and `examples/` (thumbnails, Grad-CAM overlays, `examples.json`) into `output_dir`;
+    for several labels per image (0/1 `labels`, predicted at `thresholds`), the most confident false positives and
+    false negatives instead.
 
     The images are read in a second pass over `dataset`; when that pass does not give the same labels in the same
     order (a shuffled dataset), the thumbnails are left out and the page says so.
     """
     np.savez(run_file(output_dir, "predictions"), probabilities=probs, labels=labels)
+    if labels.ndim == 2:
+        return _save_multilabel_examples(dataset, probs, labels, thresholds, output_dir)
     predicted, confidence = probs.argmax(axis=1), probs.max(axis=1)
     wrong = np.flatnonzero(predicted != labels)
     wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:EXAMPLES]
@@ -72,13 +76,46 @@ def save_examples(model, dataset, probs, labels, output_dir):
     write_text(run_file(output_dir, "examples_index"), json.dumps({"examples": examples, "note": note}))
 
 
+def _save_multilabel_examples(dataset, probs, labels, thresholds, output_dir):
+    """The `EXAMPLES` most confident false positives (a label predicted that is not there) and false negatives (a
+    label there that is not predicted), as thumbnails with their true and predicted label sets."""
+    predicted = probs >= np.asarray(thresholds if thresholds is not None else 0.5)
+    truth = labels > 0.5
+    # each image's worst mistake of each kind: the highest probability of a wrong label, the lowest of a true one
+    false_positive = np.where(predicted & ~truth, probs, -1.0).max(axis=1)
+    false_negative = np.where(~predicted & truth, probs, 2.0).min(axis=1)
+    chosen = {
+        "false positive": np.argsort(-false_positive, kind="stable")[: int(np.sum(false_positive >= 0))][:EXAMPLES],
+        "false negative": np.argsort(false_negative, kind="stable")[: int(np.sum(false_negative <= 1))][:EXAMPLES],
+    }
+    images = _images_at(dataset, {int(i) for rows in chosen.values() for i in rows}, labels)
+    os.makedirs(run_file(output_dir, "examples"), exist_ok=True)
+    examples = []
+    for kind, rows in chosen.items():
+        for i in (int(i) for i in rows if int(i) in images):
+            score = false_positive[i] if kind == "false positive" else false_negative[i]
+            examples.append(
+                {
+                    "kind": kind,
+                    "index": i,
+                    "true": np.flatnonzero(truth[i]).tolist(),
+                    "predicted": np.flatnonzero(predicted[i]).tolist(),
+                    "probability": float(score),
+                    "image": f"examples/{kind.replace(' ', '_')}_{i}.png",
+                }
+            )
+            _save_png(images[i], os.path.join(output_dir, examples[-1]["image"]))
+    note = None if images or not any(len(r) for r in chosen.values()) else "the dataset did not repeat its order"
+    write_text(run_file(output_dir, "examples_index"), json.dumps({"examples": examples, "note": note}))
+
+
 def _images_at(dataset, wanted, labels):
     """index -> uint8 image for the `wanted` indices, or {} when a second pass gives other labels."""
     found, offset = {}, 0
     for images, y in dataset:
         if offset > max(wanted, default=-1):
             break  # the rest holds nothing to show
-        y = np.asarray(y).reshape(-1)
+        y = np.asarray(y).reshape(len(labels[offset : offset + len(y)]), *labels.shape[1:])
         if not np.array_equal(y, labels[offset : offset + len(y)]):
             return {}
         for i in (i for i in wanted if offset <= i < offset + len(y)):
@@ -145,15 +182,15 @@ def write_html(run_dir):
             f"run folder of keras-transfer. Received: run_dir={run_dir!r}"
         )
     files = _read_run(run_dir)
-    sections = [
-        _settings(files),
-        _data(files),
-        _curves(files),
+    sections = [  # the answer first (metrics, comparison, mistakes), the 30-row settings table last
         _metrics(files),
-        _examples(run_dir, files),
-        _calibration(files),
         _comparison(files),
+        _examples(run_dir, files),
+        _curves(files),
+        _data(files),
+        _calibration(files),
         _timings(files),
+        _settings(files),
         _versions(),
     ]
     title = f"keras_transfer report: {html.escape(os.path.basename(os.path.abspath(run_dir)))}"
@@ -191,8 +228,9 @@ def _read_run(run_dir):
                 return yaml.safe_load(f)
         return dict(np.load(path))
 
-    confusion = run_file(run_dir, "confusion")
+    confusion, curves = run_file(run_dir, "confusion"), run_file(run_dir, "pr_curves")
     return {
+        "pr_curves": curves if os.path.isfile(curves) else None,
         "report": load("report"),
         "config": load("config", {}),
         "data": load("data"),
@@ -268,7 +306,8 @@ def _curves(files):
 
     epochs = sorted(history)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
+    second = "accuracy" if any("accuracy" in row for row in history.values()) else "auc"  # multi-label: AUC
+    for ax, metric in zip(axes, ("loss", second)):
         for key, style in ((metric, "-o"), (f"val_{metric}", "--s")):
             points = [(e + 1, history[e][key]) for e in epochs if key in history[e]]
             if points:
@@ -278,12 +317,35 @@ def _curves(files):
             ax.axvline(switch + 0.5, color="gray", linestyle=":", label="stage 2 starts")
         ax.set_xlabel("epoch")
         ax.set_title(metric)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     return f'<h2>Training</h2><img class="plot" alt="training curves" src="{_png(fig)}">'
+
+
+def _multilabel_metrics(files):
+    report = files["report"]
+    text = (
+        f"<h2>Test metrics</h2><p>{report['num_examples']} images, {len(report['class_names'])} labels: mAP "
+        f'<span id="map">{report["mean_average_precision"]:.4f}</span>, macro F1 {report["macro"]["f1"]:.4f}, '
+        f"micro F1 {report['micro']['f1']:.4f}, subset accuracy {report['subset_accuracy']:.2%}, Hamming loss "
+        f"{report['hamming_loss']:.4f}</p>"
+    )
+    keys = ("precision", "recall", "f1", "average_precision", "support")
+    rows = [
+        [_cell(name), _cell(float(t))]
+        + [_cell(float(m[k]) if k != "support" else int(m[k]), cls=name, metric=k) for k in keys]
+        for (name, m), t in zip(report["per_class"].items(), report["thresholds"])
+    ]
+    text += _table(["label", "threshold", "precision", "recall", "F1", "AP", "support"], rows)
+    if files["pr_curves"]:
+        text += f'<h3>Precision-recall curves</h3><img class="plot" alt="PR curves" src="{_png(files["pr_curves"])}">'
+    return text
 
 
 def _metrics(files):
     report = files["report"]
+    if report.get("multi_label"):
+        return _multilabel_metrics(files)
     top = "".join(f", top-{k} {v:.2%}" for k, v in report["top_k"].items())
     text = (
         f"<h2>Test metrics</h2><p>{report['num_examples']} images: accuracy "
@@ -313,6 +375,8 @@ def _examples(run_dir, files):
     if not found:
         return None
     names = files["report"]["class_names"]
+    if files["report"].get("multi_label"):
+        return _multilabel_examples(run_dir, found, names)
     text = "<h2>Mistakes and doubts</h2>"
     if found.get("note"):
         text += f"<p class=note>{html.escape(found['note'])}</p>"
@@ -340,6 +404,27 @@ def _examples(run_dir, files):
     return text
 
 
+def _multilabel_examples(run_dir, found, names):
+    text = "<h2>Mistakes</h2>"
+    if found.get("note"):
+        text += f"<p class=note>{html.escape(found['note'])}</p>"
+    label_set = lambda ids: ", ".join(names[i] for i in ids) or "none"
+    for kind, title in (
+        ("false positive", "Most confident false positives (a label predicted that is not there)"),
+        ("false negative", "Most confident false negatives (a label there that is not predicted)"),
+    ):
+        shown = [e for e in found["examples"] if e["kind"] == kind]
+        text += f"<h3>{title} ({len(shown)})</h3>"
+        for e in shown:
+            caption = f"#{e['index']}: true {label_set(e['true'])}; predicted {label_set(e['predicted'])}"
+            text += (
+                f'<figure class="example" data-kind="{kind}" data-index="{e["index"]}"><img alt="example '
+                f'{e["index"]}" src="{_png(os.path.join(run_dir, e["image"]))}">'
+                f"<figcaption>{html.escape(caption)} ({e['probability']:.1%})</figcaption></figure>"
+            )
+    return text
+
+
 def calibration(probs, labels, bins=BINS):
     """(expected calibration error, rows of (bin low, bin high, count, mean confidence, accuracy)) over the top-1
     confidence in `bins` equal-width bins."""
@@ -358,7 +443,7 @@ def calibration(probs, labels, bins=BINS):
 
 def _calibration(files):
     predictions = files["predictions"]
-    if predictions is None:
+    if predictions is None or predictions["labels"].ndim == 2:  # top-1 calibration: one label per image
         return None
     import matplotlib.pyplot as plt
 

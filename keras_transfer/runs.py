@@ -59,6 +59,7 @@ FILES = {  # key -> path inside a run folder ("/" separates folders; {fields} ar
     "report_html": "report.html",
     "report_text": "report.txt",
     "confusion": "confusion.png",
+    "pr_curves": "pr_curves.png",
     "predictions": "predictions.npz",
     "examples": "examples",
     "examples_index": "examples/examples.json",

@@ -252,7 +252,7 @@ def _is_number(value):
 
 
 def _prepare_run(model, train, val, options, callbacks, run_dir, strategy, verbose):
-    loss, metrics, prepare = _loss_and_metrics(model, options.label_smoothing)
+    loss, metrics, prepare = _loss_and_metrics(model, options.label_smoothing, _multi_label(model, train))
     val = with_known_size(prepare(val)) if val is not None else None
     run_dir = os.fspath(run_dir) if run_dir else None
     return _Run(
@@ -482,10 +482,44 @@ def recompute_batchnorm(model, dataset):
     return len(layers)
 
 
-def _loss_and_metrics(model, label_smoothing):
+def _multi_label(model, train):
+    """Whether `train` carries several labels per image (0/1 rows, one column per output); raises when the head
+    does not fit the labels, saying which head to use."""
+    spec = train.element_spec[1] if isinstance(train.element_spec, tuple) else None
+    units = model.output_shape[-1]
+    activation = output_layer(model).get_config()["activation"]
+    multi = spec is not None and spec.shape.rank == 2 and spec.dtype.is_floating and spec.shape[-1] not in (None, 1)
+    if multi and spec.shape[-1] != units:
+        raise ValueError(
+            f"The labels have {spec.shape[-1]} columns (several labels per image) but the model has {units} outputs: "
+            f"build it with num_classes={spec.shape[-1]}."
+        )
+    if multi and activation != "sigmoid":
+        raise ValueError(
+            "The training labels hold several labels per image (0/1 rows) but the model's head is softmax, which "
+            "predicts one label per image: build it with activation='sigmoid'."
+        )
+    if not multi and activation == "sigmoid" and units > 1 and spec is not None and spec.dtype.is_integer:
+        raise ValueError(
+            f"The model has {units} sigmoid outputs (several labels per image) but the training labels are one "
+            "integer per image: build it with activation='softmax', or load several labels per image "
+            "(load_dataset(..., label_delimiter=...) or label_columns=...)."
+        )
+    return multi
+
+
+def _loss_and_metrics(model, label_smoothing, multi_label=False):
     """The loss that fits the output layer, its metrics, and the label transform it needs."""
     units = model.output_shape[-1]
     activation = output_layer(model).get_config()["activation"]
+    if multi_label:  # several labels per image: accuracy over (image, label) pairs says little
+        loss = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
+        metrics = [
+            keras.metrics.AUC(multi_label=True, num_labels=units, name="auc"),
+            keras.metrics.Precision(name="precision"),
+            keras.metrics.Recall(name="recall"),
+        ]
+        return loss, metrics, lambda ds: ds
     if activation == "sigmoid":
         loss = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
         return loss, [keras.metrics.BinaryAccuracy(name="accuracy")], _as_float_labels
@@ -559,10 +593,11 @@ def _head_on_features(run):
 def _probe_head(model, features):
     """Sets the `predictions` layer to the linear probe (`heads.fit_probe`) of cached `(features, labels)` batches."""
     dense = output_layer(model)
-    if features is None or dense.get_config()["activation"] != "softmax":
+    multi_label = dense.get_config()["activation"] == "sigmoid" and dense.units > 1
+    if features is None or not (dense.get_config()["activation"] == "softmax" or multi_label):
         raise ValueError(
             "head_init='probe' needs cached features (no augmentation, cache_features not False) and a "
-            "softmax head. Received: head_init='probe'"
+            "softmax head (or one sigmoid per label, for several labels per image). Received: head_init='probe'"
         )
     batches = [(np.asarray(x), np.asarray(y)) for x, y in features]
     x, y = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
@@ -571,7 +606,8 @@ def _probe_head(model, features):
         raise ValueError(
             "head_init='probe' needs a head without hidden dense layers (dense_units=()). Received: head_init='probe'"
         )
-    dense.set_weights(list(fit_probe(x, y, kernel.shape[1])))  # labels are one-hot when label smoothing is on
+    # labels are one-hot when label smoothing is on; 0/1 rows (one-vs-rest regressions) for several labels
+    dense.set_weights(list(fit_probe(x, y, kernel.shape[1], multi_label=multi_label)))
     logger.info("Stage 1 starts from a logistic regression on the cached features (head_init='probe')")
 
 

@@ -41,7 +41,7 @@ def available_data():
     from keras_transfer import data
 
     try:
-        data._fashion_mnist()
+        data.fashion_mnist_arrays()
         return "fashion_mnist"
     except OSError as e:
         print(f"Fashion-MNIST is not available ({str(e).splitlines()[0][:200]}...); running the same flow on digits.")
@@ -56,7 +56,7 @@ def served_predictions(export, data, n=8):
     from keras_transfer import data as datasets
 
     if data == "fashion_mnist":
-        x, y = datasets._fashion_mnist()["test"]
+        x, y = datasets.fashion_mnist_arrays()["test"]
         names = datasets.FASHION_MNIST_CLASSES
     else:
         x, y = datasets._digits()

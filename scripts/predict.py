@@ -1,4 +1,5 @@
-"""Predict image files with an exported SavedModel or a `.keras` model: a top-k table or JSON.
+"""Predict image files with an exported SavedModel or a `.keras` model: a top-k table or JSON; for a multi-label
+model, the labels above their thresholds (from the export's metadata.json; 0.5 for a .keras file).
 
 Usage: python scripts/predict.py MODEL IMAGE_OR_FOLDER [...] [--top-k 5] [--json] [--batch-size 32]
        python scripts/predict.py --imagenet [--backbone efficientnet_lite0] IMAGE_OR_FOLDER [...]
@@ -18,7 +19,7 @@ quiet_tensorflow()  # before TensorFlow loads, so its start-up lines stay off th
 import numpy as np
 
 from keras_transfer.cli import add_verbose, backbone_arg, positive_int, script_main
-from keras_transfer.export import keras_predictor, load_predictor
+from keras_transfer.export import export_thresholds, keras_predictor, load_predictor
 from keras_transfer.images import image_files
 
 
@@ -58,6 +59,7 @@ def build_parser():
 
 def run(args):
     predict, class_names = predictor(args)
+    thresholds = None if args.imagenet else export_thresholds(args.model)
     paths, skipped = image_files(args.inputs)
     for path, reason in skipped:
         print(f"skipped {path}: {reason}", file=sys.stderr)
@@ -71,7 +73,10 @@ def run(args):
             with open(path, "rb") as f:
                 blobs.append(f.read())
         for path, probs in zip(batch, predict(blobs)):
-            top = np.argsort(-probs)[: min(args.top_k, len(probs))]
+            if thresholds is not None:  # several labels per image: those at or above their thresholds
+                top = [i for i in np.argsort(-probs) if probs[i] >= thresholds[i]]
+            else:
+                top = np.argsort(-probs)[: min(args.top_k, len(probs))]
             results.append(
                 {"path": path, "predictions": [{"label": class_names[i], "probability": float(probs[i])} for i in top]}
             )
@@ -81,6 +86,7 @@ def run(args):
     width = max(len(r["path"]) for r in results)
     for r in results:
         top = "  ".join(f"{p['label']} {p['probability']:.1%}" for p in r["predictions"])
+        top = top or ("no label above its threshold" if thresholds is not None else "")
         print(f"{r['path']:<{width}}  {top}")
     return 0
 

@@ -332,10 +332,10 @@ def test_folder_decoding_groups_jpegs_by_decode_and_gives_what_decode_image_give
         assert value.dtype == np.float32 and label == same
         np.testing.assert_array_equal(value, image.astype(np.float32))
     shuffled = images.decode_files(paths, np.arange(len(paths)), size, shuffle_seed=0)
-    passes = [list(shuffled.as_numpy_iterator()) for _ in range(150)]
+    passes = [list(shuffled.as_numpy_iterator()) for _ in range(60)]  # each pass decodes: 0.4 s
     for image, label in passes[0]:
         np.testing.assert_array_equal(image, images.image_array(blobs[label], size=size))
     orders = [tuple(int(label) for _, label in p) for p in passes]
-    assert all(sorted(order) == [0, 1, 2, 3, 4, 5, 6] for order in orders) and len(set(orders)) > 100
+    assert all(sorted(order) == [0, 1, 2, 3, 4, 5, 6] for order in orders) and len(set(orders)) > 50
     firsts = np.bincount([order[0] for order in orders], minlength=7)  # a uniform shuffle across the 4 groups:
-    assert firsts.min() > 5 and firsts.max() < 45, firsts  # each file first in about 1 of 7 passes (150 / 7 = 21)
+    assert firsts.min() >= 2 and firsts.max() <= 20, firsts  # each file first in about 1 of 7 passes (60 / 7 = 8.6)

@@ -1,0 +1,269 @@
+"""Tables (CSV files, DataFrames) as sources, and several labels per image end to end: loading and splits,
+training, evaluation and thresholds, export, the CLI."""
+
+import importlib.util
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from sklearn.metrics import average_precision_score, f1_score, hamming_loss
+
+import keras_transfer as kt
+from keras_transfer import cli
+from keras_transfer.evaluation import linear_probe, tune_thresholds
+from keras_transfer.export import export_onnx, export_thresholds
+
+COLOURS = ("blue", "green", "red")  # sorted: the label ids
+
+
+@pytest.fixture(scope="module")
+def tagged(tmp_path_factory):
+    """36 PNGs whose colour channels carry their labels (a subset of red, green, blue, never none), and
+    `tags.csv`: `file` (relative), `tags` (space-separated), `single` (one label), `split`."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("tagged")
+    (root / "img").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(36):
+        present = [c for c in COLOURS if rng.random() < 0.5] or [COLOURS[i % 3]]
+        pixels = rng.integers(0, 60, (40, 40, 3), dtype=np.uint8)
+        for c in present:
+            pixels[..., ("red", "green", "blue").index(c)] += 180
+        Image.fromarray(pixels).save(root / "img" / f"{i}.png")
+        split = "test" if i % 6 == 0 else "val" if i % 6 == 1 else "train"
+        rows.append({"file": f"img/{i}.png", "tags": " ".join(present), "single": present[0], "split": split})
+    pd.DataFrame(rows).to_csv(root / "tags.csv", index=False)
+    return root
+
+
+def _labels(dataset):
+    return np.concatenate([np.asarray(y) for _, y in dataset])
+
+
+def test_a_csv_of_names_loads_like_a_folder_and_lists_the_rows_it_left_out(tagged, tmp_path):
+    table = pd.read_csv(tagged / "tags.csv")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    extra = [
+        {"file": "img/nope.png", "single": "red"},
+        {"file": str(tmp_path / "broken.png"), "single": "red"},  # absolute paths stay as they are
+        {"file": "img/3.png", "single": "green"},
+        {"file": "img/4.png", "single": ""},
+    ]
+    pd.concat([table, pd.DataFrame(extra)]).to_csv(tagged / "more.csv", index=False)
+    train, val, test, info = kt.load_dataset(
+        tagged / "more.csv", label_column="single", image_size=24, batch_size=4, validation_split=0.25, seed=1
+    )
+    reasons = {reason for _, reason in info.skipped}
+    assert reasons == {
+        "row 38: file missing",
+        "row 39: truncated PNG (no IEND chunk)",
+        f"row 40: duplicate of row 5 ({'the same' if table['single'][3] == 'green' else 'another'} label)",
+        "row 41: empty label",
+    }
+    assert info.class_names == sorted(set(table["single"])) and not info.multi_label
+    for split, ds in (("train", train), ("validation", val)):
+        labels = _labels(ds)
+        assert {name: int(np.sum(labels == i)) for i, name in enumerate(info.class_names)} == info.counts[split]
+        assert len(labels) == info.sizes[split]
+    assert test is None and info.sizes["train"] + info.sizes["validation"] == 36
+
+
+def test_a_dataframe_with_integer_labels_a_root_and_a_split_column(tagged):
+    table = pd.read_csv(tagged / "tags.csv")
+    table["class_id"] = [10 * (1 + COLOURS.index(s)) for s in table["single"]]
+    train, val, test, info = kt.load_dataset(
+        table, root=tagged, path_column="file", label_column="class_id", split_column="split", image_size=24
+    )
+    assert info.source == "dataframe"
+    assert info.class_names == ["10", "20", "30"] and info.label_map == {10: 0, 20: 1, 30: 2}
+    assert info.sizes == {"train": 24, "validation": 6, "test": 6}  # as the column says
+    assert sorted(_labels(test).tolist()) == sorted(COLOURS.index(s) for s in table["single"][table["split"] == "test"])
+
+
+@pytest.mark.parametrize(
+    "change, options, message",
+    [
+        (None, {"label_column": "nope"}, "has no column 'nope'; its columns: file, tags, single, split"),
+        (
+            None,
+            {"path_column": None, "label_column": "single", "split_column": "single"},
+            "Row 0, column 'single': split 'green' is not one of train",
+        ),
+        (
+            lambda t: t.assign(single=["1"] + list(t["single"][1:])),
+            {"label_column": "single"},
+            "both numbers and names",
+        ),
+        (None, {"label_column": "tags", "label_delimiter": ","}, "the cells hold ' ': pass label_delimiter=' '"),
+        (lambda t: t.assign(red=["yes"] + [0] * 35, blue=0), {"label_columns": ["red", "blue"]}, "'yes' is not 0 or 1"),
+        (lambda t: t.rename(columns={"file": "where"}), {"label_column": "single"}, "No image path column"),
+        (lambda t: t.iloc[:0], {"label_column": "single"}, "has no rows"),
+    ],
+)
+def test_bad_tables_are_refused_naming_the_row_the_column_or_the_value(tagged, change, options, message):
+    table = pd.read_csv(tagged / "tags.csv")
+    table = change(table) if change else table
+    with pytest.raises(ValueError, match=re.escape(message)):
+        kt.load_dataset(table, root=tagged, **options)
+
+
+def test_a_csv_that_is_not_utf8_and_table_options_on_a_folder(tagged, tmp_path, colour_folder):
+    (tmp_path / "latin.csv").write_bytes("file,label\nimg/0.png,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"not UTF-8 text: byte b'\\xe9' on line 2"):
+        kt.load_dataset(tmp_path / "latin.csv")
+    with pytest.raises(ValueError, match="label_delimiter only apply to a table source"):
+        kt.load_dataset(colour_folder, label_delimiter=" ")
+
+
+def test_several_labels_per_image_give_k_hot_batches_and_iterative_splits(tagged):
+    train, val, test, info = kt.load_dataset(
+        tagged / "tags.csv", label_column="tags", label_delimiter=" ", image_size=24, batch_size=5, test_split=0.25
+    )
+    assert info.multi_label and info.class_names == list(COLOURS)
+    assert f"multi-label: 3 labels, {sum(sum(c.values()) for c in info.counts.values()) / 36:.1f} per image" in str(
+        info
+    )
+    images, labels = next(iter(train))
+    assert labels.dtype == tf.float32 and labels.shape == (5, 3) and set(np.unique(labels)) <= {0.0, 1.0}
+    for split, ds in (("train", train), ("validation", val), ("test", test)):
+        sums = _labels(ds).sum(axis=0)
+        assert dict(zip(COLOURS, sums.astype(int).tolist())) == info.counts[split]
+        assert all(sums > 0), (split, sums)  # every label in every split
+    total = {c: sum(info.counts[s][c] for s in info.counts) for c in COLOURS}
+    for c in COLOURS:  # each label's share of the test split is its share of all images, within one image
+        assert abs(info.counts["test"][c] - 0.25 * total[c]) <= 1.5, (c, info.counts, total)
+
+
+def test_labels_per_class_counts_images_per_label_and_label_columns(tagged):
+    table = pd.read_csv(tagged / "tags.csv")
+    for c in COLOURS:
+        table[c] = [int(c in tags.split()) for tags in table["tags"]]
+    _, _, _, info = kt.load_dataset(
+        table, root=tagged, label_columns=list(COLOURS), labels_per_class=3, validation_split=0.0, image_size=24
+    )
+    assert info.multi_label and info.class_names == list(COLOURS)
+    assert all(n >= 3 for n in info.counts["train"].values()) and info.sizes["train"] < 9
+
+
+def test_arrays_with_a_zero_one_matrix_are_several_labels_per_image(rgb_images):
+    y = np.random.default_rng(0).integers(0, 2, (20, 4))
+    train, _, _, info = kt.load_dataset((rgb_images(20, 16), y), image_size=16, batch_size=20, validation_split=0)
+    assert info.multi_label and info.num_classes == 4
+    np.testing.assert_array_equal(np.sort(_labels(train), axis=0), np.sort(y.astype(np.float32), axis=0))
+
+
+@pytest.fixture(scope="module")
+def trained(tagged, tmp_path_factory):
+    """A small sigmoid model fine-tuned (LP-FT: probe head on cached features, then all layers) on `tagged`."""
+    train, val, test, info = kt.load_dataset(
+        tagged / "tags.csv", label_column="tags", label_delimiter=" ", split_column="split", image_size=32, batch_size=6
+    )
+    model = kt.build_model("small_cnn", 3, input_shape=32, weights=None, activation="sigmoid")
+    run_dir = tmp_path_factory.mktemp("run")
+    stages = dict(head_epochs=2, fine_tune_epochs=1, unfreeze="all", head_init="probe")
+    history = kt.fine_tune(model, train, val, run_dir=run_dir, verbose=0, **stages)
+    return model, train, val, test, info, history
+
+
+def test_fine_tune_trains_several_labels_with_binary_cross_entropy_and_their_metrics(trained):
+    model, train, val, _, _, history = trained
+    assert {"auc", "precision", "recall", "val_auc", "loss"} <= set(
+        history.history
+    ) and "accuracy" not in history.history
+    assert history.epoch == [0, 1, 2] and all(np.isfinite(history.history["loss"]))
+    assert linear_probe(model, train, val) > 0.5  # mAP of one-vs-rest probes: colours are easy
+
+
+def test_a_head_that_does_not_fit_the_labels_is_refused_before_training(trained, colour_folder):
+    _, train, _, _, _, _ = trained
+    softmax = kt.build_model("small_cnn", 3, input_shape=32, weights=None)
+    with pytest.raises(ValueError, match="head is softmax.*activation='sigmoid'"):
+        kt.fine_tune(softmax, train, head_epochs=1, fine_tune_epochs=0, verbose=0)
+    single, _, _, _ = kt.load_dataset(colour_folder, image_size=32, batch_size=6)
+    sigmoid = kt.build_model("small_cnn", 3, input_shape=32, weights=None, activation="sigmoid")
+    with pytest.raises(ValueError, match="one integer per image: build it with activation='softmax'"):
+        kt.fine_tune(sigmoid, single, head_epochs=1, fine_tune_epochs=0, verbose=0)
+
+
+def test_evaluate_gives_the_multi_label_metrics_scikit_learn_gives(trained, tmp_path):
+    model, _, val, test, info, _ = trained
+    thresholds = tune_thresholds(model, val)
+    probs = np.concatenate([model.predict_on_batch(x) for x, _ in test])
+    truth = _labels(test).astype(int)
+    report = kt.evaluate(model, test, info.class_names, thresholds=thresholds, output_dir=tmp_path)
+    predicted = (probs >= np.array(thresholds)).astype(int)
+    present = truth.sum(axis=0) > 0
+    assert report.mean_average_precision == pytest.approx(
+        average_precision_score(truth[:, present], probs[:, present]), abs=1e-6
+    )
+    assert report.macro["f1"] == pytest.approx(
+        f1_score(truth[:, present], predicted[:, present], average="macro", zero_division=0), abs=1e-6
+    )
+    assert report.hamming_loss == pytest.approx(hamming_loss(truth, predicted))
+    assert report.subset_accuracy == pytest.approx(np.mean((predicted == truth).all(axis=1)))
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["multi_label"] and saved["thresholds"] == pytest.approx(thresholds)
+    page = (tmp_path / "report.html").read_text()
+    assert page.index('id="map"') < page.index("<h2>Settings</h2>") and "Precision-recall curves" in page
+    assert (tmp_path / "pr_curves.png").is_file() and "mAP" in (tmp_path / "report.txt").read_text()
+
+
+def test_tuned_thresholds_give_each_label_its_best_f1_on_the_images_tuned_on(trained):
+    model, _, val, _, info, _ = trained
+    thresholds = tune_thresholds(model, val)
+    tuned = kt.evaluate(model, val, thresholds=thresholds)
+    for t in (0.2, 0.5, 0.8):
+        other = kt.evaluate(model, val, thresholds=t)
+        for name in tuned.per_class:
+            assert tuned.per_class[name]["f1"] >= other.per_class[name]["f1"] - 1e-9, (name, t)
+    with pytest.raises(ValueError, match="one number or 3 numbers"):
+        kt.evaluate(model, val, thresholds=[0.5, 0.5])
+
+
+def test_a_multi_label_export_returns_what_is_predicted_at_its_thresholds(trained, tmp_path):
+    model, _, _, test, info, _ = trained
+    thresholds = [0.3, 0.5, 0.7]
+    version = kt.export_saved_model(model, tmp_path / "export", class_names=info.class_names, thresholds=thresholds)
+    images = next(iter(test))[0]
+    out = tf.saved_model.load(version).signatures["serving_default"](images=images)
+    assert set(out) == {"probabilities", "predicted"} and out["predicted"].dtype == tf.int32
+    np.testing.assert_array_equal(out["predicted"].numpy(), (out["probabilities"].numpy() >= thresholds).astype(int))
+    metadata = json.loads((tmp_path / "export" / os.path.basename(version) / "metadata.json").read_text())
+    assert metadata["multi_label"] and metadata["thresholds"] == thresholds
+    assert export_thresholds(tmp_path / "export") == thresholds
+    single = kt.build_model("small_cnn", 3, input_shape=32, weights=None)
+    with pytest.raises(ValueError, match="thresholds apply to a multi-label model"):
+        export_onnx(single, tmp_path / "m.onnx", thresholds=0.5)
+
+
+def test_the_cli_trains_tunes_evaluates_and_exports_a_multi_label_csv(tagged, tmp_path, capsys):
+    args = ["--data", str(tagged / "tags.csv"), "--label-column", "tags", "--label-delimiter", " "]
+    args += ["--split-column", "split", "--backbone", "small_cnn", "--weights", "none", "--image-size", "32"]
+    args += ["--batch-size", "6", "--head-epochs", "1", "--fine-tune-epochs", "1", "--unfreeze", "all"]
+    args += ["--output", str(tmp_path / "run"), "--export", str(tmp_path / "export")]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "multi-label: 3 labels" in out.splitlines()[0]
+    assert "Thresholds tuned on the validation split (highest F1 per label): blue " in out
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert f"mAP {report['mean_average_precision']:.4f}" in out
+    metadata = json.loads((tmp_path / "export" / "1" / "metadata.json").read_text())
+    assert metadata["thresholds"] == pytest.approx(report["thresholds"]) and metadata["metrics"]["split"] == "test"
+    spec = importlib.util.spec_from_file_location("predict", Path(__file__).parents[1] / "scripts" / "predict.py")
+    predict = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(predict)
+    images = [str(tagged / "img" / f"{i}.png") for i in range(3)]
+    assert predict.main([str(tmp_path / "export"), *images, "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    served = tf.saved_model.load(str(tmp_path / "export" / "1")).signatures["serve_bytes"]
+    for result, path in zip(results, images, strict=True):  # the labels at or above their thresholds, no others
+        probs = served(image_bytes=tf.constant([Path(path).read_bytes()]))["probabilities"].numpy()[0]
+        expected = [COLOURS[j] for j in np.argsort(-probs) if probs[j] >= metadata["thresholds"][j]]
+        assert [p["label"] for p in result["predictions"]] == expected
