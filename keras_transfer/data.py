@@ -416,7 +416,7 @@ def _check_arrays(x, y):
             "x must have shape (n, height, width) or (n, height, width, channels) with 1, 3 or 4 channels. "
             f"Received: x.shape={x.shape}"
         )
-    multi = y.ndim == 2 and len(y) == len(x) and y.size and np.isin(y, (0, 1)).all()
+    multi = y.ndim == 2 and y.shape[1] >= 2 and len(y) == len(x) and np.isin(y, (0, 1)).all()
     if not multi and (y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer)):
         raise ValueError(
             "y must be one integer label per image, or a 0/1 matrix of shape (images, classes) for several labels "

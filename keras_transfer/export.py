@@ -22,6 +22,8 @@ from keras_transfer.terminal import native_logs_hidden
 
 logger = logging.getLogger(__name__)
 
+TFLITE_METADATA = "keras_transfer"  # the name of the metadata entry export_tflite writes
+
 
 def export_saved_model(model, export_dir, *, version=None, class_names=None, metadata=None, thresholds=None):
     """Writes `model` as a SavedModel version that TF Serving can load.
@@ -141,14 +143,19 @@ def _input_size(model):
     return size
 
 
-def export_tflite(model, path, *, quantize=None):
+def export_tflite(model, path, *, quantize=None, class_names=None, thresholds=None):
     """Converts `model` to a TensorFlow Lite flatbuffer taking float32 images at the model's input size.
+
+    The backbone, input size, preprocessing, class names and (multi-label) thresholds are in the file's metadata,
+    under the name `keras_transfer` (`tflite_metadata(path)` reads them).
 
     Args:
         model: a model from `build_model` with a fixed input size.
         path: the `.tflite` file to write (written to a temporary file and renamed).
         quantize: None for float32 weights, or `"dynamic"` for dynamic-range quantization (int8 weights, float
             activations: about 4x smaller).
+        class_names: optional class names, in label order, for the metadata.
+        thresholds: a multi-label model's per-label thresholds, for the metadata (as `export_saved_model`).
 
     Returns:
         The size of the written file in bytes.
@@ -159,6 +166,7 @@ def export_tflite(model, path, *, quantize=None):
     if quantize not in (None, "dynamic"):
         raise ValueError(f"quantize must be None or 'dynamic'. Received: quantize={quantize!r}")
     height, width = _input_size(model)
+    facts = _metadata(model, class_names, {"input": "images: float32 RGB 0-255"}, _thresholds(model, thresholds))
     # Through a SavedModel: converting a concrete function of a Keras 3 model directly gave NaN outputs (TF 2.21).
     with tempfile.TemporaryDirectory(prefix="keras_transfer_tflite_") as saved:
         archive = keras.export.ExportArchive()
@@ -172,11 +180,38 @@ def export_tflite(model, path, *, quantize=None):
         converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["serving_default"])
         if quantize == "dynamic":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        flatbuffer = converter.convert()
+        flatbuffer = _with_tflite_metadata(converter.convert(), facts)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(flatbuffer)
     logger.info("Wrote %s (%d bytes)", path, len(flatbuffer))
     return len(flatbuffer)
+
+
+def _with_tflite_metadata(flatbuffer, facts):
+    """The flatbuffer with `facts` as JSON in a metadata entry named `TFLITE_METADATA`."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    tflite = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(facts).encode(), np.uint8)
+    tflite.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = TFLITE_METADATA, len(tflite.buffers) - 1
+    tflite.metadata = [*(tflite.metadata or []), entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(tflite))
+
+
+def tflite_metadata(path):
+    """The facts `export_tflite` wrote into a `.tflite` file (class names, thresholds, ...), or {} if none."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    tflite = flatbuffer_utils.read_model(os.fspath(path))
+    for entry in tflite.metadata or []:
+        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+        if name == TFLITE_METADATA:
+            return json.loads(bytes(tflite.buffers[entry.buffer].data))
+    return {}
 
 
 def export_onnx(model, path, *, class_names=None, thresholds=None):

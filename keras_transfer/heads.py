@@ -77,7 +77,7 @@ def check_thresholds(thresholds, num_labels):
     """Per-label thresholds as a float array of `num_labels`: one number for all (default 0.5) or one per label,
     each in (0, 1); otherwise a ValueError naming them."""
     values = np.asarray(0.5 if thresholds is None else thresholds, dtype=float)
-    values = np.full(num_labels, float(values)) if values.ndim == 0 else values
+    values = np.full(num_labels, float(values.reshape(-1)[0])) if values.size == 1 else values
     if values.shape != (num_labels,) or not np.all((values > 0) & (values < 1)):
         raise ValueError(
             f"thresholds must be one number or {num_labels} numbers (one per label), each in (0, 1). "

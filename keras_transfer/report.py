@@ -286,8 +286,11 @@ def _data(files):
         [_cell(name)] + [_cell(int(data["counts"][s].get(name, 0)), split=s, cls=name) for s in splits]
         for name in data["class_names"]
     ]
-    text = f"<h2>Data</h2><p>{html.escape(str(data['source']))}, images at {data['image_size']}</p>"
-    text += _table(["class"] + splits, rows)
+    text = f"<h2>Data</h2><p>{html.escape(str(data['source']))}, images at {data['image_size']}"
+    if data.get("multi_label"):  # counts are of the images carrying each label
+        sizes = ", ".join(f"{s} {n}" for s, n in (data.get("sizes") or {}).items() if n)
+        text += f"; several labels per image: the images carrying each label ({sizes} images)"
+    text += "</p>" + _table(["label" if data.get("multi_label") else "class"] + splits, rows)
     skipped = data.get("skipped") or []
     text += f"<p>{len(skipped)} file{'s' if len(skipped) != 1 else ''} skipped</p>"
     if skipped:

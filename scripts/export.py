@@ -2,6 +2,7 @@
 
 Usage: python scripts/export.py MODEL.keras [--saved-model DIR] [--version N] [--labels labels.txt]
                                 [--tflite FILE.tflite] [--quantize none|dynamic] [--onnx FILE.onnx]
+                                [--thresholds T [T ...]]   (a multi-label model's, e.g. from its report.json)
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ def build_parser():
     parser.add_argument("--tflite", help="write a TensorFlow Lite file here")
     parser.add_argument("--quantize", choices=["none", "dynamic"], default="none", help="TFLite quantization")
     parser.add_argument("--onnx", help="write an ONNX file here (float32 RGB 0-255 input, preprocessing inside)")
+    parser.add_argument(
+        "--thresholds",
+        nargs="+",
+        type=float,
+        help="a multi-label model's per-label thresholds (one, or one per label; default 0.5), for every export",
+    )
     return add_verbose(parser)
 
 
@@ -42,15 +49,14 @@ def run(args):
         with open(args.labels) as f:
             class_names = [line.strip() for line in f if line.strip()]
     model = load_model(args.model)
+    labels = {"class_names": class_names, "thresholds": args.thresholds}
     if args.saved_model:
-        print(
-            f"SavedModel: {export_saved_model(model, args.saved_model, version=args.version, class_names=class_names)}"
-        )
+        print(f"SavedModel: {export_saved_model(model, args.saved_model, version=args.version, **labels)}")
     if args.tflite:
-        size = export_tflite(model, args.tflite, quantize=None if args.quantize == "none" else args.quantize)
+        size = export_tflite(model, args.tflite, quantize=None if args.quantize == "none" else args.quantize, **labels)
         print(f"TFLite: {args.tflite} ({size / 1e6:.1f} MB, quantize={args.quantize})")
     if args.onnx:
-        print(f"ONNX: {export_onnx(model, args.onnx, class_names=class_names)}")
+        print(f"ONNX: {export_onnx(model, args.onnx, **labels)}")
     return 0
 
 

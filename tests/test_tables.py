@@ -16,7 +16,7 @@ from sklearn.metrics import average_precision_score, f1_score, hamming_loss
 import keras_transfer as kt
 from keras_transfer import cli
 from keras_transfer.evaluation import linear_probe, tune_thresholds
-from keras_transfer.export import export_onnx, export_thresholds
+from keras_transfer.export import export_onnx, export_tflite, export_thresholds, tflite_metadata
 
 COLOURS = ("blue", "green", "red")  # sorted: the label ids
 
@@ -150,6 +150,11 @@ def test_labels_per_class_counts_images_per_label_and_label_columns(tagged):
     )
     assert info.multi_label and info.class_names == list(COLOURS)
     assert all(n >= 3 for n in info.counts["train"].values()) and info.sizes["train"] < 9
+    train, _, _, info = kt.load_dataset(
+        table, root=tagged, label_columns=list(COLOURS), classes=["red", "blue"], validation_split=0, image_size=24
+    )
+    assert info.class_names == ["blue", "red"] and info.sizes["train"] == 36  # images with neither stay, label-less
+    np.testing.assert_array_equal(_labels(train).sum(axis=0), [table["blue"].sum(), table["red"].sum()])
 
 
 def test_arrays_with_a_zero_one_matrix_are_several_labels_per_image(rgb_images):
@@ -238,6 +243,17 @@ def test_a_multi_label_export_returns_what_is_predicted_at_its_thresholds(traine
     metadata = json.loads((tmp_path / "export" / os.path.basename(version) / "metadata.json").read_text())
     assert metadata["multi_label"] and metadata["thresholds"] == thresholds
     assert export_thresholds(tmp_path / "export") == thresholds
+    export_tflite(model, tmp_path / "m.tflite", class_names=info.class_names, thresholds=thresholds)
+    facts = tflite_metadata(tmp_path / "m.tflite")
+    assert facts["multi_label"] and facts["thresholds"] == thresholds and facts["class_names"] == info.class_names
+    interpreter = tf.lite.Interpreter(model_path=str(tmp_path / "m.tflite"))  # the metadata leaves it runnable
+    index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(index, images.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(index, images.numpy())
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(got, model.predict_on_batch(images), atol=1e-5)
     single = kt.build_model("small_cnn", 3, input_shape=32, weights=None)
     with pytest.raises(ValueError, match="thresholds apply to a multi-label model"):
         export_onnx(single, tmp_path / "m.onnx", thresholds=0.5)
