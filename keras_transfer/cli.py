@@ -52,6 +52,8 @@ FLAGS = {  # group -> RunConfig fields shown as flags, in order
         "label_smoothing",
         "train_batchnorm",
         "head_init",
+        "class_weight",
+        "layer_decay",
         "early_stopping",
         "cache_features",
         "compare_scratch",
@@ -88,6 +90,10 @@ HELP = {
     "fine_tune_epochs": "stage-2 epochs: the unfrozen part of the backbone too",
     "unfreeze": f"stage-2 policy: one of {', '.join(POLICIES)}",
     "head_init": "probe: stage 1 starts from a logistic regression on the cached features (LP-FT)",
+    "class_weight": "balanced: weigh each class by n_images / (n_classes x its images), in both stages (several "
+    "labels per image: each label's positives by its negatives / positives)",
+    "layer_decay": "stage-2 layer-wise rates: the top backbone stage at this factor of the head's rate, each stage "
+    "below at this factor of the one above (1: off)",
     "train_batchnorm": "stage 2 also trains BatchNormalization (training from scratch); statistics recomputed",
     "early_stopping": "stop after this many epochs without val_loss improvement (0: off)",
     "cache_features": "compute the frozen backbone's features once for stage 1",
@@ -110,6 +116,7 @@ CHOICES = {
     "xla": ["auto", "on", "off"],
     "cache_features": ["auto", "true", "false"],
     "head_init": ["none", "probe"],
+    "class_weight": ["none", "balanced"],
 }
 DEFAULT_TEXT = {
     "image_size": "the backbone's",
@@ -296,6 +303,8 @@ def config_from_args(parser, args):
         allowed = "> 0" if name in POSITIVE else ">= 0" if name in NON_NEGATIVE else "in [0, 1)"
         if value is not None and (value <= 0 if name in POSITIVE else value < 0 or (name in FRACTIONS and value >= 1)):
             parser.error(f"argument --{name.replace('_', '-')}: invalid value {value!r}: must be {allowed}")
+    if not 0 < config.layer_decay <= 1:
+        parser.error(f"argument --layer-decay: invalid value {config.layer_decay!r}: must be in (0, 1]")
     return config
 
 

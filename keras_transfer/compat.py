@@ -27,6 +27,7 @@ TARGETS = {  # "module:attribute.path" -> SHA-256 prefix of its source under CHE
     "keras.src.layers.layer:Layer._track_variable": "2f03e5ffbfe1d662",
     "keras.src.layers.layer:Layer._build_at_init": "dc6e5ba48ae65d7c",
     "tensorflow.python.trackable.base:Trackable._trackable_children": "215ee46a59b2d9e4",
+    "keras.src.optimizers.base_optimizer:BaseOptimizer._get_variable_index": "c4cd541aea39e6e2",
 }
 # The Keras versions setup.cfg allows: the one these fingerprints were taken on and its patch releases, where
 # `target` still compares each source before use. tests/test_compat.py checks setup.cfg says the same.
@@ -92,6 +93,23 @@ def trackable_children(node):
 def flatten_layers(layer):
     """Every layer nested inside `layer` (sub-models and layers held by layers), without `layer` itself."""
     return list(target("keras.src.layers.layer:Layer._flatten_layers")(layer, include_self=False))
+
+
+def scale_updates(optimizer, scales):
+    """Makes `optimizer` scale each variable's update by `scales[variable.path]` (1 for a path not there), by
+    scaling the learning rate its `update_step` applies (the documented method optimizers implement; every Keras
+    optimizer's update is proportional to it). The variable `update_step` receives is the backend's (a
+    `tf.Variable`, per replica under a strategy); `BaseOptimizer._get_variable_index` maps it to the Keras variable
+    whose path it is. AdamW's decoupled weight decay is applied outside `update_step` and is not scaled."""
+    index = target("keras.src.optimizers.base_optimizer:BaseOptimizer._get_variable_index")
+    update_step = optimizer.update_step
+
+    def scaled_update_step(gradient, variable, learning_rate):
+        path = optimizer._trainable_variables[index(optimizer, variable)].path
+        return update_step(gradient, variable, learning_rate * scales.get(path, 1.0))
+
+    optimizer.update_step = scaled_update_step
+    return optimizer
 
 
 def in_safe_mode():

@@ -54,6 +54,8 @@ class RunConfig:
     label_smoothing: float = 0.0
     train_batchnorm: bool = False  # stage 2 trains BatchNormalization too (from scratch), statistics recomputed
     head_init: str = "none"  # "probe": stage 1 starts from a logistic regression on the cached features (LP-FT)
+    class_weight: str = "none"  # "balanced": classes weighted by n / (n_classes * n_class), in both stages
+    layer_decay: float = 1.0  # stage 2: each backbone stage below the head at this factor of the rate above it
     early_stopping: int = 0  # patience in epochs; 0 turns it off
     cache_features: str = "auto"
     compare_scratch: bool = False  # also train the same model from random weights on the same data, compare

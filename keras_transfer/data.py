@@ -221,6 +221,7 @@ def load_dataset(
     if not info.sizes["train"]:
         raise ValueError(f"No training images left in {records.name!r} after the class selection and splits.")
     _warn_missing_classes(info.counts)
+    _warn_imbalance(info.counts["train"])
     logger.debug("%s", info)
     return datasets["train"], datasets["validation"], datasets["test"], info
 
@@ -238,6 +239,24 @@ def _selected_labels(records, keep_ids):
     relabel = np.full(len(records.class_names), -1, dtype=np.int64)
     relabel[keep_ids] = np.arange(len(keep_ids))
     return {split: relabel[labels] for split, labels in records.labels.items()}
+
+
+def _warn_imbalance(counts, ratio=10):
+    """Warns when the largest training class has at least `ratio` times the images of the smallest."""
+    present = {name: n for name, n in counts.items() if n}
+    if len(present) < 2:
+        return
+    largest, smallest = max(present, key=present.get), min(present, key=present.get)
+    if present[largest] >= ratio * present[smallest]:
+        logger.warning(
+            "The training classes are imbalanced: %r has %d images, %r %d (%.0fx). Consider "
+            "fine_tune(..., class_weight='balanced') (CLI: --class-weight balanced).",
+            largest,
+            present[largest],
+            smallest,
+            present[smallest],
+            present[largest] / present[smallest],
+        )
 
 
 def _warn_missing_classes(counts):

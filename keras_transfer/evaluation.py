@@ -19,6 +19,8 @@ from keras_transfer.runs import run_file
 
 logger = logging.getLogger(__name__)
 
+TTA = (None, "flip")  # test-time augmentations `evaluate` offers
+
 
 @dataclasses.dataclass
 class EvaluationReport:
@@ -34,6 +36,8 @@ class EvaluationReport:
     confusion: list  # confusion[true][predicted]
     num_examples: int
     absent: list = dataclasses.field(default_factory=list)  # classes without images here: not in the macro average
+    balanced_accuracy: float = 0.0  # the mean recall of the classes present (macro recall): imbalance-proof
+    tta: str | None = None  # test-time augmentation the probabilities were averaged over
 
     headline_name = "accuracy"
 
@@ -47,7 +51,8 @@ class EvaluationReport:
     def __str__(self):
         width = max(12, *(len(n) for n in self.class_names))
         lines = [
-            f"{self.num_examples} examples: loss {self.loss:.4f}, accuracy {self.accuracy:.2%}"
+            f"{self.num_examples} examples{_tta_text(self.tta)}: loss {self.loss:.4f}, accuracy {self.accuracy:.2%}, "
+            f"balanced accuracy {self.balanced_accuracy:.2%}, macro F1 {self.macro['f1']:.4f}"
             + "".join(f", top-{k} {v:.2%}" for k, v in self.top_k.items()),
             "",
             f"{'class':<{width}} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}",
@@ -79,6 +84,7 @@ class MultiLabelReport:
     num_examples: int
     absent: list = dataclasses.field(default_factory=list)  # labels without images here: not in the averages
     multi_label: bool = True
+    tta: str | None = None  # test-time augmentation the probabilities were averaged over
 
     headline_name = "mAP"
 
@@ -92,7 +98,8 @@ class MultiLabelReport:
     def __str__(self):
         width = max(12, *(len(n) for n in self.class_names))
         lines = [
-            f"{self.num_examples} examples, {len(self.class_names)} labels: mAP {self.mean_average_precision:.4f}, "
+            f"{self.num_examples} examples{_tta_text(self.tta)}, {len(self.class_names)} labels: mAP "
+            f"{self.mean_average_precision:.4f}, "
             f"macro F1 {self.macro['f1']:.4f}, micro F1 {self.micro['f1']:.4f}, subset accuracy "
             f"{self.subset_accuracy:.2%}, Hamming loss {self.hamming_loss:.4f}, loss {self.loss:.4f}",
             "",
@@ -113,7 +120,11 @@ class MultiLabelReport:
         return "\n".join(lines)
 
 
-def evaluate(model, dataset, class_names=None, *, output_dir=None, thresholds=None):
+def _tta_text(tta):
+    return f" (test-time augmentation: {tta}, the probabilities of each image and its mirror averaged)" if tta else ""
+
+
+def evaluate(model, dataset, class_names=None, *, output_dir=None, thresholds=None, tta=None):
     """Evaluates a classifier and, with `output_dir`, writes `report.json`, `report.txt`, `confusion.png` (one
     label per image) or `pr_curves.png` (several), `predictions.npz`, `examples/` and `report.html` (see
     `keras_transfer.report`).
@@ -128,6 +139,8 @@ def evaluate(model, dataset, class_names=None, *, output_dir=None, thresholds=No
             second pass over `dataset`, so give one that repeats its order (as `load_dataset`'s evaluation splits do).
         thresholds: several labels per image only: a label is predicted when its probability reaches its
             threshold; one number or one per label (default 0.5; `tune_thresholds` picks them on validation).
+        tta: None, or `"flip"`: test-time augmentation, each image's probabilities averaged with those of its
+            left-right mirror (the report says so).
 
     Returns:
         An `EvaluationReport`, or a `MultiLabelReport` for several labels per image.
@@ -136,7 +149,7 @@ def evaluate(model, dataset, class_names=None, *, output_dir=None, thresholds=No
         ValueError: if the dataset is empty, `class_names` or `thresholds` do not match the model's outputs, or
             the labels do not fit the model's head.
     """
-    probs, labels = predictions(model, dataset)
+    probs, labels = predictions(model, dataset, tta=tta)
     num_classes = probs.shape[1]
     class_names = [str(i) for i in range(num_classes)] if class_names is None else [str(c) for c in class_names]
     if len(class_names) != num_classes:
@@ -152,6 +165,7 @@ def evaluate(model, dataset, class_names=None, *, output_dir=None, thresholds=No
         raise ValueError(f"Labels must be in 0..{num_classes - 1}; found {labels.min()}..{labels.max()}.")
     else:
         report = _report(probs, labels, class_names)
+    report.tta = tta
     if output_dir:
         write_report(report, output_dir, probs, labels)
         save_examples(model, dataset, probs, labels, output_dir, getattr(report, "thresholds", None))
@@ -159,10 +173,13 @@ def evaluate(model, dataset, class_names=None, *, output_dir=None, thresholds=No
     return report
 
 
-def predictions(model, dataset):
+def predictions(model, dataset, *, tta=None):
     """`(probabilities, labels)` of `model` over `dataset`, as float64 `(n, classes)` and the labels as they come:
     `(n,)` integers, or `(n, labels)` 0/1 for several labels per image (checked against the model's outputs). One
-    sigmoid unit (binary) gives two columns, P(class 0) and P(class 1)."""
+    sigmoid unit (binary) gives two columns, P(class 0) and P(class 1). `tta="flip"` averages each image's
+    probabilities with its mirror's."""
+    if tta not in TTA:
+        raise ValueError(f"tta must be one of {', '.join(map(str, TTA))}. Received: tta={tta!r}")
     if dataset is None:
         raise ValueError(
             "No dataset to evaluate (None): load_dataset returns None for a split it was not asked for; "
@@ -171,6 +188,9 @@ def predictions(model, dataset):
     probs, labels = [], []
     for images, y in dataset:  # predict_on_batch: Keras's graph function, traced once (eager calls held ~1 GB more)
         probs.append(np.asarray(model.predict_on_batch(images), dtype=np.float64))
+        if tta == "flip":
+            mirrored = np.asarray(model.predict_on_batch(np.asarray(images)[:, :, ::-1]), dtype=np.float64)
+            probs[-1] = (probs[-1] + mirrored) / 2
         y = np.asarray(y)
         labels.append(y.astype(np.float64) if y.ndim == 2 and y.shape[1] > 1 else y.reshape(-1).astype(np.int64))
     if not probs:
@@ -319,13 +339,15 @@ def _report(probs, labels, class_names):
         )
         return {"precision": float(ap), "recall": float(ar), "f1": float(af), "support": len(labels)}
 
+    macro = average("macro")
     return EvaluationReport(
         loss=loss,
         accuracy=float(np.mean(predicted == labels)),
+        balanced_accuracy=macro["recall"],
         top_k=top_k,
         class_names=list(class_names),
         per_class=per_class,
-        macro=average("macro"),
+        macro=macro,
         weighted=average("weighted"),
         confusion=confusion_matrix(labels, predicted, labels=range(n)).tolist(),
         num_examples=len(labels),

@@ -337,12 +337,14 @@ def _metadata(model, class_names, extra, thresholds=None):
     return facts
 
 
-def load_predictor(path):
+def load_predictor(path, *, tta=None):
     """Loads an export or a `.keras` model for prediction on encoded images.
 
     Args:
         path: a SavedModel version folder, a base folder of numbered versions (the newest is used), or a
             `.keras` file.
+        tta: None, or `"flip"`: average each image's probabilities with its left-right mirror's (the images are
+            decoded here, by the one decoder, at the model's input size).
 
     Returns:
         `(predict, class_names)`: `predict(list_of_encoded_images) -> probabilities` as a NumPy array
@@ -353,22 +355,35 @@ def load_predictor(path):
     """
     if path.endswith(".keras") and os.path.isfile(path):
         model = load_model(path)
-        return keras_predictor(model), [str(i) for i in range(model.output_shape[-1])]
+        return keras_predictor(model, tta=tta), [str(i) for i in range(model.output_shape[-1])]
     version = _newest_version(path)
     if not os.path.exists(os.path.join(version, "saved_model.pb")):
         raise ValueError(
             f"{path!r} is not a SavedModel folder, a folder of numbered versions, or a .keras file. "
             f"Received: model={path!r}"
         )
-    serve_bytes = tf.saved_model.load(version).signatures["serve_bytes"]
+    signatures = tf.saved_model.load(version).signatures
     labels_file = os.path.join(version, "labels.txt")
     with open(labels_file) as f:
         class_names = [line.rstrip("\n") for line in f]
 
     def predict_saved_model(blobs):
-        return serve_bytes(image_bytes=tf.constant(list(blobs)))["probabilities"].numpy()
+        return signatures["serve_bytes"](image_bytes=tf.constant(list(blobs)))["probabilities"].numpy()
+
+    if tta == "flip":  # decoded here as serve_bytes decodes, then the pixels signature on each image and its mirror
+        with open(os.path.join(version, "metadata.json")) as f:
+            size = tuple(json.load(f)["input_size"])
+
+        def predict_saved_model(blobs):
+            images = np.stack([image_array(b, size=size) for b in blobs]).astype(np.float32)
+            pixels = signatures["serving_default"]
+            return _mirror_average(lambda x: pixels(images=tf.constant(x))["probabilities"].numpy(), images)
 
     return predict_saved_model, class_names
+
+
+def _mirror_average(predict, images):
+    return (np.asarray(predict(images)) + np.asarray(predict(images[:, :, ::-1].copy()))) / 2
 
 
 def export_thresholds(path):
@@ -392,12 +407,15 @@ def _newest_version(path):
     return path
 
 
-def keras_predictor(model):
-    """`predict(list_of_encoded_images) -> probabilities` for a Keras model taking RGB 0-255 images of any size."""
+def keras_predictor(model, tta=None):
+    """`predict(list_of_encoded_images) -> probabilities` for a Keras model taking RGB 0-255 images of any size;
+    `tta="flip"` averages each image's probabilities with its mirror's."""
     size = input_size(model)  # decoded as a training folder is; a model of any size takes the full image
+    call = lambda x: model(x, training=False)
 
     def predict(blobs):
         # One image at a time: the images may differ in size when the model takes any size.
-        return np.concatenate([np.asarray(model(image_array(b, size=size)[None], training=False)) for b in blobs])
+        images = [image_array(b, size=size)[None].astype(np.float32) for b in blobs]
+        return np.concatenate([_mirror_average(call, x) if tta == "flip" else np.asarray(call(x)) for x in images])
 
     return predict

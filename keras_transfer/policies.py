@@ -113,6 +113,31 @@ def set_trainable(model, policy="frozen", *, train_batchnorm=False):
     return summary
 
 
+def layer_decay_scales(model, decay):
+    """`{variable path: decay ** depth}` for the trainable weights of the backbone's stages (the table row's):
+    the top stage at depth 1, each stage below one deeper (layers below the first stage belong to it); the head
+    is not listed (1: the full rate). timm's layer decay, fastai's discriminative rates.
+
+    Raises:
+        ValueError: for a model whose backbone has no table row (no stages to decay over).
+    """
+    spec, backbone = model_spec(model), get_backbone(model)
+    if spec is None or is_hub(backbone_key(model) or ""):
+        raise ValueError(
+            f"layer_decay needs the backbone's stages (its table row), but model {model.name!r} has none; "
+            "pass layer_decay=1.0."
+        )
+    layers = [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
+    names = [layer.name for layer in layers]
+    n = len(spec.stages)
+    starts = [_stage_start(names, k, f"stages:{k}", spec, backbone_key(model), model.name) for k in range(1, n + 1)]
+    scales = {}
+    for i, layer in enumerate(layers):
+        depth = next(k for k, start in enumerate(starts, 1) if i >= start)
+        scales.update({w.path: float(decay) ** depth for w in layer.trainable_weights})
+    return scales
+
+
 def _count(weights):
     return int(sum(keras.ops.size(w) for w in weights))
 

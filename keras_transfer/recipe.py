@@ -347,6 +347,8 @@ def _train(config, model, data, strategy, run_dir, scratch=False, verbose=False)
         cache_features={"auto": "auto", "true": True, "false": False}[config.cache_features],
         jit_compile={"auto": "auto", "on": True, "off": False}[config.xla],
         head_init=None if config.head_init == "none" else "probe",
+        class_weight=None if config.class_weight == "none" else config.class_weight,
+        layer_decay=config.layer_decay,
     )
     stages = dict(
         head_epochs=config.head_epochs,
@@ -361,6 +363,7 @@ def _train(config, model, data, strategy, run_dir, scratch=False, verbose=False)
             label_smoothing=config.label_smoothing,
             jit_compile=options.jit_compile,
             train_batchnorm=True,
+            class_weight=options.class_weight,
         )
         stages = dict(
             head_epochs=0,

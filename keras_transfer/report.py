@@ -325,10 +325,16 @@ def _curves(files):
     return f'<h2>Training</h2><img class="plot" alt="training curves" src="{_png(fig)}">'
 
 
+def _tta_note(report):
+    tta = report.get("tta")
+    return f" (test-time augmentation: {html.escape(tta)}, each image averaged with its mirror)" if tta else ""
+
+
 def _multilabel_metrics(files):
     report = files["report"]
     text = (
-        f"<h2>Test metrics</h2><p>{report['num_examples']} images, {len(report['class_names'])} labels: mAP "
+        f"<h2>Test metrics</h2><p>{report['num_examples']} images{_tta_note(report)}, {len(report['class_names'])} "
+        "labels: mAP "
         f'<span id="map">{report["mean_average_precision"]:.4f}</span>, macro F1 {report["macro"]["f1"]:.4f}, '
         f"micro F1 {report['micro']['f1']:.4f}, subset accuracy {report['subset_accuracy']:.2%}, Hamming loss "
         f"{report['hamming_loss']:.4f}</p>"
@@ -351,8 +357,10 @@ def _metrics(files):
         return _multilabel_metrics(files)
     top = "".join(f", top-{k} {v:.2%}" for k, v in report["top_k"].items())
     text = (
-        f"<h2>Test metrics</h2><p>{report['num_examples']} images: accuracy "
-        f'<span id="accuracy">{report["accuracy"]:.4f}</span>, loss {report["loss"]:.4f}{top}</p>'
+        f"<h2>Test metrics</h2><p>{report['num_examples']} images{_tta_note(report)}: accuracy "
+        f'<span id="accuracy">{report["accuracy"]:.4f}</span>, balanced accuracy '
+        f'<span id="balanced-accuracy">{report.get("balanced_accuracy", float("nan")):.4f}</span>, macro F1 '
+        f"{report['macro']['f1']:.4f}, loss {report['loss']:.4f}{top}</p>"
     )
     rows = [
         [_cell(name)]

@@ -24,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_transfer.compat import scale_updates
 from keras_transfer.config import OPTIMIZERS
 from keras_transfer.data import with_known_size
 from keras_transfer.files import atomic_path
@@ -37,7 +38,7 @@ from keras_transfer.models import (
     input_size,
     output_layer,
 )
-from keras_transfer.policies import set_trainable
+from keras_transfer.policies import layer_decay_scales, set_trainable
 from keras_transfer.runs import (
     EpochCommit,
     claim,
@@ -76,6 +77,13 @@ class TrainingOptions:
         head_init: None, or `"probe"`: start stage 1 from a logistic regression fitted on the cached features
             (LP-FT, Kumar et al. 2022), so fine-tuning starts at the linear probe's accuracy with a loss that
             is not yet zero. Needs cached features and a head without hidden dense layers.
+        layer_decay: stage 2's layer-wise learning rates: the head at the full rate, the backbone's top stage (of
+            its table row) at `layer_decay` of it, the next at `layer_decay ** 2`, and so on (timm's layer decay,
+            fastai's discriminative rates); it scales each update, whatever the optimizer. 1.0: off.
+        class_weight: None; `"balanced"`: each class weighted by n_images / (n_classes * n_class_images), as
+            scikit-learn's, counted over the training labels in one pass (several labels per image: each label's
+            positives weighted by its negatives / positives); or a dict of class id -> weight (several labels
+            per image: the weight of the label's positives). Applied in both stages, the cached one too.
     """
 
     optimizer: str = "adam"
@@ -85,6 +93,8 @@ class TrainingOptions:
     train_batchnorm: bool = False
     head_init: str | None = None
     min_steps_per_epoch: int = 20
+    class_weight: object = None
+    layer_decay: float = 1.0
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -103,6 +113,12 @@ class TrainingOptions:
             ("train_batchnorm", isinstance(self.train_batchnorm, bool), "True or False"),
             ("head_init", self.head_init in (None, "probe"), "None or 'probe'"),
             ("min_steps_per_epoch", _is_number(self.min_steps_per_epoch) and self.min_steps_per_epoch >= 1, ">= 1"),
+            (
+                "class_weight",
+                _is_class_weight(self.class_weight),
+                "None, 'balanced' or a dict of class id -> weight > 0",
+            ),
+            ("layer_decay", _is_number(self.layer_decay) and 0 < self.layer_decay <= 1, "a number in (0, 1]"),
         )
         for name, ok, allowed in checks:
             if not ok:
@@ -174,6 +190,8 @@ def fine_tune(
     _check_schedule(head_epochs, fine_tune_epochs, learning_rate, fine_tune_learning_rate, verbose)
     if fine_tune_epochs:
         set_trainable(model, unfreeze, train_batchnorm=options.train_batchnorm)  # a bad policy fails before stage 1
+        if options.layer_decay != 1.0:
+            layer_decay_scales(model, options.layer_decay)  # and a backbone without stages
     run = _prepare_run(model, train, val, options, callbacks, run_dir, strategy, verbose)
     run.total_epochs = head_epochs + fine_tune_epochs
     settings = dict(head_epochs=head_epochs, fine_tune_epochs=fine_tune_epochs, unfreeze=unfreeze)
@@ -223,6 +241,7 @@ class _Run:
     verbose: object
     total_epochs: int = 0
     scratch_dir: str | None = None  # features too large for memory (see `runs.feature_cache`); removed at the end
+    class_weight: dict | None = None  # one label per image; several labels weigh their positives in the loss
 
 
 def _option_fields(kwargs):
@@ -247,12 +266,23 @@ def _check_schedule(head_epochs, fine_tune_epochs, learning_rate, fine_tune_lear
         raise ValueError(f"verbose must be 'auto', 'lines', 0, 1 or 2. Received: verbose={verbose!r}")
 
 
+def _is_class_weight(value):
+    if value is None or value == "balanced":
+        return True
+    return isinstance(value, dict) and all(
+        isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 0 and _is_number(v) and v > 0
+        for k, v in value.items()
+    )
+
+
 def _is_number(value):
     return isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and np.isfinite(value)
 
 
 def _prepare_run(model, train, val, options, callbacks, run_dir, strategy, verbose):
-    loss, metrics, prepare = _loss_and_metrics(model, options.label_smoothing, _multi_label(model, train))
+    multi_label = _multi_label(model, train)
+    weights = class_weights(train, model.output_shape[-1], options.class_weight, multi_label)
+    loss, metrics, prepare = _loss_and_metrics(model, options.label_smoothing, multi_label, weights)
     val = with_known_size(prepare(val)) if val is not None else None
     run_dir = os.fspath(run_dir) if run_dir else None
     return _Run(
@@ -266,7 +296,42 @@ def _prepare_run(model, train, val, options, callbacks, run_dir, strategy, verbo
         loss,
         metrics,
         verbose,
+        class_weight=None if multi_label else weights,
     )
+
+
+def class_weights(train, num_classes, class_weight, multi_label=False):
+    """`fine_tune`'s `class_weight` as a dict of class id -> weight (several labels per image: of each label's
+    positives), or None. `"balanced"` counts the labels of `train` in one pass (the images are read once too).
+
+    Raises:
+        ValueError: for a class id outside the model's outputs, or a class without training images.
+    """
+    if class_weight is None:
+        return None
+    if class_weight != "balanced":
+        unknown = sorted(k for k in class_weight if k >= max(num_classes, 2))
+        if unknown:
+            raise ValueError(
+                f"class_weight names class ids the model does not predict (0..{max(num_classes, 2) - 1}): "
+                f"{unknown}. Received: class_weight={class_weight!r}"
+            )
+        return {int(k): float(v) for k, v in class_weight.items()}
+    labels = np.concatenate([np.asarray(y, np.float64) for y in train.map(lambda x, y: y)])
+    if multi_label:
+        positives = labels.sum(axis=0)
+        weights = np.where(positives > 0, (len(labels) - positives) / np.maximum(positives, 1), 1.0)
+    else:
+        counts = np.bincount(labels.reshape(-1).astype(np.int64), minlength=max(num_classes, 2))
+        missing = np.flatnonzero(counts == 0).tolist()
+        if missing:
+            raise ValueError(
+                f"class_weight='balanced' needs training images of every class; class ids {missing} have none. "
+                "Pass a dict of weights instead."
+            )
+        weights = len(labels) / (len(counts) * counts)
+    logger.info("Class weights (balanced): %s", ", ".join(f"{i}: {w:.3g}" for i, w in enumerate(weights)))
+    return {i: float(w) for i, w in enumerate(weights)}
 
 
 def _train_head(run, epochs, learning_rate):
@@ -309,8 +374,16 @@ def _train_unfrozen(run, unfreeze, first_epoch, epochs, learning_rate):
     logger.info("%s: %s", "Stage 2" if first_epoch else "All stages at once (no head-only stage)", summary)
     schedule = _schedule(learning_rate, int(run.train.cardinality()) * epochs)
     with run.strategy.scope():
+        optimizer = _optimizer(run.options.optimizer, schedule)
+        if run.options.layer_decay != 1.0:
+            scale_updates(optimizer, layer_decay_scales(run.model, run.options.layer_decay))
+            logger.info(
+                "Layer decay %g: each backbone stage at %g of the rate of the part above it",
+                run.options.layer_decay,
+                run.options.layer_decay,
+            )
         run.model.compile(
-            optimizer=_optimizer(run.options.optimizer, schedule),
+            optimizer=optimizer,
             loss=run.loss,
             metrics=run.metrics,
             jit_compile=run.options.jit_compile,
@@ -373,6 +446,7 @@ def _fit(run, model, train, val, stage, first_epoch, last_epoch):
         shuffle=False,
         verbose=verbose,
         callbacks=callbacks,
+        class_weight=run.class_weight,
     )
     history.epoch = [first_epoch + (e - first_epoch + 1) * passes - 1 for e in history.epoch]
     return history
@@ -508,12 +582,15 @@ def _multi_label(model, train):
     return multi
 
 
-def _loss_and_metrics(model, label_smoothing, multi_label=False):
+def _loss_and_metrics(model, label_smoothing, multi_label=False, class_weight=None):
     """The loss that fits the output layer, its metrics, and the label transform it needs."""
     units = model.output_shape[-1]
     activation = output_layer(model).get_config()["activation"]
     if multi_label:  # several labels per image: accuracy over (image, label) pairs says little
         loss = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
+        if class_weight:
+            weights = [class_weight.get(j, 1.0) for j in range(units)]
+            loss = PositiveWeightedCrossentropy(weights, label_smoothing=label_smoothing)
         metrics = [
             keras.metrics.AUC(multi_label=True, num_labels=units, name="auc"),
             keras.metrics.Precision(name="precision"),
@@ -530,6 +607,30 @@ def _loss_and_metrics(model, label_smoothing, multi_label=False):
         return loss, [keras.metrics.CategoricalAccuracy(name="accuracy")], one_hot
     loss = keras.losses.SparseCategoricalCrossentropy()
     return loss, [keras.metrics.SparseCategoricalAccuracy(name="accuracy")], lambda ds: ds
+
+
+@keras.saving.register_keras_serializable(package="keras_transfer")
+class PositiveWeightedCrossentropy(keras.losses.Loss):
+    """Binary cross-entropy over several labels per image with each label's positive term weighted
+    (`pos_weight` of `tf.nn.weighted_cross_entropy_with_logits`, on probabilities): `class_weight` of a
+    multi-label `fine_tune`."""
+
+    def __init__(self, positive_weights, label_smoothing=0.0, name="positive_weighted_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.positive_weights, self.label_smoothing = [float(w) for w in positive_weights], float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        y_true = tf.cast(y_true, y_pred.dtype) * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
+        p = tf.clip_by_value(y_pred, keras.backend.epsilon(), 1.0 - keras.backend.epsilon())
+        weights = tf.constant(self.positive_weights, y_pred.dtype)
+        return -tf.reduce_mean(weights * y_true * tf.math.log(p) + (1.0 - y_true) * tf.math.log(1.0 - p), axis=-1)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "positive_weights": self.positive_weights,
+            "label_smoothing": self.label_smoothing,
+        }
 
 
 def _as_float_labels(ds):

@@ -25,14 +25,15 @@ from keras_transfer.images import image_files
 
 def predictor(args):
     """(predict, class_names) for the model argument, or the ImageNet classifier with --imagenet."""
+    tta = "flip" if args.tta else None
     if not args.imagenet:
-        return load_predictor(args.model)
+        return load_predictor(args.model, tta=tta)
     from keras_transfer import imagenet_classifier
     from keras_transfer.weights import imagenet_classes
 
     if args.model is not None:  # with --imagenet every positional argument is an image
         args.inputs.insert(0, args.model)
-    return keras_predictor(imagenet_classifier(args.backbone)), [name for _, name in imagenet_classes()]
+    return keras_predictor(imagenet_classifier(args.backbone), tta=tta), [name for _, name in imagenet_classes()]
 
 
 def build_parser():
@@ -50,6 +51,9 @@ def build_parser():
         default="efficientnet_lite0",
         type=backbone_arg,
         help="with --imagenet (default: efficientnet_lite0, whose weights are installed)",
+    )
+    parser.add_argument(
+        "--tta", action="store_true", help="test-time augmentation: average each image with its left-right mirror"
     )
     parser.add_argument("--top-k", type=positive_int, default=5)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -55,7 +55,10 @@ def test_report_matches_a_recomputation_and_is_written(tmp_path):
 
     assert json.loads((tmp_path / "report.json").read_text())["accuracy"] == report.accuracy
     text = (tmp_path / "report.txt").read_text()
-    assert text.startswith(f"40 examples: loss {report.loss:.4f}, accuracy {report.accuracy:.2%}, top-3")
+    assert text.startswith(
+        f"40 examples: loss {report.loss:.4f}, accuracy {report.accuracy:.2%}, balanced accuracy "
+        f"{report.balanced_accuracy:.2%}, macro F1 {report.macro['f1']:.4f}, top-3"
+    )
     assert "macro avg" in text and "weighted avg" in text and "c5" in text
     with Image.open(tmp_path / "confusion.png") as png:
         assert png.size[0] > 100

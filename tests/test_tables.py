@@ -232,6 +232,7 @@ def test_tuned_thresholds_give_each_label_its_best_f1_on_the_images_tuned_on(tra
         kt.evaluate(model, val, thresholds=[0.5, 0.5])
 
 
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")  # LiteRT: issue 26
 def test_a_multi_label_export_returns_what_is_predicted_at_its_thresholds(trained, tmp_path):
     model, _, _, test, info, _ = trained
     thresholds = [0.3, 0.5, 0.7]
