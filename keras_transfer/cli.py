@@ -56,6 +56,7 @@ FLAGS = {  # group -> RunConfig fields shown as flags, in order
         "layer_decay",
         "early_stopping",
         "cache_features",
+        "tta",
         "compare_scratch",
     ),
     "Distribution": ("strategy", "mixed_precision", "xla"),
@@ -92,6 +93,7 @@ HELP = {
     "head_init": "probe: stage 1 starts from a logistic regression on the cached features (LP-FT)",
     "class_weight": "balanced: weigh each class by n_images / (n_classes x its images), in both stages (several "
     "labels per image: each label's positives by its negatives / positives)",
+    "tta": "test-time augmentation of the evaluation: flip averages each image with its mirror",
     "layer_decay": "stage-2 layer-wise rates: the top backbone stage at this factor of the head's rate, each stage "
     "below at this factor of the one above (1: off)",
     "train_batchnorm": "stage 2 also trains BatchNormalization (training from scratch); statistics recomputed",
@@ -117,6 +119,7 @@ CHOICES = {
     "cache_features": ["auto", "true", "false"],
     "head_init": ["none", "probe"],
     "class_weight": ["none", "balanced"],
+    "tta": ["none", "flip"],
 }
 DEFAULT_TEXT = {
     "image_size": "the backbone's",
@@ -231,7 +234,9 @@ def weights_arg(value):
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-transfer",
-        description="Fine-tune a pretrained backbone into an evaluated, exported classifier.",
+        description="Fine-tune a pretrained backbone into an evaluated, exported classifier. Also: "
+        "'keras-transfer lr-find [these flags]' suggests both stages' learning rates, 'keras-transfer report RUN_DIR' "
+        "rebuilds a run's report.html.",
         allow_abbrev=False,  # an abbreviation that works today breaks when a flag is added
     )
     parser.add_argument("--config", help="YAML file of settings (the flags' names with underscores)")
@@ -309,11 +314,14 @@ def config_from_args(parser, args):
 
 
 def main(argv=None) -> int:
-    """`keras-transfer [flags]`, or `keras-transfer report RUN_DIR`; returns the exit code (see the module
-    docstring). TensorFlow loads after the flags are parsed, so `--help` and flag errors answer at once."""
+    """`keras-transfer [flags]`, `keras-transfer lr-find [flags]` or `keras-transfer report RUN_DIR`; returns the
+    exit code (see the module docstring). TensorFlow loads after the flags are parsed, so `--help` and flag errors
+    answer at once."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["report"]:
         return _report_command(argv[1:])
+    if argv[:1] == ["lr-find"]:
+        return _lr_find_command(argv[1:])
     parser = build_parser()
     return run_command("keras-transfer", parser, argv, lambda args: _run(config_from_args(parser, args), args.verbose))
 
@@ -322,6 +330,24 @@ def _run(config, verbose):
     from keras_transfer.recipe import run
 
     return run(config, verbose)
+
+
+def _lr_find_command(argv):
+    """`keras-transfer lr-find [the run's flags] [--plot PATH]`: the learning-rate range test for both stages."""
+    parser = build_parser()
+    parser.prog = "keras-transfer lr-find"
+    parser.description = "Suggest both stages' learning rates with a range test (nothing is trained for keeps)."
+    parser.add_argument("--plot", default="lr_find.png", help="where to save the plot (default: lr_find.png)")
+    parser.add_argument("--steps", type=positive_int, default=100, help="steps of each range test (default: 100)")
+
+    def work(args):
+        from keras_transfer.recipe import find_rates
+
+        plot, steps = args.plot, args.steps
+        del args.plot, args.steps
+        return find_rates(config_from_args(parser, args), plot, steps)
+
+    return run_command("keras-transfer lr-find", parser, argv, work)
 
 
 def _report_command(argv):

@@ -58,6 +58,7 @@ class RunConfig:
     layer_decay: float = 1.0  # stage 2: each backbone stage below the head at this factor of the rate above it
     early_stopping: int = 0  # patience in epochs; 0 turns it off
     cache_features: str = "auto"
+    tta: str = "none"  # "flip": evaluate on each image and its mirror, probabilities averaged
     compare_scratch: bool = False  # also train the same model from random weights on the same data, compare
     # Distribution
     strategy: str = "auto"

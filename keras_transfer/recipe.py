@@ -25,7 +25,7 @@ from keras_transfer.models import build_model, check_input_size, check_memory, d
 from keras_transfer.policies import check_policy, set_trainable
 from keras_transfer.report import write_html
 from keras_transfer.runs import claim, empty_run_folder, locked, mark_complete, read_complete, read_history, run_file
-from keras_transfer.training import TrainingOptions, fine_tune
+from keras_transfer.training import TrainingOptions, find_learning_rate, fine_tune, plot_findings
 
 NOT_IDENTITY = ("output", "export", "export_onnx", "overwrite")  # settings that do not change the result
 WAYS_OUT = "Choose another --output, or pass --overwrite to start this one afresh."
@@ -70,7 +70,7 @@ def _run(config, model, data, strategy, policy, size, run_id, verbose):
     timings.run("training", _train, config, model, data, strategy, config.output, verbose=verbose)
     with atomic_path(run_file(config.output, "model"), work_dir=True) as tmp:
         model.save(tmp)
-    data["thresholds"] = _thresholds(model, data)
+    data["thresholds"], data["tta"] = _thresholds(model, data), None if config.tta == "none" else config.tta
     report = timings.run("evaluation", _evaluate, model, data, config.output)
     exported = timings.run("export", _export, config, model, data, report, run_id) if config.export else None
     print(f"\nRun folder: {config.output}  (dtype policy {policy}, {strategy.num_replicas_in_sync} replica(s))")
@@ -115,12 +115,18 @@ def _check(config, weights):
             "--compare-scratch compares pretrained weights with random ones; give --weights imagenet "
             f"or a weights file. Received: weights={config.weights!r}"
         )
-    size = config.image_size or default_input_size(config.backbone, weights)[0]
-    check_input_size(config.backbone, size)
-    check_policy(config.backbone, config.unfreeze, image_size=size)
+    size = _checked_size(config, weights)
     if config.export:
         _check_writable(config.export, "--export")
     _check_writable(config.output, "--output")
+    return size
+
+
+def _checked_size(config, weights):
+    """The image size, after checking it and the policy against the backbone."""
+    size = config.image_size or default_input_size(config.backbone, weights)[0]
+    check_input_size(config.backbone, size)
+    check_policy(config.backbone, config.unfreeze, image_size=size)
     return size
 
 
@@ -155,6 +161,29 @@ def _run_id(config, identity):
     """One run's id: its folder and identity; written into its export so a rerun finds what it exported."""
     text = json.dumps([os.path.abspath(config.output), identity], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def find_rates(config, plot_path, steps=100):
+    """`keras-transfer lr-find`: the learning-rate range test (`training.find_learning_rate`) for stage 1 (the
+    head) and stage 2 (`config.unfreeze`) on the run's data and model; prints both suggestions of each, saves the
+    plot. Writes nothing else. Returns 0."""
+    weights = None if config.weights.lower() == "none" else config.weights
+    size = _checked_size(config, weights)
+    keras.utils.set_random_seed(config.seed)
+    data = _load(config, size, get_strategy("default"))
+    model = _build(config, data["info"], size, weights)
+    findings = [
+        find_learning_rate(model, data["train"], unfreeze=policy, steps=steps, optimizer=config.optimizer)
+        for policy in ("frozen", config.unfreeze)
+    ]
+    plot_findings(findings, plot_path)
+    print(f"\nLearning-rate range test, {steps} steps each ({config.optimizer}; plot: {plot_path}):")
+    for flag, finding in zip(("--learning-rate", "--fine-tune-learning-rate"), findings):
+        print(
+            f"  {flag:<27} {finding.suggestion:.1e} (valley)   {finding.steepest:.1e} (steepest descent)"
+            f"   policy {finding.policy!r}{', the loss diverged before the end' if finding.stopped_early else ''}"
+        )
+    return 0
 
 
 def _already_complete(config):
@@ -257,7 +286,12 @@ def _evaluate(model, data, output_dir):
         return None
     print(f"Evaluating on the {data['info'].sizes[data['split']]} {data['split']} images", flush=True)
     return evaluate(
-        model, data["evaluated"], data["info"].class_names, output_dir=output_dir, thresholds=data["thresholds"]
+        model,
+        data["evaluated"],
+        data["info"].class_names,
+        output_dir=output_dir,
+        thresholds=data["thresholds"],
+        tta=data["tta"],
     )
 
 
@@ -290,7 +324,12 @@ def _compare_scratch(config, transfer, probe, size, data, strategy, verbose):
     _train(config, model, data, strategy, run_dir, scratch=True, verbose=verbose)
     print(f"Evaluating on the {transfer.num_examples} {data['split']} images", flush=True)
     scratch = evaluate(
-        model, data["evaluated"], data["info"].class_names, output_dir=run_dir, thresholds=data["thresholds"]
+        model,
+        data["evaluated"],
+        data["info"].class_names,
+        output_dir=run_dir,
+        thresholds=data["thresholds"],
+        tta=data["tta"],
     )
     rows = {
         f"{config.backbone} ({config.weights}), fine-tuned": transfer.headline,
