@@ -44,9 +44,9 @@ test: $(BIN)/.installed datasets browser lint
 	$(BIN)/python -m pytest -n auto --dist loadfile
 
 # The loop to run while working: the suite without the tests marked slow (notebooks, recipes, kill chains,
-# subprocess runs, conversions, the browser).
+# subprocess runs, conversions, the browser), one worker per core too.
 test-fast: $(BIN)/.installed lint
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow" -n auto --dist loadfile
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
