@@ -322,15 +322,7 @@ def _compare_scratch(config, transfer, probe, size, data, strategy, verbose):
     with strategy.scope():
         model = _build(config, data["info"], size, None)
     _train(config, model, data, strategy, run_dir, scratch=True, verbose=verbose)
-    print(f"Evaluating on the {transfer.num_examples} {data['split']} images", flush=True)
-    scratch = evaluate(
-        model,
-        data["evaluated"],
-        data["info"].class_names,
-        output_dir=run_dir,
-        thresholds=data["thresholds"],
-        tta=data["tta"],
-    )
+    scratch = _evaluate(model, data, run_dir)  # the same split, thresholds and TTA as the fine-tuned model
     rows = {
         f"{config.backbone} ({config.weights}), fine-tuned": transfer.headline,
         f"linear probe on the {config.weights} features": probe,
