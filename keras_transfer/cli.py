@@ -60,7 +60,7 @@ FLAGS = {  # group -> RunConfig fields shown as flags, in order
         "compare_scratch",
     ),
     "Distribution": ("strategy", "mixed_precision", "xla"),
-    "Output": ("output", "overwrite", "export", "export_onnx"),
+    "Output": ("output", "overwrite", "export", "export_onnx", "export_bench"),
 }
 HELP = {
     "data": "a folder of class subfolders, a CSV file of image paths and labels, tfds:NAME, digits or fashion_mnist",
@@ -109,6 +109,8 @@ HELP = {
     "overwrite": "empty the --output run folder first, when it holds another run",
     "export": "also export a SavedModel (TF Serving layout) into this folder",
     "export_onnx": "also write <output>/model.onnx for ONNX Runtime (needs the onnx extra)",
+    "export_bench": "also write every export format (SavedModel, TFLite float32/float16/dynamic/int8, ONNX) into "
+    "<output>/exports/ and measure each one's size, accuracy, agreement with Keras and speed",
 }
 CHOICES = {
     "pooling": list(POOLINGS),
@@ -314,7 +316,8 @@ def config_from_args(parser, args):
 
 
 def main(argv=None) -> int:
-    """`keras-transfer [flags]`, `keras-transfer lr-find [flags]` or `keras-transfer report RUN_DIR`; returns the
+    """`keras-transfer [flags]`, `keras-transfer lr-find [flags]`, `keras-transfer report RUN_DIR` or
+    `keras-transfer export-bench RUN_DIR`; returns the
     exit code (see the module docstring). TensorFlow loads after the flags are parsed, so `--help` and flag errors
     answer at once."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -322,6 +325,8 @@ def main(argv=None) -> int:
         return _report_command(argv[1:])
     if argv[:1] == ["lr-find"]:
         return _lr_find_command(argv[1:])
+    if argv[:1] == ["export-bench"]:
+        return _export_bench_command(argv[1:])
     parser = build_parser()
     return run_command("keras-transfer", parser, argv, lambda args: _run(config_from_args(parser, args), args.verbose))
 
@@ -358,6 +363,25 @@ def _report_command(argv):
     )
     parser.add_argument("run_dir", help="a run folder (config.yaml, history.csv, report.json, ...)")
     return run_command("keras-transfer report", parser, argv, _write_report)
+
+
+def _export_bench_command(argv):
+    parser = add_verbose(
+        argparse.ArgumentParser(
+            prog="keras-transfer export-bench",
+            description="Write a finished run's model in every export format and measure each file's size, accuracy "
+            "on the run's evaluation images, agreement with Keras and speed on this machine (<run>/exports/).",
+        )
+    )
+    parser.add_argument("run_dir", help="a finished run folder (config.yaml and model.keras)")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timing rounds, formats alternating")
+
+    def work(args):
+        from keras_transfer.recipe import export_bench
+
+        return export_bench(args.run_dir, args.repeats)
+
+    return run_command("keras-transfer export-bench", parser, argv, work)
 
 
 def _write_report(args):

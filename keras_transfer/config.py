@@ -69,6 +69,7 @@ class RunConfig:
     overwrite: bool = False  # empty the run folder first when it holds another run
     export: str | None = None
     export_onnx: bool = False  # also <output>/model.onnx (+ model.labels.txt) for ONNX Runtime
+    export_bench: bool = False  # also every export format's size, accuracy and speed (<output>/exports/)
 
     def to_yaml(self):
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 import warnings
 
 import keras
@@ -18,6 +19,7 @@ from keras_transfer.files import atomic_path, new_version, versions, write_text
 from keras_transfer.heads import check_thresholds
 from keras_transfer.images import FORMATS, SIGNATURES, decode_image, image_array, within_pixel_limit
 from keras_transfer.models import backbone_key, input_size, is_multi_label, load_model, model_spec
+from keras_transfer.runs import run_file
 from keras_transfer.terminal import native_logs_hidden
 
 logger = logging.getLogger(__name__)
@@ -143,17 +145,42 @@ def _input_size(model):
     return size
 
 
-def export_tflite(model, path, *, quantize=None, class_names=None, thresholds=None):
-    """Converts `model` to a TensorFlow Lite flatbuffer taking float32 images at the model's input size.
+TFLITE_QUANTIZE = {  # export_tflite's quantize -> what it does
+    None: "float32",
+    "dynamic": "dynamic range: int8 weights, float activations",
+    "float16": "float16 weights, float32 computation",
+    "int8": "full integer: int8 weights and activations, calibrated on representative_data",
+}
+REPRESENTATIVE_IMAGES = 200  # at most this many images of representative_data calibrate an int8 conversion
 
-    The backbone, input size, preprocessing, class names and (multi-label) thresholds are in the file's metadata,
-    under the name `keras_transfer` (`tflite_metadata(path)` reads them).
+
+def export_tflite(
+    model,
+    path,
+    *,
+    quantize=None,
+    representative_data=None,
+    input_type="float32",
+    class_names=None,
+    thresholds=None,
+):
+    """Converts `model` to a TensorFlow Lite flatbuffer taking images at the model's input size.
+
+    The backbone, input size, preprocessing, quantization, class names and (multi-label) thresholds are in the
+    file's metadata, under the name `keras_transfer` (`tflite_metadata(path)` reads them). Run it with LiteRT
+    (`tflite_interpreter`), or check it against Keras with `benchmark_exports`.
 
     Args:
         model: a model from `build_model` with a fixed input size.
         path: the `.tflite` file to write (written to a temporary file and renamed).
-        quantize: None for float32 weights, or `"dynamic"` for dynamic-range quantization (int8 weights, float
-            activations: about 4x smaller).
+        quantize: one of `TFLITE_QUANTIZE`: None (float32), `"dynamic"` (about 4x smaller), `"float16"` (about 2x
+            smaller) or `"int8"` (full-integer post-training quantization, about 4x smaller).
+        representative_data: for `"int8"`: training images to calibrate on, a dataset of `(images, labels)` (or
+            images) batches or an array `(n, height, width, 3)` at the model's input size; the first
+            `REPRESENTATIVE_IMAGES` are used.
+        input_type: `"float32"`: float32 RGB 0-255 in, float32 probabilities out (an int8 model quantizes and
+            dequantizes inside); `"uint8"` with `"int8"`: uint8 images in and uint8 probabilities out, for
+            integer-only runtimes (microcontrollers, Edge TPU).
         class_names: optional class names, in label order, for the metadata.
         thresholds: a multi-label model's per-label thresholds, for the metadata (as `export_saved_model`).
 
@@ -161,12 +188,15 @@ def export_tflite(model, path, *, quantize=None, class_names=None, thresholds=No
         The size of the written file in bytes.
 
     Raises:
-        ValueError: for an unknown `quantize` or a model without a fixed input size.
+        ValueError: for an unknown `quantize` or `input_type`, `"int8"` without representative data (or with
+            images of another size), a model that cannot be quantized to integers (nothing is written), or a model
+            without a fixed input size.
     """
-    if quantize not in (None, "dynamic"):
-        raise ValueError(f"quantize must be None or 'dynamic'. Received: quantize={quantize!r}")
+    _check_tflite_options(quantize, input_type)
     height, width = _input_size(model)
-    facts = _metadata(model, class_names, {"input": "images: float32 RGB 0-255"}, _thresholds(model, thresholds))
+    calibration = _representative(model, representative_data) if quantize == "int8" else None
+    described = f"images: {input_type} RGB 0-255"
+    facts = _metadata(model, class_names, {"input": described, "quantize": quantize}, _thresholds(model, thresholds))
     # Through a SavedModel: converting a concrete function of a Keras 3 model directly gave NaN outputs (TF 2.21).
     with tempfile.TemporaryDirectory(prefix="keras_transfer_tflite_") as saved:
         archive = keras.export.ExportArchive()
@@ -178,13 +208,310 @@ def export_tflite(model, path, *, quantize=None, class_names=None, thresholds=No
         )
         archive.write_out(saved, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=["serving_default"])
-        if quantize == "dynamic":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        flatbuffer = _with_tflite_metadata(converter.convert(), facts)
+        _set_quantization(converter, quantize, calibration, input_type)
+        try:
+            with native_logs_hidden():
+                flatbuffer = _with_tflite_metadata(converter.convert(), facts)
+        except Exception as e:  # the converter's ConverterError, with MLIR locations naming the ops and layers
+            raise ValueError(_tflite_refusal(model, quantize, str(e))) from e
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(flatbuffer)
     logger.info("Wrote %s (%d bytes)", path, len(flatbuffer))
     return len(flatbuffer)
+
+
+def _tflite_refusal(model, quantize, text):
+    """The converter's error in one sentence: the layers and the TensorFlow ops TFLite has no kernel for."""
+    ops = re.search(r"TF Select ops: ([^\n]+)", text)
+    found = [(scope, op) for op, scope in re.findall(r'fused\["(\w+):", "([^"@]+)@', text)]
+    found = [(scope, op) for scope, op in found if ops and op in ops.group(1).replace(" ", "").split(",")]
+    if found:
+        why = f"{_culprits(model, found)}, which TFLite has no built-in kernel for"
+    else:
+        why = next((line.strip() for line in text.splitlines() if line.strip()), "the converter failed")
+    integer_only = quantize == "int8" and not found  # e.g. an op without an int8 kernel
+    instead = "with quantize='dynamic' or 'float16'" if integer_only else "a SavedModel or ONNX"
+    return f"Cannot convert {model.name!r} to TFLite (quantize={quantize!r}): {why}. Export {instead} instead."
+
+
+def _culprits(model, found):
+    """'layer 'x' (Lambda) uses Erf; ...' for `(op scope, op)` pairs of a converted graph."""
+    names = {layer.name: layer for layer in flatten_layers(model)}
+    culprits = {}
+    for scope, op in found:
+        parts = [re.sub(r"_\d+$", "", part) for part in scope.split("/")[:-1]]
+        layer = next((names[p] for p in reversed(parts) if p in names and p != model.name), None)
+        where = f"layer {layer.name!r} ({type(layer).__name__})" if layer else f"op {scope!r}"
+        culprits.setdefault(where, set()).add(op)
+    return "; ".join(f"{where} uses {', '.join(sorted(ops))}" for where, ops in culprits.items())
+
+
+def _check_tflite_options(quantize, input_type):
+    if quantize not in TFLITE_QUANTIZE:
+        expected = ", ".join(repr(q) for q in TFLITE_QUANTIZE)
+        raise ValueError(f"quantize must be one of {expected}. Received: quantize={quantize!r}")
+    if input_type not in ("float32", "uint8") or (input_type == "uint8" and quantize != "int8"):
+        raise ValueError(
+            "input_type must be 'float32', or 'uint8' with quantize='int8' (integer-only runtimes). "
+            f"Received: input_type={input_type!r}, quantize={quantize!r}"
+        )
+
+
+def _set_quantization(converter, quantize, calibration, input_type):
+    if quantize is None:
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "int8":
+        converter.representative_dataset = calibration
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if input_type == "uint8":
+            converter.inference_input_type = converter.inference_output_type = tf.uint8
+
+
+def _representative(model, data):
+    """The converter's calibration: a function yielding up to `REPRESENTATIVE_IMAGES` images, one at a time."""
+    if data is None:
+        raise ValueError(
+            "quantize='int8' calibrates the integer ranges on representative_data, but none was given: pass a few "
+            "hundred training images (the training dataset, or an array (n, height, width, 3)). "
+            "Received: representative_data=None"
+        )
+    images = dataset_images(data, REPRESENTATIVE_IMAGES)
+    expected = (*_input_size(model), 3)
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected or not len(images):
+        raise ValueError(
+            f"representative_data must hold images of shape (height, width, 3) = {expected}, the model's input. "
+            f"Received: images of shape {images.shape}"
+        )
+    return lambda: ([image[None]] for image in images)
+
+
+def dataset_images(data, limit=None):
+    """The images (float32, stacked) of a dataset of `(images, labels)` or images batches, or of an array; the
+    first `limit` when given."""
+    if not isinstance(data, tf.data.Dataset):
+        return np.asarray(data, np.float32)[:limit]
+    batches, count = [], 0
+    for batch in data:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        batches.append(np.asarray(images, np.float32))
+        count += len(batches[-1])
+        if limit is not None and count >= limit:
+            break
+    return np.concatenate(batches)[:limit] if batches else np.zeros((0,), np.float32)
+
+
+def tflite_interpreter(path, num_threads=None):
+    """A LiteRT interpreter (`ai_edge_litert.interpreter.Interpreter`, TensorFlow Lite's successor) for `path`.
+
+    Raises:
+        ImportError: without LiteRT, saying how to install it.
+    """
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError as e:
+        raise ImportError(
+            f"Running a .tflite file needs LiteRT ({e}): pip install 'keras_transfer[tflite]' (ai-edge-litert)"
+        ) from e
+    with native_logs_hidden():  # "Created TensorFlow Lite XNNPACK delegate for CPU."
+        return Interpreter(model_path=os.fspath(path), num_threads=num_threads)
+
+
+def tflite_predictor(path, num_threads=None):
+    """`predict(images) -> probabilities` for a `.tflite` file through LiteRT (on every core unless `num_threads`
+    says otherwise): float32 RGB 0-255 images `(n, height, width, 3)` in, float32 out, whatever the file's input
+    and output types (quantized as its details say)."""
+    interpreter = tflite_interpreter(path, num_threads or os.cpu_count())
+    first, last = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    batch = [None]
+
+    def predict(images):
+        images = np.asarray(images, np.float32)
+        if batch[0] != len(images):
+            interpreter.resize_tensor_input(first["index"], images.shape)
+            with native_logs_hidden():
+                interpreter.allocate_tensors()
+            batch[0] = len(images)
+        interpreter.set_tensor(first["index"], _quantized(images, first))
+        interpreter.invoke()
+        return _dequantized(interpreter.get_tensor(last["index"]), last)
+
+    return predict
+
+
+def _quantized(x, details):
+    if details["dtype"] == np.float32:
+        return x
+    scale, zero = details["quantization"]
+    info = np.iinfo(details["dtype"])
+    q = np.round(x / scale + zero) if scale else np.round(x)
+    return np.clip(q, info.min, info.max).astype(details["dtype"])
+
+
+def _dequantized(y, details):
+    if details["dtype"] == np.float32:
+        return y
+    scale, zero = details["quantization"]
+    return ((y.astype(np.float32) - zero) * scale) if scale else y.astype(np.float32)
+
+
+EXPORT_FORMATS = {  # benchmark_exports' format -> (file or folder name in its output folder, export_tflite quantize)
+    "keras": (None, None),
+    "saved_model": ("saved_model", None),
+    "tflite": ("model.tflite", None),
+    "tflite_float16": ("model_float16.tflite", "float16"),
+    "tflite_dynamic": ("model_dynamic.tflite", "dynamic"),
+    "tflite_int8": ("model_int8.tflite", "int8"),
+    "onnx": (None, None),
+}
+
+
+def benchmark_exports(
+    model, dataset, *, formats=tuple(EXPORT_FORMATS), representative_data=None, output_dir=None, repeats=5
+):
+    """Writes `model` in each format and measures what each file does: its size, its accuracy on `dataset`, how
+    far its probabilities are from Keras's, and its speed on this machine (the formats in turn, `repeats` rounds).
+
+    Args:
+        model: a model from `build_model` with a fixed input size.
+        dataset: `(images, labels)` batches to score on, e.g. the test split from `load_dataset`.
+        formats: keys of `EXPORT_FORMATS`.
+        representative_data: calibration images for `"tflite_int8"` (see `export_tflite`); without them that row
+            says so.
+        output_dir: a folder to keep the files in, with the table as `exports.json`; None: a temporary one.
+        repeats: timing rounds; the median is reported.
+
+    Returns:
+        One dict per format: `format`, `bytes`, `accuracy` (single label: top-1; several labels per image: mean
+        average precision; `metric` says which), `agreement` (the fraction of images whose top class is Keras's),
+        `max_difference` (the largest absolute probability difference from Keras), `latency_ms` (one image, median)
+        and `images_per_second` (batches of 32, median); a format that could not be written or run holds `error`
+        (why) instead.
+
+    Raises:
+        ValueError: for an unknown format, or an empty `dataset`.
+    """
+    unknown = [f for f in formats if f not in EXPORT_FORMATS]
+    if unknown:
+        raise ValueError(f"Unknown export formats {unknown}. Expected some of: {', '.join(EXPORT_FORMATS)}")
+    images, labels = _images_and_labels(dataset)
+    reference = _batched(model.predict_on_batch, images)
+    with tempfile.TemporaryDirectory(prefix="keras_transfer_exports_") as scratch:
+        folder = os.fspath(output_dir or scratch)
+        os.makedirs(folder, exist_ok=True)
+        rows, predictors = [], {}
+        for name in formats:
+            try:
+                size, predictors[name] = _write_format(model, name, folder, representative_data)
+                rows.append({"format": name, "bytes": size, **_scores(predictors[name], images, labels, reference)})
+            except Exception as e:  # a format this model cannot take: its row says why
+                predictors.pop(name, None)
+                rows.append({"format": name, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"})
+        timings = _alternating_timings(predictors, images, repeats)
+    for row in rows:
+        row.update(timings.get(row["format"], {}))
+    if output_dir is not None:
+        write_text(run_file(folder, "exports_table"), json.dumps(rows, indent=1) + "\n")
+    return rows
+
+
+def format_exports(rows):
+    """`benchmark_exports`' rows as a text table; sizes also as a factor of the float32 TFLite file's (or the
+    first row's)."""
+    measured = [r for r in rows if "bytes" in r]
+    base = next((r for r in measured if r["format"] == "tflite"), measured[0] if measured else None)
+    header = ("size", "smaller", "score", "agreement", "max |dp|", "latency", "images/s")
+    widths = (10, 9, 17, 11, 10, 10, 10)
+    lines = [f"  {'format':<16}" + "".join(f"{h:>{w}}" for h, w in zip(header, widths))]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"  {r['format']:<16}not measured: {r['error']}")
+            continue
+        cells = (
+            f"{r['bytes'] / 1e6:.2f} MB",
+            f"{base['bytes'] / r['bytes']:.2f}x",
+            f"{r['metric']} {r['accuracy']:.2%}",
+            f"{r['agreement']:.1%}",
+            f"{r['max_difference']:.4f}",
+            f"{r['latency_ms']:.2f} ms",
+            f"{r['images_per_second']:.1f}",
+        )
+        lines.append(f"  {r['format']:<16}" + "".join(f"{c:>{w}}" for c, w in zip(cells, widths)))
+    return "\n".join(lines)
+
+
+def _images_and_labels(dataset):
+    images, labels = [], []
+    for x, y in dataset:
+        images.append(np.asarray(x, np.float32))
+        labels.append(np.asarray(y))
+    if not images:
+        raise ValueError("benchmark_exports needs images to score on, but the dataset is empty")
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _batched(predict, images, batch=32):
+    return np.concatenate([np.asarray(predict(images[i : i + batch])) for i in range(0, len(images), batch)])
+
+
+def _write_format(model, name, folder, representative_data):
+    """Writes one format into `folder`; returns its size in bytes and `predict(images) -> probabilities`."""
+    file, quantize = EXPORT_FORMATS[name]
+    if name == "keras":
+        path = run_file(folder, "model")
+        model.save(path)
+        return os.path.getsize(path), model.predict_on_batch
+    if name == "saved_model":
+        version = export_saved_model(model, os.path.join(folder, file))  # the next version in a reused folder
+        size = sum(os.path.getsize(os.path.join(d, f)) for d, _, names in os.walk(version) for f in names)
+        return size, _signature_predictor(tf.saved_model.load(version))
+    if name == "onnx":
+        path = export_onnx(model, run_file(folder, "onnx"))
+        return os.path.getsize(path), onnx_predictor(path)
+    path = os.path.join(folder, file)
+    size = export_tflite(model, path, quantize=quantize, representative_data=representative_data)
+    return size, tflite_predictor(path)
+
+
+def _scores(predict, images, labels, reference):
+    from keras_transfer.evaluation import mean_average_precision
+
+    probabilities = _batched(predict, images)
+    several = labels.ndim == 2 and labels.shape[1] > 1
+    if several:
+        score = mean_average_precision(probabilities, labels)
+    else:
+        score = float(np.mean(np.argmax(probabilities, -1) == labels.reshape(-1)))
+    return {
+        "metric": "mAP" if several else "accuracy",
+        "accuracy": score,
+        "agreement": float(np.mean(np.argmax(probabilities, -1) == np.argmax(reference, -1))),
+        "max_difference": float(np.abs(probabilities - reference).max()),
+    }
+
+
+def _alternating_timings(predictors, images, repeats, calls=10):
+    """{format: latency_ms, images_per_second}: per round, each format in turn times `calls` one-image calls and
+    one batch of 32 (the images repeated to fill it), after one untimed call of each shape."""
+    one, full = images[:1], np.resize(images, (32, *images.shape[1:]))
+    for predict in predictors.values():
+        predict(one), predict(full)
+    seconds = {name: ([], []) for name in predictors}
+    for _ in range(repeats):
+        for name, predict in predictors.items():
+            for _ in range(calls):
+                start = time.perf_counter()
+                predict(one)
+                seconds[name][0].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            predict(full)
+            seconds[name][1].append(time.perf_counter() - start)
+    return {
+        name: {"latency_ms": 1000 * float(np.median(single)), "images_per_second": 32 / float(np.median(batch))}
+        for name, (single, batch) in seconds.items()
+    }
 
 
 def _with_tflite_metadata(flatbuffer, facts):
@@ -298,16 +625,8 @@ class _Unconvertible(logging.Handler):
     def check(self):
         if not self.ops:
             return
-        names = {layer.name: layer for layer in flatten_layers(self.model)}
-        culprits = {}
-        for scope, op in self.ops:
-            parts = [re.sub(r"_\d+$", "", part) for part in scope.split("/")[:-1]]
-            layer = next((names[p] for p in reversed(parts) if p in names and p != self.model.name), None)
-            where = f"layer {layer.name!r} ({type(layer).__name__})" if layer else f"op {scope!r}"
-            culprits.setdefault(where, set()).add(op)
-        described = "; ".join(f"{where} uses {', '.join(sorted(ops))}" for where, ops in culprits.items())
         raise ValueError(
-            f"Cannot export {self.model.name!r} to ONNX: {described}, which ONNX cannot express. "
+            f"Cannot export {self.model.name!r} to ONNX: {_culprits(self.model, self.ops)}, which ONNX cannot express. "
             "Export a SavedModel or TFLite instead, or replace that layer."
         )
 
@@ -338,48 +657,98 @@ def _metadata(model, class_names, extra, thresholds=None):
 
 
 def load_predictor(path, *, tta=None):
-    """Loads an export or a `.keras` model for prediction on encoded images.
+    """Loads a model file for prediction on encoded images, through the one image decoder whatever the format:
+    check the file you are about to ship.
 
     Args:
-        path: a SavedModel version folder, a base folder of numbered versions (the newest is used), or a
-            `.keras` file.
-        tta: None, or `"flip"`: average each image's probabilities with its left-right mirror's (the images are
-            decoded here, by the one decoder, at the model's input size).
+        path: a `.keras` file, a SavedModel version folder (or a base folder of numbered versions: the newest),
+            a `.tflite` file (run by LiteRT) or a `.onnx` file (run by ONNX Runtime).
+        tta: None, or `"flip"`: average each image's probabilities with its left-right mirror's.
 
     Returns:
         `(predict, class_names)`: `predict(list_of_encoded_images) -> probabilities` as a NumPy array
-        `(n, num_classes)`; class names from `labels.txt` (or "0", "1", ... for a `.keras` file).
+        `(n, num_classes)`; class names from the export's labels or metadata ("0", "1", ... where it has none).
 
     Raises:
         ValueError: when `path` is none of those.
     """
+    path = os.fspath(path)
     if path.endswith(".keras") and os.path.isfile(path):
         model = load_model(path)
         return keras_predictor(model, tta=tta), [str(i) for i in range(model.output_shape[-1])]
+    if path.endswith((".tflite", ".onnx")) and os.path.isfile(path):
+        facts = export_facts(path)
+        arrays = tflite_predictor(path) if path.endswith(".tflite") else onnx_predictor(path)
+        names = facts.get("class_names") or [str(i) for i in range(facts["num_classes"])]
+        return _blob_predictor(arrays, tuple(facts["input_size"]), tta), names
     version = _newest_version(path)
     if not os.path.exists(os.path.join(version, "saved_model.pb")):
         raise ValueError(
-            f"{path!r} is not a SavedModel folder, a folder of numbered versions, or a .keras file. "
-            f"Received: model={path!r}"
+            f"{path!r} is not a .keras file, a SavedModel folder, a folder of numbered versions, a .tflite file "
+            f"or a .onnx file. Received: model={path!r}"
         )
-    signatures = tf.saved_model.load(version).signatures
-    labels_file = os.path.join(version, "labels.txt")
-    with open(labels_file) as f:
+    loaded = tf.saved_model.load(version)
+    with open(os.path.join(version, "labels.txt")) as f:
         class_names = [line.rstrip("\n") for line in f]
+    if tta == "flip":  # decoded here as serve_bytes decodes, then the pixels signature on each image and its mirror
+        size = tuple(export_facts(version)["input_size"])
+        return _blob_predictor(_signature_predictor(loaded), size, tta), class_names
 
     def predict_saved_model(blobs):
-        return signatures["serve_bytes"](image_bytes=tf.constant(list(blobs)))["probabilities"].numpy()
-
-    if tta == "flip":  # decoded here as serve_bytes decodes, then the pixels signature on each image and its mirror
-        with open(os.path.join(version, "metadata.json")) as f:
-            size = tuple(json.load(f)["input_size"])
-
-        def predict_saved_model(blobs):
-            images = np.stack([image_array(b, size=size) for b in blobs]).astype(np.float32)
-            pixels = signatures["serving_default"]
-            return _mirror_average(lambda x: pixels(images=tf.constant(x))["probabilities"].numpy(), images)
+        return loaded.signatures["serve_bytes"](image_bytes=tf.constant(list(blobs)))["probabilities"].numpy()
 
     return predict_saved_model, class_names
+
+
+def _blob_predictor(arrays, size, tta):
+    def predict(blobs):
+        images = np.stack([image_array(b, size=size) for b in blobs]).astype(np.float32)
+        return _mirror_average(arrays, images) if tta == "flip" else np.asarray(arrays(images))
+
+    return predict
+
+
+def _signature_predictor(loaded):
+    """`predict(images) -> probabilities` through a loaded SavedModel's `serving_default` (pixels) signature."""
+    pixels = loaded.signatures["serving_default"]
+
+    def predict(images, loaded=loaded):  # holds `loaded`: its signatures reference its variables weakly
+        return pixels(images=tf.constant(images, tf.float32))["probabilities"].numpy()
+
+    return predict
+
+
+def onnx_predictor(path):
+    """`predict(images) -> probabilities` for a `.onnx` file from `export_onnx`, through ONNX Runtime (CPU)."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda images: session.run(None, {name: np.asarray(images, np.float32)})[0]
+
+
+def export_facts(path):
+    """What an export says about itself (backbone, input size, class names, thresholds, ...): a SavedModel's
+    `metadata.json`, a `.tflite` file's metadata, a `.onnx` file's metadata properties; {} where it has none."""
+    path = os.fspath(path)
+    if path.endswith(".tflite"):
+        return tflite_metadata(path)
+    if path.endswith(".onnx"):
+        import onnx
+
+        return {p.key: _json_or_text(p.value) for p in onnx.load(path, load_external_data=False).metadata_props}
+    try:
+        with open(os.path.join(_newest_version(path), "metadata.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _json_or_text(value):
+    try:
+        return json.loads(value)
+    except ValueError:  # written as text: a string fact
+        return value
 
 
 def _mirror_average(predict, images):
@@ -387,16 +756,11 @@ def _mirror_average(predict, images):
 
 
 def export_thresholds(path):
-    """The per-label thresholds of a multi-label export (from its `metadata.json`; 0.5 each for a multi-label
-    `.keras` file), or None for a model with one label per image."""
+    """The per-label thresholds of a multi-label export (from its metadata; 0.5 each for a multi-label `.keras`
+    file), or None for a model with one label per image."""
     if os.fspath(path).endswith(".keras") and os.path.isfile(path):
         return _thresholds(load_model(path), None)
-    version = _newest_version(path)
-    try:
-        with open(os.path.join(version, "metadata.json")) as f:
-            return json.load(f).get("thresholds")
-    except (OSError, ValueError):
-        return None
+    return export_facts(path).get("thresholds")
 
 
 def _newest_version(path):

@@ -16,18 +16,26 @@ import time
 
 import keras
 
+from keras_transfer.config import RunConfig, load_config
 from keras_transfer.data import TABLE_OPTIONS, load_dataset
 from keras_transfer.distribute import get_strategy, set_mixed_precision
 from keras_transfer.evaluation import evaluate, linear_probe, tune_thresholds
-from keras_transfer.export import export_onnx, export_saved_model
+from keras_transfer.export import benchmark_exports, export_onnx, export_saved_model, format_exports
 from keras_transfer.files import atomic_path, versions, write_text
-from keras_transfer.models import build_model, check_input_size, check_memory, default_input_size
+from keras_transfer.models import (
+    build_model,
+    check_input_size,
+    check_memory,
+    default_input_size,
+    input_size,
+    load_model,
+)
 from keras_transfer.policies import check_policy, set_trainable
 from keras_transfer.report import write_html
 from keras_transfer.runs import claim, empty_run_folder, locked, mark_complete, read_complete, read_history, run_file
 from keras_transfer.training import TrainingOptions, find_learning_rate, fine_tune, plot_findings
 
-NOT_IDENTITY = ("output", "export", "export_onnx", "overwrite")  # settings that do not change the result
+NOT_IDENTITY = ("output", "export", "export_onnx", "export_bench", "overwrite")  # settings not changing the result
 WAYS_OUT = "Choose another --output, or pass --overwrite to start this one afresh."
 
 
@@ -84,6 +92,8 @@ def _run(config, model, data, strategy, policy, size, run_id, verbose):
             model, run_file(config.output, "onnx"), class_names=data["info"].class_names, thresholds=data["thresholds"]
         )
         print(f"ONNX: {onnx_path}")
+    if config.export_bench and report:
+        timings.run("export benchmark", _bench_exports, model, data, config.output)
     if config.compare_scratch and report:
         timings.run("scratch comparison", _compare_scratch, config, report, probe, size, data, strategy, verbose)
     if report:
@@ -184,6 +194,42 @@ def find_rates(config, plot_path, steps=100):
             f"   policy {finding.policy!r}{', the loss diverged before the end' if finding.stopped_early else ''}"
         )
     return 0
+
+
+def export_bench(run_dir, repeats=5):
+    """`keras-transfer export-bench RUN_DIR`: `export.benchmark_exports` for a finished run's `model.keras` on the
+    run's evaluation split (calibrating int8 on its training split), into `<run>/exports/`; the report page gains
+    the table. Returns 0.
+
+    Raises:
+        ValueError: for a folder without a finished run's `config.yaml` and `model.keras`.
+    """
+    paths = [run_file(run_dir, "config"), run_file(run_dir, "model")]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise ValueError(f"{run_dir!r} holds no finished run: {', '.join(missing)} missing. Received: {run_dir!r}")
+    config = RunConfig(**load_config(paths[0]))
+    model = load_model(paths[1])
+    data = _load(config, input_size(model), get_strategy("default"))
+    if data["evaluated"] is None:
+        raise ValueError(f"The run in {run_dir!r} has no test or validation split to measure the exports on")
+    _bench_exports(model, data, run_dir, repeats)
+    print(f"Report: {write_html(run_dir)}")
+    return 0
+
+
+def _bench_exports(model, data, run_dir, repeats=5):
+    images = data["info"].sizes[data["split"]]
+    print(f"\nExport benchmark: every format, scored on the {images} {data['split']} images", flush=True)
+    rows = benchmark_exports(
+        model,
+        data["evaluated"],
+        representative_data=data["train"],
+        output_dir=run_file(run_dir, "exports"),
+        repeats=repeats,
+    )
+    print(format_exports(rows))
+    return rows
 
 
 def _already_complete(config):

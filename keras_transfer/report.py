@@ -9,6 +9,7 @@ and the page; `keras-transfer report RUN_DIR` rebuilds the page from the folder 
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import json
@@ -185,6 +186,7 @@ def write_html(run_dir):
     sections = [  # the answer first (metrics, comparison, mistakes), the 30-row settings table last
         _metrics(files),
         _comparison(files),
+        _exports(files),
         _examples(run_dir, files),
         _curves(files),
         _data(files),
@@ -229,7 +231,11 @@ def _read_run(run_dir):
         return dict(np.load(path))
 
     confusion, curves = run_file(run_dir, "confusion"), run_file(run_dir, "pr_curves")
+    exports = run_file(run_file(run_dir, "exports"), "exports_table")
+    with contextlib.suppress(OSError, ValueError), open(exports) as f:
+        exports = json.load(f)
     return {
+        "exports": exports if isinstance(exports, list) else None,
         "pr_curves": curves if os.path.isfile(curves) else None,
         "report": load("report"),
         "config": load("config", {}),
@@ -495,6 +501,24 @@ def _comparison(files):
         return None
     rows = [[_cell(k), _cell(v)] for k, v in comparison.items() if not isinstance(v, (dict, list))]
     return "<h2>Transfer vs scratch</h2>" + _table(["", ""], rows)
+
+
+def _exports(files):
+    """The export benchmark's table (`export.benchmark_exports`), when the run has one."""
+    rows = files["exports"]
+    if not rows:
+        return None
+    header = ["format", "bytes", "score", "agreement with Keras", "max probability difference", "latency ms"]
+    cells = []
+    for r in rows:
+        if "error" in r:
+            cells.append([_cell(r["format"]), f'<td colspan="6">not measured: {html.escape(r["error"])}</td>'])
+            continue
+        score = f"{r['metric']} {r['accuracy']:.2%}"
+        numbers = [r["agreement"], r["max_difference"], r["latency_ms"], r["images_per_second"]]
+        cells.append([_cell(r["format"]), _cell(int(r["bytes"])), _cell(score), *map(_cell, map(float, numbers))])
+    note = '<p class="note">Each file scored on the evaluated images; speed measured on the machine that ran it.</p>'
+    return "<h2>Exports</h2>" + _table([*header, "images/s"], cells) + note
 
 
 def _timings(files):

@@ -66,6 +66,8 @@ FILES = {  # key -> path inside a run folder ("/" separates folders; {fields} ar
     "comparison": "comparison.json",
     "timings": "timings.json",
     "scratch": "scratch",
+    "exports": "exports",  # benchmark_exports' files, in a run
+    "exports_table": "exports.json",  # its table, in the folder it writes to
 }
 _FOLDERS = ("checkpoints", "backup", "logs")
 

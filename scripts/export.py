@@ -1,7 +1,8 @@
 """Export a `.keras` model (a run's model.keras or checkpoints/best.keras) as a SavedModel, TFLite and/or ONNX.
 
 Usage: python scripts/export.py MODEL.keras [--saved-model DIR] [--version N] [--labels labels.txt]
-                                [--tflite FILE.tflite] [--quantize none|dynamic] [--onnx FILE.onnx]
+                                [--tflite FILE.tflite] [--quantize none|dynamic|float16|int8]
+                                [--representative DATA] (int8: training images to calibrate on) [--onnx FILE.onnx]
                                 [--thresholds T [T ...]]   (a multi-label model's, e.g. from its report.json)
 """
 
@@ -17,8 +18,8 @@ quiet_tensorflow()  # before TensorFlow loads, so its start-up lines stay off th
 
 
 from keras_transfer.cli import add_verbose, positive_int, script_main
-from keras_transfer.export import export_onnx, export_saved_model, export_tflite
-from keras_transfer.models import load_model
+from keras_transfer.export import TFLITE_QUANTIZE, export_onnx, export_saved_model, export_tflite
+from keras_transfer.models import input_size, load_model
 
 
 def build_parser():
@@ -28,7 +29,20 @@ def build_parser():
     parser.add_argument("--version", type=positive_int, help="version number (default: the next one)")
     parser.add_argument("--labels", help="text file with one class name per line")
     parser.add_argument("--tflite", help="write a TensorFlow Lite file here")
-    parser.add_argument("--quantize", choices=["none", "dynamic"], default="none", help="TFLite quantization")
+    parser.add_argument(
+        "--quantize",
+        choices=["none", *(q for q in TFLITE_QUANTIZE if q)],
+        default="none",
+        help="TFLite quantization: " + "; ".join(f"{q or 'none'}: {what}" for q, what in TFLITE_QUANTIZE.items()),
+    )
+    parser.add_argument(
+        "--representative",
+        help="with --quantize int8: training images to calibrate on (a folder of class subfolders, a CSV, ... as "
+        "keras-transfer --data takes them); the first few hundred are used",
+    )
+    parser.add_argument(
+        "--input-type", choices=["float32", "uint8"], default="float32", help="int8: uint8 in and out (integer-only)"
+    )
     parser.add_argument("--onnx", help="write an ONNX file here (float32 RGB 0-255 input, preprocessing inside)")
     parser.add_argument(
         "--thresholds",
@@ -53,11 +67,28 @@ def run(args):
     if args.saved_model:
         print(f"SavedModel: {export_saved_model(model, args.saved_model, version=args.version, **labels)}")
     if args.tflite:
-        size = export_tflite(model, args.tflite, quantize=None if args.quantize == "none" else args.quantize, **labels)
+        quantize = None if args.quantize == "none" else args.quantize
+        size = export_tflite(
+            model,
+            args.tflite,
+            quantize=quantize,
+            representative_data=_representative(args.representative, model),
+            input_type=args.input_type,
+            **labels,
+        )
         print(f"TFLite: {args.tflite} ({size / 1e6:.1f} MB, quantize={args.quantize})")
     if args.onnx:
         print(f"ONNX: {export_onnx(model, args.onnx, **labels)}")
     return 0
+
+
+def _representative(source, model):
+    """The training split of `source` at the model's input size, or None."""
+    if source is None:
+        return None
+    from keras_transfer.data import load_dataset
+
+    return load_dataset(source, image_size=input_size(model), batch_size=32, validation_split=0.0)[0]
 
 
 main = script_main("export", build_parser, run)

@@ -1,5 +1,6 @@
-"""Predict image files with an exported SavedModel or a `.keras` model: a top-k table or JSON; for a multi-label
-model, the labels above their thresholds (from the export's metadata.json; 0.5 for a .keras file).
+"""Predict image files with a `.keras` model, an exported SavedModel, a `.tflite` file (through LiteRT) or a
+`.onnx` file (through ONNX Runtime), all decoded by the one image decoder: a top-k table or JSON; for a
+multi-label model, the labels above their thresholds (from the export's metadata; 0.5 for a .keras file).
 
 Usage: python scripts/predict.py MODEL IMAGE_OR_FOLDER [...] [--top-k 5] [--json] [--batch-size 32]
        python scripts/predict.py --imagenet [--backbone efficientnet_lite0] IMAGE_OR_FOLDER [...]
@@ -38,7 +39,11 @@ def predictor(args):
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", nargs="?", help="SavedModel version folder, folder of versions, or .keras file")
+    parser.add_argument(
+        "model",
+        nargs="?",
+        help="a .keras file, SavedModel version folder (or folder of versions), .tflite or .onnx file",
+    )
     parser.add_argument("inputs", nargs="+", help="image files or folders")
     parser.add_argument(
         "--imagenet",

@@ -14,7 +14,6 @@ from conftest import SUBPROCESS_ENV
 from PIL import Image
 
 import keras_transfer as kt
-from keras_transfer.export import export_tflite
 from keras_transfer.images import image_array
 from keras_transfer.models import feature_model, output_layer
 
@@ -155,25 +154,6 @@ def test_export_errors(model, tmp_path):
     dynamic = kt.build_model("vgg16", 2, input_shape=(None, None), weights=None)
     with pytest.raises(ValueError, match=r"takes images of any size.*fixed input_shape"):
         kt.export_saved_model(dynamic, str(tmp_path / "u"))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("quantize,atol", [(None, 1e-5), ("dynamic", 0.05)])
-def test_tflite_matches_keras(model, tmp_path, quantize, atol):
-    import tensorflow as tf
-
-    path = str(tmp_path / "model.tflite")
-    size = export_tflite(model, path, quantize=quantize)
-    assert size == os.path.getsize(path)
-    x = np.random.default_rng(2).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
-    interpreter = tf.lite.Interpreter(model_path=path)
-    index = interpreter.get_input_details()[0]["index"]
-    interpreter.resize_tensor_input(index, x.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(index, x)
-    interpreter.invoke()
-    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-    np.testing.assert_allclose(got, model.predict(x, verbose=0), atol=atol)
 
 
 def test_the_test_model_is_not_constant(model):

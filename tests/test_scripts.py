@@ -92,7 +92,7 @@ def test_export_tflite_onnx_and_bad_arguments(saved, capsys):
     assert export.main([str(root / "model.keras")]) == 2
     assert "nothing to do" in capsys.readouterr().err
     assert _script("predict").main([str(root / "nowhere"), str(root / "images")]) == 2
-    assert "is not a SavedModel folder" in capsys.readouterr().err
+    assert "is not a .keras file, a SavedModel folder" in capsys.readouterr().err
 
 
 def test_predict_imagenet_names_the_flower_offline(tmp_path, capsys):

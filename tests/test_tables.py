@@ -16,7 +16,7 @@ from sklearn.metrics import average_precision_score, f1_score, hamming_loss
 import keras_transfer as kt
 from keras_transfer import cli
 from keras_transfer.evaluation import linear_probe, tune_thresholds
-from keras_transfer.export import export_onnx, export_tflite, export_thresholds, tflite_metadata
+from keras_transfer.export import export_onnx, export_tflite, export_thresholds, tflite_metadata, tflite_predictor
 
 COLOURS = ("blue", "green", "red")  # sorted: the label ids
 
@@ -232,7 +232,6 @@ def test_tuned_thresholds_give_each_label_its_best_f1_on_the_images_tuned_on(tra
         kt.evaluate(model, val, thresholds=[0.5, 0.5])
 
 
-@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")  # LiteRT: issue 26
 def test_a_multi_label_export_returns_what_is_predicted_at_its_thresholds(trained, tmp_path):
     model, _, _, test, info, _ = trained
     thresholds = [0.3, 0.5, 0.7]
@@ -247,13 +246,7 @@ def test_a_multi_label_export_returns_what_is_predicted_at_its_thresholds(traine
     export_tflite(model, tmp_path / "m.tflite", class_names=info.class_names, thresholds=thresholds)
     facts = tflite_metadata(tmp_path / "m.tflite")
     assert facts["multi_label"] and facts["thresholds"] == thresholds and facts["class_names"] == info.class_names
-    interpreter = tf.lite.Interpreter(model_path=str(tmp_path / "m.tflite"))  # the metadata leaves it runnable
-    index = interpreter.get_input_details()[0]["index"]
-    interpreter.resize_tensor_input(index, images.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(index, images.numpy())
-    interpreter.invoke()
-    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    got = tflite_predictor(tmp_path / "m.tflite")(images.numpy())  # the metadata leaves it runnable
     np.testing.assert_allclose(got, model.predict_on_batch(images), atol=1e-5)
     single = kt.build_model("small_cnn", 3, input_shape=32, weights=None)
     with pytest.raises(ValueError, match="thresholds apply to a multi-label model"):
