@@ -1,126 +1,89 @@
-"""Serving cost: the exported SavedModel, TFLite and ONNX files vs Keras `predict`, measured side by side in one run.
+"""The demo's fine-tuned EfficientNet-Lite0 in every export format: each file's size, accuracy on the demo's test
+images, agreement with Keras, largest probability difference, batch-1 latency and batch-32 throughput, the formats
+alternating in one run on this machine (`keras_transfer.export.benchmark_exports`, through `keras-transfer
+export-bench`).
 
-Builds a model (random weights: speed does not depend on them), exports it, then measures batch-32 images/s and
-batch-1 latency (p50 / p99) for `model.predict`, the SavedModel's `serving_default` (float images) and its
-`serve_bytes` (JPEG bytes, decoded inside), the TFLite interpreter (float32, default threads) and ONNX Runtime
-(CPU provider; skipped without the onnx extra).
+Reads the demo's run folder (`make demo` writes saved_models/demo/run; without it this script runs the demo
+first). int8 calibrates on the run's training images. Goals (issue 26): int8 within 1 point of Keras's accuracy and
+at least 3.5x smaller than the float32 TFLite file; float16 within 0.1 point and about 2x smaller.
 
-Usage: python bench/serving.py [--backbone mobilenet_v2] [--image-size 224] [--batches 10] [--calls 50]
+Usage: python bench/serving.py [--run saved_models/demo/run] [--repeats 5] [--output bench/results/serving.md]
 """
 
 from __future__ import annotations
 
 import argparse
-import io
+import json
 import os
-import tempfile
-import time
+import sys
 
 from keras_transfer.terminal import quiet_tensorflow
 
 quiet_tensorflow()  # before TensorFlow loads, so its start-up lines stay off the terminal
 
-import keras
-import numpy as np
-import tensorflow as tf
-from PIL import Image
+from keras_transfer.export import format_exports
+from keras_transfer.recipe import export_bench
+from keras_transfer.runs import run_file
 
-import keras_transfer as kt
-from keras_transfer.export import export_onnx, export_tflite, tflite_predictor
-
-
-def timed(fn, repeats):
-    fn()  # warm up (tracing)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return np.array(times)
+# (format, the most accuracy points it may lose against Keras, the least size factor against float32 TFLite)
+GOALS = (("tflite_float16", 0.1, 1.9), ("tflite_int8", 1.0, 3.5))
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="mobilenet_v2")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--batches", type=int, default=10, help="batch-32 calls per measurement")
-    parser.add_argument("--calls", type=int, default=50, help="batch-1 calls per latency measurement")
+    parser.add_argument("--run", default="saved_models/demo/run", help="a finished run folder (the demo's)")
+    parser.add_argument("--repeats", type=int, default=5, help="timing rounds, formats alternating")
+    parser.add_argument("--output", default="bench/results/serving.md")
     args = parser.parse_args(argv)
+    if not os.path.isfile(run_file(args.run, "model")):
+        print(f"{args.run} holds no finished run: running the demo first (scripts/demo.py)", flush=True)
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
+        import demo
 
-    size = args.image_size
-    model = kt.build_model(args.backbone, 10, input_shape=size, weights=None)
-    export = kt.export_saved_model(model, tempfile.mkdtemp(prefix="keras_transfer_serving_"))
-    loaded = tf.saved_model.load(export)
-    floats, encoded = loaded.signatures["serving_default"], loaded.signatures["serve_bytes"]
-
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (32, size, size, 3)).astype("float32")
-    jpegs = []
-    for image in images:
-        buf = io.BytesIO()
-        Image.fromarray(image.astype(np.uint8)).save(buf, "JPEG", quality=90)
-        jpegs.append(buf.getvalue())
-    batch, batch_bytes = tf.constant(images), tf.constant(jpegs)
-    one, one_bytes = tf.constant(images[:1]), tf.constant(jpegs[:1])
-
-    rows = {
-        **_file_rows(model, size, images),
-        **{
-            "Keras model.predict": (
-                lambda: model.predict(images, batch_size=32, verbose=0),
-                lambda: model.predict(images[:1], verbose=0),
-            ),
-            "Keras model(x) (no predict loop)": (
-                lambda: model(batch, training=False),
-                lambda: model(one, training=False),
-            ),
-            "SavedModel serving_default": (lambda: floats(images=batch), lambda: floats(images=one)),
-            "SavedModel serve_bytes (JPEG)": (
-                lambda: encoded(image_bytes=batch_bytes),
-                lambda: encoded(image_bytes=one_bytes),
-            ),
-        },
-    }
-    print(f"{args.backbone} at {size} px, {os.cpu_count()} CPU cores, export {export}")
-    print(f"{'':36} {'batch-32 img/s':>15} {'batch-1 p50 ms':>15} {'p99 ms':>8}")
-    results = {}
-    for name, (batched, single) in rows.items():
-        rate = 32 * args.batches / timed(batched, args.batches).sum()
-        latency = timed(single, args.calls) * 1000
-        results[name] = rate
-        print(f"{name:36} {rate:15.1f} {np.percentile(latency, 50):15.1f} {np.percentile(latency, 99):8.1f}")
-    ratio = results["SavedModel serve_bytes (JPEG)"] / results["SavedModel serving_default"]
-    print(f"bytes endpoint throughput / float endpoint: {ratio:.2f}x (JPEG decode + resize inside the graph)")
-    served = results["SavedModel serving_default"] / results["Keras model.predict"]
-    print(f"SavedModel serving_default / Keras predict: {served:.2f}x")
-    for name in ("TFLite interpreter", "ONNX Runtime"):
-        if name in results:
-            print(f"{name} / SavedModel serving_default: {results[name] / results['SavedModel serving_default']:.2f}x")
-
-
-def _file_rows(model, size, images):
-    """TFLite and ONNX Runtime rows: (batch-32 call, batch-1 call)."""
-    folder = tempfile.mkdtemp(prefix="keras_transfer_serving_files_")
-    export_tflite(model, os.path.join(folder, "model.tflite"))
-
-    def tflite(batch):  # through LiteRT (ai-edge-litert), as the package runs TFLite
-        predict = tflite_predictor(os.path.join(folder, "model.tflite"))
-        return lambda: predict(batch)
-
-    rows = {"TFLite interpreter": (tflite(images), tflite(images[:1]))}
-    try:
-        import onnxruntime
-    except ImportError:
-        print("ONNX Runtime: not installed (pip install 'keras_transfer[onnx]'), row skipped")
-        return rows
-    session = onnxruntime.InferenceSession(export_onnx(model, os.path.join(folder, "model.onnx")))
-    rows["ONNX Runtime"] = (
-        lambda: session.run(None, {"images": images}),
-        lambda: session.run(None, {"images": images[:1]}),
+        code = demo.main(["--output", os.path.dirname(os.path.normpath(args.run))])
+        if code:
+            return code
+    export_bench(args.run, args.repeats)
+    with open(run_file(run_file(args.run, "exports"), "exports_table")) as f:
+        rows = json.load(f)
+    checks = goal_lines(rows)
+    print("\n".join(checks))
+    with open(os.path.join(args.run, "config.yaml")) as f:
+        config = f.read()
+    text = "\n\n".join(
+        [
+            f"`python bench/serving.py --run {args.run} --repeats {args.repeats}` on {os.cpu_count()} CPU cores",
+            "```\n" + format_exports(rows) + "\n```",
+            "\n".join(f"- {line}" for line in checks),
+            "The run's settings:\n```yaml\n" + config.strip() + "\n```",
+        ]
     )
-    return rows
+    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
+    with open(args.output, "w") as f:
+        f.write(text + "\n")
+    with open(os.path.splitext(args.output)[0] + ".json", "w") as f:
+        json.dump({"args": vars(args), "rows": rows}, f, indent=1)
+    print(f"Wrote {args.output}")
+    return 0
+
+
+def goal_lines(rows):
+    """One line per goal in GOALS: the measured accuracy loss and size factor, and whether each goal holds."""
+    by = {row["format"]: row for row in rows}
+    lines = []
+    for name, points, factor in GOALS:
+        if "error" in by.get(name, {"error": "not measured"}) or "error" in by["keras"] or "error" in by["tflite"]:
+            lines.append(f"{name}: not measured ({by.get(name, {}).get('error', 'missing')})")
+            continue
+        change = 100 * (by[name]["accuracy"] - by["keras"]["accuracy"])
+        smaller = by["tflite"]["bytes"] / by[name]["bytes"]
+        verdicts = ["met" if ok else "NOT met" for ok in (change >= -points, smaller >= factor)]
+        lines.append(
+            f"{name}: accuracy {change:+.2f} points against Keras (goal: at most {points} lower, {verdicts[0]}), "
+            f"{smaller:.2f}x smaller than float32 TFLite (goal: >= {factor}x, {verdicts[1]})"
+        )
+    return lines
 
 
 if __name__ == "__main__":
-    keras.utils.set_random_seed(0)
-    main()
+    sys.exit(main())

@@ -316,10 +316,10 @@ def config_from_args(parser, args):
 
 
 def main(argv=None) -> int:
-    """`keras-transfer [flags]`, `keras-transfer lr-find [flags]`, `keras-transfer report RUN_DIR` or
-    `keras-transfer export-bench RUN_DIR`; returns the
-    exit code (see the module docstring). TensorFlow loads after the flags are parsed, so `--help` and flag errors
-    answer at once."""
+    """`keras-transfer [flags]`, `keras-transfer lr-find [flags]`, `keras-transfer report RUN_DIR`,
+    `keras-transfer export-bench RUN_DIR` or `keras-transfer write-shards SOURCE OUTPUT_DIR`; returns the exit code
+    (see the module docstring). TensorFlow loads after the flags are parsed, so `--help` and flag errors answer at
+    once."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["report"]:
         return _report_command(argv[1:])
@@ -327,6 +327,8 @@ def main(argv=None) -> int:
         return _lr_find_command(argv[1:])
     if argv[:1] == ["export-bench"]:
         return _export_bench_command(argv[1:])
+    if argv[:1] == ["write-shards"]:
+        return _write_shards_command(argv[1:])
     parser = build_parser()
     return run_command("keras-transfer", parser, argv, lambda args: _run(config_from_args(parser, args), args.verbose))
 
@@ -382,6 +384,31 @@ def _export_bench_command(argv):
         return export_bench(args.run_dir, args.repeats)
 
     return run_command("keras-transfer export-bench", parser, argv, work)
+
+
+def _write_shards_command(argv):
+    parser = add_verbose(
+        argparse.ArgumentParser(
+            prog="keras-transfer write-shards",
+            description="Write a source (a folder, a CSV file, tfds:NAME, digits, fashion_mnist) as TFRecord shards "
+            "and a manifest.json, which --data then reads (each of several workers its own shards).",
+        )
+    )
+    parser.add_argument("source", help="what --data takes")
+    parser.add_argument("output_dir", help="an empty folder (or a gs://... path)")
+    parser.add_argument("--num-shards", type=positive_int, default=None, help="per split (default: ~150 MB each)")
+    parser.add_argument("--image-size", type=positive_int, default=None, help="re-encode the images at this side")
+
+    def work(args):
+        from keras_transfer.data import write_shards
+
+        manifest = write_shards(args.source, args.output_dir, num_shards=args.num_shards, image_size=args.image_size)
+        for split, shards in manifest["shards"].items():
+            size = sum(s["bytes"] for s in shards) / 1e6
+            print(f"{split}: {sum(s['records'] for s in shards)} images in {len(shards)} shards, {size:.1f} MB")
+        print(f"Wrote {args.output_dir}/manifest.json ({len(manifest['skipped'])} skipped)")
+
+    return run_command("keras-transfer write-shards", parser, argv, work)
 
 
 def _write_report(args):

@@ -15,7 +15,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import gzip
+import hashlib
 import io
+import json
 import logging
 import math
 import os
@@ -25,7 +27,17 @@ import threading
 import numpy as np
 import tensorflow as tf
 
-from keras_transfer.images import decode_files, find_images, image_problem, label_array
+from keras_transfer.distribute import worker_rank
+from keras_transfer.images import (
+    decode_files,
+    decode_image,
+    decode_key,
+    find_images,
+    image_problem,
+    jpeg_header,
+    keyed_decoder,
+    label_array,
+)
 from keras_transfer.images import image_size as image_size_rule
 
 logger = logging.getLogger(__name__)
@@ -205,7 +217,9 @@ def load_dataset(
         info.sizes[split] = len(labels)
         datasets[split] = (
             _pipeline(
-                records.images(origin, indices[split]),
+                (records.worker_images if split == "train" and records.worker_images else records.images)(
+                    origin, indices[split]
+                ),
                 labels,
                 size=size,
                 batch_size=batch_size,
@@ -357,6 +371,11 @@ class _Records:
     dtype: object = np.uint8
     skipped: list = dataclasses.field(default_factory=list)
     multi_label: bool = False  # labels are (n, classes) 0/1 arrays
+    files: dict = None  # split -> the image files (bytes paths), for sources of files (what `write_shards` copies)
+    size: tuple = None  # (height, width) of every image, where the source has one size (arrays)
+    # (split, indices) -> `images` of this worker's part only, for the training split of a source that divides
+    # itself between workers (shards); None: every worker reads all
+    worker_images: object = None
 
 
 def _records(source, data_dir, table):
@@ -379,6 +398,8 @@ def _records(source, data_dir, table):
             return _array_records("fashion_mnist", fashion_mnist_arrays(), list(FASHION_MNIST_CLASSES))
         if source.startswith("tfds:"):
             return _tfds_records(source[len("tfds:") :], data_dir)
+        if _is_shards(source):
+            return _shard_records(source)
         if os.path.isdir(source):
             return _folder_records(source)
         if not os.path.exists(source):
@@ -422,7 +443,14 @@ def _array_records(name, splits, class_names):
 
     labels = {s: y for s, (_, y) in arrays.items()}
     return _Records(
-        name, class_names, list(range(len(class_names))), labels, images, dtype=dtype, multi_label=multi_label
+        name,
+        class_names,
+        list(range(len(class_names))),
+        labels,
+        images,
+        dtype=dtype,
+        multi_label=multi_label,
+        size=tuple(next(iter(arrays.values()))[0].shape[1:3]),
     )
 
 
@@ -526,18 +554,20 @@ def _folder_records(root):
                 f"Training classes: {', '.join(class_names)}."
             )
     ids = {name: i for i, name in enumerate(class_names)}
-    paths = {split: [p for name in class_names for p in scan.get(name, [])] for split, scan in scans.items()}
+    paths = {
+        split: np.array([os.fsencode(p) for name in class_names for p in scan.get(name, [])], dtype=object)
+        for split, scan in scans.items()
+    }
     labels = {
         split: np.array([ids[name] for name in class_names for _ in scan.get(name, [])], dtype=np.int64)
         for split, scan in scans.items()
     }
 
     def images(split, idx):
-        # As bytes: a file name the OS allows need not be UTF-8, and tf.string holds any bytes.
-        files = np.array([os.fsencode(p) for p in paths[split]], dtype=object)[idx]
+        files = paths[split][idx]  # as bytes: a file name the OS allows need not be UTF-8; tf.string holds any
         return lambda labels, size, shuffle_seed, dtype: decode_files(files, labels, size, shuffle_seed, dtype)
 
-    return _Records(root, class_names, class_names, labels, images, skipped=skipped)
+    return _Records(root, class_names, class_names, labels, images, skipped=skipped, files=paths)
 
 
 def _scan_classes(folder, skipped):
@@ -616,7 +646,7 @@ def _table_records(source, table):
         return lambda labels, size, shuffle_seed, dtype: decode_files(files, labels, size, shuffle_seed, dtype)
 
     labels = {split: as_labels(entries) for split, entries in splits.items()}
-    return _Records(name, class_names, original_ids, labels, images, skipped=skipped, multi_label=multi)
+    return _Records(name, class_names, original_ids, labels, images, skipped=skipped, multi_label=multi, files=paths)
 
 
 def _read_table(source, root):
@@ -990,3 +1020,422 @@ def _pipeline(images, labels, *, size, batch_size, training, cache, cache_name, 
     options = tf.data.Options()
     options.deterministic = bool(deterministic) or not training  # evaluation order is the same on every pass
     return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+# --- TFRecord shards -----------------------------------------------------------------------------------------
+
+SHARD_BYTES = 150 * 2**20  # about 150 MB per shard file, as TF Model Garden and big_vision write them
+MANIFEST = "manifest.json"
+SHARDS_VERSION = 1  # the manifest's format; a newer one is refused by name
+SOURCE_OPTIONS = ("data_dir", *TABLE_OPTIONS)  # what `write_shards` passes on to read its source
+
+
+def write_shards(source, output_dir, *, num_shards=None, image_size=None, **source_options):
+    """Writes a source as sharded TFRecord files that `load_dataset(output_dir, ...)` reads like the source.
+
+    Each of the source's own splits becomes `<split>/shard-00000-of-000NN.tfrecord` files of about `SHARD_BYTES`
+    each, holding every image's encoded bytes (as found; re-encoded at `image_size` when given, and for arrays and
+    TFDS images, which have no files: PNG), its label(s), its index in the split and its original path, in a
+    shuffled order (so each shard holds every class). `manifest.json` lists the class names, the label map,
+    whether images carry several labels, the counts per split and class, each shard's bytes, record count and
+    SHA-256, and what was skipped; it holds no absolute path, so the folder can be moved or copied to a bucket
+    (`tf.io.gfile` paths such as `gs://...` work where TensorFlow's file systems do).
+
+    A shard appears whole or not at all (written under a temporary name, then renamed), and the manifest last: a
+    killed writer leaves no manifest, and the same call again keeps the shards it had finished and writes the
+    rest. Progress is logged per shard.
+
+    Args:
+        source: what `load_dataset` takes (a folder, a CSV file or DataFrame, `"tfds:NAME"`, `"digits"`,
+            `"fashion_mnist"`, `(x, y)` arrays).
+        output_dir: an empty (or not yet existing) folder, or one this same call was writing.
+        num_shards: shard files per split (default: enough for about `SHARD_BYTES` each); several workers each
+            read whole shards, so give at least as many as workers.
+        image_size: `(height, width)` or an int to shrink the images to (bilinear, antialiased); None keeps files
+            as they are (TFDS sources need it).
+        **source_options: `data_dir` and the table options of `load_dataset` (`root`, `path_column`, ...).
+
+    Returns:
+        The manifest, as a dict.
+
+    Raises:
+        ValueError: for an unknown option, a bad `num_shards` or `image_size`, or an `output_dir` that holds other
+            files or another set of shards.
+    """
+    unknown = sorted(set(source_options) - set(SOURCE_OPTIONS))
+    if unknown:
+        raise ValueError(f"Unknown options {unknown} for write_shards. Expected some of: {', '.join(SOURCE_OPTIONS)}")
+    if num_shards is not None and (not _is_int(num_shards) or num_shards < 1):
+        raise ValueError(f"num_shards must be an integer >= 1 or None. Received: num_shards={num_shards!r}")
+    size = None if image_size is None else image_size_rule(image_size)
+    table = {name: source_options.get(name, "label" if name == "label_column" else None) for name in TABLE_OPTIONS}
+    records = _records(source, source_options.get("data_dir"), table)
+    if size is None and records.files is None and records.size is None:
+        raise ValueError(f"{records.name!r} has images of several sizes and no files: pass image_size=... to write it")
+    plan = _shard_plan(records, size, num_shards)
+    output_dir = os.fspath(output_dir)
+    _check_shards_folder(output_dir, plan["fingerprint"])
+    shards = {split: _write_split(records, split, plan, output_dir) for split in records.labels}
+    manifest = _manifest(records, plan, shards)
+    _write_atomically(os.path.join(output_dir, MANIFEST), json.dumps(manifest, indent=1).encode())
+    logger.info("Wrote %d shards of %s into %s", sum(map(len, shards.values())), records.name, output_dir)
+    return manifest
+
+
+def _shard_plan(records, size, num_shards):
+    """What the shards will hold: per split a shuffled order of the images and a shard count; and a fingerprint
+    of everything that decides the files' contents (a folder being written is only resumed with the same)."""
+    plan = {"size": size, "order": {}, "shards": {}}
+    for split, labels in records.labels.items():
+        n = len(labels)
+        plan["order"][split] = np.random.default_rng(0).permutation(n)
+        if num_shards is None:
+            sample = plan["order"][split][:16]
+            blobs = [len(blob) for _, blob in _encoded(records, split, sample, size).as_numpy_iterator()]
+            num_shards = max(1, math.ceil(n * float(np.mean(blobs or [0])) / SHARD_BYTES))
+        plan["shards"][split] = min(num_shards, max(n, 1))
+    facts = {
+        "classes": list(map(str, records.class_names)),
+        "labels": {split: np.asarray(labels).tolist() for split, labels in records.labels.items()},
+        "files": {s: [readable(p) for p in f] for s, f in (records.files or {}).items()},
+        "size": size,
+        "shards": plan["shards"],
+    }
+    plan["fingerprint"] = hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+    return plan
+
+
+def _encoded(records, split, idx, size):
+    """A dataset of `(index, encoded image bytes)` for the images `idx` of `split`, in that order; images that
+    fail to decode are left out."""
+    idx = np.asarray(idx, np.int64)
+    if records.files is not None and size is None:
+        ds = tf.data.Dataset.from_tensor_slices((idx, records.files[split][idx]))
+        ds = ds.map(lambda i, path: (tf.cast(i, tf.int64), tf.io.read_file(path)), num_parallel_calls=AUTOTUNE)
+        # decoded once here, so that reading the shards never meets an image that does not decode
+        return ds.map(_decodable, num_parallel_calls=AUTOTUNE).ignore_errors()
+    images = records.images(split, idx)(idx, size or records.size, None, tf.uint8)
+    encode = tf.io.encode_png if records.files is None else (lambda image: tf.io.encode_jpeg(image, quality=95))
+    as_bytes = (lambda image: image) if images.element_spec[0].dtype == tf.uint8 else _rounded
+    return images.map(lambda image, i: (tf.cast(i, tf.int64), encode(as_bytes(image))), num_parallel_calls=AUTOTUNE)
+
+
+def _decodable(i, blob):
+    with tf.control_dependencies([decode_image(blob)]):
+        return i, tf.identity(blob)
+
+
+def _rounded(image):
+    return tf.saturate_cast(tf.round(image), tf.uint8)
+
+
+def _shard_name(split, k, count):
+    return f"{split}/shard-{k:05d}-of-{count:05d}.tfrecord"
+
+
+def _write_split(records, split, plan, output_dir):
+    """Writes (or keeps, when a killed run had finished them) the shards of one split; returns their facts."""
+    count, facts = plan["shards"][split], []
+    tf.io.gfile.makedirs(os.path.join(output_dir, split))
+    for k, chunk in enumerate(np.array_split(plan["order"][split], count)):
+        path = os.path.join(output_dir, _shard_name(split, k, count))
+        key = hashlib.sha256(f"{plan['fingerprint']} {chunk.tolist()}".encode()).hexdigest()
+        done = _finished_shard(path, key)
+        if done is None:
+            done = _write_shard(records, split, chunk, plan["size"], path)
+            _write_atomically(path + ".json", json.dumps({**done, "key": key}).encode())
+        facts.append({"file": _shard_name(split, k, count), **{n: done[n] for n in ("bytes", "records", "sha256")}})
+        facts[-1].update(missing=done["missing"], indices=sorted(int(i) for i in chunk), headers=done["headers"])
+        logger.info("%s: shard %d of %d, %d images, %.1f MB", split, k + 1, count, done["records"], done["bytes"] / 1e6)
+    for name in tf.io.gfile.listdir(os.path.join(output_dir, split)):  # what a killed call left half-written
+        if ".tmp-" in name:
+            tf.io.gfile.remove(os.path.join(output_dir, split, name))
+    return facts
+
+
+def _finished_shard(path, key):
+    """The facts of a shard a previous call finished with the same contents, else None."""
+    try:
+        with tf.io.gfile.GFile(path + ".json", "rb") as f:
+            done = json.loads(f.read())
+        return done if done.get("key") == key and tf.io.gfile.stat(path).length == done["bytes"] else None
+    except (tf.errors.OpError, ValueError, KeyError):
+        return None
+
+
+def _write_shard(records, split, chunk, size, path):
+    written, headers = set(), {}
+    multi = records.multi_label
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with tf.io.TFRecordWriter(temporary) as writer:
+        for i, blob in _encoded(records, split, chunk, size).as_numpy_iterator():
+            label = records.labels[split][i]
+            ids = np.flatnonzero(label) if multi else [label]
+            original = records.files[split][i] if records.files is not None else b""
+            writer.write(_example(i, blob, ids, original).SerializeToString())
+            written.add(int(i))
+            headers[int(i)] = jpeg_header(blob) if blob.startswith(b"\xff\xd8\xff") else "other"
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+    missing = [int(i) for i in chunk if int(i) not in written]
+    facts = {"bytes": tf.io.gfile.stat(path).length, "records": len(written), "sha256": _sha256(path)}
+    # each image's JPEG header (width, height, orientation), None (a JPEG without one) or "other" (not a JPEG), so
+    # that reading picks its decoder without looking
+    return {**facts, "missing": missing, "headers": [headers.get(int(i)) for i in sorted(int(i) for i in chunk)]}
+
+
+def _example(index, blob, ids, path):
+    feature = tf.train.Feature
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "index": feature(int64_list=tf.train.Int64List(value=[int(index)])),
+                "image": feature(bytes_list=tf.train.BytesList(value=[bytes(blob)])),
+                "label": feature(int64_list=tf.train.Int64List(value=[int(i) for i in ids])),
+                "path": feature(bytes_list=tf.train.BytesList(value=[bytes(path)])),
+            }
+        )
+    )
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_atomically(path, data):
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with tf.io.gfile.GFile(temporary, "wb") as f:
+        f.write(data)
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+def _manifest(records, plan, shards):
+    name = records.name.rstrip("/\\")
+    return {
+        "version": SHARDS_VERSION,
+        "source": name if "://" in name else os.path.basename(name) or name,
+        "fingerprint": plan["fingerprint"],
+        "class_names": list(map(str, records.class_names)),
+        "label_map": [[original, i] for i, original in enumerate(records.original_ids)],
+        "multi_label": records.multi_label,
+        "image_size": None if plan["size"] is None else list(plan["size"]),
+        # how `load_dataset` resizes them, as it does the source's: arrays bilinear, files as image files are
+        "decode": "file" if records.files is not None else "array",
+        "counts": {
+            split: {str(n): int(np.sum(_has_label(labels, i))) for i, n in enumerate(records.class_names)}
+            for split, labels in records.labels.items()
+        },
+        "shards": shards,
+        "labels": {split: np.asarray(labels).tolist() for split, labels in records.labels.items()},
+        "skipped": [[_relative(p, name), reason] for p, reason in records.skipped]
+        + [
+            [_relative(records.files[split][i], name) if records.files else f"{split} {i}", "did not decode"]
+            for split, facts in shards.items()
+            for shard in facts
+            for i in shard["missing"]
+        ],
+    }
+
+
+def _relative(path, root):
+    """A path as the manifest keeps it: relative to the source's folder (or the table's) where it lies inside."""
+    path, root = readable(path), readable(root)
+    folder = root if os.path.isdir(root) else os.path.dirname(root)
+    inside = os.path.isabs(path) == os.path.isabs(folder) and not os.path.relpath(path, folder).startswith("..")
+    return os.path.relpath(path, folder) if folder and inside else path
+
+
+def _check_shards_folder(output_dir, fingerprint):
+    """An empty folder, or the one a call with the same `fingerprint` was writing; else a ValueError."""
+    manifest = os.path.join(output_dir, MANIFEST)
+    if tf.io.gfile.exists(manifest):
+        with tf.io.gfile.GFile(manifest) as f:
+            found = json.loads(f.read()).get("fingerprint")
+        if found != fingerprint:
+            raise ValueError(
+                f"{output_dir!r} already holds another set of shards ({manifest}); write into an empty folder. "
+                f"Received: output_dir={output_dir!r}"
+            )
+        return
+    if not tf.io.gfile.exists(output_dir):
+        tf.io.gfile.makedirs(output_dir)
+        return
+    for entry in tf.io.gfile.listdir(output_dir):
+        inside = os.path.join(output_dir, entry.rstrip("/"))
+        leftover = entry.rstrip("/") in SPLITS and all(n.startswith("shard-") for n in tf.io.gfile.listdir(inside))
+        if not leftover:
+            raise ValueError(
+                f"{output_dir!r} holds {entry!r}: shards are written into an empty folder (or one a killed "
+                f"write_shards call of the same source left). Received: output_dir={output_dir!r}"
+            )
+
+
+def _is_shards(source):
+    return isinstance(source, (str, os.PathLike)) and tf.io.gfile.exists(os.path.join(os.fspath(source), MANIFEST))
+
+
+def _shard_records(folder):
+    """A folder from `write_shards` as records; each shard checked against the manifest by size."""
+    folder = os.fspath(folder)
+    with tf.io.gfile.GFile(os.path.join(folder, MANIFEST)) as f:
+        manifest = json.loads(f.read())
+    if manifest.get("version", 0) > SHARDS_VERSION:
+        raise ValueError(
+            f"{folder!r} was written by a newer keras_transfer (shards format {manifest['version']}; this one reads "
+            f"up to {SHARDS_VERSION}): upgrade keras_transfer. Received: source={folder!r}"
+        )
+    _check_shard_files(folder, manifest)
+    multi, names = manifest["multi_label"], manifest["class_names"]
+    labels, positions = {}, {}
+    for split, stored in manifest["labels"].items():
+        missing = {i for shard in manifest["shards"][split] for i in shard["missing"]}
+        present = np.array([i for i in range(len(stored)) if i not in missing], np.int64)
+        positions[split] = np.full(len(stored), -1, np.int64)
+        positions[split][present] = np.arange(len(present))
+        stored = np.asarray(stored, np.uint8 if multi else np.int64)
+        labels[split] = stored[present] if len(present) else stored[:0]
+
+    def images(split, idx, workers=(1, 0)):
+        mine = _worker_shards(manifest["shards"][split], positions[split], idx, folder, workers)
+        files = [os.path.join(folder, shard["file"]) for shard in mine["shards"]]
+        headers = {i: h for s in mine["shards"] for i, h in zip(s["indices"], s["headers"])}
+        headers = None if manifest["decode"] == "array" else [headers.get(i) for i in range(len(positions[split]))]
+        reader = _shard_reader(files, positions[split], len(labels[split]), idx, headers)
+        return lambda *args: reader(*args).take(mine["images"])
+
+    return _Records(
+        folder,
+        names,
+        [original for original, _ in manifest["label_map"]],
+        labels,
+        images,
+        skipped=[tuple(entry) for entry in manifest["skipped"]],
+        multi_label=multi,
+        worker_images=lambda split, idx: images(split, idx, worker_rank()),
+    )
+
+
+def _check_shard_files(folder, manifest):
+    listed = {shard["file"] for facts in manifest["shards"].values() for shard in facts}
+    for split in manifest["shards"]:
+        names = (
+            tf.io.gfile.listdir(os.path.join(folder, split)) if tf.io.gfile.isdir(os.path.join(folder, split)) else []
+        )
+        strangers = sorted(f"{split}/{n}" for n in names if n.endswith(".tfrecord") and f"{split}/{n}" not in listed)
+        if strangers:
+            raise ValueError(
+                f"{folder!r} mixes shards of another set with its own: {', '.join(strangers[:3])} are not in its "
+                f"{MANIFEST}. Write each set into its own folder. Received: source={folder!r}"
+            )
+    for facts in manifest["shards"].values():
+        for shard in facts:
+            path = os.path.join(folder, shard["file"])
+            size = tf.io.gfile.stat(path).length if tf.io.gfile.exists(path) else None
+            if size != shard["bytes"]:
+                found = "missing" if size is None else f"{size} bytes"
+                raise ValueError(
+                    f"Shard {path!r} does not match {MANIFEST}: {found}, expected {shard['bytes']} bytes "
+                    f"({shard['records']} records). Write the shards again. Received: source={folder!r}"
+                )
+
+
+def check_shards(folder):
+    """Reads every record of a `write_shards` folder and checks each shard against its manifest (size, record
+    count, SHA-256): what to run when training from shards stopped on "corrupted record". Returns the manifest.
+
+    Raises:
+        ValueError: naming the first shard that is missing, damaged or different, and what differs.
+    """
+    folder = os.fspath(folder)
+    _shard_records(folder)  # the manifest's version, stray files and sizes
+    with tf.io.gfile.GFile(os.path.join(folder, MANIFEST)) as f:
+        manifest = json.loads(f.read())
+    for facts in manifest["shards"].values():
+        for shard in facts:
+            path = os.path.join(folder, shard["file"])
+            try:
+                records = int(tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda n, _: n + 1))
+            except tf.errors.DataLossError as e:
+                why = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*$", "", e.message)
+                raise ValueError(f"Shard {path!r} is damaged: {why}. Write the shards again.") from e
+            found = {"records": records, "sha256": _sha256(path)}
+            wrong = [f"{k} {found[k]} (expected {shard[k]})" for k in found if found[k] != shard[k]]
+            if wrong:
+                raise ValueError(f"Shard {path!r} does not match {MANIFEST}: {', '.join(wrong)}. Write it again.")
+    return manifest
+
+
+def _shard_decoder(headers, size, dtype):
+    """(branch per record index, decode(blob, branch)): arrays' images resized as arrays are; files grouped by
+    `decode_key` as `decode_files` groups them."""
+    if headers is None:
+        return tf.zeros([1], tf.int32), lambda blob, branch: tf.cast(_resize(decode_image(blob), size), dtype)
+    keys = [h if h == "other" else decode_key(h, size) for h in headers]
+    groups = sorted(set(keys), key=repr)
+    branches = tf.constant(np.array([groups.index(k) for k in keys], np.int32).reshape(-1))
+    return branches, keyed_decoder(groups, size, dtype)
+
+
+def _worker_shards(shards, positions, idx, folder, workers=(1, 0)):
+    """A worker's part of a split's shards, for `workers` = `(workers, rank)` (`worker_rank()`): every
+    `workers`-th shard from its rank on, and as many images as the worker with the fewest kept images has, so
+    that every worker runs the same number of steps; `{"shards", "images"}`."""
+    workers, rank = workers
+    kept = set(positions[np.asarray(idx, np.int64)].tolist()) if len(idx) else set()
+    images = [len(kept & set(positions[np.asarray(s["indices"], np.int64)].tolist())) for s in shards]
+    if workers > len(shards):
+        raise ValueError(
+            f"{folder!r} has {len(shards)} shards for a split, fewer than the {workers} workers in TF_CONFIG: each "
+            f"worker reads whole shards. Write them again with write_shards(..., num_shards={workers}) or more."
+        )
+    least = min(sum(images[w::workers]) for w in range(workers))
+    if workers > 1 and sum(images[rank::workers]) > least:
+        logger.warning(
+            "Worker %d of %d reads %d images of this split, the fewest any worker has is %d: it uses %d per pass, "
+            "so that every worker runs the same number of steps (a number of shards that is a multiple of the "
+            "workers keeps the parts even).",
+            rank,
+            workers,
+            sum(images[rank::workers]),
+            least,
+            least,
+        )
+    return {"shards": shards[rank::workers], "images": least}
+
+
+def _shard_reader(files, positions, n, idx, headers):
+    """`images` for shards: the records of the kept positions `idx`, decoded at the size (images from arrays
+    resized as arrays are, files as image files are: by their JPEG `headers`, one per record index, as
+    `decode_files` decodes them), beside their labels."""
+    keep = np.zeros(n, bool)
+    keep[idx] = True
+    keep, positions = tf.constant(keep), tf.constant(positions)
+    spec = {"index": tf.io.FixedLenFeature([], tf.int64), "image": tf.io.FixedLenFeature([], tf.string)}
+
+    def pairs(labels, size, shuffle_seed, dtype):
+        by_position = np.zeros((n, *np.shape(labels)[1:]), label_array(labels).dtype)
+        by_position[idx] = label_array(labels)
+        by_position = tf.constant(by_position)
+        ds = tf.data.Dataset.from_tensor_slices(files)  # this worker's shards: nothing for tf.distribute to shard
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        ds = ds.with_options(options)
+        if shuffle_seed is not None:
+            ds = ds.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
+        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE)
+        ds = ds.batch(256).map(lambda records: tf.io.parse_example(records, spec), num_parallel_calls=AUTOTUNE)
+        ds = ds.unbatch()  # parsed 256 at a time: 3x faster than one by one
+        branches, decode = _shard_decoder(headers, size, dtype)
+        ds = ds.map(lambda example: (example["index"], tf.gather(positions, example["index"]), example["image"]))
+        ds = ds.filter(lambda index, position, blob: position >= 0 and tf.gather(keep, position))
+        if shuffle_seed is not None:  # encoded bytes in the buffer, decoded after
+            ds = _shuffle(ds, len(idx), shuffle_seed)
+        return ds.map(
+            lambda index, position, blob: (decode(blob, tf.gather(branches, index)), tf.gather(by_position, position)),
+            num_parallel_calls=AUTOTUNE,
+        )
+
+    return pairs

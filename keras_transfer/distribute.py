@@ -82,6 +82,18 @@ def _workers_in_tf_config():
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
+def worker_rank():
+    """`(workers, rank)` of this process in `TF_CONFIG`'s cluster (the chief first, then the workers, as
+    MultiWorkerMirroredStrategy numbers them); `(1, 0)` without a cluster of several."""
+    workers = _workers_in_tf_config()
+    if workers < 2:
+        return 1, 0
+    config = json.loads(os.environ["TF_CONFIG"])
+    task = config.get("task", {})
+    chiefs = len(config["cluster"].get("chief", []))
+    return workers, int(task.get("index", 0)) + (chiefs if task.get("type") == "worker" else 0)
+
+
 def _tpu_present():
     # Only look where a TPU announces itself: asking the resolver off Google Cloud waits on a metadata server.
     return bool(os.environ.get("TPU_NAME") or os.environ.get("COLAB_TPU_ADDR") or os.path.exists("/dev/accel0"))

@@ -291,16 +291,29 @@ def _representative(model, data):
 def dataset_images(data, limit=None):
     """The images (float32, stacked) of a dataset of `(images, labels)` or images batches, or of an array; the
     first `limit` when given."""
-    if not isinstance(data, tf.data.Dataset):
-        return np.asarray(data, np.float32)[:limit]
-    batches, count = [], 0
+    return _dataset_arrays(data, limit)[0]
+
+
+def _dataset_arrays(data, limit=None):
+    """(images, labels) stacked from a dataset or list of `(images, labels)` batches, or (images, None) from an
+    array or a dataset of images alone."""
+    batches = isinstance(data, tf.data.Dataset) or (
+        isinstance(data, list) and all(isinstance(b, tuple) and len(b) == 2 for b in data)
+    )
+    if not batches:
+        return np.asarray(data, np.float32)[:limit], None
+    images, labels, count = [], [], 0
     for batch in data:
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        batches.append(np.asarray(images, np.float32))
-        count += len(batches[-1])
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        images.append(np.asarray(x, np.float32))
+        if isinstance(batch, (tuple, list)):
+            labels.append(np.asarray(batch[1]))
+        count += len(images[-1])
         if limit is not None and count >= limit:
             break
-    return np.concatenate(batches)[:limit] if batches else np.zeros((0,), np.float32)
+    if not images:
+        return np.zeros((0,), np.float32), None
+    return np.concatenate(images)[:limit], np.concatenate(labels)[:limit] if labels else None
 
 
 def tflite_interpreter(path, num_threads=None):
@@ -396,7 +409,9 @@ def benchmark_exports(
     unknown = [f for f in formats if f not in EXPORT_FORMATS]
     if unknown:
         raise ValueError(f"Unknown export formats {unknown}. Expected some of: {', '.join(EXPORT_FORMATS)}")
-    images, labels = _images_and_labels(dataset)
+    images, labels = _dataset_arrays(dataset)
+    if labels is None or not len(images):
+        raise ValueError("benchmark_exports needs (images, labels) batches to score on, but the dataset is empty")
     reference = _batched(model.predict_on_batch, images)
     with tempfile.TemporaryDirectory(prefix="keras_transfer_exports_") as scratch:
         folder = os.fspath(output_dir or scratch)
@@ -405,7 +420,8 @@ def benchmark_exports(
         for name in formats:
             try:
                 size, predictors[name] = _write_format(model, name, folder, representative_data)
-                rows.append({"format": name, "bytes": size, **_scores(predictors[name], images, labels, reference)})
+                predicted = reference if name == "keras" else _batched(predictors[name], images)
+                rows.append({"format": name, "bytes": size, **_scores(predicted, labels, reference)})
             except Exception as e:  # a format this model cannot take: its row says why
                 predictors.pop(name, None)
                 rows.append({"format": name, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"})
@@ -442,16 +458,6 @@ def format_exports(rows):
     return "\n".join(lines)
 
 
-def _images_and_labels(dataset):
-    images, labels = [], []
-    for x, y in dataset:
-        images.append(np.asarray(x, np.float32))
-        labels.append(np.asarray(y))
-    if not images:
-        raise ValueError("benchmark_exports needs images to score on, but the dataset is empty")
-    return np.concatenate(images), np.concatenate(labels)
-
-
 def _batched(predict, images, batch=32):
     return np.concatenate([np.asarray(predict(images[i : i + batch])) for i in range(0, len(images), batch)])
 
@@ -475,10 +481,9 @@ def _write_format(model, name, folder, representative_data):
     return size, tflite_predictor(path)
 
 
-def _scores(predict, images, labels, reference):
+def _scores(probabilities, labels, reference):
     from keras_transfer.evaluation import mean_average_precision
 
-    probabilities = _batched(predict, images)
     several = labels.ndim == 2 and labels.shape[1] > 1
     if several:
         score = mean_average_precision(probabilities, labels)

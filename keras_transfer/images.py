@@ -379,19 +379,39 @@ def label_array(labels):
 
 
 def _decode_key(path, size, dct_scaling=True):
-    """`(DCT ratio, antialias)` for an upright JPEG, as `decode_image(blob, size)` would choose; None for the rest."""
+    """`decode_key` of an image file, from its header."""
     try:
         with open(path, "rb") as f:
             head = f.read(1 << 16)
             header = jpeg_header(head, f) if head.startswith(b"\xff\xd8\xff") else None
     except (OSError, struct.error):  # decode_image decides, or the file is dropped
         return None
+    return decode_key(header, size, dct_scaling)
+
+
+def decode_key(header, size, dct_scaling=True):
+    """`(DCT ratio, antialias)` for an upright JPEG of `jpeg_header` `header`, as `decode_image(blob, size)` would
+    choose; None for the rest (no header: not a JPEG; or turned by its EXIF orientation)."""
     if header is None or header[2] != 1:
         return None
     width, height, _ = header
     fits = [r for r in (8, 4, 2) if dct_scaling and -(-height // r) >= size[0] and -(-width // r) >= size[1]]
     ratio = fits[0] if fits else 1
     return ratio, ratio > 1 or height >= 2 * size[0] or width >= 2 * size[1]
+
+
+def keyed_decoder(keys, size, dtype=tf.uint8):
+    """`decode(blob, branch)`: the image decoded as `decode_image(blob, size)` does, by the fixed decoder of the
+    `decode_key` `keys[branch]`, or of `"other"` for images known not to be JPEGs (no EXIF orientation to look
+    for); one branch: no control flow between decoders."""
+    decoders = [_other_decoder(size, dtype) if key == "other" else _group_decoder(key, size, dtype) for key in keys]
+    if len(decoders) == 1:
+        return lambda blob, branch: decoders[0](blob)
+    return lambda blob, branch: tf.switch_case(tf.cast(branch, tf.int32), [lambda d=d: d(blob) for d in decoders])
+
+
+def _other_decoder(size, dtype):
+    return lambda blob: tf.cast(_resize(_decode_full(blob), size, tf.constant(False)), dtype)
 
 
 def _group_decoder(key, size, dtype=tf.uint8, dct_scaling=True):

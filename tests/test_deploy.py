@@ -186,3 +186,22 @@ def test_the_report_page_shows_the_export_table(trained, tmp_path):
     page = Path(write_html(str(tmp_path))).read_text()
     assert "<h2>Exports</h2>" in page and "accuracy 90.00%" in page
     assert "not measured: ValueError: no calibration &lt;images&gt;" in page
+
+
+@pytest.mark.slow
+def test_export_bench_on_a_finished_run_writes_the_table_and_the_report_section(tmp_path, capsys):
+    from keras_transfer.cli import main
+
+    run = tmp_path / "run"
+    flags = ["--data", "digits", "--backbone", "small_cnn", "--weights", "none", "--image-size", "32"]
+    flags += ["--head-epochs", "1", "--fine-tune-epochs", "0", "--test-split", "0.1", "--output", str(run)]
+    assert main(flags) == 0
+    assert main(["export-bench", str(tmp_path / "nothing")]) == 2
+    assert "holds no finished run" in capsys.readouterr().err
+    assert main(["export-bench", str(run), "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = json.loads((run / "exports" / "exports.json").read_text())
+    assert [r["format"] for r in rows] == list(export.EXPORT_FORMATS) and not [r for r in rows if "error" in r]
+    tested = kt.load_dataset("digits", image_size=32, validation_split=0.0, test_split=0.1, seed=0)[2]
+    assert f"scored on the {sum(len(y) for _, y in tested)} test images" in out
+    assert format_exports(rows).splitlines()[0] in out and "<h2>Exports</h2>" in (run / "report.html").read_text()
