@@ -25,6 +25,7 @@ FLAGS = {  # group -> RunConfig fields shown as flags, in order
     "Data": (
         "data",
         "data_dir",
+        "data_service",
         "root",
         "path_column",
         "label_column",
@@ -71,6 +72,8 @@ HELP = {
     "label_delimiter": "split each label cell into several labels at this text (e.g. ' ' or '|')",
     "split_column": "the CSV's column of splits: train, validation (val, valid) or test",
     "data_dir": "TFDS data directory",
+    "data_service": "a tf.data service dispatcher (grpc://host:port, from `keras-transfer data-service`) whose workers "
+    "decode the training split",
     "image_size": "input side in pixels",
     "batch_size": "images per batch per replica",
     "validation_split": "fraction of the images held out for validation, per class",
@@ -127,6 +130,7 @@ DEFAULT_TEXT = {
     "image_size": "the backbone's",
     "export": "none",
     "data_dir": "TFDS's",
+    "data_service": "none: decoded here",
     "root": "the CSV's folder",
     "path_column": "the first of path, filename, file, image",
     "label_columns": "none",
@@ -317,7 +321,8 @@ def config_from_args(parser, args):
 
 def main(argv=None) -> int:
     """`keras-transfer [flags]`, `keras-transfer lr-find [flags]`, `keras-transfer report RUN_DIR`,
-    `keras-transfer export-bench RUN_DIR` or `keras-transfer write-shards SOURCE OUTPUT_DIR`; returns the exit code
+    `keras-transfer export-bench RUN_DIR`, `keras-transfer write-shards SOURCE OUTPUT_DIR` or `keras-transfer
+    data-service`; returns the exit code
     (see the module docstring). TensorFlow loads after the flags are parsed, so `--help` and flag errors answer at
     once."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -329,6 +334,8 @@ def main(argv=None) -> int:
         return _export_bench_command(argv[1:])
     if argv[:1] == ["write-shards"]:
         return _write_shards_command(argv[1:])
+    if argv[:1] == ["data-service"]:
+        return _data_service_command(argv[1:])
     parser = build_parser()
     return run_command("keras-transfer", parser, argv, lambda args: _run(config_from_args(parser, args), args.verbose))
 
@@ -409,6 +416,34 @@ def _write_shards_command(argv):
         print(f"Wrote {args.output_dir}/manifest.json ({len(manifest['skipped'])} skipped)")
 
     return run_command("keras-transfer write-shards", parser, argv, work)
+
+
+def _data_service_command(argv):
+    parser = add_verbose(
+        argparse.ArgumentParser(
+            prog="keras-transfer data-service",
+            description="Run a tf.data service here (a dispatcher and its workers) until interrupted; runs given "
+            "--data-service grpc://HOST:PORT have their training images decoded by it.",
+        )
+    )
+    parser.add_argument("--port", type=positive_int, default=5050, help="the dispatcher's port")
+    parser.add_argument("--workers", type=positive_int, default=1, help="worker servers in this process")
+
+    def work(args):
+        from keras_transfer.data import start_data_service
+
+        service = start_data_service(args.port, args.workers)
+        print(
+            f"tf.data service at {service['address']} with {args.workers} workers; pass --data-service "
+            f"{service['address']} (Ctrl-C stops it)",
+            flush=True,
+        )
+        try:
+            service["dispatcher"].join()
+        except KeyboardInterrupt:
+            return 0
+
+    return run_command("keras-transfer data-service", parser, argv, work)
 
 
 def _write_report(args):

@@ -22,6 +22,7 @@ class RunConfig:
     # Data
     data: str = "digits"
     data_dir: str | None = None
+    data_service: str | None = None
     # A table (CSV) of image paths and labels: its columns, and the folder its relative paths start from
     root: str | None = None
     path_column: str | None = None

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import re
+import socket
 import threading
 
 import numpy as np
@@ -137,6 +138,7 @@ def load_dataset(
     label_columns=None,
     label_delimiter=None,
     split_column=None,
+    data_service=None,
 ):
     """Loads an image classification dataset as batched `tf.data` pipelines.
 
@@ -173,6 +175,10 @@ def load_dataset(
         label_delimiter: splits each label cell into several labels (e.g. `" "`, `","`, `"|"`).
         split_column: a table's column of predefined splits: `train`, `validation` (`val`, `valid`) or `test`;
             the splits it lacks are drawn from its training rows.
+        data_service: the address of a tf.data service dispatcher (`"grpc://host:port"`; `keras-transfer
+            data-service` starts one): the training split's images are read and decoded by its workers, each
+            image once per epoch (`distributed_epoch`), and batched here; not cached (the workers decode every
+            epoch). None: decoded in this process.
 
     A table's rows that cannot be used (file missing, not an image or damaged, empty label, a path listed twice)
     are left out and listed in `info.skipped`. Several labels per image split iteratively (Sechidis et al. 2011),
@@ -195,6 +201,7 @@ def load_dataset(
     (10, 179)
     """
     size = _check_arguments(image_size, batch_size, validation_split, test_split, labels_per_class, test_per_class)
+    service = data_service and check_data_service(data_service)
     table = dict(zip(TABLE_OPTIONS, (root, path_column, label_column, label_columns, label_delimiter, split_column)))
     records = _records(source, data_dir, table)
     keep_ids, class_names = _select_classes(records.class_names, classes)
@@ -224,8 +231,9 @@ def load_dataset(
                 size=size,
                 batch_size=batch_size,
                 training=split == "train",
-                cache=cache if cache is not True else _fits_in_memory(len(labels), size, records.dtype),
+                cache=_cache_choice(cache, service and split == "train", len(labels), size, records.dtype),
                 cache_name=split,
+                service=service if split == "train" else None,
                 seed=seed,
                 deterministic=deterministic,
             )
@@ -1007,13 +1015,54 @@ def _shuffle(ds, n, seed):
     return ds.shuffle(min(n, SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
 
 
-def _pipeline(images, labels, *, size, batch_size, training, cache, cache_name, seed, deterministic):
+def _cache_choice(cache, served, n, size, dtype):
+    """What `_pipeline` caches: nothing for a split the tf.data service decodes, else `cache` (True: in memory
+    where it fits)."""
+    if served:
+        return False
+    return cache if cache is not True else _fits_in_memory(n, size, dtype)
+
+
+def start_data_service(port=0, workers=1):
+    """Starts a tf.data service in this process: a dispatcher on `port` (0: any free one) and `workers` workers.
+    Returns `{"address": "grpc://localhost:PORT", "dispatcher", "workers"}`; the servers run until the process ends
+    (`dispatcher.join()` waits for that)."""
+    service = tf.data.experimental.service
+    dispatcher = service.DispatchServer(service.DispatcherConfig(port=port))
+    address = dispatcher.target.split("://")[-1]
+    servers = [service.WorkerServer(service.WorkerConfig(dispatcher_address=address)) for _ in range(workers)]
+    return {"address": f"grpc://{address}", "dispatcher": dispatcher, "workers": servers}
+
+
+def check_data_service(address, timeout=3.0):
+    """`address` as `"grpc://host:port"` when a tf.data service dispatcher answers there within `timeout` seconds.
+
+    Raises:
+        ValueError: for an address that is not `[grpc://]host:port`, or one where nothing answers.
+    """
+    match = re.fullmatch(r"(?:grpc://)?([^:/]+):(\d+)", str(address))
+    if not match:
+        raise ValueError(f"data_service must be 'grpc://host:port'. Received: data_service={address!r}")
+    host, port = match.group(1), int(match.group(2))
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        raise ValueError(
+            f"No tf.data service answers at grpc://{host}:{port} within {timeout:g} s ({e.strerror or e}). Start "
+            f"one with `keras-transfer data-service --port {port}`, or leave data_service out to decode here."
+        ) from e
+    return f"grpc://{host}:{port}"
+
+
+def _pipeline(images, labels, *, size, batch_size, training, cache, cache_name, seed, deterministic, service=None):
     # `images` drops what fails to decode (never a crash mid-epoch); uncached, it shuffles (files before decoding)
     # and gives float32 (cached: uint8 where it can, a quarter of the memory; cast per batch).
-    ds = images(labels, size, seed if training and not cache else None, tf.uint8 if cache else tf.float32)
+    ds = images(labels, size, seed if training and not cache else None, tf.uint8 if cache or service else tf.float32)
     if cache:
         ds = ds.cache(f"{cache}_{cache_name}" if isinstance(cache, (str, os.PathLike)) else "")
         ds = _shuffle(ds, len(labels), seed) if training else ds
+    if service:  # images (uint8 where the source allows) go over the wire one by one; batches are made here
+        ds = ds.apply(tf.data.experimental.service.distribute("distributed_epoch", service))
     ds = ds.batch(batch_size)
     if ds.element_spec[0].dtype != tf.float32:
         ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)

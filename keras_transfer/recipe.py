@@ -35,7 +35,14 @@ from keras_transfer.report import write_html
 from keras_transfer.runs import claim, empty_run_folder, locked, mark_complete, read_complete, read_history, run_file
 from keras_transfer.training import TrainingOptions, find_learning_rate, fine_tune, plot_findings
 
-NOT_IDENTITY = ("output", "export", "export_onnx", "export_bench", "overwrite")  # settings not changing the result
+NOT_IDENTITY = (
+    "output",
+    "export",
+    "export_onnx",
+    "export_bench",
+    "overwrite",
+    "data_service",
+)  # settings not changing the result
 WAYS_OUT = "Choose another --output, or pass --overwrite to start this one afresh."
 
 
@@ -269,6 +276,7 @@ def _load(config, size, strategy):
         labels_per_class=config.labels_per_class,
         test_per_class=config.test_per_class,
         data_dir=config.data_dir,
+        data_service=config.data_service,
         **{name: getattr(config, name) for name in TABLE_OPTIONS},
     )
     print(info)

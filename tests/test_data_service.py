@@ -1,0 +1,70 @@
+"""The tf.data service: a dispatcher and two workers in this process decode the training split, each image once
+per epoch; an address where nothing answers is refused by name, quickly."""
+
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import keras_transfer as kt
+from keras_transfer.data import start_data_service
+
+
+def _indexed(n=24):
+    """Image i is all pixels 10 * i: a batch says which images it holds."""
+    return np.repeat(10.0 * np.arange(n, dtype=np.float32), 16 * 16 * 3).reshape(n, 16, 16, 3), np.arange(n) % 3
+
+
+def _indices(dataset):
+    return sorted(int(round(float(image.mean()) / 10)) for x, _ in dataset.as_numpy_iterator() for image in x)
+
+
+def test_two_service_workers_decode_each_training_image_once_per_epoch():
+    service = start_data_service(workers=2)
+    train, val, _, info = kt.load_dataset(
+        _indexed(), image_size=16, batch_size=4, validation_split=0.25, data_service=service["address"]
+    )
+    assert b"DataServiceDataset" in train._as_serialized_graph().numpy()  # through the service
+    assert b"DataServiceDataset" not in val._as_serialized_graph().numpy()  # evaluation splits: decoded here
+    local, _, _, _ = kt.load_dataset(_indexed(), image_size=16, batch_size=4, validation_split=0.25)
+    for _ in range(2):  # each epoch: every training image once, the same ones as without the service
+        assert _indices(train) == _indices(local) and len(_indices(train)) == info.sizes["train"] == 18
+    keras.utils.set_random_seed(0)
+    model = kt.build_model("small_cnn", 3, input_shape=16, weights=None)
+    history = kt.fine_tune(model, train, val, head_epochs=0, fine_tune_epochs=1, unfreeze="all", verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+
+
+def test_an_address_where_nothing_answers_is_refused_by_name_within_seconds():
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=r"No tf.data service answers at grpc://127.0.0.1:9 within 3 s"):
+        kt.load_dataset(_indexed(), image_size=16, data_service="grpc://127.0.0.1:9")
+    assert time.monotonic() - start < 10
+    with pytest.raises(ValueError, match=r"data_service must be 'grpc://host:port'. Received: data_service='nowhere'"):
+        kt.load_dataset(_indexed(), image_size=16, data_service="nowhere")
+
+
+@pytest.mark.slow
+def test_the_command_starts_a_service_that_a_run_trains_through(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from conftest import SUBPROCESS_ENV
+    from test_training import _free_ports
+
+    from keras_transfer.cli import main
+
+    port = _free_ports(1)[0]
+    command = [sys.executable, "-m", "keras_transfer.cli", "data-service", "--port", str(port), "--workers", "2"]
+    server = subprocess.Popen(command, env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = server.stdout.readline()
+        assert f"tf.data service at grpc://localhost:{port} with 2 workers" in line, server.stderr.read()[-2000:]
+        flags = ["--data", "digits", "--backbone", "small_cnn", "--weights", "none", "--image-size", "16"]
+        flags += ["--head-epochs", "0", "--fine-tune-epochs", "1", "--unfreeze", "all", "--output", str(tmp_path)]
+        assert main([*flags, "--data-service", f"grpc://localhost:{port}"]) == 0
+        assert "tune" in capsys.readouterr().err
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
