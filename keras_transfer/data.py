@@ -408,6 +408,11 @@ def _records(source, data_dir, table):
             return _tfds_records(source[len("tfds:") :], data_dir)
         if _is_shards(source):
             return _shard_records(source)
+        if _has_shards_without_manifest(source):
+            raise ValueError(
+                f"{source!r} holds TFRecord shards but no {MANIFEST}: a write_shards call that did not finish (the "
+                f"same call again completes it) or shards from elsewhere. Received: source={source!r}"
+            )
         if os.path.isdir(source):
             return _folder_records(source)
         if not os.path.exists(source):
@@ -1322,6 +1327,11 @@ def _check_shards_folder(output_dir, fingerprint):
             )
 
 
+def _has_shards_without_manifest(folder):
+    inside = [os.path.join(folder, split) for split in SPLITS if os.path.isdir(os.path.join(folder, split))]
+    return any(n.startswith("shard-") and n.endswith(".tfrecord") for f in inside for n in os.listdir(f))
+
+
 def _is_shards(source):
     return isinstance(source, (str, os.PathLike)) and tf.io.gfile.exists(os.path.join(os.fspath(source), MANIFEST))
 
@@ -1479,7 +1489,7 @@ def _shard_reader(files, positions, n, idx, headers):
         ds = ds.unbatch()  # parsed 256 at a time: 3x faster than one by one
         branches, decode = _shard_decoder(headers, size, dtype)
         ds = ds.map(lambda example: (example["index"], tf.gather(positions, example["index"]), example["image"]))
-        ds = ds.filter(lambda index, position, blob: position >= 0 and tf.gather(keep, position))
+        ds = ds.filter(lambda index, position, blob: (position >= 0) & tf.gather(keep, tf.maximum(position, 0)))
         if shuffle_seed is not None:  # encoded bytes in the buffer, decoded after
             ds = _shuffle(ds, len(idx), shuffle_seed)
         return ds.map(

@@ -183,6 +183,9 @@ def test_bad_folders_and_shards_are_refused_by_name(colour_folder, tmp_path, mon
     (out / "manifest.json").write_text(json.dumps({**manifest, "version": 99}))
     with pytest.raises(ValueError, match="written by a newer keras_transfer"):
         kt.load_dataset(out)
+    (out / "manifest.json").unlink()
+    with pytest.raises(ValueError, match="holds TFRecord shards but no manifest.json: a write_shards call that did"):
+        kt.load_dataset(out)
 
 
 def test_the_command_writes_shards_and_a_run_trains_from_them(colour_folder, tmp_path, capsys):
