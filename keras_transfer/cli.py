@@ -73,7 +73,7 @@ HELP = {
     "split_column": "the CSV's column of splits: train, validation (val, valid) or test",
     "data_dir": "TFDS data directory",
     "data_service": "a tf.data service dispatcher (grpc://host:port, from `keras-transfer data-service`) whose workers "
-    "decode the training split",
+    "read and decode the training split (--data must be a folder of shards: `keras-transfer write-shards`)",
     "image_size": "input side in pixels",
     "batch_size": "images per batch per replica",
     "validation_split": "fraction of the images held out for validation, per class",

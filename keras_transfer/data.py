@@ -176,9 +176,10 @@ def load_dataset(
         split_column: a table's column of predefined splits: `train`, `validation` (`val`, `valid`) or `test`;
             the splits it lacks are drawn from its training rows.
         data_service: the address of a tf.data service dispatcher (`"grpc://host:port"`; `keras-transfer
-            data-service` starts one): the training split's images are read and decoded by its workers, each
-            image once per epoch (`distributed_epoch`), and batched here; not cached (the workers decode every
-            epoch). None: decoded in this process.
+            data-service` starts one), for a source of TFRecord shards (`write_shards`): the training split's
+            shards are divided between its workers, which read and decode them, each image once per epoch
+            (`distributed_epoch`), and batched here; not cached (the workers decode every epoch). None: decoded
+            in this process.
 
     A table's rows that cannot be used (file missing, not an image or damaged, empty label, a path listed twice)
     are left out and listed in `info.skipped`. Several labels per image split iteratively (Sechidis et al. 2011),
@@ -204,6 +205,12 @@ def load_dataset(
     service = data_service and check_data_service(data_service)
     table = dict(zip(TABLE_OPTIONS, (root, path_column, label_column, label_columns, label_delimiter, split_column)))
     records = _records(source, data_dir, table)
+    if service and records.worker_images is None:
+        raise ValueError(
+            "data_service reads TFRecord shards: write the source once with write_shards (or `keras-transfer "
+            "write-shards`) and pass that folder. Other pipelines draw images and labels from two inputs, which the "
+            f"service would divide between its workers apart. Received: source={records.name!r}"
+        )
     keep_ids, class_names = _select_classes(records.class_names, classes)
     selected = _selected_labels(records, keep_ids)
     indices = _split_indices(selected, validation_split, test_split, (labels_per_class, test_per_class), seed)
@@ -1035,7 +1042,9 @@ def start_data_service(port=0, workers=1):
     service = tf.data.experimental.service
     dispatcher = service.DispatchServer(service.DispatcherConfig(port=port))
     address = dispatcher.target.split("://")[-1]
-    servers = [service.WorkerServer(service.WorkerConfig(dispatcher_address=address)) for _ in range(workers)]
+    # a heartbeat a second (TensorFlow's default: 30 s) so that a new epoch's job reaches the workers at once
+    config = service.WorkerConfig(dispatcher_address=address, heartbeat_interval_ms=1000)
+    servers = [service.WorkerServer(config) for _ in range(workers)]
     return {"address": f"grpc://{address}", "dispatcher": dispatcher, "workers": servers}
 
 
@@ -1360,7 +1369,7 @@ def _shard_records(folder):
     def images(split, idx, workers=(1, 0)):
         mine = _worker_shards(manifest["shards"][split], positions[split], idx, folder, workers)
         files = [os.path.join(folder, shard["file"]) for shard in mine["shards"]]
-        headers = {i: h for s in mine["shards"] for i, h in zip(s["indices"], s["headers"])}
+        headers = {i: h for s in manifest["shards"][split] for i, h in zip(s["indices"], s["headers"])}
         headers = None if manifest["decode"] == "array" else [headers.get(i) for i in range(len(positions[split]))]
         reader = _shard_reader(files, positions[split], len(labels[split]), idx, headers)
         return lambda *args: reader(*args).take(mine["images"])
@@ -1427,11 +1436,12 @@ def check_shards(folder):
     return manifest
 
 
-def _shard_decoder(headers, size, dtype):
+def _shard_decoder(headers, positions, size, dtype):
     """(branch per record index, decode(blob, branch)): arrays' images resized as arrays are; files grouped by
-    `decode_key` as `decode_files` groups them."""
+    `decode_key` as `decode_files` groups them (`headers`: one per record index)."""
     if headers is None:
-        return tf.zeros([1], tf.int32), lambda blob, branch: tf.cast(_resize(decode_image(blob), size), dtype)
+        branches = tf.zeros([len(positions)], tf.int32)
+        return branches, lambda blob, branch: tf.cast(_resize(decode_image(blob), size), dtype)
     keys = [h if h == "other" else decode_key(h, size) for h in headers]
     groups = sorted(set(keys), key=repr)
     branches = tf.constant(np.array([groups.index(k) for k in keys], np.int32).reshape(-1))
@@ -1487,7 +1497,7 @@ def _shard_reader(files, positions, n, idx, headers):
         ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8), num_parallel_calls=AUTOTUNE)
         ds = ds.batch(256).map(lambda records: tf.io.parse_example(records, spec), num_parallel_calls=AUTOTUNE)
         ds = ds.unbatch()  # parsed 256 at a time: 3x faster than one by one
-        branches, decode = _shard_decoder(headers, size, dtype)
+        branches, decode = _shard_decoder(headers, positions, size, dtype)
         ds = ds.map(lambda example: (example["index"], tf.gather(positions, example["index"]), example["image"]))
         ds = ds.filter(lambda index, position, blob: (position >= 0) & tf.gather(keep, tf.maximum(position, 0)))
         if shuffle_seed is not None:  # encoded bytes in the buffer, decoded after

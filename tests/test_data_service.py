@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import keras_transfer as kt
-from keras_transfer.data import start_data_service
+from keras_transfer.data import start_data_service, write_shards
 
 
 def _indexed(n=24):
@@ -16,20 +16,26 @@ def _indexed(n=24):
     return np.repeat(10.0 * np.arange(n, dtype=np.float32), 16 * 16 * 3).reshape(n, 16, 16, 3), np.arange(n) % 3
 
 
-def _indices(dataset):
-    return sorted(int(round(float(image.mean()) / 10)) for x, _ in dataset.as_numpy_iterator() for image in x)
-
-
-def test_two_service_workers_decode_each_training_image_once_per_epoch():
-    service = start_data_service(workers=2)
-    train, val, _, info = kt.load_dataset(
-        _indexed(), image_size=16, batch_size=4, validation_split=0.25, data_service=service["address"]
+def _seen(dataset):
+    """(image index, label) of every image of a pass, sorted."""
+    return sorted(
+        (int(round(float(image.mean()) / 10)), int(label))
+        for x, y in dataset.as_numpy_iterator()
+        for image, label in zip(x, y)
     )
+
+
+def test_two_service_workers_decode_each_training_image_once_per_epoch(tmp_path):
+    service = start_data_service(workers=2)
+    write_shards(_indexed(), tmp_path / "shards", num_shards=4)
+    options = dict(image_size=16, batch_size=4, validation_split=0.25)
+    train, val, _, info = kt.load_dataset(tmp_path / "shards", data_service=service["address"], **options)
     assert b"DataServiceDataset" in train._as_serialized_graph().numpy()  # through the service
     assert b"DataServiceDataset" not in val._as_serialized_graph().numpy()  # evaluation splits: decoded here
-    local, _, _, _ = kt.load_dataset(_indexed(), image_size=16, batch_size=4, validation_split=0.25)
-    for _ in range(2):  # each epoch: every training image once, the same ones as without the service
-        assert _indices(train) == _indices(local) and len(_indices(train)) == info.sizes["train"] == 18
+    local = _seen(kt.load_dataset(_indexed(), **options)[0])
+    assert len(local) == info.sizes["train"] == 18 and all(label == i % 3 for i, label in local)
+    for _ in range(3):  # each epoch: every training image once with its label, the same ones as without the service
+        assert _seen(train) == local
     keras.utils.set_random_seed(0)
     model = kt.build_model("small_cnn", 3, input_shape=16, weights=None)
     history = kt.fine_tune(model, train, val, head_epochs=0, fine_tune_epochs=1, unfreeze="all", verbose=0)
@@ -43,6 +49,11 @@ def test_an_address_where_nothing_answers_is_refused_by_name_within_seconds():
     assert time.monotonic() - start < 10
     with pytest.raises(ValueError, match=r"data_service must be 'grpc://host:port'. Received: data_service='nowhere'"):
         kt.load_dataset(_indexed(), image_size=16, data_service="nowhere")
+    service = start_data_service()
+    with pytest.raises(
+        ValueError, match=r"data_service reads TFRecord shards: write the source once with write_shards"
+    ):
+        kt.load_dataset(_indexed(), image_size=16, data_service=service["address"])
 
 
 @pytest.mark.slow
@@ -61,8 +72,27 @@ def test_the_command_starts_a_service_that_a_run_trains_through(tmp_path, capsys
     try:
         line = server.stdout.readline()
         assert f"tf.data service at grpc://localhost:{port} with 2 workers" in line, server.stderr.read()[-2000:]
-        flags = ["--data", "digits", "--backbone", "small_cnn", "--weights", "none", "--image-size", "16"]
-        flags += ["--head-epochs", "0", "--fine-tune-epochs", "1", "--unfreeze", "all", "--output", str(tmp_path)]
+        write_shards("digits", tmp_path / "shards", num_shards=2)
+        flags = [
+            "--data",
+            str(tmp_path / "shards"),
+            "--backbone",
+            "small_cnn",
+            "--weights",
+            "none",
+            "--image-size",
+            "16",
+        ]
+        flags += [
+            "--head-epochs",
+            "0",
+            "--fine-tune-epochs",
+            "1",
+            "--unfreeze",
+            "all",
+            "--output",
+            str(tmp_path / "run"),
+        ]
         assert main([*flags, "--data-service", f"grpc://localhost:{port}"]) == 0
         assert "tune" in capsys.readouterr().err
     finally:
