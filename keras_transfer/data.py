@@ -205,12 +205,7 @@ def load_dataset(
     service = data_service and check_data_service(data_service)
     table = dict(zip(TABLE_OPTIONS, (root, path_column, label_column, label_columns, label_delimiter, split_column)))
     records = _records(source, data_dir, table)
-    if service and records.worker_images is None:
-        raise ValueError(
-            "data_service reads TFRecord shards: write the source once with write_shards (or `keras-transfer "
-            "write-shards`) and pass that folder. Other pipelines draw images and labels from two inputs, which the "
-            f"service would divide between its workers apart. Received: source={records.name!r}"
-        )
+    _check_served(service, records)
     keep_ids, class_names = _select_classes(records.class_names, classes)
     selected = _selected_labels(records, keep_ids)
     indices = _split_indices(selected, validation_split, test_split, (labels_per_class, test_per_class), seed)
@@ -253,6 +248,15 @@ def load_dataset(
     _warn_imbalance(info.counts["train"])
     logger.debug("%s", info)
     return datasets["train"], datasets["validation"], datasets["test"], info
+
+
+def _check_served(service, records):
+    if service and records.worker_images is None:
+        raise ValueError(
+            "data_service reads TFRecord shards: write the source once with write_shards (or `keras-transfer "
+            "write-shards`) and pass that folder. Other pipelines draw images and labels from two inputs, which the "
+            f"service would divide between its workers apart. Received: source={records.name!r}"
+        )
 
 
 def _has_label(labels, i):
