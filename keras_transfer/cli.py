@@ -413,7 +413,7 @@ def _write_shards_command(argv):
         for split, shards in manifest["shards"].items():
             size = sum(s["bytes"] for s in shards) / 1e6
             print(f"{split}: {sum(s['records'] for s in shards)} images in {len(shards)} shards, {size:.1f} MB")
-        print(f"Wrote {args.output_dir}/manifest.json ({len(manifest['skipped'])} skipped)")
+        print(f"manifest: {args.output_dir}/manifest.json ({len(manifest['skipped'])} files skipped)")
 
     return run_command("keras-transfer write-shards", parser, argv, work)
 
