@@ -453,16 +453,23 @@ def _decode_jpeg_at_least(blob, size, orientation):
     return image, index < len(ratios) - 1
 
 
+def _in_float(turn):
+    """`turn` applied to the pixels as float32 (exact for 8 bits): a graph with an integer Transpose makes oneDNN
+    log an error line ("supports DT_UINT8 only on platforms with AVX-512") on CPUs without AVX-512. A Transpose
+    right after the cast would be moved before it by Grappler, so the turns start with a reverse (rot90)."""
+    return lambda x: tf.cast(turn(tf.cast(x, tf.float32)), x.dtype)
+
+
 # EXIF orientation -> how to turn the stored pixels upright (as PIL's ImageOps.exif_transpose does).
 _ORIENTATIONS = (
     lambda x: x,  # 1: upright
     lambda x: tf.image.flip_left_right(x),  # 2: mirrored
-    lambda x: tf.image.rot90(x, 2),  # 3: upside down
+    lambda x: tf.reverse(x, [0, 1]),  # 3: upside down (turned 180 degrees; rot90 would build the Transposes too)
     lambda x: tf.image.flip_up_down(x),  # 4: mirrored upside down
-    lambda x: tf.image.transpose(x),  # 5: mirrored, turned
-    lambda x: tf.image.rot90(x, 3),  # 6: stored turned left (phones held upright): turn 90 degrees clockwise
-    lambda x: tf.image.rot90(tf.image.transpose(x), 2),  # 7: transverse
-    lambda x: tf.image.rot90(x, 1),  # 8: stored turned right: turn 90 degrees counter-clockwise
+    _in_float(lambda x: tf.image.flip_up_down(tf.image.rot90(x, 1))),  # 5: mirrored, turned (the transpose)
+    _in_float(lambda x: tf.image.rot90(x, 3)),  # 6: stored turned left (phones held upright): turn 90 degrees cw
+    _in_float(lambda x: tf.image.flip_left_right(tf.image.rot90(x, 1))),  # 7: transverse
+    _in_float(lambda x: tf.image.rot90(x, 1)),  # 8: stored turned right: turn 90 degrees counter-clockwise
 )
 
 
