@@ -123,12 +123,13 @@ def write_then_die(model, path, thresholds=None):
     write(model, path, thresholds)
     os.kill(os.getpid(), signal.SIGKILL)   # killed after writing, before the version is renamed into place
 export._write_saved_model = write_then_die
-kt.export_saved_model(kt.build_model("mobilenet_v2", 2, input_shape=32, weights=None), sys.argv[1])
+kt.export_saved_model(kt.build_model("small_cnn", 2, input_shape=32, weights=None), sys.argv[1])
 """
 
 
 @pytest.mark.slow
-def test_a_killed_export_leaves_no_version_and_old_versions_intact(model, tmp_path):
+def test_a_killed_export_leaves_no_version_and_old_versions_intact(tmp_path):
+    model = kt.build_model("small_cnn", 2, input_shape=32, weights=None)  # what is exported does not matter here
     base = tmp_path / "served"
     kt.export_saved_model(model, str(base))
     before = sorted(os.listdir(base / "1"))
@@ -141,7 +142,8 @@ def test_a_killed_export_leaves_no_version_and_old_versions_intact(model, tmp_pa
     assert kt.export_saved_model(model, str(base)) == str(base / "2")  # the next version still comes
 
 
-def test_export_errors(model, tmp_path):
+def test_export_errors(tmp_path):
+    model = kt.build_model("small_cnn", 3, input_shape=32, weights=None)
     kt.export_saved_model(model, str(tmp_path / "s"), version=3)
     with pytest.raises(ValueError, match=r"Version 3 already exists in .*existing versions: \[3\]"):
         kt.export_saved_model(model, str(tmp_path / "s"), version=3)

@@ -53,7 +53,7 @@ def test_simclr_never_reads_labels(tmp_path):
     losses = []
     for labels in (y, np.random.default_rng(1).permutation(y)):
         path = pretrain(
-            "mobilenet_v3_small",
+            "small_cnn",  # a few seconds a run (MobileNetV3Small: 45 s, mostly tracing)
             (x, labels),
             method="simclr",
             image_size=32,
@@ -61,11 +61,9 @@ def test_simclr_never_reads_labels(tmp_path):
             batch_size=16,
             output_dir=str(tmp_path),
         )
-        losses.append(
-            json.loads((tmp_path / "mobilenet_v3_small_simclr.json").read_text())["metrics"]["loss_per_epoch"]
-        )
-    assert losses[0] == losses[1]
-    assert kt.build_model("mobilenet_v3_small", 2, weights=path).output_shape == (None, 2)
+        losses.append(json.loads((tmp_path / "small_cnn_simclr.json").read_text())["metrics"]["loss_per_epoch"])
+    assert losses[0] == losses[1] and len(losses[0]) == 1
+    assert kt.build_model("small_cnn", 2, weights=path).output_shape == (None, 2)
 
 
 def test_nt_xent_prefers_matching_views():

@@ -28,7 +28,9 @@ def saved(tmp_path_factory):
     """A .keras model, its SavedModel export (via scripts/export.py) and a few images."""
     root = tmp_path_factory.mktemp("scripts")
     keras.utils.set_random_seed(0)
-    model = kt.build_model("resnet50", 3, input_shape=32, weights=None)
+    # small_cnn: ResNet50 made the TFLite and ONNX conversions below take 37 s (the conversions, not the
+    # backbone, are what these tests check; tests/test_export.py converts ResNet50 and EfficientNet-Lite0 to ONNX)
+    model = kt.build_model("small_cnn", 3, input_shape=32, weights=None)
     model.save(root / "model.keras")
     (root / "labels.txt").write_text("cat\ndog\nfox\n")
     code = _script("export").main(
