@@ -17,10 +17,13 @@ seed (the seed draws the labelled images, the same draw for every row: paired), 
                             at 1e-3), then all layers 29 epochs at 1e-4, BatchNorm frozen, batch 32;
 - ... + layer decay:        the same with `layer_decay=--layer-decay` (each backbone stage below the top at
                             decay ** depth of the rate);
-- ... + TTA:                the model of the row above, its test images also scored mirrored (`tta="flip"`).
+- ... + TTA:                the model of the row above, its test images also scored mirrored (`tta="flip"`);
+- LP-FT, 100+ steps:        LP-FT with at least 100 stage-2 steps (more epochs when the set has few batches);
+- LP-FT + weight averaging: the LP-FT model with each weight averaged with the one stage 2 started from (the
+                            probe head on the ImageNet backbone; WiSE-FT, Wortsman et al. 2022), and + TTA.
 
-`--rows lite0` runs the EfficientNet-Lite0 rows only; `--test-per-class` scores a stratified sample of the test
-images (every row and seed the same sample).
+`--rows lite0` runs the EfficientNet-Lite0 rows only, `--lite-rows` some of them; `--test-per-class` scores a
+stratified sample of the test images (every row and seed the same sample).
 
 Accuracy is measured on the official test images of the target classes (1,000 per class). Prints a markdown table
 of mean +- sd and writes it (and the raw numbers as JSON) beside --output.
@@ -30,7 +33,8 @@ a small training set (`min_steps_per_epoch=1`: one Keras epoch, one validation a
 epoch), in alternating order on the same draw, and a second table gives both arms' seconds and accuracies.
 
 Usage: python bench/transfer_gain.py [--labels 1 5 20] [--seeds 3] [--methods supervised] [--lite-size 224]
-                                     [--rows all|lite0] [--test-per-class N] [--layer-decay 0.7] [--compare-grouping]
+                                     [--rows all|lite0] [--lite-rows ROW ...] [--test-per-class N]
+                                     [--layer-decay 0.7] [--compare-grouping]
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ def parse_args(argv):
     )
     parser.add_argument("--lite-size", type=int, default=224, help="input size of the EfficientNet-Lite0 rows")
     parser.add_argument("--rows", default="all", choices=["all", "lite0"], help="lite0: the EfficientNet rows only")
+    parser.add_argument("--lite-rows", nargs="+", default=list(LITE), choices=list(LITE), help="of those rows")
     parser.add_argument("--test-per-class", type=int, default=None, help="test images per class (default: all)")
     parser.add_argument("--layer-decay", type=float, default=0.7, help="of the LP-FT + layer decay row")
     parser.add_argument("--pretrain-epochs", type=int, default=2, help="supervised pretraining epochs")
@@ -118,8 +123,36 @@ LITE = {  # EfficientNet-Lite0 row -> its fine_tune settings (None: the linear p
     "lite0 imagenet 2-stage": {"head_epochs": 30, "fine_tune_epochs": 20},
     "lite0 imagenet LP-FT": {"head_init": "probe", "head_epochs": 1, "fine_tune_epochs": 29},
     "lite0 imagenet LP-FT + layer decay": {"head_init": "probe", "head_epochs": 1, "fine_tune_epochs": 29},
+    "lite0 imagenet LP-FT, 100+ steps": {"head_init": "probe", "head_epochs": 1, "fine_tune_epochs": 29, "steps": 100},
 }
-TTA_ROWS = {"lite0 imagenet LP-FT + layer decay": "lite0 imagenet LP-FT + layer decay + TTA"}  # also scored so
+AVERAGED = "lite0 imagenet LP-FT + weight averaging"
+SCORED = {  # row -> the rows scored on its model: name -> (weight averaging, TTA)
+    "lite0 imagenet LP-FT": {AVERAGED: (True, None), AVERAGED + " + TTA": (True, "flip")},
+    "lite0 imagenet LP-FT + layer decay": {"lite0 imagenet LP-FT + layer decay + TTA": (False, "flip")},
+}
+WISE_ALPHA = 0.5  # weight of the fine-tuned weights in the average with those stage 2 started from (WiSE-FT)
+
+
+class StageStart(keras.callbacks.Callback):
+    """Keeps `model`'s weights as each Keras fit begins: after `fine_tune`, those stage 2 started from."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.target, self.weights = model, None
+
+    def on_train_begin(self, logs=None):
+        self.weights = [np.array(w) for w in self.target.get_weights()]
+
+
+def score_rows(model, test, start, rows):
+    """Accuracy of each scored row: the model (or its average with the `start` weights, WiSE-FT), with TTA or not."""
+    tuned, results = model.get_weights(), {}
+    for name, (average, tta) in rows.items():
+        weights = [WISE_ALPHA * w + (1 - WISE_ALPHA) * w0 for w, w0 in zip(tuned, start)] if average else tuned
+        model.set_weights(weights)
+        results[name] = kt.evaluate(model, test, tta=tta).accuracy
+    model.set_weights(tuned)
+    return results
 
 
 def run(args, row, weights, labels, seed, min_steps_per_epoch=20):
@@ -149,25 +182,28 @@ def run(args, row, weights, labels, seed, min_steps_per_epoch=20):
     batches = math.ceil(sum(info.counts["train"].values()) / batch)
     epochs = max(1, math.ceil(args.steps / batches))
     settings = {"verbose": 0, "optimizer": "adam", "min_steps_per_epoch": min_steps_per_epoch, "unfreeze": "all"}
-    start = time.time()
+    start, stage_start = time.time(), StageStart(model)
     if recipe == "scratch":  # twice the steps: it has no stage 1
         settings.update(head_epochs=0, fine_tune_epochs=2 * epochs, train_batchnorm=True)
         kt.fine_tune(model, train, fine_tune_learning_rate=1e-3, **settings)
     elif lite:
-        decay = {"layer_decay": args.layer_decay} if "layer decay" in row else {}
-        kt.fine_tune(model, train, learning_rate=1e-3, fine_tune_learning_rate=1e-4, **LITE[row], **decay, **settings)
+        recipe = dict(LITE[row], layer_decay=args.layer_decay if "layer decay" in row else 1.0)
+        if "steps" in recipe:  # at least that many stage-2 steps: more epochs for a training set of few batches
+            recipe["fine_tune_epochs"] = max(recipe["fine_tune_epochs"], math.ceil(recipe.pop("steps") / batches))
+        settings["callbacks"] = [stage_start]
+        kt.fine_tune(model, train, learning_rate=1e-3, fine_tune_learning_rate=1e-4, **recipe, **settings)
     else:
         settings.update(head_epochs=epochs, fine_tune_epochs=epochs)
         kt.fine_tune(model, train, learning_rate=args.head_lr, fine_tune_learning_rate=args.fine_tune_lr, **settings)
     seconds = time.time() - start
-    also = {TTA_ROWS[row]: kt.evaluate(model, test, tta="flip").accuracy} if row in TTA_ROWS else {}
-    return kt.evaluate(model, test).accuracy, seconds, also
+    accuracy = kt.evaluate(model, test).accuracy
+    return accuracy, seconds, score_rows(model, test, stage_start.weights, SCORED[row]) if row in SCORED else {}
 
 
 def row_names(args, scored=False):
     """The rows that train (with `scored`: also the rows scored on another row's model)."""
     own = [f"{args.backbone} {m} {r}" for m in args.methods for r in ("probe", "2-stage")]
-    lite = [name for row in LITE for name in [row] + ([TTA_ROWS[row]] if scored and row in TTA_ROWS else [])]
+    lite = [name for row in args.lite_rows for name in [row] + (list(SCORED.get(row, ())) if scored else [])]
     return (["scratch"] + own if args.rows == "all" else []) + lite
 
 
@@ -261,8 +297,10 @@ def main(argv=None):
         + (f", SimCLR on all classes unlabeled ({args.simclr_epochs} epochs)" if "simclr" in args.methods else "")
         + f"; {args.steps} steps per stage, head learning rate {args.head_lr}, stage 2 {args.fine_tune_lr}; "
         f"lite0 at {args.lite_size} px, batch 32: 2-stage = head 30 epochs at 1e-3 then all layers 20 at 1e-4, "
-        f"LP-FT = the probe as the head then all layers 29 epochs at 1e-4, layer decay {args.layer_decay}, TTA = "
-        "flip; probes are logistic regressions on features divided by their mean L2 norm; "
+        "LP-FT = the probe as the head then all layers 29 epochs at 1e-4 (100+ steps: at least 100 steps), "
+        f"layer decay {args.layer_decay}, TTA = "
+        f"flip, weight averaging = {WISE_ALPHA} x the fine-tuned weights + {1 - WISE_ALPHA:g} x those stage 2 "
+        "started from (WiSE-FT); probes are logistic regressions on features divided by their mean L2 norm; "
         + (f"{args.test_per_class} test images per class" if args.test_per_class else "all test images")
         + f". `python bench/transfer_gain.py {' '.join(argv or [])}` ({time.time() - start:.0f} s)."
     )
