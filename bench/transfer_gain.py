@@ -22,7 +22,8 @@ seed (the seed draws the labelled images, the same draw for every row: paired), 
 - LP-FT + weight averaging: the LP-FT model with each weight averaged with the one stage 2 started from (the
                             probe head on the ImageNet backbone; WiSE-FT, Wortsman et al. 2022), and + TTA.
 
-`--rows lite0` runs the EfficientNet-Lite0 rows only, `--lite-rows` some of them; `--test-per-class` scores a
+`--rows lite0` runs the EfficientNet-Lite0 rows only, `--lite-rows` some of them, `--lite-backbone` them on another
+backbone with ImageNet weights (named after it); `--test-per-class` scores a
 stratified sample of the test images (every row and seed the same sample).
 
 Accuracy is measured on the official test images of the target classes (1,000 per class). Prints a markdown table
@@ -76,6 +77,9 @@ def parse_args(argv):
     )
     parser.add_argument("--lite-size", type=int, default=224, help="input size of the EfficientNet-Lite0 rows")
     parser.add_argument("--rows", default="all", choices=["all", "lite0"], help="lite0: the EfficientNet rows only")
+    parser.add_argument(
+        "--lite-backbone", default="efficientnet_lite0", help="of the lite0 rows (e.g. efficientnet_lite2)"
+    )
     parser.add_argument("--lite-rows", nargs="+", default=list(LITE), choices=list(LITE), help="of those rows")
     parser.add_argument("--test-per-class", type=int, default=None, help="test images per class (default: all)")
     parser.add_argument("--layer-decay", type=float, default=0.7, help="of the LP-FT + layer decay row")
@@ -160,7 +164,7 @@ def run(args, row, weights, labels, seed, min_steps_per_epoch=20):
     accuracies of rows scored on the same model ({TTA row: accuracy})."""
     keras.utils.set_random_seed(seed)
     lite = row in LITE
-    backbone, size = ("efficientnet_lite0", args.lite_size) if lite else (args.backbone, args.image_size)
+    backbone, size = (args.lite_backbone, args.lite_size) if lite else (args.backbone, args.image_size)
     recipe = row.split()[-1]
     per_class = None if labels == "all" else int(labels)
     batch = 32 if lite else 64 if per_class is None else args.batch_size
@@ -200,6 +204,11 @@ def run(args, row, weights, labels, seed, min_steps_per_epoch=20):
     return accuracy, seconds, score_rows(model, test, stage_start.weights, SCORED[row]) if row in SCORED else {}
 
 
+def shown(args, row):
+    """The row's name as printed: "lite0" rows named after `--lite-backbone`."""
+    return row.replace("lite0", args.lite_backbone.removeprefix("efficientnet_"), 1)
+
+
 def row_names(args, scored=False):
     """The rows that train (with `scored`: also the rows scored on another row's model)."""
     own = [f"{args.backbone} {m} {r}" for m in args.methods for r in ("probe", "2-stage")]
@@ -217,7 +226,7 @@ def table(args, results):
         for n in args.labels:
             accs = np.array(results.get((row, n), [])) * 100
             cells.append(f"{accs.mean():.1f} ± {accs.std(ddof=1) if len(accs) > 1 else 0:.1f}" if len(accs) else "")
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        lines.append(f"| {shown(args, row)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -235,7 +244,8 @@ def run_arms(args, row, weights, labels, seed, timings):
         for counted in ARMS if len(arms) == 1 else [arm]:
             timings.setdefault((row, labels, counted), []).append((time.time() - t, accuracies[arm], training or 0.0))
         for name, accuracy in [(row, accuracies[arm]), *also[arm].items()]:
-            line = f"labels {labels:>3} seed {seed} {name:<42} {arm:<9} {accuracy:6.1%} ({time.time() - t:.0f} s)"
+            seconds = time.time() - t
+            line = f"labels {labels:>3} seed {seed} {shown(args, name):<42} {arm:<9} {accuracy:6.1%} ({seconds:.0f} s)"
             print(line, flush=True)
     return accuracies["grouped"], also["grouped"]
 
@@ -296,7 +306,8 @@ def main(argv=None):
         f"pretraining on classes {args.source_classes} ({args.pretrain_epochs} epochs)"
         + (f", SimCLR on all classes unlabeled ({args.simclr_epochs} epochs)" if "simclr" in args.methods else "")
         + f"; {args.steps} steps per stage, head learning rate {args.head_lr}, stage 2 {args.fine_tune_lr}; "
-        f"lite0 at {args.lite_size} px, batch 32: 2-stage = head 30 epochs at 1e-3 then all layers 20 at 1e-4, "
+        f"{args.lite_backbone} at {args.lite_size} px, batch 32: 2-stage = head 30 epochs at 1e-3 then all layers "
+        "20 at 1e-4, "
         "LP-FT = the probe as the head then all layers 29 epochs at 1e-4 (100+ steps: at least 100 steps), "
         f"layer decay {args.layer_decay}, TTA = "
         f"flip, weight averaging = {WISE_ALPHA} x the fine-tuned weights + {1 - WISE_ALPHA:g} x those stage 2 "
