@@ -31,7 +31,7 @@ import tensorflow as tf
 from PIL import Image
 
 import keras_transfer as kt
-from keras_transfer import images
+from keras_transfer.data import pipeline
 
 SIZE = (224, 224)
 CLASSES = 10
@@ -112,7 +112,7 @@ def loaders(folder, batch_size):
                 for f in sorted(os.listdir(os.path.join(folder, c)))
             ]
             paths, labels = [p for p, _ in files], [label for _, label in files]
-            ds = images.decode_files(paths, labels, SIZE, shuffle_seed=0, dtype=tf.float32, dct_scaling=dct_scaling)
+            ds = pipeline.decode_files(paths, labels, SIZE, shuffle_seed=0, dtype=tf.float32, dct_scaling=dct_scaling)
             return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
         return make

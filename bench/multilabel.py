@@ -3,7 +3,7 @@
 The images are 2x2 mosaics of Fashion-MNIST items (each 28 px tile one of the 10 classes, or empty with
 probability --empty); an image's labels are the classes present. They are written as PNG files with a
 `labels.csv` (columns `filename`, `labels` space-separated, `split`), so the whole table path runs:
-`load_dataset(csv, label_column="labels", label_delimiter=" ", split_column="split", labels_per_class=N)`.
+`load_dataset(Table(csv, label_column="labels", label_delimiter=" ", split_column="split"), labels_per_class=N)`.
 Training mosaics come from Fashion-MNIST's training images, the 2,000 test mosaics from its test images, the
 validation mosaics (for the thresholds only: training runs without validation, as the demo's) from training images
 not in the training pool.
@@ -109,12 +109,9 @@ def run(args, table, row, labels, seed):
     """One row on one draw: `(mAP, macro F1, seconds)` on the test mosaics."""
     keras.utils.set_random_seed(seed)
     train, val, test, info = kt.load_dataset(
-        table,
+        kt.data.Table(table, label_column="labels", label_delimiter=" ", split_column="split"),
         image_size=args.image_size,
         batch_size=args.batch_size,
-        label_column="labels",
-        label_delimiter=" ",
-        split_column="split",
         labels_per_class=labels,
         seed=seed,
     )

@@ -72,7 +72,7 @@ def compare(name, folder, shards, size, repeats):
 
 
 def worker_bytes(shards):
-    from keras_transfer.data import _worker_shards
+    from keras_transfer.data.shards import _worker_shards
 
     with open(os.path.join(shards, "manifest.json")) as f:
         facts = json.load(f)["shards"]["train"]

@@ -27,16 +27,49 @@ _PUBLIC = {  # name -> the module that defines it
     "quiet_tensorflow": "terminal",
     "set_trainable": "policies",
 }
-_NO_TENSORFLOW = ("backbones", "terminal")  # modules that load without TensorFlow
+# the modules and packages reachable as `kt.<name>` after `import keras_transfer as kt`
+MODULES = (
+    "architectures",
+    "backbones",
+    "callbacks",
+    "cli",
+    "compat",
+    "config",
+    "data",
+    "distribute",
+    "evaluation",
+    "export",
+    "files",
+    "heads",
+    "hub",
+    "images",
+    "lr_find",
+    "models",
+    "objectives",
+    "policies",
+    "preprocessing",
+    "pretraining",
+    "recipe",
+    "report",
+    "retrieval",
+    "runs",
+    "terminal",
+    "training",
+    "version",
+    "weights",
+)
+_NO_TENSORFLOW = ("backbones", "cli", "config", "terminal", "version")  # modules that load without TensorFlow
 __all__ = sorted(_PUBLIC)
 
 
 def __getattr__(name):
-    if name not in _PUBLIC:
+    if name not in _PUBLIC and name not in MODULES:
         raise AttributeError(f"module 'keras_transfer' has no attribute {name!r}")
-    if _PUBLIC[name] not in _NO_TENSORFLOW:
+    module = _PUBLIC.get(name, name)
+    if module not in _NO_TENSORFLOW:
         importlib.import_module("keras_transfer.models")  # registers BackbonePreprocessing for keras.saving.load_model
-    value = getattr(importlib.import_module(f"keras_transfer.{_PUBLIC[name]}"), name)
+    value = importlib.import_module(f"keras_transfer.{module}")
+    value = getattr(value, name) if name in _PUBLIC else value
     globals()[name] = value
     return value
 

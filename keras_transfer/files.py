@@ -114,8 +114,15 @@ def versions(base):
         return []
 
 
+def newest_version(base):
+    """The folder of the newest numbered version in `base`, or `base` itself when it holds none (a version folder
+    given as it is)."""
+    numbered = versions(base) if os.path.isdir(base) else []
+    return os.path.join(os.fspath(base), str(numbered[-1])) if numbered else os.fspath(base)
+
+
 def _next_version(base):
-    taken = [int(n) for n in os.listdir(base) if n.isdigit()]
+    taken = versions(base)
     taken += [int(m.group(1)) for m in map(_RESERVATION.match, os.listdir(base)) if m]
     return max(taken, default=0) + 1
 

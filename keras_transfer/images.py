@@ -337,50 +337,7 @@ def _resize_to(image, size, antialias, dtype=tf.uint8):
     return resized
 
 
-def decode_files(paths, labels, size, shuffle_seed=None, dtype=tf.uint8, dct_scaling=True):
-    """A dataset of `(decode_image(read_file(path), size), label)`, in the order of `paths` (bytes or str), or
-    reshuffled on every pass for a `shuffle_seed`; files that fail to decode are dropped. `dtype` float32 gives
-    the same values as uint8 does, as float32 (what a model takes, when the images are not cached as uint8);
-    `dct_scaling` as in `decode_image`.
-
-    Upright JPEGs (no EXIF orientation other than 1) are grouped by how `decode_image` would decode them (DCT
-    ratio, antialiasing), which their headers tell here in Python, and each group gets a decode fixed for it: the
-    same pixels without TensorFlow control flow per image, which measured about 2x slower on small photos. Files
-    that are not JPEGs get `decode_image`'s path for them alone (a PNG folder's pipeline built and started 4x
-    faster); turned or unreadable JPEGs go through `decode_image`. The groups are merged back in the original
-    order; shuffled, each group's files are shuffled and the groups interleaved at random, which is a uniform
-    shuffle of all files, done on the file names before decoding (no buffer of decoded images to fill before the
-    first one comes out).
-    """
-    keys = [_decode_key(path, size, dct_scaling) for path in paths]
-    groups = sorted(set(keys), key=repr)
-    datasets = []
-    for i, key in enumerate(groups):
-        pick = np.array([k == key for k in keys])
-        decode = _group_decoder(key, size, dtype, dct_scaling)
-        ds = tf.data.Dataset.from_tensor_slices((np.asarray(paths, dtype=object)[pick], label_array(labels)[pick]))
-        if shuffle_seed is not None:
-            ds = ds.shuffle(int(pick.sum()), seed=shuffle_seed + i, reshuffle_each_iteration=True)
-        ds = ds.map(
-            lambda path, label, decode=decode: (decode(tf.io.read_file(path)), label),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-        datasets.append(ds.ignore_errors(log_warning=True))  # before merging: a dropped file keeps labels paired
-    if len(datasets) == 1:
-        return datasets[0]
-    order = tf.data.Dataset.from_tensor_slices(np.array([groups.index(k) for k in keys], np.int64))
-    if shuffle_seed is not None:
-        order = order.shuffle(len(keys), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return tf.data.Dataset.choose_from_datasets(datasets, order, stop_on_empty_dataset=False)
-
-
-def label_array(labels):
-    """Labels as a pipeline carries them: int32 ids, or float32 0/1 rows for several labels per image."""
-    labels = np.asarray(labels)
-    return labels.astype(np.float32 if labels.ndim == 2 else np.int32)
-
-
-def _decode_key(path, size, dct_scaling=True):
+def file_decode_key(path, size, dct_scaling=True):
     """`decode_key` of an image file, from its header; `"other"` for a file that is not a JPEG (`decode_image`
     without its JPEG branches, whose graph costs a second to build and optimize for each pipeline)."""
     try:
@@ -409,7 +366,7 @@ def keyed_decoder(keys, size, dtype=tf.uint8):
     """`decode(blob, branch)`: the image decoded as `decode_image(blob, size)` does, by the fixed decoder of the
     `decode_key` `keys[branch]`, or of `"other"` for images known not to be JPEGs (no EXIF orientation to look
     for); one branch: no control flow between decoders."""
-    decoders = [_group_decoder(key, size, dtype) for key in keys]
+    decoders = [group_decoder(key, size, dtype) for key in keys]
     if len(decoders) == 1:
         return lambda blob, branch: decoders[0](blob)
     return lambda blob, branch: tf.switch_case(tf.cast(branch, tf.int32), [lambda d=d: d(blob) for d in decoders])
@@ -419,7 +376,7 @@ def _other_decoder(size, dtype):
     return lambda blob: tf.cast(_resize(_decode_full(blob), size, tf.constant(False)), dtype)
 
 
-def _group_decoder(key, size, dtype=tf.uint8, dct_scaling=True):
+def group_decoder(key, size, dtype=tf.uint8, dct_scaling=True):
     if key == "other":
         return _other_decoder(size, dtype)
     if key is None:

@@ -17,7 +17,8 @@ import time
 import keras
 
 from keras_transfer.config import RunConfig, load_config
-from keras_transfer.data import TABLE_OPTIONS, load_dataset
+from keras_transfer.data import load_dataset, source_from
+from keras_transfer.data.sources import SOURCE_OPTIONS
 from keras_transfer.distribute import get_strategy, set_mixed_precision
 from keras_transfer.evaluation import evaluate, linear_probe, tune_thresholds
 from keras_transfer.export import benchmark_exports, export_onnx, export_saved_model, format_exports
@@ -265,8 +266,9 @@ class _Timings:
 
 def _load(config, size, strategy):
     """The datasets, the split evaluated at the end (test, else validation) and the DatasetInfo, printed."""
+    source = source_from(config.data, **{name: getattr(config, name) for name in SOURCE_OPTIONS})
     train, val, test, info = load_dataset(
-        config.data,
+        source,
         image_size=size,
         batch_size=config.batch_size * strategy.num_replicas_in_sync,
         validation_split=config.validation_split,
@@ -275,9 +277,6 @@ def _load(config, size, strategy):
         classes=config.classes,
         labels_per_class=config.labels_per_class,
         test_per_class=config.test_per_class,
-        data_dir=config.data_dir,
-        data_service=config.data_service,
-        **{name: getattr(config, name) for name in TABLE_OPTIONS},
     )
     print(info)
     if config.compare_scratch and test is None and val is None:

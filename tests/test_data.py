@@ -8,9 +8,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from keras_transfer import data
-from keras_transfer.data import image_problem, load_dataset
-from keras_transfer.images import decode_image
+from keras_transfer.data import Tfds, fashion_mnist_arrays, load_dataset, sources
+from keras_transfer.images import decode_image, image_problem
 
 
 def _save(path, image, fmt, **kwargs):
@@ -238,7 +237,9 @@ def test_fashion_mnist_from_a_local_idx_copy(tmp_path, monkeypatch):
     for prefix, n in (("train", 40), ("t10k", 20)):
         write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
         write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n, dtype=np.uint8) % 10)
-    monkeypatch.setattr(data, "FASHION_MNIST_DIRS", (str(tmp_path),))
+    local = fashion_mnist_arrays(folders=(str(tmp_path / "elsewhere"), str(tmp_path)))
+    assert local["train"][0].shape == (40, 28, 28) and local["test"][1].tolist() == list(range(10)) * 2
+    monkeypatch.setattr(sources, "fashion_mnist_arrays", lambda: local)
     train, val, test, info = load_dataset("fashion_mnist", image_size=28, classes=range(5), validation_split=0.25)
     assert info.class_names == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"]
     assert sum(info.counts["test"].values()) == 10 and sum(info.counts["train"].values()) == 15
@@ -249,8 +250,6 @@ def test_fashion_mnist_from_a_local_idx_copy(tmp_path, monkeypatch):
 def test_fashion_mnist_missing_everywhere_names_all_three_places(tmp_path, monkeypatch):
     import keras
 
-    monkeypatch.setattr(data, "FASHION_MNIST_DIRS", (str(tmp_path / "a"), str(tmp_path / "b")))
-
     def offline():
         raise Exception("URL fetch failure on https://storage.googleapis.com/...: None -- [Errno -3]")
 
@@ -260,7 +259,7 @@ def test_fashion_mnist_missing_everywhere_names_all_three_places(tmp_path, monke
         match=r"(?s)Fashion-MNIST is not on this machine.*apt-get install dataset-fashion-mnist"
         r".*Keras's cache.*keras\.datasets\.fashion_mnist\.load_data\(\)",
     ):
-        load_dataset("fashion_mnist")
+        fashion_mnist_arrays(folders=(str(tmp_path / "a"), str(tmp_path / "b")))
 
 
 def test_tfds_source_through_mock_data():
@@ -281,12 +280,11 @@ def test_tfds_not_prepared_offline_fails_fast_with_instructions(monkeypatch, tmp
         time.sleep(30)  # what a download that retries for minutes looks like
 
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", hang)
-    monkeypatch.setattr(data, "TFDS_DEADLINE_S", 0.5)
     start = time.time()
     with pytest.raises(
         OSError,
         match=r"TFDS dataset 'tf_flowers' is not prepared in .*\(not prepared within 0\.5 s\).*"
         r"tfds build tf_flowers --data_dir DIR",
     ):
-        load_dataset("tfds:tf_flowers", data_dir=str(tmp_path))
+        load_dataset(Tfds("tf_flowers", data_dir=str(tmp_path), deadline_s=0.5))
     assert time.time() - start < 10

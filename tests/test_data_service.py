@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import keras_transfer as kt
-from keras_transfer.data import start_data_service, write_shards
+from keras_transfer.data import Shards, source_from, start_data_service, write_shards
 
 
 def _indexed(n=24):
@@ -29,7 +29,7 @@ def test_two_service_workers_decode_each_training_image_once_per_epoch(tmp_path)
     service = start_data_service(workers=2)
     write_shards(_indexed(), tmp_path / "shards", num_shards=4)
     options = dict(image_size=16, batch_size=4, validation_split=0.25)
-    train, val, _, info = kt.load_dataset(tmp_path / "shards", data_service=service["address"], **options)
+    train, val, _, info = kt.load_dataset(Shards(tmp_path / "shards", service=service["address"]), **options)
     assert b"DataServiceDataset" in train._as_serialized_graph().numpy()  # through the service
     assert b"DataServiceDataset" not in val._as_serialized_graph().numpy()  # evaluation splits: decoded here
     local = _seen(kt.load_dataset(_indexed(), **options)[0])
@@ -42,18 +42,20 @@ def test_two_service_workers_decode_each_training_image_once_per_epoch(tmp_path)
     assert np.isfinite(history.history["loss"]).all()
 
 
-def test_an_address_where_nothing_answers_is_refused_by_name_within_seconds():
+def test_an_address_where_nothing_answers_is_refused_by_name_within_seconds(tmp_path):
+    shards = tmp_path / "shards"
+    write_shards(_indexed(), shards, num_shards=1)
     start = time.monotonic()
     with pytest.raises(ValueError, match=r"No tf.data service answers at grpc://127.0.0.1:9 within 3 s"):
-        kt.load_dataset(_indexed(), image_size=16, data_service="grpc://127.0.0.1:9")
+        kt.load_dataset(Shards(shards, service="grpc://127.0.0.1:9"), image_size=16)
     assert time.monotonic() - start < 10
     with pytest.raises(ValueError, match=r"data_service must be 'grpc://host:port'. Received: data_service='nowhere'"):
-        kt.load_dataset(_indexed(), image_size=16, data_service="nowhere")
+        kt.load_dataset(Shards(shards, service="nowhere"), image_size=16)
     service = start_data_service()
     with pytest.raises(
-        ValueError, match=r"data_service reads TFRecord shards: write the source once with write_shards"
+        ValueError, match=r"Shards reads a folder of TFRecord shards .*: write the source once with write_shards"
     ):
-        kt.load_dataset(_indexed(), image_size=16, data_service=service["address"])
+        kt.load_dataset(source_from(_indexed(), data_service=service["address"]), image_size=16)
 
 
 @pytest.mark.slow

@@ -116,7 +116,7 @@ def test_export_serves_what_was_trained_in_a_process_without_keras(model, tmp_pa
 KILLED_EXPORT = """
 import os, signal, sys
 import keras_transfer as kt
-from keras_transfer import export
+from keras_transfer.export import saved_model as export
 
 write = export._write_saved_model
 def write_then_die(model, path, thresholds=None):

@@ -16,6 +16,7 @@ from PIL import Image
 
 import keras_transfer as kt
 from keras_transfer import training
+from keras_transfer.data import pipeline
 
 ENV = SUBPROCESS_ENV
 
@@ -321,18 +322,18 @@ def test_folder_decoding_groups_jpegs_by_decode_and_gives_what_decode_image_give
         paths.append(os.fsencode(tmp_path / f"{i}{suffix}"))
         with open(paths[-1], "wb") as f:
             f.write(blob)
-    keys = [images._decode_key(p, size) for p in paths]
+    keys = [images.file_decode_key(p, size) for p in paths]
     # the PNG: the decoder of images that are not JPEGs; the turned JPEG: the general decoder (None)
     assert keys[:6] == [(2, True), (8, True), "other", (1, False), (2, True), None]
-    got = list(images.decode_files(paths, np.arange(len(paths)), size).as_numpy_iterator())
+    got = list(pipeline.decode_files(paths, np.arange(len(paths)), size).as_numpy_iterator())
     assert [label for _, label in got] == [0, 1, 2, 3, 4, 5, 6]  # in order, the undecodable file dropped
     for image, label in got:  # bit-identical to the one decoder, labels still beside their images
         np.testing.assert_array_equal(image, images.image_array(blobs[label], size=size))
-    floats = images.decode_files(paths, np.arange(len(paths)), size, dtype=tf.float32)  # uncached pipelines
+    floats = pipeline.decode_files(paths, np.arange(len(paths)), size, dtype=tf.float32)  # uncached pipelines
     for (image, label), (value, same) in zip(got, floats.as_numpy_iterator(), strict=True):
         assert value.dtype == np.float32 and label == same
         np.testing.assert_array_equal(value, image.astype(np.float32))
-    shuffled = images.decode_files(paths, np.arange(len(paths)), size, shuffle_seed=0)
+    shuffled = pipeline.decode_files(paths, np.arange(len(paths)), size, shuffle_seed=0)
     passes = [list(shuffled.as_numpy_iterator()) for _ in range(60)]  # each pass decodes: 0.4 s
     for image, label in passes[0]:
         np.testing.assert_array_equal(image, images.image_array(blobs[label], size=size))

@@ -11,7 +11,7 @@ import tensorflow as tf
 from conftest import SUBPROCESS_ENV
 
 import keras_transfer as kt
-from keras_transfer.data import write_shards
+from keras_transfer.data import source_from, write_shards
 
 WORKER_SCRIPT = """
 import json, sys
@@ -159,8 +159,8 @@ def test_bad_folders_and_shards_are_refused_by_name(colour_folder, tmp_path, mon
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="holds 'notes.txt': shards are written into an empty folder"):
         write_shards(colour_folder, tmp_path / "busy")
-    with pytest.raises(ValueError, match=r"Unknown options \['labels'\]"):
-        write_shards(colour_folder, tmp_path / "x", labels="y")
+    with pytest.raises(ValueError, match=r"Unknown source options \['labels'\]"):
+        write_shards(source_from(colour_folder, labels="y"), tmp_path / "x")
     with pytest.raises(ValueError, match="num_shards must be an integer >= 1"):
         write_shards(colour_folder, tmp_path / "x", num_shards=0)
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2", "c:3"]}, "task": {"index": 0}}))

@@ -15,6 +15,7 @@ from sklearn.metrics import average_precision_score, f1_score, hamming_loss
 
 import keras_transfer as kt
 from keras_transfer import cli
+from keras_transfer.data import Table, source_from
 from keras_transfer.evaluation import linear_probe, tune_thresholds
 from keras_transfer.export import export_onnx, export_tflite, export_thresholds, tflite_metadata, tflite_predictor
 
@@ -58,7 +59,7 @@ def test_a_csv_of_names_loads_like_a_folder_and_lists_the_rows_it_left_out(tagge
     ]
     pd.concat([table, pd.DataFrame(extra)]).to_csv(tagged / "more.csv", index=False)
     train, val, test, info = kt.load_dataset(
-        tagged / "more.csv", label_column="single", image_size=24, batch_size=4, validation_split=0.25, seed=1
+        Table(tagged / "more.csv", label_column="single"), image_size=24, batch_size=4, validation_split=0.25, seed=1
     )
     reasons = {reason for _, reason in info.skipped}
     assert reasons == {
@@ -78,9 +79,8 @@ def test_a_csv_of_names_loads_like_a_folder_and_lists_the_rows_it_left_out(tagge
 def test_a_dataframe_with_integer_labels_a_root_and_a_split_column(tagged):
     table = pd.read_csv(tagged / "tags.csv")
     table["class_id"] = [10 * (1 + COLOURS.index(s)) for s in table["single"]]
-    train, val, test, info = kt.load_dataset(
-        table, root=tagged, path_column="file", label_column="class_id", split_column="split", image_size=24
-    )
+    source = Table(table, root=tagged, path_column="file", label_column="class_id", split_column="split")
+    train, val, test, info = kt.load_dataset(source, image_size=24)
     assert info.source == "dataframe"
     assert info.class_names == ["10", "20", "30"] and info.label_map == {10: 0, 20: 1, 30: 2}
     assert info.sizes == {"train": 24, "validation": 6, "test": 6}  # as the column says
@@ -111,7 +111,7 @@ def test_bad_tables_are_refused_naming_the_row_the_column_or_the_value(tagged, c
     table = pd.read_csv(tagged / "tags.csv")
     table = change(table) if change else table
     with pytest.raises(ValueError, match=re.escape(message)):
-        kt.load_dataset(table, root=tagged, **options)
+        kt.load_dataset(Table(table, root=tagged, **options))
 
 
 def test_a_csv_that_is_not_utf8_and_table_options_on_a_folder(tagged, tmp_path, colour_folder):
@@ -119,12 +119,15 @@ def test_a_csv_that_is_not_utf8_and_table_options_on_a_folder(tagged, tmp_path, 
     with pytest.raises(ValueError, match=r"not UTF-8 text: byte b'\\xe9' on line 2"):
         kt.load_dataset(tmp_path / "latin.csv")
     with pytest.raises(ValueError, match="label_delimiter only apply to a table source"):
-        kt.load_dataset(colour_folder, label_delimiter=" ")
+        source_from(colour_folder, label_delimiter=" ")
 
 
 def test_several_labels_per_image_give_k_hot_batches_and_iterative_splits(tagged):
     train, val, test, info = kt.load_dataset(
-        tagged / "tags.csv", label_column="tags", label_delimiter=" ", image_size=24, batch_size=5, test_split=0.25
+        Table(tagged / "tags.csv", label_column="tags", label_delimiter=" "),
+        image_size=24,
+        batch_size=5,
+        test_split=0.25,
     )
     assert info.multi_label and info.class_names == list(COLOURS)
     assert f"multi-label: 3 labels, {sum(sum(c.values()) for c in info.counts.values()) / 36:.1f} per image" in str(
@@ -146,12 +149,12 @@ def test_labels_per_class_counts_images_per_label_and_label_columns(tagged):
     for c in COLOURS:
         table[c] = [int(c in tags.split()) for tags in table["tags"]]
     _, _, _, info = kt.load_dataset(
-        table, root=tagged, label_columns=list(COLOURS), labels_per_class=3, validation_split=0.0, image_size=24
+        Table(table, root=tagged, label_columns=COLOURS), labels_per_class=3, validation_split=0.0, image_size=24
     )
     assert info.multi_label and info.class_names == list(COLOURS)
     assert all(n >= 3 for n in info.counts["train"].values()) and info.sizes["train"] < 9
     train, _, _, info = kt.load_dataset(
-        table, root=tagged, label_columns=list(COLOURS), classes=["red", "blue"], validation_split=0, image_size=24
+        Table(table, root=tagged, label_columns=COLOURS), classes=["red", "blue"], validation_split=0, image_size=24
     )
     assert info.class_names == ["blue", "red"] and info.sizes["train"] == 36  # images with neither stay, label-less
     np.testing.assert_array_equal(_labels(train).sum(axis=0), [table["blue"].sum(), table["red"].sum()])
@@ -168,7 +171,9 @@ def test_arrays_with_a_zero_one_matrix_are_several_labels_per_image(rgb_images):
 def trained(tagged, tmp_path_factory):
     """A small sigmoid model fine-tuned (LP-FT: probe head on cached features, then all layers) on `tagged`."""
     train, val, test, info = kt.load_dataset(
-        tagged / "tags.csv", label_column="tags", label_delimiter=" ", split_column="split", image_size=32, batch_size=6
+        Table(tagged / "tags.csv", label_column="tags", label_delimiter=" ", split_column="split"),
+        image_size=32,
+        batch_size=6,
     )
     model = kt.build_model("small_cnn", 3, input_shape=32, weights=None, activation="sigmoid")
     run_dir = tmp_path_factory.mktemp("run")

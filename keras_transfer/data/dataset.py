@@ -1,0 +1,241 @@
+"""`load_dataset` and `DatasetInfo`: any source as records, then classes selected, splits drawn and one pipeline
+per split."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+
+from keras_transfer.data.pipeline import build_pipeline, cache_choice
+from keras_transfer.data.records import SPLITS, has_label, is_int, readable
+from keras_transfer.data.sources import records as source_records
+from keras_transfer.data.splits import select_classes, split_indices
+from keras_transfer.images import image_size as image_size_rule
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class DatasetInfo:
+    """What `load_dataset` found.
+
+    Attributes:
+        source: the source as given (a path, `"tfds:NAME"`, `"digits"`, `"fashion_mnist"` or `"arrays"`).
+        class_names: names of the classes, in label order (label i is `class_names[i]`).
+        label_map: original label (folder name, table label, or original integer id) -> label id used here.
+        counts: split -> class name -> number of images (with that label, for several labels per image).
+        skipped: `(path, reason)` for every file, folder or table row left out (a row's reason starts with
+            "row N:", N its line in the CSV file or its DataFrame index).
+        image_size: `(height, width)` of the images the datasets yield.
+        multi_label: True when an image may carry several labels (batches then carry float32 0/1 rows).
+        sizes: split -> number of images.
+    """
+
+    source: str
+    class_names: list
+    label_map: dict
+    counts: dict
+    skipped: list
+    image_size: tuple
+    multi_label: bool = False
+    sizes: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    def __str__(self):
+        sizes = ", ".join(f"{split} {n}" for split, n in self.sizes.items() if n)
+        kind = f"{self.num_classes} classes"
+        if self.multi_label:
+            per_image = sum(sum(c.values()) for c in self.counts.values()) / max(sum(self.sizes.values()), 1)
+            kind = f"multi-label: {self.num_classes} labels, {per_image:.1f} per image"
+        text = f"{self.source}: {kind}, {sizes} images at {self.image_size[0]}x{self.image_size[1]}"
+        if self.skipped:
+            text += f"; {len(self.skipped)} skipped:" + "".join(f"\n  {readable(p)}: {r}" for p, r in self.skipped)
+        return text
+
+
+def load_dataset(
+    source,
+    *,
+    image_size=(224, 224),
+    batch_size=32,
+    validation_split=0.2,
+    test_split=0.0,
+    seed=0,
+    cache=True,
+    classes=None,
+    labels_per_class=None,
+    test_per_class=None,
+    deterministic=False,
+):
+    """Loads an image classification dataset as batched `tf.data` pipelines.
+
+    Args:
+        source: a folder of class subfolders (or with `train/`, `validation/`, `test/` inside), a CSV file or a
+            pandas DataFrame of image paths and labels, `"tfds:NAME"`, `"digits"` (scikit-learn's 8x8 digits),
+            `"fashion_mnist"`, a folder of TFRecord shards from `write_shards`, a tuple of NumPy arrays `(x, y)` with
+            `x` of shape `(n, height, width[, channels])` in 0-255 and `y` integer labels or an `(n, classes)` 0/1
+            matrix (several labels per image); or a source object with options of its kind: `Table(csv, ...)`
+            (columns, delimiter, root), `Tfds(name, data_dir=...)`, `Shards(folder, service=...)`.
+        image_size: `(height, width)` or an int; images are resized (bilinear, as the model does) to it.
+        batch_size: images per batch.
+        validation_split: fraction of the training images held out for validation when the source has no
+            validation split of its own.
+        test_split: the same for a test split.
+        seed: fixes the splits and the shuffling. (Augmentation lives in the model: `build_model(augment=True)`.)
+        cache: True caches decoded, resized images in memory (skipped with a warning when they would not fit
+            in half the available memory), a path prefix caches them on disk, False does not cache.
+        classes: a subset of classes, as original names or ids (e.g. `range(5, 10)`); they are relabelled
+            0..k-1 in the order of their original ids, and their names are kept.
+        labels_per_class: keep at most this many training images per class (few-shot runs). With several labels
+            per image: at least this many per label where it has them, the rarest label drawn first (labels that
+            come with others then have more).
+        test_per_class: keep at most this many test images per class: a stratified sample, drawn with `seed`, for a
+            quicker evaluation (the standard error of an accuracy grows as 1/sqrt(test images)).
+        deterministic: keep a reproducible element order in the training split too (slower parallel decoding).
+            Validation and test splits always keep their order, so `model.predict(test)` lines up with the labels
+            of another pass over `test`.
+    A table's unusable rows and a folder's unreadable files are left out and listed in `info.skipped`. Several
+    labels per image split iteratively (Sechidis et al. 2011), so that every label keeps its share in every split
+    where it has enough images.
+
+    Returns:
+        `(train, validation, test, info)`: datasets of `(images, labels)` batches, float32 `(batch, height,
+        width, 3)` in 0-255 and int32 `(batch,)` (float32 `(batch, classes)` 0/1 for several labels per image); a
+        split with no images is None. `info` is a `DatasetInfo`.
+
+    Raises:
+        ValueError: for an unknown source, a folder with no images or one class only, bad arrays, a table with a
+            missing column or bad cells (naming the row, the column and the value), unknown classes or bad
+            fractions.
+        OSError: when a TFDS dataset or Fashion-MNIST is not on this machine and cannot be downloaded.
+
+    Example:
+    >>> train, val, test, info = load_dataset("digits", image_size=32, batch_size=8, test_split=0.1)
+    >>> info.num_classes, sum(info.counts["test"].values())
+    (10, 179)
+    """
+    size = _check_arguments(image_size, batch_size, validation_split, test_split, labels_per_class, test_per_class)
+    records = source_records(source)
+    service = records.service
+    keep_ids, class_names = select_classes(records.class_names, classes)
+    selected = _selected_labels(records, keep_ids)
+    indices = split_indices(selected, validation_split, test_split, (labels_per_class, test_per_class), seed)
+    info = DatasetInfo(
+        source=records.name,
+        class_names=list(class_names),
+        label_map={records.original_ids[i]: k for k, i in enumerate(keep_ids)},
+        counts={},
+        skipped=list(records.skipped),
+        image_size=size,
+        multi_label=records.multi_label,
+    )
+    datasets = {}
+    for split in SPLITS:
+        origin = split if split in records.labels else "train"
+        labels = selected[origin][indices[split]]
+        info.counts[split] = {name: int(np.sum(has_label(labels, i))) for i, name in enumerate(class_names)}
+        info.sizes[split] = len(labels)
+        datasets[split] = (
+            build_pipeline(
+                (records.worker_images if split == "train" and records.worker_images else records.images)(
+                    origin, indices[split]
+                ),
+                labels,
+                size=size,
+                batch_size=batch_size,
+                training=split == "train",
+                cache=cache_choice(cache, service and split == "train", len(labels), size, records.dtype),
+                cache_name=split,
+                service=service if split == "train" else None,
+                seed=seed,
+                deterministic=deterministic,
+            )
+            if len(labels)
+            else None
+        )
+    if not info.sizes["train"]:
+        raise ValueError(f"No training images left in {records.name!r} after the class selection and splits.")
+    _warn_missing_classes(info.counts)
+    _warn_imbalance(info.counts["train"])
+    logger.debug("%s", info)
+    return datasets["train"], datasets["validation"], datasets["test"], info
+
+
+def _selected_labels(records, keep_ids):
+    """split -> the records' labels in the ids of the kept classes: integers (-1 for a class left out), or the
+    kept classes' 0/1 columns."""
+    if records.multi_label:
+        return {split: labels[:, keep_ids] for split, labels in records.labels.items()}
+    relabel = np.full(len(records.class_names), -1, dtype=np.int64)
+    relabel[keep_ids] = np.arange(len(keep_ids))
+    return {split: relabel[labels] for split, labels in records.labels.items()}
+
+
+def _warn_imbalance(counts, ratio=10):
+    """Warns when the largest training class has at least `ratio` times the images of the smallest."""
+    present = {name: n for name, n in counts.items() if n}
+    if len(present) < 2:
+        return
+    largest, smallest = max(present, key=present.get), min(present, key=present.get)
+    if present[largest] >= ratio * present[smallest]:
+        logger.warning(
+            "The training classes are imbalanced: %r has %d images, %r %d (%.0fx). Consider "
+            "fine_tune(..., class_weight='balanced') (CLI: --class-weight balanced).",
+            largest,
+            present[largest],
+            smallest,
+            present[smallest],
+            present[largest] / present[smallest],
+        )
+
+
+def _warn_missing_classes(counts):
+    """Warns, per class, about a validation or test split that has images but none of the class (too few images
+    to stratify: a class of one image lands in training only), naming the class and its counts; and about a
+    label without training images (several labels per image: iterative stratification may place all of a rare
+    label's images elsewhere)."""
+    for name, n in counts["train"].items():
+        total = sum(counts[s].get(name, 0) for s in counts)
+        if n == 0 and total:
+            logger.warning("Label %r has %d image%s, none in the training split.", name, total, "s"[: total != 1])
+    for split in ("validation", "test"):
+        if not sum(counts[split].values()):
+            continue
+        for name, n in counts[split].items():
+            if n == 0:
+                total = sum(counts[s].get(name, 0) for s in counts)
+                logger.warning(
+                    "Class %r has %d image%s (train %d): none in the %s split, so it is not %s there.",
+                    name,
+                    total,
+                    "s" if total != 1 else "",
+                    counts["train"].get(name, 0),
+                    split,
+                    "validated" if split == "validation" else "tested",
+                )
+
+
+def _check_arguments(image_size, batch_size, validation_split, test_split, labels_per_class, test_per_class):
+    """The image size as `(height, width)`, after checking every numeric argument of `load_dataset`."""
+    size = image_size_rule(image_size)
+    for name, value in (("validation_split", validation_split), ("test_split", test_split)):
+        if not isinstance(value, (int, float, np.number)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} must be in [0, 1). Received: {name}={value!r}")
+    if validation_split + test_split >= 1.0:
+        raise ValueError(
+            "validation_split + test_split must leave images for training. "
+            f"Received: validation_split={validation_split!r}, test_split={test_split!r}"
+        )
+    for name, value in (
+        ("batch_size", batch_size),
+        ("labels_per_class", labels_per_class),
+        ("test_per_class", test_per_class),
+    ):
+        if (value is not None or name == "batch_size") and (not is_int(value) or value < 1):
+            raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
+    return size

@@ -1,0 +1,81 @@
+"""Which source kind a value is: a plain path, DataFrame, `"tfds:NAME"`, `"digits"`, `"fashion_mnist"` or `(x, y)`
+becomes its source kind's records, and a source object (`Table`, `Tfds`, `Shards`) gives its own."""
+
+from __future__ import annotations
+
+import os
+
+from keras_transfer.data.arrays import FASHION_MNIST_CLASSES, array_records, digits_arrays, fashion_mnist_arrays
+from keras_transfer.data.folders import folder_records
+from keras_transfer.data.shards import MANIFEST, Shards, has_shards_without_manifest, is_shards
+from keras_transfer.data.tables import TABLE_OPTIONS, Table, is_dataframe
+from keras_transfer.data.tfds import Tfds
+
+SOURCE_OPTIONS = ("data_dir", "data_service", *TABLE_OPTIONS)  # what `source_from` turns into a source object
+
+
+def records(source):
+    """The records of `source`: a source object, or a plain value of one of the kinds `load_dataset` takes.
+
+    Raises:
+        ValueError: for a value that is none of them, or a folder of shards without a manifest.
+    """
+    if isinstance(source, (Table, Tfds, Shards)):
+        return source.records()
+    if is_dataframe(source) or (isinstance(source, (str, os.PathLike)) and os.path.isfile(source)):
+        return Table(source).records()
+    if isinstance(source, tuple) and len(source) == 2:
+        return array_records("arrays", {"train": source}, None)
+    if isinstance(source, (str, os.PathLike)):
+        source = os.fspath(source)
+        if source == "digits":
+            return array_records("digits", {"train": digits_arrays()}, [str(i) for i in range(10)])
+        if source == "fashion_mnist":
+            return array_records("fashion_mnist", fashion_mnist_arrays(), list(FASHION_MNIST_CLASSES))
+        if source.startswith("tfds:"):
+            return Tfds(source[len("tfds:") :]).records()
+        if is_shards(source):
+            return Shards(source).records()
+        if has_shards_without_manifest(source):
+            raise ValueError(
+                f"{source!r} holds TFRecord shards but no {MANIFEST}: a write_shards call that did not finish (the "
+                f"same call again completes it) or shards from elsewhere. Received: source={source!r}"
+            )
+        if os.path.isdir(source):
+            return folder_records(source)
+        if not os.path.exists(source):
+            raise ValueError(
+                f"Dataset source {source!r} is not a folder or a file, and not one of 'tfds:NAME', 'digits', "
+                f"'fashion_mnist' or an (x, y) tuple of arrays. Received: source={source!r}"
+            )
+    raise ValueError(
+        "source must be a folder of class subfolders, a CSV file or DataFrame, 'tfds:NAME', 'digits', "
+        f"'fashion_mnist', an (x, y) tuple of arrays, or a Table, Tfds or Shards. Received: source={source!r}"
+    )
+
+
+def source_from(source, **options):
+    """`source` with the options of one source kind given by name (as the command line and `write_shards` give
+    them): table options make a `Table`, `data_dir` a `Tfds` of a `"tfds:NAME"`, `data_service` a `Shards`;
+    options left at None (and `label_column="label"`) are not given. Names are the flags' words as arguments.
+
+    Raises:
+        ValueError: for an unknown option, or options that do not apply to the source's kind.
+    """
+    unknown = sorted(set(options) - set(SOURCE_OPTIONS))
+    if unknown:
+        raise ValueError(f"Unknown source options {unknown}. Expected some of: {', '.join(SOURCE_OPTIONS)}")
+    given = {k: v for k, v in options.items() if v is not None and not (k == "label_column" and v == "label")}
+    table = {k: v for k, v in given.items() if k in TABLE_OPTIONS}
+    is_table = is_dataframe(source) or (isinstance(source, (str, os.PathLike)) and os.path.isfile(source))
+    if table and not is_table:
+        raise ValueError(
+            f"{', '.join(table)} only apply to a table source (a CSV file or a DataFrame). Received: source={source!r}"
+        )
+    if is_table:
+        return Table(source, **{k: tuple(v) if k == "label_columns" else v for k, v in table.items()})
+    if "data_service" in given:
+        return Shards(source, service=given["data_service"])
+    if "data_dir" in given and isinstance(source, str) and source.startswith("tfds:"):
+        return Tfds(source[len("tfds:") :], data_dir=given["data_dir"])
+    return source
