@@ -16,10 +16,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transfer.backbones import get_spec
+from keras_transfer.callbacks import EpochLines
 from keras_transfer.data import load_dataset, with_known_size
 from keras_transfer.models import build_model, default_input_size, feature_model, get_backbone
 from keras_transfer.policies import set_trainable
-from keras_transfer.training import EpochLines, recompute_batchnorm
+from keras_transfer.training import recompute_batchnorm
 
 logger = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from keras_transfer.distribute import get_strategy, set_mixed_precision
 from keras_transfer.evaluation import evaluate, linear_probe, tune_thresholds
 from keras_transfer.export import benchmark_exports, export_onnx, export_saved_model, format_exports
 from keras_transfer.files import atomic_path, versions, write_text
+from keras_transfer.lr_find import find_learning_rate, plot_findings
 from keras_transfer.models import (
     build_model,
     check_input_size,
@@ -34,7 +35,7 @@ from keras_transfer.models import (
 from keras_transfer.policies import check_policy, set_trainable
 from keras_transfer.report import write_html
 from keras_transfer.runs import claim, empty_run_folder, locked, mark_complete, read_complete, read_history, run_file
-from keras_transfer.training import TrainingOptions, find_learning_rate, fine_tune, plot_findings
+from keras_transfer.training import TrainingOptions, fine_tune
 
 NOT_IDENTITY = (
     "output",
@@ -182,7 +183,7 @@ def _run_id(config, identity):
 
 
 def find_rates(config, plot_path, steps=100):
-    """`keras-transfer lr-find`: the learning-rate range test (`training.find_learning_rate`) for stage 1 (the
+    """`keras-transfer lr-find`: the learning-rate range test (`lr_find.find_learning_rate`) for stage 1 (the
     head) and stage 2 (`config.unfreeze`) on the run's data and model; prints both suggestions of each, saves the
     plot. Writes nothing else. Returns 0."""
     weights = None if config.weights.lower() == "none" else config.weights

@@ -17,14 +17,14 @@ import contextlib
 import dataclasses
 import logging
 import os
-import time
 import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_transfer.compat import flatten_layers, scale_updates
+from keras_transfer.callbacks import InUserEpochs, epoch_lines, passes_per_epoch
+from keras_transfer.compat import scale_updates
 from keras_transfer.config import OPTIMIZERS
 from keras_transfer.data import with_known_size
 from keras_transfer.files import atomic_path
@@ -37,6 +37,15 @@ from keras_transfer.models import (
     head_model,
     input_size,
     output_layer,
+)
+from keras_transfer.objectives import (
+    class_weights,
+    is_class_weight,
+    is_number,
+    label_kind_checked,
+    make_optimizer,
+    objective,
+    warmup_cosine,
 )
 from keras_transfer.policies import layer_decay_scales, set_trainable
 from keras_transfer.runs import (
@@ -52,9 +61,6 @@ from keras_transfer.runs import (
 )
 
 logger = logging.getLogger(__name__)
-
-FEATURE_MEMORY_LIMIT = 2 * 1024**3  # cached features above this size go to disk
-MIN_GROUPS = 10  # a stage run in groups of epochs keeps at least this many validations (see `_fit`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +90,8 @@ class TrainingOptions:
             scikit-learn's, counted over the training labels in one pass (several labels per image: each label's
             positives weighted by its negatives / positives); or a dict of class id -> weight (several labels
             per image: the weight of the label's positives). Applied in both stages, the cached one too.
+        feature_memory_limit: cached features of more bytes than this go to a temporary folder on disk (removed
+            when `fine_tune` returns), fewer stay in memory.
     """
 
     optimizer: str = "adam"
@@ -95,6 +103,7 @@ class TrainingOptions:
     min_steps_per_epoch: int = 20
     class_weight: object = None
     layer_decay: float = 1.0
+    feature_memory_limit: int = 2 * 1024**3
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -105,20 +114,20 @@ class TrainingOptions:
         checks = (
             (
                 "label_smoothing",
-                _is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+                is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1,
                 "a number in [0, 1)",
             ),
             ("cache_features", self.cache_features in ("auto", True, False), "'auto', True or False"),
             ("jit_compile", self.jit_compile in ("auto", True, False), "'auto', True or False"),
             ("train_batchnorm", isinstance(self.train_batchnorm, bool), "True or False"),
             ("head_init", self.head_init in (None, "probe"), "None or 'probe'"),
-            ("min_steps_per_epoch", _is_number(self.min_steps_per_epoch) and self.min_steps_per_epoch >= 1, ">= 1"),
+            ("min_steps_per_epoch", is_number(self.min_steps_per_epoch) and self.min_steps_per_epoch >= 1, ">= 1"),
             (
                 "class_weight",
-                _is_class_weight(self.class_weight),
+                is_class_weight(self.class_weight),
                 "None, 'balanced' or a dict of class id -> weight > 0",
             ),
-            ("layer_decay", _is_number(self.layer_decay) and 0 < self.layer_decay <= 1, "a number in (0, 1]"),
+            ("layer_decay", is_number(self.layer_decay) and 0 < self.layer_decay <= 1, "a number in (0, 1]"),
         )
         for name, ok, allowed in checks:
             if not ok:
@@ -260,29 +269,16 @@ def _check_schedule(head_epochs, fine_tune_epochs, learning_rate, fine_tune_lear
             raise ValueError(f"{name} must be an integer >= 0. Received: {name}={value!r}")
     for name, value in (("learning_rate", learning_rate), ("fine_tune_learning_rate", fine_tune_learning_rate)):
         schedule = isinstance(value, keras.optimizers.schedules.LearningRateSchedule)
-        if not schedule and not (_is_number(value) and value > 0):
+        if not schedule and not (is_number(value) and value > 0):
             raise ValueError(f"{name} must be a number > 0 or a learning-rate schedule. Received: {name}={value!r}")
     if verbose not in ("auto", "lines", 0, 1, 2):
         raise ValueError(f"verbose must be 'auto', 'lines', 0, 1 or 2. Received: verbose={verbose!r}")
 
 
-def _is_class_weight(value):
-    if value is None or value == "balanced":
-        return True
-    return isinstance(value, dict) and all(
-        isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 0 and _is_number(v) and v > 0
-        for k, v in value.items()
-    )
-
-
-def _is_number(value):
-    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool) and np.isfinite(value)
-
-
 def _prepare_run(model, train, val, options, callbacks, run_dir, strategy, verbose):
-    multi_label = _multi_label(model, train)
+    multi_label = label_kind_checked(model, train)
     weights = class_weights(train, model.output_shape[-1], options.class_weight, multi_label)
-    loss, metrics, prepare = _loss_and_metrics(model, options.label_smoothing, multi_label, weights)
+    loss, metrics, prepare = objective(model, options.label_smoothing, multi_label, weights)
     val = with_known_size(prepare(val)) if val is not None else None
     run_dir = os.fspath(run_dir) if run_dir else None
     return _Run(
@@ -300,40 +296,6 @@ def _prepare_run(model, train, val, options, callbacks, run_dir, strategy, verbo
     )
 
 
-def class_weights(train, num_classes, class_weight, multi_label=False):
-    """`fine_tune`'s `class_weight` as a dict of class id -> weight (several labels per image: of each label's
-    positives), or None. `"balanced"` counts the labels of `train` in one pass (the images are read once too).
-
-    Raises:
-        ValueError: for a class id outside the model's outputs, or a class without training images.
-    """
-    if class_weight is None:
-        return None
-    if class_weight != "balanced":
-        unknown = sorted(k for k in class_weight if k >= max(num_classes, 2))
-        if unknown:
-            raise ValueError(
-                f"class_weight names class ids the model does not predict (0..{max(num_classes, 2) - 1}): "
-                f"{unknown}. Received: class_weight={class_weight!r}"
-            )
-        return {int(k): float(v) for k, v in class_weight.items()}
-    labels = np.concatenate([np.asarray(y, np.float64) for y in train.map(lambda x, y: y)])
-    if multi_label:
-        positives = labels.sum(axis=0)
-        weights = np.where(positives > 0, (len(labels) - positives) / np.maximum(positives, 1), 1.0)
-    else:
-        counts = np.bincount(labels.reshape(-1).astype(np.int64), minlength=max(num_classes, 2))
-        missing = np.flatnonzero(counts == 0).tolist()
-        if missing:
-            raise ValueError(
-                f"class_weight='balanced' needs training images of every class; class ids {missing} have none. "
-                "Pass a dict of weights instead."
-            )
-        weights = len(labels) / (len(counts) * counts)
-    logger.info("Class weights (balanced): %s", ", ".join(f"{i}: {w:.3g}" for i, w in enumerate(weights)))
-    return {i: float(w) for i, w in enumerate(weights)}
-
-
 def _train_head(run, epochs, learning_rate):
     """Stage 1: the head on a frozen backbone, on cached features when `_use_cache` says so."""
     set_trainable(run.model, "frozen")
@@ -349,7 +311,7 @@ def _train_head(run, epochs, learning_rate):
         if run.options.head_init == "probe":
             _probe_head(run.model, train if use_cache else None)
         fit_model.compile(
-            optimizer=_optimizer(run.options.optimizer, learning_rate),
+            optimizer=make_optimizer(run.options.optimizer, learning_rate),
             loss=run.loss,
             metrics=run.metrics,
             jit_compile=run.options.jit_compile,
@@ -372,9 +334,9 @@ def _train_unfrozen(run, unfreeze, first_epoch, epochs, learning_rate):
     """Stage 2: the policy's part of the backbone unfrozen, a warmup-cosine schedule, continuous epoch numbers."""
     summary = set_trainable(run.model, unfreeze, train_batchnorm=run.options.train_batchnorm)
     logger.info("%s: %s", "Stage 2" if first_epoch else "All stages at once (no head-only stage)", summary)
-    schedule = _schedule(learning_rate, int(run.train.cardinality()) * epochs)
+    schedule = warmup_cosine(learning_rate, int(run.train.cardinality()) * epochs)
     with run.strategy.scope():
-        optimizer = _optimizer(run.options.optimizer, schedule)
+        optimizer = make_optimizer(run.options.optimizer, schedule)
         if run.options.layer_decay != 1.0:
             scale_updates(optimizer, layer_decay_scales(run.model, run.options.layer_decay))
             logger.info(
@@ -416,10 +378,10 @@ def _fit(run, model, train, val, stage, first_epoch, last_epoch):
     less per-epoch overhead, validation once per group); the history, the run folder and the callbacks still count
     the epochs asked for."""
     batches = int(train.cardinality())
-    passes = _passes_per_epoch(batches, last_epoch - first_epoch, run.options.min_steps_per_epoch)
+    passes = passes_per_epoch(batches, last_epoch - first_epoch, run.options.min_steps_per_epoch)
     monitor = "val_loss" if val is not None else "loss"
     commit = [EpochCommit(run.run_dir, run.model, stage, monitor)] if run.run_dir else []
-    callbacks = commit + run.callbacks + _progress(run.verbose, stage, first_epoch, run.total_epochs)
+    callbacks = commit + run.callbacks + epoch_lines(run.verbose, stage, first_epoch, run.total_epochs)
     verbose = 0 if run.verbose == "lines" else run.verbose
     if passes > 1:
         logger.info(
@@ -433,7 +395,7 @@ def _fit(run, model, train, val, stage, first_epoch, last_epoch):
             passes,
         )
         progress_bar = [keras.callbacks.ProgbarLogger()] if verbose else []  # counting epochs as asked, too
-        train, callbacks = train.repeat(passes), [_InUserEpochs(callbacks + progress_bar, first_epoch, passes, verbose)]
+        train, callbacks = train.repeat(passes), [InUserEpochs(callbacks + progress_bar, first_epoch, passes, verbose)]
         verbose = 0
     for metric in run.metrics:  # shared by both stages' compile: a new compile's first epoch would count the last
         metric.reset_state()  # epoch of stage 1 too (Keras resets compiled metrics only once they are built)
@@ -450,77 +412,6 @@ def _fit(run, model, train, val, stage, first_epoch, last_epoch):
     )
     history.epoch = [first_epoch + (e - first_epoch + 1) * passes - 1 for e in history.epoch]
     return history
-
-
-def _passes_per_epoch(batches, epochs, min_steps=20):
-    """How many passes over the training set one Keras epoch makes: the largest divisor of `epochs` that keeps
-    the passes' batches within about `min_steps` and leaves at least `MIN_GROUPS` groups (so a stage
-    of fewer than 20 epochs keeps one validation per epoch)."""
-    most = min(-(-int(min_steps) // max(batches, 1)), epochs // MIN_GROUPS)
-    return max(k for k in range(1, max(most, 1) + 1) if epochs % k == 0)
-
-
-class _InUserEpochs(keras.callbacks.CallbackList):
-    """The callbacks of a stage whose Keras epochs each make `passes` passes over the training set, shown the
-    epochs the user asked for: Keras epoch `first_epoch + g` is group g of the stage, epochs
-    `first_epoch + g * passes` (at its beginning) to `first_epoch + (g + 1) * passes - 1` (at its end)."""
-
-    def __init__(self, callbacks, first_epoch, passes, verbose):
-        self.first_epoch, self.passes, self.verbose = first_epoch, passes, verbose
-        super().__init__(callbacks)
-
-    def _epoch(self, epoch, end):
-        return self.first_epoch + (epoch - self.first_epoch + end) * self.passes - end
-
-    def set_params(self, params):
-        if params and "epochs" in params:
-            params = {**params, "epochs": self._epoch(params["epochs"] - 1, True) + 1, "verbose": self.verbose}
-        super().set_params(params)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        super().on_epoch_begin(self._epoch(epoch, False), logs)
-
-    def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(self._epoch(epoch, True), logs)
-
-
-class EpochLines(keras.callbacks.Callback):
-    """Logs one line per epoch, `stage` and the metrics in it; in a stage longer than 10 epochs, about ten lines:
-    the epochs that reach a multiple of `ceil(epochs / 10)`, and the last (a 200-epoch few-shot stage would
-    otherwise print 200 lines)."""
-
-    def __init__(self, stage, first_epoch=0, total_epochs=None):
-        super().__init__()
-        self.stage, self.first_epoch, self.total_epochs = stage, first_epoch, total_epochs
-
-    def on_train_begin(self, logs=None):
-        length = self.params["epochs"] - self.first_epoch
-        self.every = -(-length // 10) if length > 10 else 1
-        self.shown = 0  # epochs of this stage up to the last line
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        done, last = epoch + 1 - self.first_epoch, epoch + 1 == self.params["epochs"]
-        if done // self.every == self.shown // self.every and not last:
-            return
-        self.shown = done
-        metrics = "  ".join(f"{k} {v:.4f}" for k, v in (logs or {}).items() if k != "learning_rate")
-        total = self.total_epochs or self.params["epochs"]
-        logger.info(
-            "epoch %*d/%d  %-4s  %s  (%.1f s)",
-            len(str(total)),
-            epoch + 1,
-            total,
-            self.stage,
-            metrics,
-            time.perf_counter() - self.started,
-        )
-
-
-def _progress(verbose, stage, first_epoch, total_epochs):
-    return [EpochLines(stage, first_epoch, total_epochs)] if verbose == "lines" else []
 
 
 def recompute_batchnorm(model, dataset):
@@ -556,112 +447,11 @@ def recompute_batchnorm(model, dataset):
     return len(layers)
 
 
-def _multi_label(model, train):
-    """Whether `train` carries several labels per image (0/1 rows, one column per output); raises when the head
-    does not fit the labels, saying which head to use."""
-    spec = train.element_spec[1] if isinstance(train.element_spec, tuple) else None
-    units = model.output_shape[-1]
-    activation = output_layer(model).get_config()["activation"]
-    multi = spec is not None and spec.shape.rank == 2 and spec.dtype.is_floating and spec.shape[-1] not in (None, 1)
-    if multi and spec.shape[-1] != units:
-        raise ValueError(
-            f"The labels have {spec.shape[-1]} columns (several labels per image) but the model has {units} outputs: "
-            f"build it with num_classes={spec.shape[-1]}."
-        )
-    if multi and activation != "sigmoid":
-        raise ValueError(
-            "The training labels hold several labels per image (0/1 rows) but the model's head is softmax, which "
-            "predicts one label per image: build it with activation='sigmoid'."
-        )
-    if not multi and activation == "sigmoid" and units > 1 and spec is not None and spec.dtype.is_integer:
-        raise ValueError(
-            f"The model has {units} sigmoid outputs (several labels per image) but the training labels are one "
-            "integer per image: build it with activation='softmax', or load several labels per image "
-            "(load_dataset(..., label_delimiter=...) or label_columns=...)."
-        )
-    return multi
-
-
-def _loss_and_metrics(model, label_smoothing, multi_label=False, class_weight=None):
-    """The loss that fits the output layer, its metrics, and the label transform it needs."""
-    units = model.output_shape[-1]
-    activation = output_layer(model).get_config()["activation"]
-    if multi_label:  # several labels per image: accuracy over (image, label) pairs says little
-        loss = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
-        if class_weight:
-            weights = [class_weight.get(j, 1.0) for j in range(units)]
-            loss = PositiveWeightedCrossentropy(weights, label_smoothing=label_smoothing)
-        metrics = [
-            keras.metrics.AUC(multi_label=True, num_labels=units, name="auc"),
-            keras.metrics.Precision(name="precision"),
-            keras.metrics.Recall(name="recall"),
-        ]
-        return loss, metrics, lambda ds: ds
-    if activation == "sigmoid":
-        loss = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
-        return loss, [keras.metrics.BinaryAccuracy(name="accuracy")], _as_float_labels
-    if label_smoothing:
-        # Sparse cross-entropy has no label smoothing in Keras 3: smooth one-hot labels instead.
-        loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
-        one_hot = lambda ds: ds.map(lambda x, y: (x, tf.one_hot(tf.cast(y, tf.int32), units)))
-        return loss, [keras.metrics.CategoricalAccuracy(name="accuracy")], one_hot
-    loss = keras.losses.SparseCategoricalCrossentropy()
-    return loss, [keras.metrics.SparseCategoricalAccuracy(name="accuracy")], lambda ds: ds
-
-
-@keras.saving.register_keras_serializable(package="keras_transfer")
-class PositiveWeightedCrossentropy(keras.losses.Loss):
-    """Binary cross-entropy over several labels per image with each label's positive term weighted
-    (`pos_weight` of `tf.nn.weighted_cross_entropy_with_logits`, on probabilities): `class_weight` of a
-    multi-label `fine_tune`."""
-
-    def __init__(self, positive_weights, label_smoothing=0.0, name="positive_weighted_crossentropy", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.positive_weights, self.label_smoothing = [float(w) for w in positive_weights], float(label_smoothing)
-
-    def call(self, y_true, y_pred):
-        y_true = tf.cast(y_true, y_pred.dtype) * (1.0 - self.label_smoothing) + 0.5 * self.label_smoothing
-        p = tf.clip_by_value(y_pred, keras.backend.epsilon(), 1.0 - keras.backend.epsilon())
-        weights = tf.constant(self.positive_weights, y_pred.dtype)
-        return -tf.reduce_mean(weights * y_true * tf.math.log(p) + (1.0 - y_true) * tf.math.log(1.0 - p), axis=-1)
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "positive_weights": self.positive_weights,
-            "label_smoothing": self.label_smoothing,
-        }
-
-
-def _as_float_labels(ds):
-    return ds.map(lambda x, y: (x, tf.cast(tf.reshape(y, (tf.shape(y)[0], -1)), tf.float32)))
-
-
-def _optimizer(name, learning_rate):
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=0.9)
-    return {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "rmsprop": keras.optimizers.RMSprop}[name](
-        learning_rate
-    )
-
-
-def _schedule(learning_rate, total_steps):
-    if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
-        return learning_rate
-    warmup = max(1, total_steps // 10)
-    return keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=max(1, total_steps - warmup), warmup_target=float(learning_rate), warmup_steps=warmup
-    )
-
-
 def _is_multi_worker(strategy):
     return (
         isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
         and strategy.cluster_resolver.cluster_spec().num_tasks("worker") > 1
     )
-
-
-# --- cached bottleneck features --------------------------------------------------------------------------------
 
 
 def _head_on_features(run):
@@ -677,7 +467,7 @@ def _head_on_features(run):
             size += feats[-1].nbytes
         features, labels = np.concatenate(feats), np.concatenate(labels)
         ds = tf.data.Dataset.from_tensor_slices((features, labels))
-        if size > FEATURE_MEMORY_LIMIT:
+        if size > run.options.feature_memory_limit:
             run.scratch_dir = run.scratch_dir or feature_cache(run.run_dir)
             path = os.path.join(run.scratch_dir, name)
             ds.save(path)
@@ -718,160 +508,3 @@ def _extend(history, h):
     history.epoch += h.epoch
     for key, values in h.history.items():
         history.history.setdefault(key, []).extend(values)
-
-
-# --- learning-rate finder --------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class LearningRateFinding:
-    """What `find_learning_rate` measured: the rates tried, the smoothed loss at each, and two suggestions."""
-
-    learning_rates: list
-    losses: list  # exponentially smoothed (0.98, debiased, as fastai's), one per rate
-    suggestion: float  # fastai's "valley" rule
-    steepest: float  # the rate where the smoothed loss falls fastest (steepest descent)
-    policy: str
-    stopped_early: bool  # the loss diverged (4x its minimum) before the last step
-    rule: str = "valley"
-
-    def __str__(self):
-        return (
-            f"learning rates for policy {self.policy!r}: {self.suggestion:.2e} (valley), {self.steepest:.2e} "
-            f"(steepest descent); {len(self.learning_rates)} steps{', stopped: the loss diverged' * self.stopped_early}"
-        )
-
-
-def find_learning_rate(
-    model, train, *, unfreeze="frozen", min_lr=1e-7, max_lr=1.0, steps=100, optimizer="adam", plot_path=None
-):
-    """The learning-rate range test (Smith 2017; fastai's `lr_find`): one optimizer step per batch with the rate
-    growing exponentially from `min_lr` to `max_lr`, stopped when the smoothed loss exceeds 4x its minimum.
-
-    It trains what the stage the rate is for trains: `unfreeze="frozen"` (the head: stage 1's `learning_rate`) or
-    a stage-2 policy such as `"stages:1"` (`fine_tune_learning_rate`), with a fresh optimizer of its own; afterwards
-    the model's weights (BatchNorm statistics too), `trainable` flags and compiled optimizer are exactly as before.
-
-    Args:
-        model: a model from `build_model`.
-        train: `(images, labels)` batches (repeated when shorter than `steps`).
-        unfreeze: the `set_trainable` policy of the stage the rate is for.
-        min_lr, max_lr: the range, `0 < min_lr < max_lr`.
-        steps: optimizer steps (at least 5).
-        optimizer: one of `TrainingOptions`' optimizers.
-        plot_path: where to save the loss-vs-rate plot (`lr_find.png`), with both suggestions marked.
-
-    Returns:
-        A `LearningRateFinding`: `learning_rates`, smoothed `losses`, `suggestion` (fastai's valley rule: the
-        middle of the longest stretch of falling loss) and `steepest`.
-
-    Raises:
-        ValueError: for `min_lr >= max_lr`, a rate <= 0, fewer than 5 steps or an unknown policy.
-    """
-    if not (_is_number(min_lr) and _is_number(max_lr) and 0 < min_lr < max_lr):
-        raise ValueError(f"Need 0 < min_lr < max_lr. Received: min_lr={min_lr!r}, max_lr={max_lr!r}")
-    if not isinstance(steps, int) or steps < 5:
-        raise ValueError(f"steps must be an integer >= 5. Received: steps={steps!r}")
-    layers = [model, *flatten_layers(model)]
-    saved = [np.array(v) for v in model.variables], [(layer, layer.trainable) for layer in layers]
-    try:
-        set_trainable(model, unfreeze)
-        rates, losses = _range_test(model, train, min_lr, max_lr, steps, optimizer)
-    finally:
-        for layer, trainable in saved[1]:
-            layer.trainable = trainable
-        for variable, value in zip(model.variables, saved[0]):
-            variable.assign(value)
-    smoothed, stopped = _smoothed(losses)
-    stopped = stopped or len(losses) < steps
-    rates = rates[: len(smoothed)]
-    # as fastai does, the first and last few points (the average still warming up, the blow-up) are not suggested
-    window = slice(len(rates) // 10, len(rates) - len(rates) // 20) if len(rates) >= 10 else slice(None)
-    suggestions = _valley(rates[window], smoothed[window]), _steepest(rates[window], smoothed[window])
-    finding = LearningRateFinding(rates, smoothed, *suggestions, unfreeze, stopped)
-    if plot_path:
-        plot_findings([finding], plot_path)
-    logger.debug("%s", finding)
-    return finding
-
-
-def _range_test(model, train, min_lr, max_lr, steps, optimizer_name):
-    """The raw loss of each step at rates `min_lr * (max_lr / min_lr) ** (i / (steps - 1))`."""
-    loss_fn, _, prepare = _loss_and_metrics(model, 0.0, _multi_label(model, train))
-    rates = [float(min_lr * (max_lr / min_lr) ** (i / (steps - 1))) for i in range(steps)]
-    optimizer = _optimizer(optimizer_name, rates[0])  # a float: Keras keeps it in a variable, set per step
-    variables = model.trainable_variables
-
-    @tf.function
-    def step(x, y):
-        with tf.GradientTape() as tape:
-            loss = loss_fn(y, model(x, training=True))
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return loss
-
-    losses, best = [], np.inf
-    for lr, (x, y) in zip(rates, prepare(train).repeat()):
-        optimizer.learning_rate = lr
-        losses.append(float(step(x, y)))
-        best = min(best, losses[-1])
-        if not np.isfinite(losses[-1]) or losses[-1] > 4 * best:
-            break
-    return rates, losses
-
-
-def _smoothed(losses, beta=0.98):
-    """fastai's debiased exponential moving average, cut where it first exceeds 4x its minimum (or is NaN)."""
-    average, out = 0.0, []
-    for i, loss in enumerate(losses):
-        average = beta * average + (1 - beta) * loss
-        out.append(average / (1 - beta ** (i + 1)))
-        if not np.isfinite(out[-1]) or out[-1] > 4 * min(out):
-            return out[:-1] or out, True
-    return out, False
-
-
-def _valley(rates, losses):
-    """fastai's valley rule: the longest decreasing subsequence of the losses, and the rate at `start + len / 3 +
-    len / 6` into it (half-way between its first and second thirds)."""
-    n = len(losses)
-    longest, end = [1] * n, 0
-    for i in range(1, n):
-        for j in range(i):
-            if losses[i] < losses[j] and longest[i] < longest[j] + 1:
-                longest[i] = longest[j] + 1
-        if longest[i] > longest[end]:
-            end = i
-    start = end - longest[end]  # as fastai counts it
-    sections = (end - start) / 3
-    return rates[min(start + int(sections) + int(sections / 2), n - 1)]
-
-
-def _steepest(rates, losses):
-    if len(losses) < 3:
-        return rates[0]
-    slopes = np.gradient(np.asarray(losses), np.log(np.asarray(rates)))
-    return rates[int(np.argmin(slopes))]
-
-
-def plot_findings(findings, path):
-    """Saves the smoothed loss against the rate of each `LearningRateFinding`, both suggestions marked, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for finding in findings:
-        (line,) = ax.plot(finding.learning_rates, finding.losses, label=f"policy {finding.policy!r}")
-        for rate, style, name in ((finding.suggestion, "o", "valley"), (finding.steepest, "s", "steepest")):
-            loss = finding.losses[finding.learning_rates.index(rate)]
-            ax.plot([rate], [loss], style, color=line.get_color(), label=f"  {name} {rate:.1e}")
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("loss (smoothed)")
-    ax.set_title("learning-rate range test")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)

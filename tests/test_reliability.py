@@ -15,7 +15,6 @@ from conftest import SUBPROCESS_ENV
 from PIL import Image
 
 import keras_transfer as kt
-from keras_transfer import training
 from keras_transfer.data import pipeline
 
 ENV = SUBPROCESS_ENV
@@ -40,7 +39,6 @@ def test_evaluation_splits_come_in_the_same_order_on_every_pass(colour_folder):
 
 def test_temporary_feature_caches_are_removed_on_return_and_on_error(monkeypatch, tmp_path):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(training, "FEATURE_MEMORY_LIMIT", 0)  # every cache goes to disk
     x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
     train, _, _, _ = kt.load_dataset((x, np.arange(8) % 2), image_size=32, batch_size=4, validation_split=0.0)
     model = kt.build_model("small_cnn", 2, input_shape=32, weights=None)
@@ -50,7 +48,8 @@ def test_temporary_feature_caches_are_removed_on_return_and_on_error(monkeypatch
         def on_epoch_end(self, epoch, logs=None):
             seen.extend(os.listdir(tmp_path))
 
-    kt.fine_tune(model, train, head_epochs=1, fine_tune_epochs=0, callbacks=[Look()], verbose=0)
+    to_disk = dict(feature_memory_limit=0)  # every cache goes to disk
+    kt.fine_tune(model, train, head_epochs=1, fine_tune_epochs=0, callbacks=[Look()], verbose=0, **to_disk)
     ours = lambda names: [n for n in names if n.startswith("keras_transfer_features_")]
     assert ours(seen)  # it was used
     assert not ours(os.listdir(tmp_path))
@@ -60,7 +59,7 @@ def test_temporary_feature_caches_are_removed_on_return_and_on_error(monkeypatch
             raise RuntimeError("stopped")
 
     with pytest.raises(RuntimeError, match="stopped"):
-        kt.fine_tune(model, train, head_epochs=1, fine_tune_epochs=0, callbacks=[Fail()], verbose=0)
+        kt.fine_tune(model, train, head_epochs=1, fine_tune_epochs=0, callbacks=[Fail()], verbose=0, **to_disk)
     assert not ours(os.listdir(tmp_path))
 
 

@@ -443,9 +443,9 @@ def _six_images():
     ],
 )
 def test_passes_per_epoch_fill_about_twenty_steps_and_keep_ten_groups(batches, epochs, passes):
-    from keras_transfer.training import _passes_per_epoch
+    from keras_transfer.callbacks import passes_per_epoch
 
-    assert _passes_per_epoch(batches, epochs) == passes
+    assert passes_per_epoch(batches, epochs) == passes
 
 
 def test_long_stages_on_a_small_training_set_run_in_groups_with_the_same_optimizer_steps(tmp_path, caplog):

@@ -12,8 +12,10 @@ from sklearn.utils.class_weight import compute_class_weight
 import keras_transfer as kt
 from keras_transfer.evaluation import _report
 from keras_transfer.export import keras_predictor
+from keras_transfer.lr_find import find_learning_rate
+from keras_transfer.objectives import PositiveWeightedCrossentropy, class_weights
 from keras_transfer.policies import layer_decay_scales
-from keras_transfer.training import PositiveWeightedCrossentropy, TrainingOptions, class_weights, find_learning_rate
+from keras_transfer.training import TrainingOptions
 
 
 def _imbalanced(rgb_images, counts=(9, 3)):
@@ -155,7 +157,7 @@ def test_the_learning_rate_finder_suggests_a_rate_and_leaves_the_model_as_it_was
 
 
 def test_the_valley_rule_picks_the_middle_of_the_longest_fall():
-    from keras_transfer.training import _steepest, _valley
+    from keras_transfer.lr_find import _steepest, _valley
 
     rates = list(np.logspace(-6, 0, 13))
     losses = [2.0, 2.0, 1.9, 1.7, 1.5, 1.0, 0.6, 0.5, 0.45, 0.5, 0.9, 2.0, 5.0]  # falls until index 8
