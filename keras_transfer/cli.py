@@ -1,5 +1,6 @@
-"""The `keras-transfer` command (also `python scripts/finetune.py`): load, build, fine-tune, evaluate, export;
-and what every script shares: `run_command` (one exit-code rule), `add_verbose`, and argument types.
+"""The one front door: `keras-transfer COMMAND`, every command from one table (`COMMANDS`; `run`, the default,
+loads, builds, fine-tunes, evaluates and exports), and what every command shares: `run_command` (one exit-code
+rule), `add_verbose`, and argument types. `scripts/*.py` are shims over `main`.
 
 Every flag's default comes from `RunConfig`; `--config file.yaml` sets the same keys, and flags override it.
 Exit codes, for every command: 0 done, 2 a usage error (a bad flag or value; `ValueError`), 1 a failure while
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import logging
 import re
 import sys
@@ -179,15 +181,6 @@ def run_command(prog, parser, argv, work):
         return 2 if isinstance(e, ValueError) else 1
 
 
-def script_main(prog, build_parser, work):
-    """A script's `main(argv=None) -> int`: `run_command` with the script's parser and work."""
-
-    def main(argv=None) -> int:
-        return run_command(prog, build_parser(), argv, work)
-
-    return main
-
-
 def add_verbose(parser):
     parser.add_argument(
         "--verbose", action="store_true", help="Keras progress bars and warnings, TensorFlow's log lines, tracebacks"
@@ -240,9 +233,10 @@ def weights_arg(value):
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-transfer",
-        description="Fine-tune a pretrained backbone into an evaluated, exported classifier. Also: "
-        "'keras-transfer lr-find [these flags]' suggests both stages' learning rates, 'keras-transfer report RUN_DIR' "
-        "rebuilds a run's report.html.",
+        description="Fine-tune a pretrained backbone into an evaluated, exported classifier (these flags). Other "
+        "commands, each with its own --help: "
+        + "; ".join(f"keras-transfer {name}: {what}" for name, (what, _) in COMMANDS.items() if name != "run")
+        + ".",
         allow_abbrev=False,  # an abbreviation that works today breaks when a flag is added
     )
     parser.add_argument("--config", help="YAML file of settings (the flags' names with underscores)")
@@ -320,24 +314,31 @@ def config_from_args(parser, args):
 
 
 def main(argv=None) -> int:
-    """`keras-transfer [flags]`, `keras-transfer lr-find [flags]`, `keras-transfer report RUN_DIR`,
-    `keras-transfer export-bench RUN_DIR`, `keras-transfer write-shards SOURCE OUTPUT_DIR` or `keras-transfer
-    data-service`; returns the exit code
-    (see the module docstring). TensorFlow loads after the flags are parsed, so `--help` and flag errors answer at
-    once."""
+    """`keras-transfer [run] [flags]` or `keras-transfer COMMAND ...` (the table `COMMANDS`); returns the exit code
+    (see the module docstring). TensorFlow loads after the flags are parsed (with a command's own module, quieted
+    first unless `--verbose`), so `--help` and flag errors answer at once."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["report"]:
-        return _report_command(argv[1:])
-    if argv[:1] == ["lr-find"]:
-        return _lr_find_command(argv[1:])
-    if argv[:1] == ["export-bench"]:
-        return _export_bench_command(argv[1:])
-    if argv[:1] == ["write-shards"]:
-        return _write_shards_command(argv[1:])
-    if argv[:1] == ["data-service"]:
-        return _data_service_command(argv[1:])
+    name = argv[0] if argv and argv[0] in COMMANDS else "run"
+    argv = argv[1:] if argv[:1] == [name] else argv
+    return COMMANDS[name][1](argv)
+
+
+def _run_command(argv):
     parser = build_parser()
     return run_command("keras-transfer", parser, argv, lambda args: _run(config_from_args(parser, args), args.verbose))
+
+
+def _module_command(name):
+    """The handler of a command whose parser and work live in `keras_transfer.commands.<name>`."""
+
+    def handle(argv):
+        quiet_frameworks("--verbose" in argv)  # before the module loads TensorFlow
+        module = importlib.import_module(f"keras_transfer.commands.{name}")
+        parser = module.build_parser()
+        parser.prog = f"keras-transfer {name}"
+        return run_command(parser.prog, parser, argv, module.run)
+
+    return handle
 
 
 def _run(config, verbose):
@@ -454,3 +455,17 @@ def _write_report(args):
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+COMMANDS = {  # keras-transfer COMMAND -> (what it does, handler(argv) -> exit code); `run` is the default
+    "run": ("fine-tune, evaluate and export (the default: keras-transfer [run] --data ...)", _run_command),
+    "predict": ("predict image files with a .keras, SavedModel, .tflite or .onnx model", _module_command("predict")),
+    "export": ("export a .keras model as a SavedModel, TFLite and/or ONNX", _module_command("export")),
+    "pretrain": ("pretrain a backbone from scratch (supervised or SimCLR)", _module_command("pretrain")),
+    "retrieve": ("index a folder of images and find the most similar ones", _module_command("retrieve")),
+    "report": ("rebuild a run's report.html", _report_command),
+    "lr-find": ("suggest both stages' learning rates (the run's flags)", _lr_find_command),
+    "export-bench": ("each export format's size, accuracy and speed for a run", _export_bench_command),
+    "write-shards": ("write a source as TFRecord shards", _write_shards_command),
+    "data-service": ("run a tf.data service for --data-service", _data_service_command),
+}

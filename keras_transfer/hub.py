@@ -35,6 +35,7 @@ def resolve(handle):
     Raises:
         ValueError: for a local path that is not a SavedModel folder.
         OSError: when a URL cannot be downloaded; the message says what to do offline.
+        ImportError: without tensorflow_hub, naming what to install.
     """
     if "://" not in handle:
         if not os.path.isfile(os.path.join(handle, "saved_model.pb")):
@@ -46,7 +47,7 @@ def resolve(handle):
     try:
         import tensorflow_hub
     except ImportError as e:
-        raise OSError(
+        raise ImportError(
             f"Loading {handle!r} needs tensorflow_hub: pip install tensorflow-hub, or download the "
             "module and pass its folder as hub:/path/to/folder."
         ) from e

@@ -1,6 +1,6 @@
 """Image files: the byte check that finds bad files before training, and the one decoder every entry point uses.
 
-The folder pipeline, `serve_bytes` in an export, `FeatureIndex` and `scripts/predict.py` all decode with
+The folder pipeline, `serve_bytes` in an export, `FeatureIndex` and `keras-transfer predict` all decode with
 `decode_image`, so they accept the same formats the same way, and all turn a JPEG by its EXIF orientation (as
 phones store photos taken sideways), in TensorFlow ops, so the exported graph does it too.
 """

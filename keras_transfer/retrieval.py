@@ -225,8 +225,8 @@ class FeatureIndex:
             try:
                 import faiss
             except ImportError as e:
-                raise ValueError(
-                    "search='faiss' needs faiss-cpu: pip install faiss-cpu (or use search='exact')."
+                raise ImportError(
+                    "search='faiss' needs faiss-cpu: pip install 'keras_transfer[faiss]' (or use search='exact')."
                 ) from e
             self._faiss = faiss.IndexHNSWFlat(self.dim, 32, faiss.METRIC_INNER_PRODUCT)
             self._faiss.hnsw.efSearch = 64

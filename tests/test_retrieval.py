@@ -129,14 +129,9 @@ def test_digits_features_retrieve_same_class_images():
 
 
 def _retrieve_script():
-    import importlib.util
-    from pathlib import Path
+    from keras_transfer import cli
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "retrieve.py"
-    spec = importlib.util.spec_from_file_location("retrieve", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return lambda argv: cli.main(["retrieve", *argv])
 
 
 @pytest.mark.slow

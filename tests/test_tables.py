@@ -1,7 +1,6 @@
 """Tables (CSV files, DataFrames) as sources, and several labels per image end to end: loading and splits,
 training, evaluation and thresholds, export, the CLI."""
 
-import importlib.util
 import json
 import os
 import re
@@ -271,11 +270,8 @@ def test_the_cli_trains_tunes_evaluates_and_exports_a_multi_label_csv(tagged, tm
     assert f"mAP {report['mean_average_precision']:.4f}" in out
     metadata = json.loads((tmp_path / "export" / "1" / "metadata.json").read_text())
     assert metadata["thresholds"] == pytest.approx(report["thresholds"]) and metadata["metrics"]["split"] == "test"
-    spec = importlib.util.spec_from_file_location("predict", Path(__file__).parents[1] / "scripts" / "predict.py")
-    predict = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(predict)
     images = [str(tagged / "img" / f"{i}.png") for i in range(3)]
-    assert predict.main([str(tmp_path / "export"), *images, "--json"]) == 0
+    assert cli.main(["predict", str(tmp_path / "export"), *images, "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
     served = tf.saved_model.load(str(tmp_path / "export" / "1")).signatures["serve_bytes"]
     for result, path in zip(results, images, strict=True):  # the labels at or above their thresholds, no others

@@ -85,13 +85,13 @@ def test_a_model_that_augments_is_not_feature_cached_and_says_why(caplog):
     train, _, _, _ = _digits(validation_split=0.0)
     model = kt.build_model("vgg16", 3, input_shape=32, weights=None, augment=True)
     assert not hasattr(train, "keras_transfer_augmented")  # nothing hidden on the dataset
-    with caplog.at_level("INFO", logger="keras_transfer.training"):
+    with caplog.at_level("INFO", logger="keras_transfer"):
         kt.fine_tune(model, train.take(2), head_epochs=1, fine_tune_epochs=0)
     assert "Stage 1: head on a frozen backbone for 1 epoch\n" in caplog.text + "\n"
     assert "the model augments its images" in caplog.text
     plain = kt.build_model("vgg16", 3, input_shape=32, weights=None)
     caplog.clear()
-    with caplog.at_level("INFO", logger="keras_transfer.training"):
+    with caplog.at_level("INFO", logger="keras_transfer"):
         kt.fine_tune(plain, train.take(2), head_epochs=1, fine_tune_epochs=0)
     assert "(cached backbone features)" in caplog.text and "the model has no augmentation layer" in caplog.text
 
@@ -99,7 +99,7 @@ def test_a_model_that_augments_is_not_feature_cached_and_says_why(caplog):
 def test_lines_mode_logs_about_ten_lines_per_long_stage(caplog):
     train, _, _, _ = _digits(validation_split=0.0)
     model = kt.build_model("small_cnn", 3, input_shape=32, weights=None)
-    with caplog.at_level("INFO", logger="keras_transfer.training"):
+    with caplog.at_level("INFO", logger="keras_transfer"):
         kt.fine_tune(model, train.take(1), head_epochs=25, fine_tune_epochs=2, unfreeze="all", verbose="lines")
     head = [line for line in caplog.messages if "  head  " in line]
     tune = [line for line in caplog.messages if "  tune  " in line]
@@ -452,7 +452,7 @@ def test_long_stages_on_a_small_training_set_run_in_groups_with_the_same_optimiz
     data = _six_images()
     model = kt.build_model("small_cnn", 2, input_shape=32, weights=None)
     counts = _Counts()
-    with caplog.at_level("INFO", logger="keras_transfer.training"):
+    with caplog.at_level("INFO", logger="keras_transfer"):
         history = kt.fine_tune(
             model,
             data,
