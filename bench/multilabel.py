@@ -43,6 +43,7 @@ import numpy as np
 import keras_transfer as kt
 from keras_transfer.data import FASHION_MNIST_CLASSES, fashion_mnist_arrays
 from keras_transfer.evaluation import tune_thresholds
+from keras_transfer.files import replace
 from keras_transfer.heads import fit_probe
 from keras_transfer.models import extract_features, output_layer
 
@@ -101,7 +102,7 @@ def write_mosaics(folder, pool, validation, test, empty):
         writer = csv.writer(f)
         writer.writerow(["filename", "labels", "split"])
         writer.writerows(rows)
-    os.replace(table + ".tmp", table)
+    replace(table + ".tmp", table)
     return table
 
 

@@ -61,6 +61,24 @@ def replace(source, target):
     os.replace(source, target)
 
 
+def commit_gfile(temporary, path):
+    """Renames the finished `temporary` onto `path` through `tf.io.gfile` (a local path or a bucket's, where
+    TensorFlow's file systems reach): the rename that commits a write that `atomic_path` cannot (not local)."""
+    import tensorflow as tf  # here: the rest of this module loads without TensorFlow
+
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+def write_bytes_gfile(path, data):
+    """Writes `data` to `path` through `tf.io.gfile`, under a temporary name first (see `commit_gfile`)."""
+    import tensorflow as tf
+
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with tf.io.gfile.GFile(temporary, "wb") as f:
+        f.write(data)
+    commit_gfile(temporary, path)
+
+
 def write_text(path, text):
     """Writes `text` to `path` atomically (see `atomic_path`)."""
     with atomic_path(path) as tmp, open(tmp, "w") as f:

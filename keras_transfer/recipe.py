@@ -22,6 +22,7 @@ from keras_transfer.data.sources import SOURCE_OPTIONS
 from keras_transfer.distribute import get_strategy, set_mixed_precision
 from keras_transfer.evaluation import evaluate, linear_probe, tune_thresholds
 from keras_transfer.export import benchmark_exports, export_onnx, export_saved_model, format_exports
+from keras_transfer.export.layout import version_file
 from keras_transfer.files import atomic_path, versions, write_text
 from keras_transfer.lr_find import find_learning_rate, plot_findings
 from keras_transfer.models import (
@@ -352,7 +353,7 @@ def _evaluate(model, data, output_dir):
 def _export(config, model, data, report, run_id):
     """The run's SavedModel version; a rerun after a kill finds the version it already wrote (by its run id)."""
     for version in reversed(versions(config.export)):
-        metadata = os.path.join(config.export, str(version), "metadata.json")
+        metadata = version_file(os.path.join(config.export, str(version)), "metadata")
         with contextlib.suppress(OSError, ValueError), open(metadata) as f:
             if json.load(f).get("run_id") == run_id:
                 return os.path.join(config.export, str(version))

@@ -63,12 +63,15 @@ def served_predictions(export, data, n=8):
         names = [str(i) for i in range(10)]
     keep = np.flatnonzero(y >= 5)[:n]
     images = tf.constant(np.repeat(x[keep, :, :, None], 3, axis=-1).astype("float32"))
-    version = max(int(v) for v in os.listdir(export) if v.isdigit())
-    served = tf.saved_model.load(os.path.join(export, str(version)))
-    with open(os.path.join(export, str(version), "labels.txt")) as f:
+    from keras_transfer.export.layout import version_file
+    from keras_transfer.files import newest_version
+
+    version = newest_version(export)
+    served = tf.saved_model.load(version)
+    with open(version_file(version, "labels")) as f:
         labels = f.read().splitlines()
     predicted = [labels[i] for i in served.signatures["serving_default"](images=images)["class_ids"].numpy()]
-    return f"{export}/{version}", predicted, [names[i] for i in y[keep]]
+    return version, predicted, [names[i] for i in y[keep]]
 
 
 def main(argv=None) -> int:
@@ -141,7 +144,9 @@ def main(argv=None) -> int:
     where, predicted, truth = served_predictions(export, data)
     print(f"  {where} predicts {predicted}\n  {'true labels':>{len(where) + 9}} {truth}")
 
-    with open(os.path.join(run_dir, "comparison.json")) as f:
+    from keras_transfer.runs import run_file
+
+    with open(run_file(run_dir, "comparison")) as f:
         comparison = json.load(f)
     summary = {
         "backbone": BACKBONE,

@@ -1,12 +1,13 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import keras_transfer as kt
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _python(code, env=None):
@@ -16,7 +17,24 @@ def _python(code, env=None):
 def test_public_surface_is_small_and_listed():
     assert sorted(kt.__all__) == sorted(name for name in kt.__all__ if hasattr(kt, name))
     assert len(kt.__all__) <= 14  # DESIGN.md: "about ten"; imagenet_classifier, decode_imagenet, quiet_tensorflow
-    assert set(kt.__all__) <= set(dir(kt))
+
+
+def test_every_module_resolves_as_kt_dot_name_and_the_documented_paths_work():
+    # kt.data.write_shards, kt.export.export_tflite, ...: after a plain `import keras_transfer as kt`, in a fresh
+    # process (here, another test may have imported the modules already).
+    files = {p.stem for p in (ROOT / "keras_transfer").glob("*.py")} | {
+        p.parent.name for p in (ROOT / "keras_transfer").glob("*/__init__.py")
+    }
+    assert set(kt.MODULES) == files - {"__init__", "commands"}, set(kt.MODULES) ^ (files - {"__init__", "commands"})
+    code = (
+        "import keras_transfer as kt; "
+        "print(all(getattr(kt, m).__name__ == 'keras_transfer.' + m for m in kt.MODULES)); "
+        "print(kt.data.write_shards.__name__, kt.data.Table.__name__, kt.export.export_tflite.__name__)"
+    )
+    result = _python(code)
+    assert result.stdout.split() == ["True", "write_shards", "Table", "export_tflite"], result.stdout + result.stderr
+    with pytest.raises(AttributeError, match="has no attribute 'nowhere'"):
+        getattr(kt, "nowhere")
 
 
 def test_importing_the_package_changes_nothing_in_the_process():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = sorted((ROOT / "keras_transfer").glob("*.py"))
+PACKAGE = sorted((ROOT / "keras_transfer").rglob("*.py"))
 CODE = PACKAGE + sorted((ROOT / "scripts").glob("*.py")) + sorted((ROOT / "bench").glob("*.py"))
 MAX_LINES = 50
 
@@ -20,7 +20,7 @@ def _functions(path):
             yield node.name, node.lineno, (body[-1].end_lineno - body[0].lineno + 1) if body else 0
 
 
-@pytest.mark.parametrize("path", PACKAGE, ids=[p.name for p in PACKAGE])
+@pytest.mark.parametrize("path", PACKAGE, ids=[str(p.relative_to(ROOT)) for p in PACKAGE])
 def test_no_function_in_the_package_is_longer_than_50_lines_of_code(path):
     # Lines from the first statement after the docstring to the last; docstrings are the documentation.
     long = [f"{name} (line {line}): {n} lines" for name, line, n in _functions(path) if n > MAX_LINES]
@@ -63,10 +63,11 @@ def test_no_hidden_dataset_attribute_decides_anything():
         ("tf.io.decode_image(", "images.py"),  # one image decoder
         ("os.replace(", "files.py"),  # one atomic write
         ("os.rename(", None),
+        ("gfile.rename(", "files.py"),  # bucket paths too
     ],
 )
 def test_one_of_each_helper(call, home):
-    users = [p.name for p in PACKAGE + sorted((ROOT / "scripts").glob("*.py")) if call in p.read_text()]
+    users = [p.name for p in CODE if call in p.read_text()]
     assert users == ([home] if home else []), users
 
 
@@ -90,9 +91,22 @@ def _imports(path):
     return {name.removeprefix("keras_transfer.") if name != "keras_transfer" else "__init__" for name in found}
 
 
+def _module(path):
+    """`data.tables` for keras_transfer/data/tables.py, `data` for its __init__.py, `__init__` for the package's."""
+    parts = path.relative_to(ROOT / "keras_transfer").with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts) or "__init__"
+
+
+def _path(module):
+    folder = ROOT / "keras_transfer" / module.replace(".", "/")
+    return folder / "__init__.py" if folder.is_dir() else folder.with_suffix(".py")
+
+
 def _import_graph():
-    modules = {p.stem for p in PACKAGE}
-    return {p.stem: _imports(p) & modules | ({"__init__"} & _imports(p)) for p in PACKAGE if p.stem != "__init__"}
+    modules = {_module(p) for p in PACKAGE}
+    return {
+        _module(p): _imports(p) & modules | ({"__init__"} & _imports(p)) for p in PACKAGE if _module(p) != "__init__"
+    }
 
 
 def _cycle(graph):
@@ -130,25 +144,40 @@ def test_the_command_line_front_loads_without_tensorflow():
         if module not in seen:
             seen.add(module)
             todo += [m for m in graph[module] if not _imported_inside_a_function(module, m)]
-    heavy = [
-        m
-        for m in sorted(seen)
-        if re.search(r"^(import|from) (tensorflow|keras)\b", (ROOT / "keras_transfer" / f"{m}.py").read_text(), re.M)
-    ]
+    heavy = [m for m in sorted(seen) if re.search(r"^(import|from) (tensorflow|keras)\b", _path(m).read_text(), re.M)]
     assert not heavy, heavy
 
 
 def _imported_inside_a_function(module, target):
-    tree = ast.parse((ROOT / "keras_transfer" / f"{module}.py").read_text())
+    tree = ast.parse(_path(module).read_text())
     top = {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
     return f"keras_transfer.{target}" not in top
 
 
-def test_only_runs_py_spells_the_names_of_run_folder_files():
-    from keras_transfer.runs import FILES
+SCRIPTS = sorted((ROOT / "scripts").glob("*.py"))
 
-    names = {path.rsplit("/", 1)[-1] for path in FILES.values() if "." in path}
-    for path in PACKAGE:
-        if path.name != "runs.py":
-            found = [n for n in names if re.search(rf"[\"'/]{re.escape(n)}[\"']", path.read_text())]
-            assert not found, f"{path.name} spells {found}: ask keras_transfer.runs.run_file"
+
+@pytest.mark.parametrize(
+    "table,owner",
+    [("keras_transfer.runs", "runs.py"), ("keras_transfer.export.layout", "layout.py")],
+)
+def test_only_the_owner_spells_the_names_of_its_folder_files(table, owner):
+    import importlib
+
+    files = importlib.import_module(table).FILES
+    names = {path.rsplit("/", 1)[-1] for path in files.values() if "." in path} - {"saved_model.pb"}  # TF's own
+    spelled = {
+        f"{path.relative_to(ROOT)}: {n}"
+        for path in PACKAGE + SCRIPTS
+        if path.name != owner
+        for n in names
+        if re.search(rf"[\"'/]{re.escape(n)}[\"']", path.read_text())
+    }
+    assert not spelled, f"ask {table} for these names: {sorted(spelled)}"
+
+
+def test_the_tests_mirror_the_packages():
+    # keras_transfer/data/ is tested in tests/data/, keras_transfer/export/ in tests/export/, ...
+    packages = {p.parent.name for p in PACKAGE if p.name == "__init__.py" and p.parent.name != "keras_transfer"}
+    mirrored = {p.parent.name for p in (ROOT / "tests").glob("*/test_*.py")}
+    assert packages - {"commands"} <= mirrored, packages - mirrored

@@ -15,6 +15,7 @@ from keras_transfer.data.pipeline import AUTOTUNE
 from keras_transfer.data.records import SPLITS, has_label, is_int, readable
 from keras_transfer.data.shards import MANIFEST, SHARDS_VERSION, sha256
 from keras_transfer.data.sources import records as source_records
+from keras_transfer.files import commit_gfile, write_bytes_gfile
 from keras_transfer.images import decode_image, jpeg_header
 from keras_transfer.images import image_size as image_size_rule
 
@@ -66,7 +67,7 @@ def write_shards(source, output_dir, *, num_shards=None, image_size=None):
     _check_shards_folder(output_dir, plan["fingerprint"])
     shards = {split: _write_split(records, split, plan, output_dir) for split in records.labels}
     manifest = _manifest(records, plan, shards)
-    _write_atomically(os.path.join(output_dir, MANIFEST), json.dumps(manifest, indent=1).encode())
+    write_bytes_gfile(os.path.join(output_dir, MANIFEST), json.dumps(manifest, indent=1).encode())
     logger.info("Wrote %d shards of %s into %s", sum(map(len, shards.values())), records.name, output_dir)
     return manifest
 
@@ -132,7 +133,7 @@ def _write_split(records, split, plan, output_dir):
         done = _finished_shard(path, key)
         if done is None:
             done = _write_shard(records, split, chunk, plan["size"], path)
-            _write_atomically(path + ".json", json.dumps({**done, "key": key}).encode())
+            write_bytes_gfile(path + ".json", json.dumps({**done, "key": key}).encode())
         facts.append({"file": _shard_name(split, k, count), **{n: done[n] for n in ("bytes", "records", "sha256")}})
         facts[-1].update(missing=done["missing"], indices=sorted(int(i) for i in chunk), headers=done["headers"])
         logger.info("%s: shard %d of %d, %d images, %.1f MB", split, k + 1, count, done["records"], done["bytes"] / 1e6)
@@ -164,7 +165,7 @@ def _write_shard(records, split, chunk, size, path):
             writer.write(_example(i, blob, ids, original).SerializeToString())
             written.add(int(i))
             headers[int(i)] = jpeg_header(blob) if blob.startswith(b"\xff\xd8\xff") else "other"
-    tf.io.gfile.rename(temporary, path, overwrite=True)
+    commit_gfile(temporary, path)
     missing = [int(i) for i in chunk if int(i) not in written]
     facts = {"bytes": tf.io.gfile.stat(path).length, "records": len(written), "sha256": sha256(path)}
     # each image's JPEG header (width, height, orientation), None (a JPEG without one) or "other" (not a JPEG), so
@@ -184,13 +185,6 @@ def _example(index, blob, ids, path):
             }
         )
     )
-
-
-def _write_atomically(path, data):
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(temporary, "wb") as f:
-        f.write(data)
-    tf.io.gfile.rename(temporary, path, overwrite=True)
 
 
 def _manifest(records, plan, shards):
