@@ -19,7 +19,16 @@ import traceback
 import warnings
 
 from keras_transfer.backbones import BACKBONES
-from keras_transfer.config import MIXED_PRECISION, OPTIMIZERS, POLICIES, POOLINGS, STRATEGIES, RunConfig, load_config
+from keras_transfer.config import (
+    MIXED_PRECISION,
+    OPTIMIZERS,
+    POLICIES,
+    POOLINGS,
+    STRATEGIES,
+    RunConfig,
+    from_words,
+    load_config,
+)
 from keras_transfer.terminal import quiet_tensorflow
 
 POLICY = re.compile(r"^(frozen|all|top:\d+|from:.+|stages:\d+)$")
@@ -142,6 +151,10 @@ DEFAULT_TEXT = {
     "labels_per_class": "all",
     "test_per_class": "all",
     "dense_units": "none",
+    "weights": "imagenet",
+    "head_init": "none",
+    "class_weight": "none",
+    "tta": "none",
 }
 POSITIVE = (
     "batch_size",
@@ -301,7 +314,7 @@ def config_from_args(parser, args):
         except ValueError as e:
             parser.error(f"argument --config: {e}")
     values.update({k: v for k, v in vars(args).items() if k not in ("config", "verbose")})
-    config = RunConfig(**values)
+    config = RunConfig(**from_words(values))
     config.classes = class_list(config.classes)
     for name in POSITIVE + NON_NEGATIVE + FRACTIONS:
         value = getattr(config, name)

@@ -15,9 +15,28 @@ MIXED_PRECISION = ("off", "auto", "mixed_float16", "mixed_bfloat16")
 POLICIES = ("frozen", "all", "top:N", "from:NAME", "stages:K")
 
 
+# The words a command line or a YAML file uses for a value that is not a string in the library: setting -> {word:
+# value}. `from_words` translates them at those edges; a RunConfig holds the library's values.
+WORDS = {
+    "weights": {"none": None},
+    "head_init": {"none": None},
+    "class_weight": {"none": None},
+    "tta": {"none": None},
+    "cache_features": {"true": True, "false": False},
+    "xla": {"on": True, "off": False},
+}
+
+
+def from_words(values):
+    """`values` (setting -> value) with the words of `WORDS` (any case) turned into library values."""
+    word = lambda v: v.lower() if isinstance(v, str) else v
+    return {k: WORDS[k].get(word(v), v) if k in WORDS else v for k, v in values.items()}
+
+
 @dataclasses.dataclass
 class RunConfig:
-    """Every setting of `scripts/finetune.py`; a YAML file given with `--config` uses the same keys."""
+    """Every setting of `keras-transfer run`, in library values (the command line and a YAML file given with
+    `--config` use the same keys; `from_words` translates their words)."""
 
     # Data
     data: str = "digits"
@@ -41,7 +60,7 @@ class RunConfig:
     seed: int = 0
     # Model
     backbone: str = "mobilenet_v2"
-    weights: str = "imagenet"  # "imagenet", "none" or a file path
+    weights: str | None = "imagenet"  # "imagenet", None (random) or a file path
     pooling: str = "avg"
     dense_units: list = dataclasses.field(default_factory=list)
     dropout: float = 0.2
@@ -54,17 +73,17 @@ class RunConfig:
     optimizer: str = "adam"
     label_smoothing: float = 0.0
     train_batchnorm: bool = False  # stage 2 trains BatchNormalization too (from scratch), statistics recomputed
-    head_init: str = "none"  # "probe": stage 1 starts from a logistic regression on the cached features (LP-FT)
-    class_weight: str = "none"  # "balanced": classes weighted by n / (n_classes * n_class), in both stages
+    head_init: str | None = None  # "probe": stage 1 starts from a logistic regression on the cached features (LP-FT)
+    class_weight: str | None = None  # "balanced": classes weighted by n / (n_classes * n_class), in both stages
     layer_decay: float = 1.0  # stage 2: each backbone stage below the head at this factor of the rate above it
     early_stopping: int = 0  # patience in epochs; 0 turns it off
-    cache_features: str = "auto"
-    tta: str = "none"  # "flip": evaluate on each image and its mirror, probabilities averaged
+    cache_features: bool | str = "auto"  # True, False or "auto"
+    tta: str | None = None  # "flip": evaluate on each image and its mirror, probabilities averaged
     compare_scratch: bool = False  # also train the same model from random weights on the same data, compare
     # Distribution
     strategy: str = "auto"
     mixed_precision: str = "off"
-    xla: str = "auto"  # "auto": on for GPUs, off on CPU, where it measured slower
+    xla: bool | str = "auto"  # True, False or "auto": on for GPUs, off on CPU, where it measured slower
     # Output
     output: str = "saved_models/run"
     overwrite: bool = False  # empty the run folder first when it holds another run
@@ -103,6 +122,7 @@ def load_config(path):
         raise ValueError(
             f"Unknown keys in config file {path!r}: {', '.join(unknown)}. Expected keys: {', '.join(sorted(types))}."
         )
+    values = from_words(values)
     for key, value in values.items():
         if not _fits(value, types[key]):
             raise ValueError(f"Config file {path!r}: {key} must be {_describe(types[key])}. Received: {key}: {value!r}")

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from keras_transfer.compat import flatten_layers
 from keras_transfer.files import atomic_path
-from keras_transfer.objectives import is_number, label_kind_checked, make_optimizer, objective
+from keras_transfer.objectives import check_labels, is_number, make_optimizer, objective
 from keras_transfer.policies import set_trainable
 
 logger = logging.getLogger(__name__)
@@ -91,7 +91,8 @@ def find_learning_rate(
 
 def _range_test(model, train, min_lr, max_lr, steps, optimizer_name):
     """The raw loss of each step at rates `min_lr * (max_lr / min_lr) ** (i / (steps - 1))`."""
-    loss_fn, _, prepare = objective(model, 0.0, label_kind_checked(model, train))
+    check_labels(model, train)
+    loss_fn, _, prepare = objective(model)
     rates = [float(min_lr * (max_lr / min_lr) ** (i / (steps - 1))) for i in range(steps)]
     optimizer = make_optimizer(optimizer_name, rates[0])  # a float: Keras keeps it in a variable, set per step
     variables = model.trainable_variables

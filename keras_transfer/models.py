@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -222,18 +223,9 @@ def _construct_backbone(backbone, shape, weights):
     return base
 
 
-def backbone_layer_names(backbone, image_size=None):
-    """The layer names of a backbone of the table, in graph order, from its architecture built without weights at
-    `image_size` (default: the row's default size); checks the size against the row's minimum."""
-    spec = get_spec(backbone)
-    height, width = _input_size(backbone, None if image_size is None else (image_size, image_size), spec)
-    base = _constructed(backbone, include_top=False, weights=None, input_shape=(height, width, 3))
-    return [layer.name for layer in base.layers if not isinstance(layer, keras.layers.InputLayer)]
-
-
 def check_input_size(backbone, size):
-    """Raises ValueError when `size` (pixels, square) is below the backbone's minimum."""
-    _input_size(backbone, (size, size), backbone_spec(backbone))
+    """Raises ValueError when `size` (`(height, width)`) is below the backbone's minimum."""
+    _input_size(backbone, tuple(size), backbone_spec(backbone))
 
 
 def training_memory(model, batch_size):
@@ -431,6 +423,31 @@ def input_size(model):
     layer = _layer(model, PREPROCESSING)
     size = layer.size if layer is not None else tuple(model.input_shape[1:3])
     return None if not size or None in size else tuple(int(s) for s in size)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneView:
+    """What policies and layer-wise rates read of a model's backbone, read once (`backbone_view`)."""
+
+    backbone: object  # the `backbone` sub-model
+    layers: list  # its layers in graph order, input layers left out
+    key: str | None  # the backbone key the model was built with (None: not from `build_model`)
+    spec: object  # its table row (`BackboneSpec`), or None
+    batchnorm: list  # every BatchNormalization layer inside it
+    model_name: str  # the whole model's name, for messages
+
+
+def backbone_view(model):
+    """The model's backbone, its layers, key, table row and BatchNormalization layers (see `BackboneView`).
+
+    Raises:
+        ValueError: if the model has no backbone layer.
+    """
+    backbone = get_backbone(model)
+    layers = [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
+    return BackboneView(
+        backbone, layers, backbone_key(model), model_spec(model), batchnorm_layers(backbone), model.name
+    )
 
 
 def get_backbone(model):

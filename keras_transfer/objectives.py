@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_transfer.models import output_layer
+from keras_transfer.models import is_multi_label, output_layer
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +58,9 @@ def class_weights(train, num_classes, class_weight, multi_label=False):
     return {i: float(w) for i, w in enumerate(weights)}
 
 
-def label_kind_checked(model, train):
-    """Whether `train` carries several labels per image (0/1 rows, one column per output); raises when the head
-    does not fit the labels, saying which head to use."""
+def check_labels(model, train):
+    """Checks that `train`'s labels fit the model's head (the head decides the label kind: one sigmoid per label
+    for several labels per image, else one label per image); raises when they do not, saying which head to use."""
     spec = train.element_spec[1] if isinstance(train.element_spec, tuple) else None
     units = model.output_shape[-1]
     activation = output_layer(model).get_config()["activation"]
@@ -79,13 +79,14 @@ def label_kind_checked(model, train):
         raise ValueError(
             f"The model has {units} sigmoid outputs (several labels per image) but the training labels are one "
             "integer per image: build it with activation='softmax', or load several labels per image "
-            "(load_dataset(..., label_delimiter=...) or label_columns=...)."
+            "(load_dataset(Table(..., label_delimiter=...)) or label_columns=...)."
         )
-    return multi
 
 
-def objective(model, label_smoothing, multi_label=False, class_weight=None):
-    """The loss that fits the output layer, its metrics, and the label transform it needs."""
+def objective(model, label_smoothing=0.0, class_weight=None):
+    """The loss that fits the output layer (the head decides it, as keras-hub's `compile(loss="auto")`), its
+    metrics, and the label transform it needs."""
+    multi_label = is_multi_label(model)
     units = model.output_shape[-1]
     activation = output_layer(model).get_config()["activation"]
     if multi_label:  # several labels per image: accuracy over (image, label) pairs says little

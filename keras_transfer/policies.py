@@ -13,15 +13,7 @@ import logging
 import keras
 
 from keras_transfer.config import POLICIES
-from keras_transfer.models import (
-    backbone_key,
-    backbone_layer_names,
-    backbone_spec,
-    batchnorm_layers,
-    get_backbone,
-    is_hub,
-    model_spec,
-)
+from keras_transfer.models import BackboneView, backbone_spec, backbone_view, is_hub
 
 logger = logging.getLogger(__name__)
 
@@ -79,17 +71,26 @@ def set_trainable(model, policy="frozen", *, train_batchnorm=False):
     >>> print(set_trainable(model, "from:block5").trainable_layers)
     3
     """
-    backbone = get_backbone(model)
-    layers = [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
-    start = _first_trainable(
-        [layer.name for layer in layers], policy, model_spec(model), backbone_key(model), model.name
-    )
+    return apply_placement(model, place_policy(backbone_view(model), policy), train_batchnorm=train_batchnorm)
 
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """A policy placed over a model's backbone layers (`place_policy`): what `apply_placement` sets."""
+
+    policy: str
+    start: int  # the first trainable layer's index in `view.layers`; len(view.layers) when none trains
+    view: BackboneView
+
+
+def apply_placement(model, placement, *, train_batchnorm=False):
+    """Sets the trainable flags a `Placement` says (see `set_trainable`); returns a `TrainableSummary`."""
+    backbone, layers, start = placement.view.backbone, placement.view.layers, placement.start
     backbone.trainable = start < len(layers)
     for i, layer in enumerate(layers):
         layer.trainable = i >= start
     frozen_batchnorm = 0
-    for layer in batchnorm_layers(backbone):
+    for layer in placement.view.batchnorm:
         if not (train_batchnorm and layer.trainable):
             layer.trainable = False
             frozen_batchnorm += 1
@@ -98,10 +99,9 @@ def set_trainable(model, policy="frozen", *, train_batchnorm=False):
             layer.trainable = True
     if getattr(model, "compiled", False):
         logger.info("Trainable layers changed: call model.compile() again before training.")
-
     with_weights = [layer for layer in layers if layer.weights]
     summary = TrainableSummary(
-        policy=policy,
+        policy=placement.policy,
         first_trainable=layers[start].name if start < len(layers) else None,
         trainable_layers=sum(1 for layer in with_weights if layer.trainable),
         frozen_layers=sum(1 for layer in with_weights if not layer.trainable),
@@ -113,24 +113,24 @@ def set_trainable(model, policy="frozen", *, train_batchnorm=False):
     return summary
 
 
-def layer_decay_scales(model, decay):
+def layer_decay_scales(view, decay):
     """`{variable path: decay ** depth}` for the trainable weights of the backbone's stages (the table row's):
     the top stage at depth 1, each stage below one deeper (layers below the first stage belong to it); the head
-    is not listed (1: the full rate). timm's layer decay, fastai's discriminative rates.
+    is not listed (1: the full rate). timm's layer decay, fastai's discriminative rates. `view`: the model's
+    `models.backbone_view`.
 
     Raises:
         ValueError: for a model whose backbone has no table row (no stages to decay over).
     """
-    spec, backbone = model_spec(model), get_backbone(model)
-    if spec is None or is_hub(backbone_key(model) or ""):
+    spec, key = view.spec, view.key
+    if spec is None or is_hub(key or ""):
         raise ValueError(
-            f"layer_decay needs the backbone's stages (its table row), but model {model.name!r} has none; "
+            f"layer_decay needs the backbone's stages (its table row), but model {view.model_name!r} has none; "
             "pass layer_decay=1.0."
         )
-    layers = [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
+    layers = view.layers
     names = [layer.name for layer in layers]
-    n = len(spec.stages)
-    starts = [_stage_start(names, k, f"stages:{k}", spec, backbone_key(model), model.name) for k in range(1, n + 1)]
+    starts = [_stage_start(names, k, f"stages:{k}", spec, key, view.model_name) for k in range(1, len(spec.stages) + 1)]
     scales = {}
     for i, layer in enumerate(layers):
         depth = next(k for k, start in enumerate(starts, 1) if i >= start)
@@ -142,16 +142,30 @@ def _count(weights):
     return int(sum(keras.ops.size(w) for w in weights))
 
 
-def check_policy(backbone, policy, image_size=None):
-    """Checks `policy` for a backbone by name before a model is built: its form, `stages:K` against the backbone's
-    table row and, for `from:NAME`, the layer names of the backbone (built without weights at `image_size`).
+def check_policy(policy, backbone=None):
+    """Checks `policy` before a model is built, without building anything: its form and, for `stages:K` and a
+    backbone key, K against the backbone's table row. A `from:NAME` is placed over the built model's layer
+    names (`place_policy`).
 
     Raises:
-        ValueError: as `set_trainable` would, for the model `build_model(backbone, ...)` makes.
+        ValueError: as `set_trainable` would for its form and stages.
     """
-    kind = str(policy).partition(":")[0]
-    names = backbone_layer_names(backbone, image_size) if kind == "from" and not is_hub(backbone) else None
-    _first_trainable(names, policy, backbone_spec(backbone), backbone, backbone)
+    spec = backbone_spec(backbone) if backbone is not None else None
+    if str(policy).startswith("stages:") and spec is None:
+        return  # a model not from the table: `place_policy` says so with the model's name
+    _first_trainable(None, policy, spec, backbone, backbone)
+
+
+def place_policy(view, policy):
+    """`policy` placed over a model's backbone layers (`view`: its `models.backbone_view`): a `Placement` holding
+    the index of the first trainable layer (in graph order, input layers left out). Pure: nothing is built or
+    changed.
+
+    Raises:
+        ValueError: for an unknown or malformed policy, a NAME no layer starts with, or K out of range.
+    """
+    names = [layer.name for layer in view.layers]
+    return Placement(policy, _first_trainable(names, policy, view.spec, view.key, view.model_name), view)
 
 
 def _first_trainable(names, policy, spec, key, model_name):

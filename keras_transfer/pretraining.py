@@ -18,6 +18,7 @@ import tensorflow as tf
 from keras_transfer.backbones import get_spec
 from keras_transfer.callbacks import EpochLines
 from keras_transfer.data import load_dataset, with_known_size
+from keras_transfer.images import image_size as image_size_rule
 from keras_transfer.models import build_model, default_input_size, feature_model, get_backbone
 from keras_transfer.policies import set_trainable
 from keras_transfer.training import recompute_batchnorm
@@ -47,7 +48,7 @@ def pretrain(
         data: any source `load_dataset` accepts (`"fashion_mnist"`, `"digits"`, a folder, `"tfds:NAME"`, arrays).
         method: `"supervised"` (backbone + a temporary classification head) or `"simclr"` (two augmented views
             per image, a projection head and the NT-Xent loss; labels are never read).
-        image_size: input side in pixels; None uses the backbone's default size.
+        image_size: `(height, width)` or an int; None uses the backbone's default size.
         epochs: training epochs.
         batch_size: images per batch (SimCLR contrasts each image with the 2 x batch_size - 2 others).
         learning_rate: Adam learning rate.
@@ -70,7 +71,7 @@ def pretrain(
         raise ValueError(
             f"Unknown method {method!r}. Expected one of: {', '.join(METHODS)}. Received: method={method!r}"
         )
-    size = image_size or default_input_size(backbone)[0]
+    size = image_size_rule(image_size) if image_size else default_input_size(backbone)
     keras.utils.set_random_seed(seed)
     train, val, _, info = load_dataset(
         data,
@@ -92,7 +93,7 @@ def pretrain(
     get_backbone(model).save_weights(stem + ".weights.h5")
     metadata = {
         "backbone": backbone,
-        "image_size": [size, size],
+        "image_size": list(size),
         "method": method,
         "data": info.source,
         "classes": info.class_names,

@@ -24,8 +24,10 @@ from keras_transfer.evaluation import evaluate, linear_probe, tune_thresholds
 from keras_transfer.export import benchmark_exports, export_onnx, export_saved_model, format_exports
 from keras_transfer.export.layout import version_file
 from keras_transfer.files import atomic_path, versions, write_text
+from keras_transfer.images import image_size
 from keras_transfer.lr_find import find_learning_rate, plot_findings
 from keras_transfer.models import (
+    backbone_view,
     build_model,
     check_input_size,
     check_memory,
@@ -33,7 +35,7 @@ from keras_transfer.models import (
     input_size,
     load_model,
 )
-from keras_transfer.policies import check_policy, set_trainable
+from keras_transfer.policies import check_policy, place_policy
 from keras_transfer.report import write_html
 from keras_transfer.runs import claim, empty_run_folder, locked, mark_complete, read_complete, read_history, run_file
 from keras_transfer.training import TrainingOptions, fine_tune
@@ -61,16 +63,16 @@ def run(config, verbose=False):
         OSError: when data, weights or the output folder cannot be read or written.
         RuntimeError: when another process is running into the same folder.
     """
-    weights = None if config.weights.lower() == "none" else config.weights
-    size = _check(config, weights)
+    resolved = resolve(config)
+    _check_writable(config)
     keras.utils.set_random_seed(config.seed)
     policy, strategy = set_mixed_precision(config.mixed_precision), get_strategy(config.strategy)
     with locked(config.output):
         if not config.overwrite:
             claim(config.output, "run", {"settings": _settings(config)}, WAYS_OUT, record=False)
-        data = _load(config, size, strategy)
+        data = _load(config, resolved.size, strategy)
         with strategy.scope():
-            model = _build(config, data["info"], size, weights)
+            model = _build(config, data["info"], resolved)
         _check_model(config, model)
         identity = {"settings": _settings(config), "data": _data_identity(data["info"])}
         if config.overwrite:
@@ -79,18 +81,24 @@ def run(config, verbose=False):
         if read_complete(config.output):
             return _already_complete(config)
         _write_config(config, data["info"])
-        return _run(config, model, data, strategy, policy, size, _run_id(config, identity), verbose)
+        return _run(config, resolved, model, data, strategy, policy, _run_id(config, identity), verbose)
 
 
-def _run(config, model, data, strategy, policy, size, run_id, verbose):
-    timings = _Timings(config.output)
-    probe = timings.run("linear probe", _probe, model, data) if config.compare_scratch else None
-    timings.run("training", _train, config, model, data, strategy, config.output, verbose=verbose)
+def _run(config, resolved, model, data, strategy, policy, run_id, verbose):
+    timings, probe, exported = _Timings(config.output), None, None
+    if config.compare_scratch:
+        with timings.step("linear probe"):
+            probe = _probe(model, data)
+    with timings.step("training"):
+        _train(resolved, config, model, data, strategy, verbose=verbose)
     with atomic_path(run_file(config.output, "model"), work_dir=True) as tmp:
         model.save(tmp)
-    data["thresholds"], data["tta"] = _thresholds(model, data), None if config.tta == "none" else config.tta
-    report = timings.run("evaluation", _evaluate, model, data, config.output)
-    exported = timings.run("export", _export, config, model, data, report, run_id) if config.export else None
+    data["thresholds"], data["tta"] = _thresholds(model, data), config.tta
+    with timings.step("evaluation"):
+        report = _evaluate(model, data, config.output)
+    if config.export:
+        with timings.step("export"):
+            exported = _export(config, model, data, report, run_id)
     print(f"\nRun folder: {config.output}  (dtype policy {policy}, {strategy.num_replicas_in_sync} replica(s))")
     print_history(read_history(config.output), config.head_epochs)
     if report:
@@ -103,9 +111,11 @@ def _run(config, model, data, strategy, policy, size, run_id, verbose):
         )
         print(f"ONNX: {onnx_path}")
     if config.export_bench and report:
-        timings.run("export benchmark", _bench_exports, model, data, config.output)
+        with timings.step("export benchmark"):
+            _bench_exports(model, data, config.output)
     if config.compare_scratch and report:
-        timings.run("scratch comparison", _compare_scratch, config, report, probe, size, data, strategy, verbose)
+        with timings.step("scratch comparison"):
+            _compare_scratch(config, resolved, report, probe, data, strategy, verbose)
     if report:
         print(f"Report: {write_html(config.output)}")
     mark_complete(config.output, {"export": exported, **({report.headline_name: report.headline} if report else {})})
@@ -128,29 +138,64 @@ def _thresholds(model, data):
     return thresholds
 
 
-def _check(config, weights):
-    """Every setting that can be checked before data is loaded or a file written; returns the image size."""
-    if config.compare_scratch and weights is None:
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """A run's settings resolved once, before data loads, in the values the library takes."""
+
+    size: tuple  # (height, width) the images load at and the model is built at
+    weights: object  # "imagenet", None or a weights file
+    unfreeze: str  # stage 2's policy, checked against the backbone's table row
+    options: TrainingOptions  # fine_tune's less common settings, checked
+    stages: dict  # fine_tune's epochs, policy and rates
+
+
+def resolve(config, scratch=False):
+    """`config` resolved and checked before any data loads or file is written: the image size as a pair (the
+    backbone's default, or the size a `pretrain` weights file was trained at), the policy, the training options.
+    `scratch`: the same architecture trained from random weights, every layer, for both stages' epochs.
+
+    Raises:
+        ValueError: for settings that do not fit the backbone or each other.
+    """
+    if config.compare_scratch and config.weights is None:
         raise ValueError(
             "--compare-scratch compares pretrained weights with random ones; give --weights imagenet "
             f"or a weights file. Received: weights={config.weights!r}"
         )
-    size = _checked_size(config, weights)
-    if config.export:
-        _check_writable(config.export, "--export")
-    _check_writable(config.output, "--output")
-    return size
-
-
-def _checked_size(config, weights):
-    """The image size, after checking it and the policy against the backbone."""
-    size = config.image_size or default_input_size(config.backbone, weights)[0]
+    size = image_size(config.image_size) if config.image_size else default_input_size(config.backbone, config.weights)
     check_input_size(config.backbone, size)
-    check_policy(config.backbone, config.unfreeze, image_size=size)
-    return size
+    check_policy(config.unfreeze, config.backbone)
+    options = TrainingOptions(
+        optimizer=config.optimizer,
+        label_smoothing=config.label_smoothing,
+        train_batchnorm=config.train_batchnorm or scratch,
+        cache_features="auto" if scratch else config.cache_features,
+        jit_compile=config.xla,
+        head_init=None if scratch else config.head_init,
+        class_weight=config.class_weight,
+        layer_decay=1.0 if scratch else config.layer_decay,
+    )
+    epochs = config.head_epochs + config.fine_tune_epochs
+    stages = dict(
+        head_epochs=0 if scratch else config.head_epochs,
+        fine_tune_epochs=epochs if scratch else config.fine_tune_epochs,
+        unfreeze="all" if scratch else config.unfreeze,
+        learning_rate=config.learning_rate,
+        fine_tune_learning_rate=config.learning_rate if scratch else config.fine_tune_learning_rate,
+    )
+    weights = None if scratch else config.weights
+    return Resolved(size=size, weights=weights, unfreeze=stages["unfreeze"], options=options, stages=stages)
 
 
-def _check_writable(folder, flag):
+def _check_writable(config):
+    """Creates the output (and export) folders and writes a probe file into each, so that an unwritable folder
+    fails before any work."""
+    for folder, flag in ((config.export, "--export"), (config.output, "--output")):
+        if folder:
+            _check_folder(folder, flag)
+
+
+def _check_folder(folder, flag):
     """Creates `folder` if needed and writes a probe file into it, so an unwritable folder fails before work."""
     try:
         os.makedirs(folder, exist_ok=True)
@@ -163,9 +208,9 @@ def _check_writable(folder, flag):
 
 
 def _check_model(config, model):
-    """What needs the built model: the policy's layer names and the training memory at this size."""
-    set_trainable(model, config.unfreeze)  # raises for a layer name the backbone lacks
-    set_trainable(model, "frozen")
+    """What needs the built model: the policy placed over its layer names (nothing changed), and the training
+    memory at this size."""
+    place_policy(backbone_view(model), config.unfreeze)  # raises for a layer name the backbone lacks
     check_memory(model, config.batch_size)
 
 
@@ -187,11 +232,10 @@ def find_rates(config, plot_path, steps=100):
     """`keras-transfer lr-find`: the learning-rate range test (`lr_find.find_learning_rate`) for stage 1 (the
     head) and stage 2 (`config.unfreeze`) on the run's data and model; prints both suggestions of each, saves the
     plot. Writes nothing else. Returns 0."""
-    weights = None if config.weights.lower() == "none" else config.weights
-    size = _checked_size(config, weights)
+    resolved = resolve(config)
     keras.utils.set_random_seed(config.seed)
-    data = _load(config, size, get_strategy("default"))
-    model = _build(config, data["info"], size, weights)
+    data = _load(config, resolved.size, get_strategy("default"))
+    model = _build(config, data["info"], resolved)
     findings = [
         find_learning_rate(model, data["train"], unfreeze=policy, steps=steps, optimizer=config.optimizer)
         for policy in ("frozen", config.unfreeze)
@@ -253,17 +297,17 @@ def _already_complete(config):
 
 
 class _Timings:
-    """`timings.run("step", fn, *args)` calls `fn` and adds its seconds to `timings.json` in the run folder."""
+    """`with timings.step("name"):` adds the block's seconds to `timings.json` in the run folder."""
 
     def __init__(self, folder):
         self.path, self.seconds = run_file(folder, "timings"), {}
 
-    def run(self, step, fn, *args, **kwargs):
+    @contextlib.contextmanager
+    def step(self, name):
         start = time.perf_counter()
-        result = fn(*args, **kwargs)
-        self.seconds[step] = round(time.perf_counter() - start, 1)
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 1)
         write_text(self.path, json.dumps(self.seconds, indent=2))
-        return result
 
 
 def _load(config, size, strategy):
@@ -310,13 +354,13 @@ def _write_config(config, info):
         ) from e
 
 
-def _build(config, info, size, weights):
+def _build(config, info, resolved):
     return build_model(
         config.backbone,
         info.num_classes,
         activation="sigmoid" if info.multi_label else "softmax",
-        input_shape=size,
-        weights=weights,
+        input_shape=resolved.size,
+        weights=resolved.weights,
         pooling=config.pooling,
         dense_units=tuple(config.dense_units),
         dropout=config.dropout,
@@ -367,16 +411,17 @@ def _export(config, model, data, report, run_id):
     )
 
 
-def _compare_scratch(config, transfer, probe, size, data, strategy, verbose):
+def _compare_scratch(config, resolved, transfer, probe, data, strategy, verbose):
     """Trains the same architecture from random weights on the same batches; prints and saves the comparison with
     the fine-tuned model and the linear probe."""
     run_dir = run_file(config.output, "scratch")
     epochs = config.head_epochs + config.fine_tune_epochs
     print(f"\n--compare-scratch: {config.backbone} from random weights, all layers, {epochs} epochs -> {run_dir}")
+    scratch_settings = dataclasses.replace(resolve(config, scratch=True), size=resolved.size)
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
-        model = _build(config, data["info"], size, None)
-    _train(config, model, data, strategy, run_dir, scratch=True, verbose=verbose)
+        model = _build(config, data["info"], scratch_settings)
+    _train(scratch_settings, config, model, data, strategy, run_dir, verbose=verbose)
     scratch = _evaluate(model, data, run_dir)  # the same split, thresholds and TTA as the fine-tuned model
     rows = {
         f"{config.backbone} ({config.weights}), fine-tuned": transfer.headline,
@@ -418,53 +463,22 @@ def print_history(rows, stage1_epochs):
             print(f"{stage:<6} {span:>9} " + " ".join(f"{rows[epochs[-1]].get(k, float('nan')):>12.4f}" for k in keys))
 
 
-def _train(config, model, data, strategy, run_dir, scratch=False, verbose=False):
-    """fine_tune with the run's settings; `scratch` trains every layer from the start for both stages' epochs."""
+def _train(resolved, config, model, data, strategy, run_dir=None, verbose=False):
+    """fine_tune with the run's resolved settings, into `run_dir` (default: the run folder)."""
     callbacks = []
     if config.early_stopping:
         monitor = "val_loss" if data["val"] is not None else "loss"
         callbacks.append(
             keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping, restore_best_weights=True)
         )
-    options = TrainingOptions(
-        optimizer=config.optimizer,
-        label_smoothing=config.label_smoothing,
-        train_batchnorm=config.train_batchnorm,
-        cache_features={"auto": "auto", "true": True, "false": False}[config.cache_features],
-        jit_compile={"auto": "auto", "on": True, "off": False}[config.xla],
-        head_init=None if config.head_init == "none" else "probe",
-        class_weight=None if config.class_weight == "none" else config.class_weight,
-        layer_decay=config.layer_decay,
-    )
-    stages = dict(
-        head_epochs=config.head_epochs,
-        fine_tune_epochs=config.fine_tune_epochs,
-        unfreeze=config.unfreeze,
-        learning_rate=config.learning_rate,
-        fine_tune_learning_rate=config.fine_tune_learning_rate,
-    )
-    if scratch:
-        options = TrainingOptions(
-            optimizer=config.optimizer,
-            label_smoothing=config.label_smoothing,
-            jit_compile=options.jit_compile,
-            train_batchnorm=True,
-            class_weight=options.class_weight,
-        )
-        stages = dict(
-            head_epochs=0,
-            fine_tune_epochs=config.head_epochs + config.fine_tune_epochs,
-            unfreeze="all",
-            fine_tune_learning_rate=config.learning_rate,
-        )
     return fine_tune(
         model,
         data["train"],
         data["val"],
-        options=options,
+        options=resolved.options,
         callbacks=callbacks,
-        run_dir=run_dir,
+        run_dir=run_dir or config.output,
         strategy=strategy,
         verbose="auto" if verbose else "lines",
-        **stages,
+        **resolved.stages,
     )

@@ -32,22 +32,24 @@ from keras_transfer.heads import fit_probe
 from keras_transfer.models import (
     augmentation_layer,
     backbone_key,
+    backbone_view,
     batchnorm_layers,
     feature_extractor,
     head_model,
     input_size,
+    is_multi_label,
     output_layer,
 )
 from keras_transfer.objectives import (
+    check_labels,
     class_weights,
     is_class_weight,
     is_number,
-    label_kind_checked,
     make_optimizer,
     objective,
     warmup_cosine,
 )
-from keras_transfer.policies import layer_decay_scales, set_trainable
+from keras_transfer.policies import apply_placement, layer_decay_scales, place_policy
 from keras_transfer.runs import (
     EpochCommit,
     claim,
@@ -197,11 +199,8 @@ def fine_tune(
     """
     options = dataclasses.replace(options or TrainingOptions(), **_option_fields(kwargs))
     _check_schedule(head_epochs, fine_tune_epochs, learning_rate, fine_tune_learning_rate, verbose)
-    if fine_tune_epochs:
-        set_trainable(model, unfreeze, train_batchnorm=options.train_batchnorm)  # a bad policy fails before stage 1
-        if options.layer_decay != 1.0:
-            layer_decay_scales(model, options.layer_decay)  # and a backbone without stages
     run = _prepare_run(model, train, val, options, callbacks, run_dir, strategy, verbose)
+    _place(run, unfreeze if fine_tune_epochs else None)  # a bad policy fails before stage 1 (nothing changed yet)
     run.total_epochs = head_epochs + fine_tune_epochs
     settings = dict(head_epochs=head_epochs, fine_tune_epochs=fine_tune_epochs, unfreeze=unfreeze)
     settings.update(learning_rate=learning_rate, fine_tune_learning_rate=fine_tune_learning_rate)
@@ -215,7 +214,7 @@ def fine_tune(
             if head_epochs:
                 _extend(history, _train_head(run, head_epochs, learning_rate))
             if fine_tune_epochs:
-                _extend(history, _train_unfrozen(run, unfreeze, head_epochs, fine_tune_epochs, fine_tune_learning_rate))
+                _extend(history, _train_unfrozen(run, head_epochs, fine_tune_epochs, fine_tune_learning_rate))
         finally:
             remove_features(run_dir, run.scratch_dir)
     return history
@@ -251,6 +250,8 @@ class _Run:
     total_epochs: int = 0
     scratch_dir: str | None = None  # features too large for memory (see `runs.feature_cache`); removed at the end
     class_weight: dict | None = None  # one label per image; several labels weigh their positives in the loss
+    placements: dict = dataclasses.field(default_factory=dict)  # "head" / "tune" -> the stage's `Placement`
+    scales: dict | None = None  # stage 2's layer-decay scales, when layer_decay is not 1
 
 
 def _option_fields(kwargs):
@@ -276,9 +277,10 @@ def _check_schedule(head_epochs, fine_tune_epochs, learning_rate, fine_tune_lear
 
 
 def _prepare_run(model, train, val, options, callbacks, run_dir, strategy, verbose):
-    multi_label = label_kind_checked(model, train)
+    check_labels(model, train)
+    multi_label = is_multi_label(model)
     weights = class_weights(train, model.output_shape[-1], options.class_weight, multi_label)
-    loss, metrics, prepare = objective(model, options.label_smoothing, multi_label, weights)
+    loss, metrics, prepare = objective(model, options.label_smoothing, weights)
     val = with_known_size(prepare(val)) if val is not None else None
     run_dir = os.fspath(run_dir) if run_dir else None
     return _Run(
@@ -296,9 +298,20 @@ def _prepare_run(model, train, val, options, callbacks, run_dir, strategy, verbo
     )
 
 
+def _place(run, unfreeze):
+    """Both stages' policies placed over the backbone's layers once (pure: checked, nothing changed), and stage
+    2's layer-decay scales; each stage applies its own."""
+    view = backbone_view(run.model)
+    run.placements["head"] = place_policy(view, "frozen")
+    if unfreeze is not None:
+        run.placements["tune"] = place_policy(view, unfreeze)
+        if run.options.layer_decay != 1.0:
+            run.scales = layer_decay_scales(view, run.options.layer_decay)  # needs the row's stages
+
+
 def _train_head(run, epochs, learning_rate):
     """Stage 1: the head on a frozen backbone, on cached features when `_use_cache` says so."""
-    set_trainable(run.model, "frozen")
+    apply_placement(run.model, run.placements["head"])
     if run.run_dir and os.path.exists(run_file(run.run_dir, "stage1")):
         with warnings.catch_warnings():  # the file has no optimizer state, and stage 1's optimizer is not needed
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
@@ -330,15 +343,15 @@ def _train_head(run, epochs, learning_rate):
     return history
 
 
-def _train_unfrozen(run, unfreeze, first_epoch, epochs, learning_rate):
+def _train_unfrozen(run, first_epoch, epochs, learning_rate):
     """Stage 2: the policy's part of the backbone unfrozen, a warmup-cosine schedule, continuous epoch numbers."""
-    summary = set_trainable(run.model, unfreeze, train_batchnorm=run.options.train_batchnorm)
+    summary = apply_placement(run.model, run.placements["tune"], train_batchnorm=run.options.train_batchnorm)
     logger.info("%s: %s", "Stage 2" if first_epoch else "All stages at once (no head-only stage)", summary)
     schedule = warmup_cosine(learning_rate, int(run.train.cardinality()) * epochs)
     with run.strategy.scope():
         optimizer = make_optimizer(run.options.optimizer, schedule)
         if run.options.layer_decay != 1.0:
-            scale_updates(optimizer, layer_decay_scales(run.model, run.options.layer_decay))
+            scale_updates(optimizer, run.scales)
             logger.info(
                 "Layer decay %g: each backbone stage at %g of the rate of the part above it",
                 run.options.layer_decay,

@@ -1,11 +1,13 @@
 """Class weights, balanced accuracy, the imbalance warning and test-time augmentation."""
 
+import dataclasses
 import logging
 import os
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.utils.class_weight import compute_class_weight
 
@@ -13,6 +15,7 @@ import keras_transfer as kt
 from keras_transfer.evaluation import _report
 from keras_transfer.export import keras_predictor
 from keras_transfer.lr_find import find_learning_rate
+from keras_transfer.models import backbone_view
 from keras_transfer.objectives import PositiveWeightedCrossentropy, class_weights
 from keras_transfer.policies import layer_decay_scales
 from keras_transfer.training import TrainingOptions
@@ -130,7 +133,12 @@ def test_layer_decay_out_of_range_or_without_stages_is_refused():
         TrainingOptions(layer_decay=1.5)
     model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2, activation="softmax", name="predictions")])
     with pytest.raises(ValueError, match="build it with keras_transfer.build_model"):
-        layer_decay_scales(model, 0.7)
+        rows = tf.data.Dataset.from_tensor_slices((np.zeros((2, 8), "float32"), np.array([0, 1]))).batch(2)
+        kt.fine_tune(model, rows, head_epochs=0, fine_tune_epochs=1, layer_decay=0.7)
+    plain = kt.build_model("small_cnn", 2, input_shape=32, weights=None)
+    view = dataclasses.replace(backbone_view(plain), spec=None, key=None)  # a backbone without a table row
+    with pytest.raises(ValueError, match="layer_decay needs the backbone's stages"):
+        layer_decay_scales(view, 0.7)
 
 
 def test_the_learning_rate_finder_suggests_a_rate_and_leaves_the_model_as_it_was(rgb_images, tmp_path):
