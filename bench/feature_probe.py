@@ -1,8 +1,9 @@
 """A one-minute check of pretrained features: logistic regression on frozen features, by labels per class.
 
 For each weights file: embed Fashion-MNIST classes 5-9 (or --data/--classes) with the backbone's pooled features,
-fit scikit-learn's LogisticRegression (L2-normalised features, C=10) on n labelled images per class for 3 seeds,
-and score the official test images. Much faster than bench/transfer_gain.py, for comparing pretraining settings.
+fit the package's own linear probe (`heads.fit_probe`: scikit-learn's logistic regression, C=10, the probe LP-FT
+starts from) on the L2-normalised features of n labelled images per class for 3 seeds, and score the official
+test images. Much faster than bench/transfer_gain.py, for comparing pretraining settings.
 
 Usage: python bench/feature_probe.py WEIGHTS [WEIGHTS ...] [--backbone small_cnn] [--labels 1 5 20]
 """
@@ -19,6 +20,7 @@ quiet_tensorflow()  # before TensorFlow loads, so its start-up lines stay off th
 import numpy as np
 
 import keras_transfer as kt
+from keras_transfer.heads import fit_probe
 from keras_transfer.retrieval import FeatureIndex
 
 
@@ -32,7 +34,6 @@ def main(argv=None):
     parser.add_argument("--labels", nargs="+", type=int, default=[1, 5, 20])
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args(argv)
-    from sklearn.linear_model import LogisticRegression
 
     def load(**kwargs):
         return kt.load_dataset(
@@ -53,7 +54,8 @@ def main(argv=None):
                 batches = list(train)  # one pass: the training set reshuffles on every iteration
                 x = np.concatenate([index.embed(images.numpy()) for images, _ in batches])
                 y = np.concatenate([labels.numpy() for _, labels in batches])
-                scores.append(LogisticRegression(C=10.0, max_iter=3000).fit(x, y).score(test_x, test_y))
+                kernel, bias = fit_probe(x, y, len(args.classes))
+                scores.append(float(np.mean((test_x @ kernel + bias).argmax(axis=1) == test_y)))
             cells.append(f"{100 * np.mean(scores):9.1f}%")
         name = "none (random init)" if weights == "none" else os.path.relpath(weights)
         print(f"{name:<60} " + " ".join(cells), flush=True)

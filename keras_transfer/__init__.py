@@ -44,6 +44,7 @@ MODULES = (
     "hub",
     "images",
     "lr_find",
+    "memory",
     "models",
     "objectives",
     "policies",

@@ -201,10 +201,22 @@ def add_verbose(parser):
     return parser
 
 
+class _Terminal(logging.StreamHandler):
+    """The command's side of "the library logs, the command prints": INFO lines (the run's story) to standard
+    output, warnings and errors to standard error; the streams looked up at each line (tests swap them)."""
+
+    def emit(self, record):
+        self.stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
+        super().emit(record)
+
+
 def quiet_frameworks(verbose=False):
-    """What a command shows: our INFO lines; without `verbose`, none of TensorFlow's start-up and log lines
-    (`quiet_tensorflow`) nor Keras's UserWarnings (about choices the library made for the user)."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+    """What a command shows: the library's INFO lines on standard output, its warnings on standard error;
+    without `verbose`, none of TensorFlow's start-up and log lines (`quiet_tensorflow`) nor Keras's UserWarnings
+    (about choices the library made for the user)."""
+    handler = _Terminal()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     if not verbose:
         quiet_tensorflow()
         warnings.filterwarnings("ignore", category=UserWarning, module=r"keras(\.|$)")

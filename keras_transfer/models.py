@@ -6,7 +6,6 @@ import dataclasses
 import json
 import logging
 import os
-import warnings
 import zipfile
 
 import keras
@@ -21,7 +20,7 @@ from keras_transfer.hub import PREFIX, hub_backbone, hub_model_name, is_hub
 from keras_transfer.hub import SPEC as HUB_SPEC
 from keras_transfer.images import image_size
 from keras_transfer.preprocessing import BackbonePreprocessing, augmentation
-from keras_transfer.weights import CHECKPOINT_PACKAGES, load_imagenet_weights
+from keras_transfer.weights import CHECKPOINT_PACKAGES, load_imagenet_weights, load_weights_file
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +217,7 @@ def _construct_backbone(backbone, shape, weights):
     from_file = weights not in ("imagenet", None)
     base = _constructed(backbone, include_top=False, weights=None if from_file else weights, input_shape=shape)
     if from_file:
-        _load_weights(base, backbone, os.fspath(weights))
+        load_weights_file(base, backbone, os.fspath(weights), _saved_backbone)
     base.name = BACKBONE
     return base
 
@@ -226,48 +225,6 @@ def _construct_backbone(backbone, shape, weights):
 def check_input_size(backbone, size):
     """Raises ValueError when `size` (`(height, width)`) is below the backbone's minimum."""
     _input_size(backbone, tuple(size), backbone_spec(backbone))
-
-
-def training_memory(model, batch_size):
-    """An estimate, in bytes, of the memory one training step of `model` takes: every layer's float32 output
-    for `batch_size` images, kept for the backward pass and matched by its gradient, plus the weights with their
-    gradients and two optimizer slots."""
-    per_image = 0
-    for layer in [*model.layers, *get_backbone(model).layers]:
-        try:
-            outputs = keras.tree.flatten(layer.output)
-        except (AttributeError, ValueError):  # a layer used twice, or one that was never called symbolically
-            continue
-        per_image += sum(4 * int(np.prod([d or 1 for d in t.shape[1:]])) for t in outputs)
-    return 2 * batch_size * per_image + 16 * int(model.count_params())
-
-
-def check_memory(model, batch_size):
-    """Refuses (ValueError) a model and batch whose `training_memory` estimate exceeds the memory available on a
-    machine without accelerators, and warns above half of it, naming the input size and the estimate."""
-    needed, available = training_memory(model, batch_size), _available_memory()
-    size = "x".join(map(str, input_size(model) or ("any",)))
-    what = f"training {model.name!r} at {size} pixels in batches of {batch_size} takes about {needed / 1e9:.1f} GB"
-    if available is None or tf.config.list_physical_devices("GPU") or tf.config.list_physical_devices("TPU"):
-        logger.debug("Memory estimate: %s", what)
-        return needed
-    if needed > available:
-        raise ValueError(
-            f"Too large for this machine: {what}, {available / 1e9:.1f} GB are available. Use a smaller image "
-            f"size or batch size. Received: input_size={size}, batch_size={batch_size}"
-        )
-    if needed > available / 2:
-        logger.warning("%s, of %.1f GB available.", what[0].upper() + what[1:], available / 1e9)
-    return needed
-
-
-def _available_memory():
-    try:
-        with open("/proc/meminfo") as f:
-            fields = dict(line.split(":", 1) for line in f)
-        return int(fields["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return None
 
 
 def load_model(path, **kwargs):
@@ -314,74 +271,20 @@ def _constructed(backbone, *, weights, **kwargs):
         ) from e
 
 
+def _saved_backbone(path):
+    """The backbone inside a saved full model (`.keras`, or a whole-model `.h5`): its `backbone` layer, or the
+    model itself when a bare backbone was saved."""
+    model = load_model(path, compile=False)
+    try:
+        return model.get_layer(BACKBONE)
+    except ValueError:
+        return model
+
+
 def _is_download_failure(error):
     # keras.utils.get_file turns urllib's errors into Exception("URL fetch failure on ..."); other file systems
     # and proxies raise OSError subclasses (ConnectionError, TimeoutError, urllib.error.URLError).
     return "URL fetch failure" in str(error) or isinstance(error, OSError)
-
-
-def _load_weights(base, backbone, path):
-    if not os.path.isfile(path):
-        raise ValueError(
-            f"Weights file {path!r} does not exist. weights must be 'imagenet', None, or the path of a "
-            f"'.weights.h5', '.h5' or '.keras' file. Received: weights={path!r}"
-        )
-    if path.endswith(".keras") or (path.endswith(".h5") and _is_full_model_h5(path)):
-        source = _find_backbone(load_model(path, compile=False))
-        _copy_weights(source, base, backbone, path)
-    elif path.endswith(".h5"):
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                base.load_weights(path)
-            # Keras only warns when parts of the model find nothing to load; a partial load is a wrong model.
-            problem = next((str(w.message) for w in caught if "Skipping" in str(w.message)), None)
-        except Exception as e:
-            problem = str(e)
-        if problem:
-            raise ValueError(
-                f"Weights file {path!r} does not fit backbone {backbone!r} at input shape {base.input_shape[1:]}: "
-                f"{problem.splitlines()[0]} Received: weights={path!r}"
-            )
-    else:
-        raise ValueError(
-            f"Unsupported weights file {path!r}. Expected a '.weights.h5', '.h5' or '.keras' file. "
-            f"Received: weights={path!r}"
-        )
-    logger.info("Loaded %s backbone weights from %s", backbone, path)
-
-
-def _is_full_model_h5(path):
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            return "model_config" in f.attrs
-    except OSError as e:
-        raise ValueError(
-            f"Weights file {path!r} is not an HDF5 file ({str(e).splitlines()[0]}). weights must be "
-            f"a '.weights.h5', '.h5' or '.keras' file saved by Keras. Received: weights={path!r}"
-        ) from None
-
-
-def _find_backbone(model):
-    try:
-        return model.get_layer(BACKBONE)
-    except ValueError:
-        return model  # a bare backbone saved on its own
-
-
-def _copy_weights(source, target, backbone, path):
-    got = [tuple(w.shape) for w in source.weights]
-    want = [tuple(w.shape) for w in target.weights]
-    if got != want:
-        raise ValueError(
-            f"The model in {path!r} does not fit backbone {backbone!r}: it has {len(got)} weight tensors, "
-            f"the backbone needs {len(want)}"
-            + ("" if len(got) != len(want) else " of other shapes")
-            + f". Received: weights={path!r}"
-        )
-    target.set_weights(source.get_weights())
 
 
 # --- what a model is: the one place that knows how build_model lays a model out ----------------------------

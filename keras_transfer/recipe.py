@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import time
 
@@ -26,11 +27,11 @@ from keras_transfer.export.layout import version_file
 from keras_transfer.files import atomic_path, versions, write_text
 from keras_transfer.images import image_size
 from keras_transfer.lr_find import find_learning_rate, plot_findings
+from keras_transfer.memory import check_memory
 from keras_transfer.models import (
     backbone_view,
     build_model,
     check_input_size,
-    check_memory,
     default_input_size,
     input_size,
     load_model,
@@ -39,6 +40,8 @@ from keras_transfer.policies import check_policy, place_policy
 from keras_transfer.report import write_html
 from keras_transfer.runs import claim, empty_run_folder, locked, mark_complete, read_complete, read_history, run_file
 from keras_transfer.training import TrainingOptions, fine_tune
+
+logger = logging.getLogger(__name__)
 
 NOT_IDENTITY = (
     "output",
@@ -99,17 +102,17 @@ def _run(config, resolved, model, data, strategy, policy, run_id, verbose):
     if config.export:
         with timings.step("export"):
             exported = _export(config, model, data, report, run_id)
-    print(f"\nRun folder: {config.output}  (dtype policy {policy}, {strategy.num_replicas_in_sync} replica(s))")
+    logger.info(f"\nRun folder: {config.output}  (dtype policy {policy}, {strategy.num_replicas_in_sync} replica(s))")
     print_history(read_history(config.output), config.head_epochs)
     if report:
-        print(f"\n{data['split']}: {report}")
+        logger.info(f"\n{data['split']}: {report}")
     if exported:
-        print(f"\nSavedModel: {exported}")
+        logger.info(f"\nSavedModel: {exported}")
     if config.export_onnx:
         onnx_path = export_onnx(
             model, run_file(config.output, "onnx"), class_names=data["info"].class_names, thresholds=data["thresholds"]
         )
-        print(f"ONNX: {onnx_path}")
+        logger.info(f"ONNX: {onnx_path}")
     if config.export_bench and report:
         with timings.step("export benchmark"):
             _bench_exports(model, data, config.output)
@@ -117,7 +120,7 @@ def _run(config, resolved, model, data, strategy, policy, run_id, verbose):
         with timings.step("scratch comparison"):
             _compare_scratch(config, resolved, report, probe, data, strategy, verbose)
     if report:
-        print(f"Report: {write_html(config.output)}")
+        logger.info(f"Report: {write_html(config.output)}")
     mark_complete(config.output, {"export": exported, **({report.headline_name: report.headline} if report else {})})
     return 0
 
@@ -127,11 +130,11 @@ def _thresholds(model, data):
     if not data["info"].multi_label:
         return None
     if data["val"] is None:
-        print("Thresholds: 0.5 for every label (no validation split to tune them on)")
+        logger.info("Thresholds: 0.5 for every label (no validation split to tune them on)")
         return None
     thresholds = tune_thresholds(model, data["val"])
     names = data["info"].class_names
-    print(
+    logger.info(
         "Thresholds tuned on the validation split (highest F1 per label): "
         + ", ".join(f"{n} {t:.2f}" for n, t in zip(names, thresholds))
     )
@@ -241,9 +244,9 @@ def find_rates(config, plot_path, steps=100):
         for policy in ("frozen", config.unfreeze)
     ]
     plot_findings(findings, plot_path)
-    print(f"\nLearning-rate range test, {steps} steps each ({config.optimizer}; plot: {plot_path}):")
+    logger.info(f"\nLearning-rate range test, {steps} steps each ({config.optimizer}; plot: {plot_path}):")
     for flag, finding in zip(("--learning-rate", "--fine-tune-learning-rate"), findings):
-        print(
+        logger.info(
             f"  {flag:<27} {finding.suggestion:.1e} (valley)   {finding.steepest:.1e} (steepest descent)"
             f"   policy {finding.policy!r}{', the loss diverged before the end' if finding.stopped_early else ''}"
         )
@@ -268,13 +271,13 @@ def export_bench(run_dir, repeats=5):
     if data["evaluated"] is None:
         raise ValueError(f"The run in {run_dir!r} has no test or validation split to measure the exports on")
     _bench_exports(model, data, run_dir, repeats)
-    print(f"Report: {write_html(run_dir)}")
+    logger.info(f"Report: {write_html(run_dir)}")
     return 0
 
 
 def _bench_exports(model, data, run_dir, repeats=5):
     images = data["info"].sizes[data["split"]]
-    print(f"\nExport benchmark: every format, scored on the {images} {data['split']} images", flush=True)
+    logger.info(f"\nExport benchmark: every format, scored on the {images} {data['split']} images")
     rows = benchmark_exports(
         model,
         data["evaluated"],
@@ -282,17 +285,17 @@ def _bench_exports(model, data, run_dir, repeats=5):
         output_dir=run_file(run_dir, "exports"),
         repeats=repeats,
     )
-    print(format_exports(rows))
+    logger.info("%s", format_exports(rows))
     return rows
 
 
 def _already_complete(config):
     done = read_complete(config.output)
-    print(f"The run in {config.output} is complete (these settings and data); nothing to do.")
+    logger.info(f"The run in {config.output} is complete (these settings and data); nothing to do.")
     print_history(read_history(config.output), config.head_epochs)
     if done.get("export"):
-        print(f"\nSavedModel: {done['export']}")
-    print(f"To run it again: {WAYS_OUT[0].lower() + WAYS_OUT[1:]}")
+        logger.info(f"\nSavedModel: {done['export']}")
+    logger.info(f"To run it again: {WAYS_OUT[0].lower() + WAYS_OUT[1:]}")
     return 0
 
 
@@ -324,7 +327,7 @@ def _load(config, size, strategy):
         labels_per_class=config.labels_per_class,
         test_per_class=config.test_per_class,
     )
-    print(info)
+    logger.info("%s", info)
     if config.compare_scratch and test is None and val is None:
         raise ValueError(
             "--compare-scratch needs images to compare on: give --test-split or --validation-split "
@@ -370,20 +373,18 @@ def _build(config, info, resolved):
 
 def _probe(model, data):
     """Linear-probe accuracy on the pretrained features, before fine-tuning changes them."""
-    print(
-        f"linear probe on the pretrained features (one pass over the training and {data['split']} images): ",
-        end="",
-        flush=True,
-    )
+    logger.info("Linear probe on the pretrained features (one pass over the training and %s images)", data["split"])
     probe = linear_probe(model, data["train"], data["evaluated"])
-    print(f"{data['split']} {'mAP' if data['info'].multi_label else 'accuracy'} {probe:.1%}")
+    logger.info(
+        "Linear probe: %s %s %.1f%%", data["split"], "mAP" if data["info"].multi_label else "accuracy", 100 * probe
+    )
     return probe
 
 
 def _evaluate(model, data, output_dir):
     if data["evaluated"] is None:
         return None
-    print(f"Evaluating on the {data['info'].sizes[data['split']]} {data['split']} images", flush=True)
+    logger.info(f"Evaluating on the {data['info'].sizes[data['split']]} {data['split']} images")
     return evaluate(
         model,
         data["evaluated"],
@@ -416,7 +417,7 @@ def _compare_scratch(config, resolved, transfer, probe, data, strategy, verbose)
     the fine-tuned model and the linear probe."""
     run_dir = run_file(config.output, "scratch")
     epochs = config.head_epochs + config.fine_tune_epochs
-    print(f"\n--compare-scratch: {config.backbone} from random weights, all layers, {epochs} epochs -> {run_dir}")
+    logger.info(f"\n--compare-scratch: {config.backbone} from random weights, all layers, {epochs} epochs -> {run_dir}")
     scratch_settings = dataclasses.replace(resolve(config, scratch=True), size=resolved.size)
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
@@ -429,12 +430,12 @@ def _compare_scratch(config, resolved, transfer, probe, data, strategy, verbose)
         f"{config.backbone} from scratch": scratch.headline,
     }
     metric = transfer.headline_name
-    print(f"\n{data['split']} {metric} on {transfer.num_examples} images:")
+    logger.info(f"\n{data['split']} {metric} on {transfer.num_examples} images:")
     for name, value in rows.items():
-        print(f"  {name:<60} {value:6.1%}")
+        logger.info(f"  {name:<60} {value:6.1%}")
     gain = transfer.headline - scratch.headline
     over_probe = transfer.headline - probe
-    print(f"  fine-tuned - scratch: {100 * gain:+.1f} points; fine-tuned - probe: {100 * over_probe:+.1f}")
+    logger.info(f"  fine-tuned - scratch: {100 * gain:+.1f} points; fine-tuned - probe: {100 * over_probe:+.1f}")
     key = "accuracy" if metric == "accuracy" else "map"
     comparison = {
         "split": data["split"],
@@ -453,14 +454,16 @@ def print_history(rows, stage1_epochs):
     """The last epoch of each stage, as a table, from the run folder's history (`runs.read_history`: every epoch,
     those of earlier, killed calls too); the per-epoch lines were printed while training."""
     keys = sorted({k for row in rows.values() for k in row if k != "learning_rate"})
-    print(f"{'stage':<6} {'epochs':>9} " + " ".join(f"{k:>12}" for k in keys))
+    logger.info(f"{'stage':<6} {'epochs':>9} " + " ".join(f"{k:>12}" for k in keys))
     for stage, epochs in (
         ("head", [e for e in sorted(rows) if e < stage1_epochs]),
         ("tune", [e for e in sorted(rows) if e >= stage1_epochs]),
     ):
         if epochs:
             span = f"{epochs[0] + 1}-{epochs[-1] + 1}"
-            print(f"{stage:<6} {span:>9} " + " ".join(f"{rows[epochs[-1]].get(k, float('nan')):>12.4f}" for k in keys))
+            logger.info(
+                f"{stage:<6} {span:>9} " + " ".join(f"{rows[epochs[-1]].get(k, float('nan')):>12.4f}" for k in keys)
+            )
 
 
 def _train(resolved, config, model, data, strategy, run_dir=None, verbose=False):

@@ -20,6 +20,7 @@ import os
 import pickle
 import tempfile
 import typing
+import warnings
 
 import keras
 import numpy as np
@@ -369,3 +370,65 @@ def decode_imagenet(probabilities, top=5):
     classes = imagenet_classes()
     best = np.argsort(-probabilities, axis=1, kind="stable")[:, :top]
     return [[(int(i), *classes[i], float(row[i])) for i in order] for row, order in zip(probabilities, best)]
+
+
+def load_weights_file(base, backbone, path, saved_backbone):
+    """Loads a weights file into the backbone `base` of `backbone`: a `.weights.h5` / `.h5` weights file, or the
+    backbone of a saved full model (`.keras`, whole-model `.h5`), which `saved_backbone(path)` reads.
+
+    Raises:
+        ValueError: for a missing or unsupported file, or one that does not fit the backbone.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"Weights file {path!r} does not exist. weights must be 'imagenet', None, or the path of a "
+            f"'.weights.h5', '.h5' or '.keras' file. Received: weights={path!r}"
+        )
+    if path.endswith(".keras") or (path.endswith(".h5") and _is_full_model_h5(path)):
+        _copy_weights(saved_backbone(path), base, backbone, path)
+    elif path.endswith(".h5"):
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                base.load_weights(path)
+            # Keras only warns when parts of the model find nothing to load; a partial load is a wrong model.
+            problem = next((str(w.message) for w in caught if "Skipping" in str(w.message)), None)
+        except Exception as e:
+            problem = str(e)
+        if problem:
+            raise ValueError(
+                f"Weights file {path!r} does not fit backbone {backbone!r} at input shape {base.input_shape[1:]}: "
+                f"{problem.splitlines()[0]} Received: weights={path!r}"
+            )
+    else:
+        raise ValueError(
+            f"Unsupported weights file {path!r}. Expected a '.weights.h5', '.h5' or '.keras' file. "
+            f"Received: weights={path!r}"
+        )
+    logger.info("Loaded %s backbone weights from %s", backbone, path)
+
+
+def _is_full_model_h5(path):
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return "model_config" in f.attrs
+    except OSError as e:
+        raise ValueError(
+            f"Weights file {path!r} is not an HDF5 file ({str(e).splitlines()[0]}). weights must be "
+            f"a '.weights.h5', '.h5' or '.keras' file saved by Keras. Received: weights={path!r}"
+        ) from None
+
+
+def _copy_weights(source, target, backbone, path):
+    got = [tuple(w.shape) for w in source.weights]
+    want = [tuple(w.shape) for w in target.weights]
+    if got != want:
+        raise ValueError(
+            f"The model in {path!r} does not fit backbone {backbone!r}: it has {len(got)} weight tensors, "
+            f"the backbone needs {len(want)}"
+            + ("" if len(got) != len(want) else " of other shapes")
+            + f". Received: weights={path!r}"
+        )
+    target.set_weights(source.get_weights())

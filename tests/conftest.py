@@ -17,6 +17,31 @@ import keras
 import numpy as np
 import pytest
 
+
+def encode(array, fmt="PNG", **options):
+    """The bytes of `array` (uint8 HxW or HxWx3) saved by PIL as `fmt` (PNG, JPEG, ...): the suite's one encoder."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(array).astype(np.uint8)).save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def free_ports(n):
+    """`n` TCP ports on 127.0.0.1 that were free a moment ago (for local tf.distribute workers and services)."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
 # The small sizes the suite builds each backbone at: its minimum (75 px for InceptionV3).
 SMALL_INPUT = {"vgg16": 32, "resnet50": 32, "inception_v3": 75, "resnet18": 32, "small_cnn": 32}
 
@@ -56,3 +81,23 @@ def colour_folder(tmp_path_factory):
             pixels[..., c] += 150
             Image.fromarray(pixels).save(root / name / f"{i}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def digits_model():
+    """`(model, train, test, test_images)`: small_cnn trained a few epochs on scikit-learn's digits (over 90% test
+    accuracy, checked), so that exports and quantization have real decisions to keep. Made once per worker."""
+    import keras_transfer as kt
+    from keras_transfer.export import dataset_images
+
+    keras.utils.set_random_seed(0)
+    train, _, test, info = kt.load_dataset(
+        "digits", image_size=32, batch_size=32, validation_split=0.0, test_split=0.2, deterministic=True
+    )
+    model = kt.build_model("small_cnn", info.num_classes, input_shape=32, weights=None)
+    settings = dict(head_epochs=0, fine_tune_epochs=3, unfreeze="all", train_batchnorm=True, verbose=0)
+    kt.fine_tune(model, train, fine_tune_learning_rate=3e-3, **settings)
+    images = dataset_images(test)
+    labels = np.concatenate([y.numpy() for _, y in test])
+    assert np.mean(model.predict(images, verbose=0).argmax(-1) == labels) > 0.9  # else agreement proves little
+    return model, train, test, images

@@ -57,7 +57,7 @@ def test_end_to_end_run_folder_report_and_export(colour_folder, tmp_path, capsys
     out, err = captured.out, captured.err
     assert "stage     epochs" in out and "\nhead " in out and "\ntune " in out and "test: " in out
     # One line per epoch with its stage, no framework warnings, the dataset described once.
-    assert err.count("epoch 1/2  head") == 1 and err.count("epoch 2/2  tune") == 1, err
+    assert out.count("epoch 1/2  head") == 1 and out.count("epoch 2/2  tune") == 1, out
     assert "Warning" not in out + err and (out + err).count("3 classes, train") == 1, out + err
 
     # The report's numbers, recomputed from the saved model on the same test split.

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SUBPROCESS_ENV
+from conftest import SUBPROCESS_ENV, encode
 from PIL import Image
 
 import keras_transfer as kt
@@ -257,9 +257,7 @@ def _photo(height, width, seed=0):
 
     photo = Image.fromarray(load_sample_images().images[seed % 2]).resize((width, height), Image.BICUBIC)
     noisy = np.asarray(photo, np.float32) + np.random.default_rng(seed).normal(0, 4, (height, width, 3))
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
+    return encode(np.clip(noisy, 0, 255), "JPEG", quality=90)
 
 
 @pytest.mark.parametrize(
@@ -312,9 +310,7 @@ def test_folder_decoding_groups_jpegs_by_decode_and_gives_what_decode_image_give
         _jpeg(np.full((50, 70), 90, np.uint8)),  # grayscale JPEG: RGB like the others
         _photo(200, 260)[:400] + bytes(range(256)) * 8 + b"\xff\xd9",  # passes the byte check, fails to decode
     ]
-    buf = io.BytesIO()
-    Image.fromarray(ASYMMETRIC).save(buf, "PNG")
-    blobs.insert(2, buf.getvalue())
+    blobs.insert(2, encode(ASYMMETRIC))
     paths = []
     for i, blob in enumerate(blobs):
         suffix = ".png" if blob.startswith(b"\x89PNG") else ".jpg"

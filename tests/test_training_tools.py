@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import encode
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.utils.class_weight import compute_class_weight
 
@@ -96,15 +97,9 @@ def test_flip_tta_averages_each_image_with_its_mirror(rgb_images):
     assert report.loss == pytest.approx(-np.mean(np.log(probs[np.arange(6), np.arange(6) % 2])), rel=1e-5)
     with pytest.raises(ValueError, match="tta must be one of None, flip"):
         kt.evaluate(model, train, tta="crops")
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(x[0].astype(np.uint8)).save(buf, "PNG")
     image = x[0].astype(np.uint8).astype(np.float32)[None]
     mirrored = (model.predict(image, verbose=0) + model.predict(image[:, :, ::-1], verbose=0)) / 2
-    np.testing.assert_allclose(keras_predictor(model, tta="flip")([buf.getvalue()]), mirrored, atol=1e-6)
+    np.testing.assert_allclose(keras_predictor(model, tta="flip")([encode(x[0])]), mirrored, atol=1e-6)
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd", "rmsprop"])

@@ -6,6 +6,7 @@ import time
 import keras
 import numpy as np
 import pytest
+from conftest import free_ports
 
 import keras_transfer as kt
 from keras_transfer.data import Shards, source_from, start_data_service, write_shards
@@ -64,11 +65,10 @@ def test_the_command_starts_a_service_that_a_run_trains_through(tmp_path, capsys
     import sys
 
     from conftest import SUBPROCESS_ENV
-    from test_training import _free_ports
 
     from keras_transfer.cli import main
 
-    port = _free_ports(1)[0]
+    port = free_ports(1)[0]
     command = [sys.executable, "-m", "keras_transfer.cli", "data-service", "--port", str(port), "--workers", "2"]
     server = subprocess.Popen(command, env=SUBPROCESS_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -96,7 +96,7 @@ def test_the_command_starts_a_service_that_a_run_trains_through(tmp_path, capsys
             str(tmp_path / "run"),
         ]
         assert main([*flags, "--data-service", f"grpc://localhost:{port}"]) == 0
-        assert "tune" in capsys.readouterr().err
+        assert "tune" in capsys.readouterr().out
     finally:
         server.terminate()
         server.wait(timeout=30)

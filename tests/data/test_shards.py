@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SUBPROCESS_ENV
+from conftest import SUBPROCESS_ENV, free_ports
 
 import keras_transfer as kt
 from keras_transfer.data import source_from, write_shards
@@ -53,15 +53,13 @@ def _shard_indices(folder):
 
 @pytest.mark.slow
 def test_two_workers_read_disjoint_shards_covering_all_and_end_identical(tmp_path):
-    from test_training import _free_ports
-
     shards = tmp_path / "shards"
     write_shards(_indexed_images(), shards, num_shards=4)
     inside = _shard_indices(shards)
     assert sorted(i for part in inside.values() for i in part) == list(range(16))
     script = tmp_path / "worker.py"
     script.write_text(WORKER_SCRIPT)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     workers = [
         subprocess.Popen(
             [sys.executable, str(script), str(shards), str(tmp_path / f"w{i}.json")],

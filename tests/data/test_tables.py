@@ -167,7 +167,7 @@ def test_arrays_with_a_zero_one_matrix_are_several_labels_per_image(rgb_images):
 
 
 @pytest.fixture(scope="module")
-def trained(tagged, tmp_path_factory):
+def trained_multilabel(tagged, tmp_path_factory):
     """A small sigmoid model fine-tuned (LP-FT: probe head on cached features, then all layers) on `tagged`."""
     train, val, test, info = kt.load_dataset(
         Table(tagged / "tags.csv", label_column="tags", label_delimiter=" ", split_column="split"),
@@ -181,8 +181,8 @@ def trained(tagged, tmp_path_factory):
     return model, train, val, test, info, history
 
 
-def test_fine_tune_trains_several_labels_with_binary_cross_entropy_and_their_metrics(trained):
-    model, train, val, _, _, history = trained
+def test_fine_tune_trains_several_labels_with_binary_cross_entropy_and_their_metrics(trained_multilabel):
+    model, train, val, _, _, history = trained_multilabel
     assert {"auc", "precision", "recall", "val_auc", "loss"} <= set(
         history.history
     ) and "accuracy" not in history.history
@@ -190,8 +190,8 @@ def test_fine_tune_trains_several_labels_with_binary_cross_entropy_and_their_met
     assert linear_probe(model, train, val) > 0.5  # mAP of one-vs-rest probes: colours are easy
 
 
-def test_a_head_that_does_not_fit_the_labels_is_refused_before_training(trained, colour_folder):
-    _, train, _, _, _, _ = trained
+def test_a_head_that_does_not_fit_the_labels_is_refused_before_training(trained_multilabel, colour_folder):
+    _, train, _, _, _, _ = trained_multilabel
     softmax = kt.build_model("small_cnn", 3, input_shape=32, weights=None)
     with pytest.raises(ValueError, match="head is softmax.*activation='sigmoid'"):
         kt.fine_tune(softmax, train, head_epochs=1, fine_tune_epochs=0, verbose=0)
@@ -201,8 +201,8 @@ def test_a_head_that_does_not_fit_the_labels_is_refused_before_training(trained,
         kt.fine_tune(sigmoid, single, head_epochs=1, fine_tune_epochs=0, verbose=0)
 
 
-def test_evaluate_gives_the_multi_label_metrics_scikit_learn_gives(trained, tmp_path):
-    model, _, val, test, info, _ = trained
+def test_evaluate_gives_the_multi_label_metrics_scikit_learn_gives(trained_multilabel, tmp_path):
+    model, _, val, test, info, _ = trained_multilabel
     thresholds = tune_thresholds(model, val)
     probs = np.concatenate([model.predict_on_batch(x) for x, _ in test])
     truth = _labels(test).astype(int)
@@ -224,8 +224,8 @@ def test_evaluate_gives_the_multi_label_metrics_scikit_learn_gives(trained, tmp_
     assert (tmp_path / "pr_curves.png").is_file() and "mAP" in (tmp_path / "report.txt").read_text()
 
 
-def test_tuned_thresholds_give_each_label_its_best_f1_on_the_images_tuned_on(trained):
-    model, _, val, _, info, _ = trained
+def test_tuned_thresholds_give_each_label_its_best_f1_on_the_images_tuned_on(trained_multilabel):
+    model, _, val, _, info, _ = trained_multilabel
     thresholds = tune_thresholds(model, val)
     tuned = kt.evaluate(model, val, thresholds=thresholds)
     for t in (0.2, 0.5, 0.8):
@@ -236,8 +236,8 @@ def test_tuned_thresholds_give_each_label_its_best_f1_on_the_images_tuned_on(tra
         kt.evaluate(model, val, thresholds=[0.5, 0.5])
 
 
-def test_a_multi_label_export_returns_what_is_predicted_at_its_thresholds(trained, tmp_path):
-    model, _, _, test, info, _ = trained
+def test_a_multi_label_export_returns_what_is_predicted_at_its_thresholds(trained_multilabel, tmp_path):
+    model, _, _, test, info, _ = trained_multilabel
     thresholds = [0.3, 0.5, 0.7]
     version = kt.export_saved_model(model, tmp_path / "export", class_names=info.class_names, thresholds=thresholds)
     images = next(iter(test))[0]

@@ -1,7 +1,6 @@
 """Deployment with an accuracy check: TFLite float16 / int8 through LiteRT, one predictor for every format, and
 `benchmark_exports`' table."""
 
-import io
 import json
 import os
 import sys
@@ -11,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
+from conftest import encode
 
 import keras_transfer as kt
 from keras_transfer import export
@@ -19,26 +18,10 @@ from keras_transfer.export import benchmark_exports, export_tflite, format_expor
 from keras_transfer.report import write_html
 
 
-@pytest.fixture(scope="module")
-def trained():
-    """small_cnn trained a few epochs on digits (99% test accuracy): quantization has real decisions to keep."""
-    keras.utils.set_random_seed(0)
-    train, _, test, info = kt.load_dataset(
-        "digits", image_size=32, batch_size=32, validation_split=0.0, test_split=0.2, deterministic=True
-    )
-    model = kt.build_model("small_cnn", info.num_classes, input_shape=32, weights=None)
-    settings = dict(head_epochs=0, fine_tune_epochs=3, unfreeze="all", train_batchnorm=True, verbose=0)
-    kt.fine_tune(model, train, fine_tune_learning_rate=3e-3, **settings)
-    images = export.dataset_images(test)
-    labels = np.concatenate([y.numpy() for _, y in test])
-    assert np.mean(model.predict(images, verbose=0).argmax(-1) == labels) > 0.9  # else agreement proves little
-    return model, train, test, images
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("quantize,atol,smaller", [(None, 1e-4, 1.0), ("float16", 2e-2, 0.55), ("int8", None, 0.3)])
-def test_each_tflite_file_gives_keras_probabilities_through_litert(trained, tmp_path, quantize, atol, smaller):
-    model, train, _, images = trained
+def test_each_tflite_file_gives_keras_probabilities_through_litert(digits_model, tmp_path, quantize, atol, smaller):
+    model, train, _, images = digits_model
     keras_probabilities = model.predict(images, verbose=0)
     sizes = {}
     for q in {None, quantize}:
@@ -55,8 +38,8 @@ def test_each_tflite_file_gives_keras_probabilities_through_litert(trained, tmp_
 
 
 @pytest.mark.slow
-def test_an_integer_only_file_takes_and_gives_uint8(trained, tmp_path):
-    model, train, _, images = trained
+def test_an_integer_only_file_takes_and_gives_uint8(digits_model, tmp_path):
+    model, train, _, images = digits_model
     path = tmp_path / "uint8.tflite"
     export_tflite(
         model, path, quantize="int8", representative_data=export.dataset_images(train, 64), input_type="uint8"
@@ -69,8 +52,8 @@ def test_an_integer_only_file_takes_and_gives_uint8(trained, tmp_path):
     assert agreement >= 0.9 and np.allclose(got.sum(-1), 1, atol=0.1)
 
 
-def test_tflite_options_are_checked_before_any_work(trained, tmp_path):
-    model, _, _, images = trained
+def test_tflite_options_are_checked_before_any_work(digits_model, tmp_path):
+    model, _, _, images = digits_model
     with pytest.raises(ValueError, match=r"none was given.*Received: representative_data=None"):
         export_tflite(model, tmp_path / "a.tflite", quantize="int8")
     with pytest.raises(ValueError, match=r"shape \(height, width, 3\) = \(32, 32, 3\).*\(4, 16, 16, 3\)"):
@@ -100,29 +83,23 @@ def test_a_model_tflite_cannot_convert_is_refused_naming_the_layer(tmp_path):
     assert rows[0]["format"] == "tflite" and rows[0]["error"].startswith("ValueError: Cannot convert 'odd_model'")
 
 
-def test_without_litert_the_error_says_how_to_install_it(trained, tmp_path, monkeypatch):
+def test_without_litert_the_error_says_how_to_install_it(digits_model, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
     with pytest.raises(ImportError, match=r"needs LiteRT .*pip install 'keras_transfer\[tflite\]' \(ai-edge-litert\)"):
         export.tflite_interpreter(tmp_path / "any.tflite")
 
 
-def _png(array):
-    buffer = io.BytesIO()
-    Image.fromarray(array.astype(np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 @pytest.mark.slow
-def test_one_predictor_reads_every_format_through_one_decoder(trained, tmp_path):
-    model, _, _, images = trained
+def test_one_predictor_reads_every_format_through_one_decoder(digits_model, tmp_path):
+    model, _, _, images = digits_model
     names = [f"digit {i}" for i in range(10)]
     model.save(tmp_path / "model.keras")
     kt.export_saved_model(model, tmp_path / "served", class_names=names)
     export_tflite(model, tmp_path / "model.tflite", class_names=names)
     export.export_onnx(model, tmp_path / "model.onnx", class_names=names)
     rng = np.random.default_rng(0)
-    blobs = [_png(images[0]), _png(images[1]), _png(rng.integers(0, 256, (48, 40, 3)))]  # one to resize
+    blobs = [encode(images[0]), encode(images[1]), encode(rng.integers(0, 256, (48, 40, 3)))]  # one to resize
     expected = keras_probabilities = export.keras_predictor(model)(blobs)
     for path, atol in [("served", 1e-5), ("model.tflite", 1e-4), ("model.onnx", 1e-4)]:
         for tta in (None, "flip"):
@@ -137,8 +114,8 @@ def test_one_predictor_reads_every_format_through_one_decoder(trained, tmp_path)
 
 
 @pytest.mark.slow
-def test_benchmark_exports_measures_every_format_side_by_side(trained, tmp_path):
-    model, train, test, _ = trained
+def test_benchmark_exports_measures_every_format_side_by_side(digits_model, tmp_path):
+    model, train, test, _ = digits_model
     out = tmp_path / "exports"
     rows = benchmark_exports(model, test, representative_data=train, output_dir=out, repeats=1)
     assert [r["format"] for r in rows] == list(export.EXPORT_FORMATS)
@@ -165,8 +142,8 @@ def test_benchmark_exports_measures_every_format_side_by_side(trained, tmp_path)
         benchmark_exports(model, test, formats=["tensorrt"])
 
 
-def test_the_report_page_shows_the_export_table(trained, tmp_path):
-    model, _, test, _ = trained
+def test_the_report_page_shows_the_export_table(digits_model, tmp_path):
+    model, _, test, _ = digits_model
     kt.evaluate(model, test.take(1), output_dir=tmp_path)
     os.makedirs(tmp_path / "exports")
     rows = [

@@ -1,6 +1,5 @@
 """Export for serving: fresh-process parity with only TensorFlow importable, atomic versions, TFLite."""
 
-import io
 import json
 import os
 import signal
@@ -10,8 +9,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import SUBPROCESS_ENV
-from PIL import Image
+from conftest import SUBPROCESS_ENV, encode
 
 import keras_transfer as kt
 from keras_transfer.images import image_array
@@ -25,12 +23,6 @@ def model():
     keras.utils.set_random_seed(0)
     # ResNet50: at random initialization its outputs still vary with the input (MobileNetV2's collapse to a constant).
     return kt.build_model("resnet50", 3, input_shape=32, weights=None, dense_units=(8,))
-
-
-def _png_bytes(rng, size):
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
 
 
 FRESH_PROCESS = """
@@ -68,7 +60,7 @@ print(json.dumps({"floats": floats["probabilities"].numpy().tolist(), "ids": flo
 def test_export_serves_what_was_trained_in_a_process_without_keras(model, tmp_path):
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (3, 45, 37, 3)).astype("float32")
-    encoded = [_png_bytes(rng, (40, 50)), _png_bytes(rng, (32, 32)), _png_bytes(rng, (70, 20))]
+    encoded = [encode(rng.integers(0, 256, (*size, 3))) for size in ((40, 50), (32, 32), (70, 20))]
     # serve_bytes decodes as a training folder does: images.decode_image at the model's size (32x32)
     decoded = [image_array(b, size=(32, 32)) for b in encoded]
     np.savez(tmp_path / "data.npz", images=images, encoded=np.array(encoded, dtype=object))
