@@ -478,10 +478,6 @@ def _write_report(args):
     print(f"Report: {write_html(args.run_dir)}")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 COMMANDS = {  # keras-transfer COMMAND -> (what it does, handler(argv) -> exit code); `run` is the default
     "run": ("fine-tune, evaluate and export (the default: keras-transfer [run] --data ...)", _run_command),
     "predict": ("predict image files with a .keras, SavedModel, .tflite or .onnx model", _module_command("predict")),
@@ -494,3 +490,7 @@ COMMANDS = {  # keras-transfer COMMAND -> (what it does, handler(argv) -> exit c
     "write-shards": ("write a source as TFRecord shards", _write_shards_command),
     "data-service": ("run a tf.data service for --data-service", _data_service_command),
 }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
