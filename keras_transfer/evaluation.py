@@ -157,7 +157,12 @@ def evaluate(model, dataset, class_names=None, *, output_dir=None, thresholds=No
             f"class_names has {len(class_names)} names but the model predicts {num_classes} classes. "
             f"Received: class_names={class_names!r}"
         )
-    if labels.ndim == 2:
+    if _several_labels(model, labels):
+        if labels.ndim != 2:
+            raise ValueError(
+                f"The model has {num_classes} sigmoid outputs (several labels per image) but the labels are one "
+                "integer per image: evaluate it on 0/1 label rows."
+            )
         report = _multilabel_report(probs, labels, class_names, check_thresholds(thresholds, num_classes))
     elif thresholds is not None:
         raise ValueError("thresholds apply to several labels per image only. Received: thresholds for integer labels")
@@ -171,6 +176,15 @@ def evaluate(model, dataset, class_names=None, *, output_dir=None, thresholds=No
         save_examples(model, dataset, probs, labels, output_dir, getattr(report, "thresholds", None))
         write_html(output_dir)
     return report
+
+
+def _several_labels(model, labels):
+    """Whether `model` predicts several labels per image: its head decides (one sigmoid per label); for a model
+    that `build_model` did not make, its labels (0/1 rows)."""
+    try:
+        return is_multi_label(model)
+    except ValueError:  # no `predictions` layer
+        return labels.ndim == 2
 
 
 def predictions(model, dataset, *, tta=None):

@@ -124,7 +124,8 @@ def load_dataset(
     service = records.service
     keep_ids, class_names = select_classes(records.class_names, classes)
     selected = _selected_labels(records, keep_ids)
-    indices = split_indices(selected, validation_split, test_split, (labels_per_class, test_per_class), seed)
+    per_class = (labels_per_class, test_per_class)
+    indices = split_indices(selected, validation_split, test_split, per_class, seed, records.multi_label)
     info = DatasetInfo(
         source=records.name,
         class_names=list(class_names),

@@ -8,16 +8,16 @@ import numpy as np
 from keras_transfer.data.records import SPLITS
 
 
-def split_indices(selected, validation_split, test_split, per_class, seed):
+def split_indices(selected, validation_split, test_split, per_class, seed, multi_label=False):
     """split -> positions into the source's own split (`train` when the source has none), for the kept classes
     (`selected`: split -> labels, from `_selected_labels`): predefined splits as they are, the missing ones
-    stratified out of the training images; then at most `per_class = (train, test)` images per class in those
-    splits (None: all)."""
+    stratified out of the training images (iteratively for `multi_label`, the records' label kind); then at most
+    `per_class = (train, test)` images per class (per label) in those splits (None: all)."""
     rng = np.random.default_rng(seed)
-    kept = lambda labels: np.ones(len(labels), bool) if labels.ndim == 2 else labels >= 0
+    kept = lambda labels: np.ones(len(labels), bool) if multi_label else labels >= 0
     indices = {split: rng.permutation(np.flatnonzero(kept(selected[split]))) for split in SPLITS if split in selected}
     train_positions = indices["train"]
-    split_rows = _stratified_split if selected["train"].ndim == 1 else _iterative_split
+    split_rows = _iterative_split if multi_label else _stratified_split
     derived = split_rows(
         selected["train"][train_positions],
         validation_split,
@@ -32,7 +32,7 @@ def split_indices(selected, validation_split, test_split, per_class, seed):
     for split, limit in zip(("train", "test"), per_class):
         if limit is not None:
             labels = selected[split if split in selected else "train"][indices[split]]
-            limit_rows = _limit_per_class if labels.ndim == 1 else _limit_per_label
+            limit_rows = _limit_per_label if multi_label else _limit_per_class
             indices[split] = limit_rows(indices[split], labels, limit)
     return indices
 
