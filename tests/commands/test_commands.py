@@ -14,7 +14,7 @@ import keras_transfer as kt
 from keras_transfer import cli
 from keras_transfer.images import image_array
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 def _script(name):
