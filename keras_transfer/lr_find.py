@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from keras_transfer.compat import flatten_layers
 from keras_transfer.files import atomic_path
+from keras_transfer.models import model_view
 from keras_transfer.objectives import check_labels, is_number, make_optimizer, objective
 from keras_transfer.policies import set_trainable
 
@@ -91,8 +92,9 @@ def find_learning_rate(
 
 def _range_test(model, train, min_lr, max_lr, steps, optimizer_name):
     """The raw loss of each step at rates `min_lr * (max_lr / min_lr) ** (i / (steps - 1))`."""
-    check_labels(model, train)
-    loss_fn, _, prepare = objective(model)
+    view = model_view(model)
+    check_labels(view, train)
+    loss_fn, _, prepare = objective(view)
     rates = [float(min_lr * (max_lr / min_lr) ** (i / (steps - 1))) for i in range(steps)]
     optimizer = make_optimizer(optimizer_name, rates[0])  # a float: Keras keeps it in a variable, set per step
     variables = model.trainable_variables

@@ -329,27 +329,42 @@ def input_size(model):
 
 
 @dataclasses.dataclass(frozen=True)
-class BackboneView:
-    """What policies and layer-wise rates read of a model's backbone, read once (`backbone_view`)."""
+class ModelView:
+    """What training, policies and layer-wise rates read of a model from `build_model`, read once (`model_view`)."""
 
     backbone: object  # the `backbone` sub-model
     layers: list  # its layers in graph order, input layers left out
     key: str | None  # the backbone key the model was built with (None: not from `build_model`)
     spec: object  # its table row (`BackboneSpec`), or None
-    batchnorm: list  # every BatchNormalization layer inside it
+    batchnorm: list  # every BatchNormalization layer inside the backbone
     model_name: str  # the whole model's name, for messages
+    input_size: tuple | None  # (height, width) it resizes to; None: any size
+    augmented: bool  # it has an in-model augmentation layer
+    output: object  # the `predictions` Dense layer (None: a model without that head)
+    multi_label: bool  # one sigmoid per label: several labels per image (the head decides)
 
 
-def backbone_view(model):
-    """The model's backbone, its layers, key, table row and BatchNormalization layers (see `BackboneView`).
+def model_view(model):
+    """The model's backbone, its layers, key, table row, BatchNormalization layers, input size, augmentation and
+    output layer (see `ModelView`).
 
     Raises:
         ValueError: if the model has no backbone layer.
     """
     backbone = get_backbone(model)
+    output = _layer(model, PREDICTIONS)
     layers = [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
-    return BackboneView(
-        backbone, layers, backbone_key(model), model_spec(model), batchnorm_layers(backbone), model.name
+    return ModelView(
+        backbone,
+        layers,
+        backbone_key(model),
+        model_spec(model),
+        batchnorm_layers(backbone),
+        model.name,
+        input_size(model),
+        augmentation_layer(model) is not None,
+        output,
+        output is not None and output.get_config()["activation"] == "sigmoid" and model.output_shape[-1] > 1,
     )
 
 

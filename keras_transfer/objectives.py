@@ -10,8 +10,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_transfer.models import is_multi_label, output_layer
-
 logger = logging.getLogger(__name__)
 
 
@@ -58,12 +56,12 @@ def class_weights(train, num_classes, class_weight, multi_label=False):
     return {i: float(w) for i, w in enumerate(weights)}
 
 
-def check_labels(model, train):
-    """Checks that `train`'s labels fit the model's head (the head decides the label kind: one sigmoid per label
-    for several labels per image, else one label per image); raises when they do not, saying which head to use."""
+def check_labels(view, train):
+    """Checks that `train`'s labels fit the model's head (`view`: its `models.model_view`; the head decides the
+    label kind: one sigmoid per label for several labels per image, else one label per image); raises when they do
+    not, saying which head to use."""
     spec = train.element_spec[1] if isinstance(train.element_spec, tuple) else None
-    units = model.output_shape[-1]
-    activation = output_layer(model).get_config()["activation"]
+    units, activation = _head(view)
     multi = spec is not None and spec.shape.rank == 2 and spec.dtype.is_floating and spec.shape[-1] not in (None, 1)
     if multi and spec.shape[-1] != units:
         raise ValueError(
@@ -83,13 +81,11 @@ def check_labels(model, train):
         )
 
 
-def objective(model, label_smoothing=0.0, class_weight=None):
-    """The loss that fits the output layer (the head decides it, as keras-hub's `compile(loss="auto")`), its
-    metrics, and the label transform it needs."""
-    multi_label = is_multi_label(model)
-    units = model.output_shape[-1]
-    activation = output_layer(model).get_config()["activation"]
-    if multi_label:  # several labels per image: accuracy over (image, label) pairs says little
+def objective(view, label_smoothing=0.0, class_weight=None):
+    """The loss that fits the output layer (`view`: the model's `models.model_view`; the head decides the loss, as
+    keras-hub's `compile(loss="auto")`), its metrics, and the label transform it needs."""
+    units, activation = _head(view)
+    if view.multi_label:  # several labels per image: accuracy over (image, label) pairs says little
         loss = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
         if class_weight:
             weights = [class_weight.get(j, 1.0) for j in range(units)]
@@ -155,6 +151,16 @@ def warmup_cosine(learning_rate, total_steps):
     return keras.optimizers.schedules.CosineDecay(
         0.0, decay_steps=max(1, total_steps - warmup), warmup_target=float(learning_rate), warmup_steps=warmup
     )
+
+
+def _head(view):
+    """`(units, activation)` of the model's `predictions` layer."""
+    if view.output is None:
+        raise ValueError(
+            f"Model {view.model_name!r} has no layer named 'predictions'; build it with keras_transfer.build_model. "
+            f"Received: model={view.model_name!r}"
+        )
+    return view.output.units, view.output.get_config()["activation"]
 
 
 def is_number(value):

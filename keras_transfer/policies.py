@@ -13,7 +13,7 @@ import logging
 import keras
 
 from keras_transfer.config import POLICIES
-from keras_transfer.models import BackboneView, backbone_spec, backbone_view, is_hub
+from keras_transfer.models import ModelView, backbone_spec, is_hub, model_view
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def set_trainable(model, policy="frozen", *, train_batchnorm=False):
     >>> print(set_trainable(model, "from:block5").trainable_layers)
     3
     """
-    return apply_placement(model, place_policy(backbone_view(model), policy), train_batchnorm=train_batchnorm)
+    return apply_placement(model, place_policy(model_view(model), policy), train_batchnorm=train_batchnorm)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +80,7 @@ class Placement:
 
     policy: str
     start: int  # the first trainable layer's index in `view.layers`; len(view.layers) when none trains
-    view: BackboneView
+    view: ModelView
 
 
 def apply_placement(model, placement, *, train_batchnorm=False):
@@ -117,7 +117,7 @@ def layer_decay_scales(view, decay):
     """`{variable path: decay ** depth}` for the trainable weights of the backbone's stages (the table row's):
     the top stage at depth 1, each stage below one deeper (layers below the first stage belong to it); the head
     is not listed (1: the full rate). timm's layer decay, fastai's discriminative rates. `view`: the model's
-    `models.backbone_view`.
+    `models.model_view`.
 
     Raises:
         ValueError: for a model whose backbone has no table row (no stages to decay over).
@@ -157,7 +157,7 @@ def check_policy(policy, backbone=None):
 
 
 def place_policy(view, policy):
-    """`policy` placed over a model's backbone layers (`view`: its `models.backbone_view`): a `Placement` holding
+    """`policy` placed over a model's backbone layers (`view`: its `models.model_view`): a `Placement` holding
     the index of the first trainable layer (in graph order, input layers left out). Pure: nothing is built or
     changed.
 

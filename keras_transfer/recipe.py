@@ -29,12 +29,12 @@ from keras_transfer.images import image_size
 from keras_transfer.lr_find import find_learning_rate, plot_findings
 from keras_transfer.memory import check_memory
 from keras_transfer.models import (
-    backbone_view,
     build_model,
     check_input_size,
     default_input_size,
     input_size,
     load_model,
+    model_view,
 )
 from keras_transfer.policies import check_policy, place_policy
 from keras_transfer.report import write_html
@@ -213,7 +213,7 @@ def _check_folder(folder, flag):
 def _check_model(config, model):
     """What needs the built model: the policy placed over its layer names (nothing changed), and the training
     memory at this size."""
-    place_policy(backbone_view(model), config.unfreeze)  # raises for a layer name the backbone lacks
+    place_policy(model_view(model), config.unfreeze)  # raises for a layer name the backbone lacks
     check_memory(model, config.batch_size)
 
 

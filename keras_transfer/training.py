@@ -30,15 +30,10 @@ from keras_transfer.data import with_known_size
 from keras_transfer.files import atomic_path
 from keras_transfer.heads import fit_probe
 from keras_transfer.models import (
-    augmentation_layer,
-    backbone_key,
-    backbone_view,
     batchnorm_layers,
     feature_extractor,
     head_model,
-    input_size,
-    is_multi_label,
-    output_layer,
+    model_view,
 )
 from keras_transfer.objectives import (
     check_labels,
@@ -224,9 +219,9 @@ def _identity(run, settings):
     """What makes a `fine_tune` call's result: its settings, the model's shape and the data's batches."""
     spec = lambda ds: None if ds is None else {"batches": int(ds.cardinality()), "spec": str(ds.element_spec)}
     model = {
-        "backbone": backbone_key(run.model),
+        "backbone": run.view.key,
         "parameters": int(run.model.count_params()),
-        "input_size": input_size(run.model),
+        "input_size": run.view.input_size,
         "outputs": int(run.model.output_shape[-1]),
     }
     options = dataclasses.asdict(run.options)
@@ -247,6 +242,7 @@ class _Run:
     loss: object
     metrics: list
     verbose: object
+    view: object  # the model's `models.model_view`
     total_epochs: int = 0
     scratch_dir: str | None = None  # features too large for memory (see `runs.feature_cache`); removed at the end
     class_weight: dict | None = None  # one label per image; several labels weigh their positives in the loss
@@ -277,10 +273,10 @@ def _check_schedule(head_epochs, fine_tune_epochs, learning_rate, fine_tune_lear
 
 
 def _prepare_run(model, train, val, options, callbacks, run_dir, strategy, verbose):
-    check_labels(model, train)
-    multi_label = is_multi_label(model)
-    weights = class_weights(train, model.output_shape[-1], options.class_weight, multi_label)
-    loss, metrics, prepare = objective(model, options.label_smoothing, weights)
+    view = model_view(model)  # what the model is, read once
+    check_labels(view, train)
+    weights = class_weights(train, model.output_shape[-1], options.class_weight, view.multi_label)
+    loss, metrics, prepare = objective(view, options.label_smoothing, weights)
     val = with_known_size(prepare(val)) if val is not None else None
     run_dir = os.fspath(run_dir) if run_dir else None
     return _Run(
@@ -294,14 +290,15 @@ def _prepare_run(model, train, val, options, callbacks, run_dir, strategy, verbo
         loss,
         metrics,
         verbose,
-        class_weight=None if multi_label else weights,
+        view,
+        class_weight=None if view.multi_label else weights,
     )
 
 
 def _place(run, unfreeze):
     """Both stages' policies placed over the backbone's layers once (pure: checked, nothing changed), and stage
     2's layer-decay scales; each stage applies its own."""
-    view = backbone_view(run.model)
+    view = run.view
     run.placements["head"] = place_policy(view, "frozen")
     if unfreeze is not None:
         run.placements["tune"] = place_policy(view, unfreeze)
@@ -322,7 +319,7 @@ def _train_head(run, epochs, learning_rate):
     with run.strategy.scope():  # the head model and its optimizer must belong to the strategy too
         fit_model, train, val = _head_on_features(run) if use_cache else (run.model, run.train, run.val)
         if run.options.head_init == "probe":
-            _probe_head(run.model, train if use_cache else None)
+            _probe_head(run.view, train if use_cache else None)
         fit_model.compile(
             optimizer=make_optimizer(run.options.optimizer, learning_rate),
             loss=run.loss,
@@ -375,7 +372,7 @@ def _use_cache(run):
     if choice != "auto":
         logger.info("Stage 1 features: %s (cache_features=%s)", "computed once" if choice else "every epoch", choice)
         return choice
-    if augmentation_layer(run.model) is not None:
+    if run.view.augmented:
         logger.info("Stage 1 runs the backbone every epoch: the model augments its images (layer 'augmentation').")
         return False
     if _is_multi_worker(run.strategy):
@@ -469,7 +466,7 @@ def _is_multi_worker(strategy):
 
 def _head_on_features(run):
     """The head model on features computed once by the frozen backbone, and its train and validation data."""
-    predict = feature_extractor(run.model)
+    predict, head = feature_extractor(run.model), head_model(run.model)
 
     def cached(dataset, name, shuffle):
         feats, labels, batch_size, size = [], [], None, 0
@@ -491,13 +488,12 @@ def _head_on_features(run):
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
     val = cached(run.val, "validation", False) if run.val is not None else None
-    return head_model(run.model), cached(run.train, "train", True), val
+    return head, cached(run.train, "train", True), val
 
 
-def _probe_head(model, features):
+def _probe_head(view, features):
     """Sets the `predictions` layer to the linear probe (`heads.fit_probe`) of cached `(features, labels)` batches."""
-    dense = output_layer(model)
-    multi_label = dense.get_config()["activation"] == "sigmoid" and dense.units > 1
+    dense, multi_label = view.output, view.multi_label
     if features is None or not (dense.get_config()["activation"] == "softmax" or multi_label):
         raise ValueError(
             "head_init='probe' needs cached features (no augmentation, cache_features not False) and a "

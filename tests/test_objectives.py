@@ -15,7 +15,7 @@ from sklearn.utils.class_weight import compute_class_weight
 import keras_transfer as kt
 from keras_transfer.evaluation import _report
 from keras_transfer.export import keras_predictor
-from keras_transfer.models import backbone_view
+from keras_transfer.models import model_view
 from keras_transfer.objectives import PositiveWeightedCrossentropy, class_weights
 from keras_transfer.policies import layer_decay_scales
 from keras_transfer.training import TrainingOptions
@@ -130,6 +130,6 @@ def test_layer_decay_out_of_range_or_without_stages_is_refused():
         rows = tf.data.Dataset.from_tensor_slices((np.zeros((2, 8), "float32"), np.array([0, 1]))).batch(2)
         kt.fine_tune(model, rows, head_epochs=0, fine_tune_epochs=1, layer_decay=0.7)
     plain = kt.build_model("small_cnn", 2, input_shape=32, weights=None)
-    view = dataclasses.replace(backbone_view(plain), spec=None, key=None)  # a backbone without a table row
+    view = dataclasses.replace(model_view(plain), spec=None, key=None)  # a backbone without a table row
     with pytest.raises(ValueError, match="layer_decay needs the backbone's stages"):
         layer_decay_scales(view, 0.7)
