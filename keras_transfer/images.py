@@ -97,15 +97,15 @@ def image_problem(path):
             head = f.read(16)
             f.seek(max(size - 1024, 0))
             tail = f.read()
-            problem = _format_problem(head, tail, size) or _size_problem(f, head)
+            problem = _format_problem(head, tail, size, f) or _size_problem(f, head)
     except OSError as e:
         return f"unreadable: {e.strerror or e}"
     return problem
 
 
-def _format_problem(head, tail, size):
+def _format_problem(head, tail, size, f=None):
     if head.startswith(b"\xff\xd8\xff"):
-        return None if b"\xff\xd9" in tail else "truncated JPEG (no end-of-image marker)"
+        return None if b"\xff\xd9" in tail or _jpeg_decodes(f) else "truncated JPEG (no end-of-image marker)"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return None if b"IEND" in tail else "truncated PNG (no IEND chunk)"
     if head[:6] in (b"GIF87a", b"GIF89a"):
@@ -117,6 +117,20 @@ def _format_problem(head, tail, size):
         declared = int.from_bytes(head[4:8], "little") + 8
         return None if declared <= size else f"truncated WebP ({size} of {declared} bytes)"
     return f"not an image (expected {FORMATS})"
+
+
+def _jpeg_decodes(f):
+    """Whether the JPEG in the open file decodes whole: judged by decoding, not by its tail, for a file whose
+    last KB holds no end-of-image marker (one followed by padding or other trailing data is whole; one cut short
+    is not: TensorFlow's decoder refuses it, as it would in the pipeline)."""
+    if f is None:
+        return False
+    f.seek(0)
+    try:
+        tf.io.decode_jpeg(f.read(), try_recover_truncated=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError):
+        return False
+    return True
 
 
 def _size_problem(f, head):

@@ -13,6 +13,7 @@ from conftest import encode
 from PIL import Image
 
 import keras_transfer as kt
+from keras_transfer import images
 from keras_transfer.data import pipeline
 
 
@@ -214,3 +215,19 @@ def test_folder_decoding_groups_jpegs_by_decode_and_gives_what_decode_image_give
     assert all(sorted(order) == [0, 1, 2, 3, 4, 5, 6] for order in orders) and len(set(orders)) > 50
     firsts = np.bincount([order[0] for order in orders], minlength=7)  # a uniform shuffle across the 5 groups:
     assert firsts.min() >= 2 and firsts.max() <= 20, firsts  # each file first in about 1 of 7 passes (60 / 7 = 8.6)
+
+
+def test_jpegs_are_judged_by_decoding_not_by_their_tail(tmp_path):
+    # Photos from some phones and scanners end in padding or other data after the end-of-image marker: they
+    # decode, so they are kept; one cut short is not.
+    photo = encode(np.random.default_rng(0).integers(0, 256, (60, 80, 3)), "JPEG", quality=90)
+    for name, blob in (("padded", photo + bytes(250_000)), ("trailing", photo + b"x" * 5000), ("cut", photo[:-600])):
+        (tmp_path / "a").mkdir(exist_ok=True)
+        (tmp_path / "a" / f"{name}.jpg").write_bytes(blob)
+    assert [images.image_problem(tmp_path / "a" / f"{n}.jpg") for n in ("padded", "trailing")] == [None, None]
+    assert images.image_problem(tmp_path / "a" / "cut.jpg") == "truncated JPEG (no end-of-image marker)"
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "other.jpg").write_bytes(photo)
+    train, _, _, info = kt.load_dataset(tmp_path, image_size=32, batch_size=8, validation_split=0.0)
+    assert info.sizes["train"] == 3 and [p.rsplit("/", 1)[-1] for p, _ in info.skipped] == ["cut.jpg"]
+    assert sum(len(x) for x, _ in train) == 3  # the padded ones decode in the pipeline too
