@@ -38,7 +38,16 @@ from keras_transfer.models import (
 )
 from keras_transfer.policies import check_policy, place_policy
 from keras_transfer.report import write_html
-from keras_transfer.runs import claim, empty_run_folder, locked, mark_complete, read_complete, read_history, run_file
+from keras_transfer.runs import (
+    claim,
+    empty_run_folder,
+    locked,
+    mark_complete,
+    read_complete,
+    read_history,
+    read_run_json,
+    run_file,
+)
 from keras_transfer.training import TrainingOptions, fine_tune
 
 logger = logging.getLogger(__name__)
@@ -82,7 +91,7 @@ def run(config, verbose=False):
             empty_run_folder(config.output)
         claim(config.output, "run", identity, WAYS_OUT)
         if read_complete(config.output):
-            return _already_complete(config)
+            return _already_complete(config, data["info"], _run_id(config, identity))
         _write_config(config, data["info"])
         return _run(config, resolved, model, data, strategy, policy, _run_id(config, identity), verbose)
 
@@ -99,9 +108,10 @@ def _run(config, resolved, model, data, strategy, policy, run_id, verbose):
     data["thresholds"], data["tta"] = _thresholds(model, data), config.tta
     with timings.step("evaluation"):
         report = _evaluate(model, data, config.output)
+    metrics = {report.headline_name: report.headline, "split": data["split"]} if report else {}
     if config.export:
         with timings.step("export"):
-            exported = _export(config, model, data, report, run_id)
+            exported = _export(config, model, data["info"].class_names, metrics, data["thresholds"], run_id)
     logger.info(f"\nRun folder: {config.output}  (dtype policy {policy}, {strategy.num_replicas_in_sync} replica(s))")
     print_history(read_history(config.output), config.head_epochs)
     if report:
@@ -121,7 +131,7 @@ def _run(config, resolved, model, data, strategy, policy, run_id, verbose):
             _compare_scratch(config, resolved, report, probe, data, strategy, verbose)
     if report:
         logger.info(f"Report: {write_html(config.output)}")
-    mark_complete(config.output, {"export": exported, **({report.headline_name: report.headline} if report else {})})
+    mark_complete(config.output, {"export": exported, **metrics})
     return 0
 
 
@@ -289,11 +299,19 @@ def _bench_exports(model, data, run_dir, repeats=5):
     return rows
 
 
-def _already_complete(config):
+def _already_complete(config, info, run_id):
+    """A finished run: says so; with `--export` and no export yet, exports its model (once, as a run does)."""
     done = read_complete(config.output)
-    logger.info(f"The run in {config.output} is complete (these settings and data); nothing to do.")
+    logger.info(f"The run in {config.output} is complete (these settings and data); nothing to train.")
     print_history(read_history(config.output), config.head_epochs)
-    if done.get("export"):
+    if config.export and not done.get("export"):
+        model = load_model(run_file(config.output, "model"))
+        metrics = {k: v for k, v in done.items() if k != "export"}
+        thresholds = read_run_json(config.output, "report").get("thresholds") if info.multi_label else None
+        done["export"] = _export(config, model, info.class_names, metrics, thresholds, run_id)
+        mark_complete(config.output, done)
+        logger.info(f"\nSavedModel: {done['export']} (exported now, from {run_file(config.output, 'model')})")
+    elif done.get("export"):
         logger.info(f"\nSavedModel: {done['export']}")
     logger.info(f"To run it again: {WAYS_OUT[0].lower() + WAYS_OUT[1:]}")
     return 0
@@ -395,20 +413,19 @@ def _evaluate(model, data, output_dir):
     )
 
 
-def _export(config, model, data, report, run_id):
+def _export(config, model, class_names, metrics, thresholds, run_id):
     """The run's SavedModel version; a rerun after a kill finds the version it already wrote (by its run id)."""
     for version in reversed(versions(config.export)):
         metadata = version_file(os.path.join(config.export, str(version)), "metadata")
         with contextlib.suppress(OSError, ValueError), open(metadata) as f:
             if json.load(f).get("run_id") == run_id:
                 return os.path.join(config.export, str(version))
-    metrics = {report.headline_name: report.headline, "split": data["split"]} if report else {}
     return export_saved_model(
         model,
         config.export,
-        class_names=data["info"].class_names,
+        class_names=class_names,
         metadata={"backbone": config.backbone, "metrics": metrics, "run_id": run_id},
-        thresholds=data["thresholds"],
+        thresholds=thresholds,
     )
 
 

@@ -160,6 +160,31 @@ def read_complete(run_dir):
     return _read_json(run_file(run_dir, "complete")) or None
 
 
+def run_model(path):
+    """`(model file, run folder)` for a run folder or a `.keras` file inside one (`model.keras`,
+    `checkpoints/best.keras`); `(path, None)` for a file outside a run folder."""
+    path = os.fspath(path)
+    if os.path.isdir(path) and os.path.isfile(run_file(path, "model")):
+        return run_file(path, "model"), path
+    for folder in (os.path.dirname(path), os.path.dirname(os.path.dirname(path))):
+        if os.path.isfile(run_file(folder or ".", "data")):
+            return path, folder or "."
+    return path, None
+
+
+def run_labels(run_dir):
+    """`(class_names, thresholds)` a run recorded: its classes (`data.json`) and, for several labels per image,
+    the thresholds tuned for its report (`report.json`; None where it has none)."""
+    data = read_run_json(run_dir, "data")
+    thresholds = read_run_json(run_dir, "report").get("thresholds") if data.get("multi_label") else None
+    return data.get("class_names"), thresholds
+
+
+def read_run_json(run_dir, key):
+    """A JSON file of the run folder (`"report"`, `"data"`, ...) as a dict; {} when it is missing or unreadable."""
+    return _read_json(run_file(run_dir, key))
+
+
 # --- lock -----------------------------------------------------------------------------------------------------
 
 _HELD = {}  # real path of a lock file -> [file descriptor, depth]: a process may enter its own lock again

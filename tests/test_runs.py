@@ -190,9 +190,14 @@ def _cli(tmp_path, colour_folder, *extra):
 @pytest.mark.slow
 def test_the_cli_resumes_refuses_or_overwrites_a_used_run_folder(tmp_path, colour_folder, capsys):
     export = str(tmp_path / "export")
-    assert _cli(tmp_path, colour_folder, "--export", export)[0] == 0
+    assert _cli(tmp_path, colour_folder)[0] == 0  # finished without an export
+    code, out = _cli(tmp_path, colour_folder, "--export", export)  # the same run, asked to export: exports it
+    assert code == 0 and "is complete (these settings and data); nothing to train" in out
+    assert f"SavedModel: {export}/1 (exported now" in out and sorted(os.listdir(export)) == ["1"]
+    names = (tmp_path / "export" / "1" / "labels.txt").read_text().split()
+    assert names == sorted(os.listdir(colour_folder))  # the class names, not ids
     code, out = _cli(tmp_path, colour_folder, "--export", export)
-    assert code == 0 and "is complete (these settings and data); nothing to do" in out
+    assert code == 0 and f"SavedModel: {export}/1\n" in out
     assert sorted(os.listdir(export)) == ["1"]  # no second export
     (tmp_path / "run" / "complete.json").unlink()  # as if killed after the export, before the run was marked done
     code, out = _cli(tmp_path, colour_folder, "--export", export)

@@ -14,14 +14,17 @@ import os
 from keras_transfer.cli import add_verbose, positive_int
 from keras_transfer.export import TFLITE_QUANTIZE, export_onnx, export_saved_model, export_tflite
 from keras_transfer.models import input_size, load_model
+from keras_transfer.runs import run_labels, run_model
 
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", help="a .keras file")
+    parser.add_argument("model", help="a .keras file, or a run folder (its model.keras, class names and thresholds)")
     parser.add_argument("--saved-model", help="base folder for a SavedModel version (TF Serving layout)")
     parser.add_argument("--version", type=positive_int, help="version number (default: the next one)")
-    parser.add_argument("--labels", help="text file with one class name per line")
+    parser.add_argument(
+        "--labels", help="text file with one class name per line (default: the run's, for a model in a run folder)"
+    )
     parser.add_argument("--tflite", help="write a TensorFlow Lite file here")
     parser.add_argument(
         "--quantize",
@@ -50,14 +53,15 @@ def build_parser():
 def run(args):
     if not (args.saved_model or args.tflite or args.onnx):
         raise ValueError("nothing to do: give --saved-model DIR, --tflite FILE and/or --onnx FILE")
-    if not (args.model.endswith(".keras") and os.path.isfile(args.model)):
-        raise ValueError(f"argument model: {args.model!r} is not a .keras file")
-    class_names = None
+    path, run_dir = run_model(args.model)
+    if not (path.endswith(".keras") and os.path.isfile(path)):
+        raise ValueError(f"argument model: {args.model!r} is not a .keras file or a run folder")
+    class_names, thresholds = run_labels(run_dir) if run_dir else (None, None)  # what the run recorded
     if args.labels:
         with open(args.labels) as f:
             class_names = [line.strip() for line in f if line.strip()]
-    model = load_model(args.model)
-    labels = {"class_names": class_names, "thresholds": args.thresholds}
+    model = load_model(path)
+    labels = {"class_names": class_names, "thresholds": args.thresholds or thresholds}
     if args.saved_model:
         print(f"SavedModel: {export_saved_model(model, args.saved_model, version=args.version, **labels)}")
     if args.tflite:

@@ -17,6 +17,7 @@ from keras_transfer.export.tflite import tflite_metadata, tflite_predictor
 from keras_transfer.files import newest_version
 from keras_transfer.images import image_array
 from keras_transfer.models import input_size, load_model
+from keras_transfer.runs import run_labels, run_model
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +27,9 @@ def load_predictor(path, *, tta=None):
     check the file you are about to ship.
 
     Args:
-        path: a `.keras` file, a SavedModel version folder (or a base folder of numbered versions: the newest),
-            a `.tflite` file (run by LiteRT) or a `.onnx` file (run by ONNX Runtime).
+        path: a `.keras` file (its run's class names where it lies in a run folder), a run folder (its
+            `model.keras`), a SavedModel version folder (or a base folder of numbered versions: the newest), a
+            `.tflite` file (run by LiteRT) or a `.onnx` file (run by ONNX Runtime).
         tta: None, or `"flip"`: average each image's probabilities with its left-right mirror's.
 
     Returns:
@@ -37,10 +39,11 @@ def load_predictor(path, *, tta=None):
     Raises:
         ValueError: when `path` is none of those.
     """
-    path = os.fspath(path)
+    path, run_dir = run_model(path)
     if path.endswith(".keras") and os.path.isfile(path):
         model = load_model(path)
-        return keras_predictor(model, tta=tta), [str(i) for i in range(model.output_shape[-1])]
+        names = run_labels(run_dir)[0] if run_dir else None
+        return keras_predictor(model, tta=tta), names or [str(i) for i in range(model.output_shape[-1])]
     if path.endswith((".tflite", ".onnx")) and os.path.isfile(path):
         facts = export_facts(path)
         arrays = tflite_predictor(path) if path.endswith(".tflite") else onnx_predictor(path)
@@ -113,10 +116,12 @@ def _mirror_average(predict, images):
 
 
 def export_thresholds(path):
-    """The per-label thresholds of a multi-label export (from its metadata; 0.5 each for a multi-label `.keras`
-    file), or None for a model with one label per image."""
-    if os.fspath(path).endswith(".keras") and os.path.isfile(path):
-        return model_thresholds(load_model(path), None)
+    """The per-label thresholds of a multi-label export (from its metadata; for a multi-label `.keras` file, its
+    run's tuned thresholds, else 0.5 each), or None for a model with one label per image."""
+    path, run_dir = run_model(path)
+    if path.endswith(".keras") and os.path.isfile(path):
+        tuned = run_labels(run_dir)[1] if run_dir else None
+        return model_thresholds(load_model(path), tuned)
     return export_facts(path).get("thresholds")
 
 

@@ -130,3 +130,19 @@ def test_every_script_turns_a_refused_model_into_one_line(tmp_path, capsys):
             err = capsys.readouterr().err
             assert code in (1, 2) and err.count("\n") == 1 and "Traceback" not in err, (script, model, err)
             assert err.startswith(f"keras-transfer {script}: error: "), err
+
+
+def test_export_and_predict_read_the_class_names_of_a_run_folder(tmp_path, capsys):
+    from keras_transfer.runs import run_file
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    kt.build_model("small_cnn", 3, input_shape=32, weights=None).save(run_file(run_dir, "model"))
+    (run_dir / "data.json").write_text(json.dumps({"class_names": ["cat", "dog", "fox"], "multi_label": False}))
+    assert cli.main(["export", str(run_dir), "--saved-model", str(tmp_path / "served")]) == 0
+    assert (tmp_path / "served" / "1" / "labels.txt").read_text().split() == ["cat", "dog", "fox"]
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "x.png")
+    capsys.readouterr()
+    assert cli.main(["predict", run_file(run_dir, "model"), str(tmp_path / "x.png"), "--json"]) == 0
+    labels = {p["label"] for p in json.loads(capsys.readouterr().out)[0]["predictions"]}
+    assert labels == {"cat", "dog", "fox"}
