@@ -35,6 +35,8 @@ POLICY = re.compile(r"^(frozen|all|top:\d+|from:.+|stages:\d+)$")
 FLAGS = {  # group -> RunConfig fields shown as flags, in order
     "Data": (
         "data",
+        "validation",
+        "test",
         "data_dir",
         "data_service",
         "root",
@@ -75,7 +77,11 @@ FLAGS = {  # group -> RunConfig fields shown as flags, in order
     "Output": ("output", "overwrite", "export", "export_onnx", "export_bench"),
 }
 HELP = {
-    "data": "a folder of class subfolders, a CSV file of image paths and labels, tfds:NAME, digits or fashion_mnist",
+    "data": "a folder of class subfolders (or with train/, val(idation)/, test/ inside), a CSV file of image paths "
+    "and labels, tfds:NAME, digits or fashion_mnist",
+    "validation": "a folder or CSV file of its own as the validation split, used as it is (instead of "
+    "--validation-split)",
+    "test": "a folder or CSV file of its own as the test split, used as it is (instead of --test-split)",
     "root": "folder the CSV's relative image paths start from",
     "path_column": "the CSV's column of image paths",
     "label_column": "the CSV's column of labels (class names or integer ids)",
@@ -97,7 +103,8 @@ HELP = {
     "classes": "class subset, names or ids (e.g. 5 6 7 8 9)",
     "labels_per_class": "keep at most this many training images per class",
     "test_per_class": "evaluate on at most this many test images per class (a stratified sample)",
-    "augment": "random flip, rotation, zoom, translation and contrast, inside the model, in training only",
+    "augment": "random flip, rotation, zoom, translation and contrast, inside the model, in training only (auto: "
+    "on for image files, folders and CSV tables; off for arrays and TFDS)",
     "weights": "imagenet, none, or a .weights.h5 / .h5 / .keras file",
     "pooling": "how the head pools the feature map",
     "dense_units": "hidden layer sizes of the head (e.g. 1024)",
@@ -111,7 +118,8 @@ HELP = {
     "layer_decay": "stage-2 layer-wise rates: the top backbone stage at this factor of the head's rate, each stage "
     "below at this factor of the one above (1: off)",
     "train_batchnorm": "stage 2 also trains BatchNormalization (training from scratch); statistics recomputed",
-    "early_stopping": "stop after this many epochs without val_loss improvement (0: off)",
+    "early_stopping": "stop after this many epochs without val_loss improvement, keeping the best weights (0: off; "
+    "needs a validation split)",
     "cache_features": "compute the frozen backbone's features once for stage 1",
     "compare_scratch": "also train the same model from random weights on the same images (all layers, BatchNorm "
     "trained, as many epochs as both stages) and compare test accuracy; written to <output>/scratch/",
@@ -134,6 +142,7 @@ CHOICES = {
     "xla": ["auto", "on", "off"],
     "cache_features": ["auto", "true", "false"],
     "head_init": ["none", "probe"],
+    "augment": ["auto", "true", "false"],
     "class_weight": ["none", "balanced"],
     "tta": ["none", "flip"],
 }
@@ -141,6 +150,8 @@ DEFAULT_TEXT = {
     "image_size": "the backbone's",
     "export": "none",
     "data_dir": "TFDS's",
+    "validation": "--data's validation/ folder, else drawn from --data",
+    "test": "--data's test/ folder, else drawn from --data",
     "data_service": "none: decoded here",
     "root": "the CSV's folder",
     "path_column": "the first of path, filename, file, image",
@@ -152,7 +163,7 @@ DEFAULT_TEXT = {
     "test_per_class": "all",
     "dense_units": "none",
     "weights": "imagenet",
-    "head_init": "none",
+    "head_init": "probe",
     "class_weight": "none",
     "tta": "none",
 }
@@ -188,10 +199,27 @@ def run_command(prog, parser, argv, work):
     except Exception as e:
         if verbose:
             traceback.print_exc()
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        message = as_flags(str(e).strip().splitlines()[0]) if str(e).strip() else type(e).__name__
         hint = "" if verbose or isinstance(e, ValueError) else "  (--verbose shows the traceback)"
         print(f"{prog}: error: {message}{hint}", file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
+
+
+_SETTING = re.compile(
+    r"\b(" + "|".join(f.name for f in dataclasses.fields(RunConfig)) + r")=('[^']*'|\"[^\"]*\"|[^\s,;)]+)"
+)
+
+
+def as_flags(message):
+    """A library message in the command's words: a run setting's `name=value` (Python's spelling) as
+    `--name value`."""
+
+    def flag(match):
+        value = match.group(2).strip("'\"").rstrip(".")
+        value = {"None": "none", "True": "true", "False": "false"}.get(value, value)
+        return f"--{match.group(1).replace('_', '-')} {value}"
+
+    return _SETTING.sub(flag, message)
 
 
 def add_verbose(parser):
@@ -283,6 +311,8 @@ def _flag_options(name, field, default):
         return {**options, "action": argparse.BooleanOptionalAction}
     if name in ("classes", "dense_units", "label_columns"):
         return {**options, "nargs": "+", "type": int if name == "dense_units" else str}
+    if name == "augment":  # a bare --augment is --augment true
+        options = {**options, "nargs": "?", "const": "true"}
     if name in CHOICES:
         return {
             **options,

@@ -24,6 +24,7 @@ WORDS = {
     "tta": {"none": None},
     "cache_features": {"true": True, "false": False},
     "xla": {"on": True, "off": False},
+    "augment": {"true": True, "false": False},
 }
 
 
@@ -40,6 +41,8 @@ class RunConfig:
 
     # Data
     data: str = "digits"
+    validation: str | None = None  # a source of its own for the validation split
+    test: str | None = None  # and for the test split
     data_dir: str | None = None
     data_service: str | None = None
     # A table (CSV) of image paths and labels: its columns, and the folder its relative paths start from
@@ -56,27 +59,27 @@ class RunConfig:
     classes: list | None = None
     labels_per_class: int | None = None
     test_per_class: int | None = None
-    augment: bool = False
+    augment: bool | str = "auto"  # "auto": on for image files (folders, tables), off for arrays and TFDS
     seed: int = 0
     # Model
-    backbone: str = "mobilenet_v2"
+    backbone: str = "efficientnet_lite0"  # its ImageNet weights install with the package: works offline
     weights: str | None = "imagenet"  # "imagenet", None (random) or a file path
     pooling: str = "avg"
     dense_units: list = dataclasses.field(default_factory=list)
     dropout: float = 0.2
     # Training
-    head_epochs: int = 5  # stage 1
-    fine_tune_epochs: int = 5
-    unfreeze: str = "stages:1"
+    head_epochs: int = 1  # stage 1 (it starts at the linear probe: see head_init)
+    fine_tune_epochs: int = 10
+    unfreeze: str = "all"
     learning_rate: float = 1e-3
-    fine_tune_learning_rate: float = 1e-5
+    fine_tune_learning_rate: float = 1e-4
     optimizer: str = "adam"
     label_smoothing: float = 0.0
     train_batchnorm: bool = False  # stage 2 trains BatchNormalization too (from scratch), statistics recomputed
-    head_init: str | None = None  # "probe": stage 1 starts from a logistic regression on the cached features (LP-FT)
+    head_init: str | None = "probe"  # stage 1 starts from a logistic regression on the features (LP-FT); None: random
     class_weight: str | None = None  # "balanced": classes weighted by n / (n_classes * n_class), in both stages
     layer_decay: float = 1.0  # stage 2: each backbone stage below the head at this factor of the rate above it
-    early_stopping: int = 0  # patience in epochs; 0 turns it off
+    early_stopping: int = 3  # patience in epochs on the validation loss, best weights kept; 0 turns it off
     cache_features: bool | str = "auto"  # True, False or "auto"
     tta: str | None = None  # "flip": evaluate on each image and its mirror, probabilities averaged
     compare_scratch: bool = False  # also train the same model from random weights on the same data, compare

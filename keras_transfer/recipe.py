@@ -20,6 +20,7 @@ import keras
 from keras_transfer.config import RunConfig, load_config
 from keras_transfer.data import load_dataset, source_from
 from keras_transfer.data.sources import SOURCE_OPTIONS
+from keras_transfer.data.tables import TABLE_OPTIONS
 from keras_transfer.distribute import get_strategy, set_mixed_precision
 from keras_transfer.evaluation import evaluate, linear_probe, tune_thresholds
 from keras_transfer.export import benchmark_exports, export_onnx, export_saved_model, format_exports
@@ -47,6 +48,7 @@ from keras_transfer.runs import (
     read_history,
     read_run_json,
     run_file,
+    write_splits,
 )
 from keras_transfer.training import TrainingOptions, fine_tune
 
@@ -92,7 +94,7 @@ def run(config, verbose=False):
         claim(config.output, "run", identity, WAYS_OUT)
         if read_complete(config.output):
             return _already_complete(config, data["info"], _run_id(config, identity))
-        _write_config(config, data["info"])
+        _write_config(config, data)
         return _run(config, resolved, model, data, strategy, policy, _run_id(config, identity), verbose)
 
 
@@ -157,6 +159,7 @@ class Resolved:
 
     size: tuple  # (height, width) the images load at and the model is built at
     weights: object  # "imagenet", None or a weights file
+    augment: bool  # in-model augmentation ("auto" resolved: on for image files)
     unfreeze: str  # stage 2's policy, checked against the backbone's table row
     options: TrainingOptions  # fine_tune's less common settings, checked
     stages: dict  # fine_tune's epochs, policy and rates
@@ -197,7 +200,15 @@ def resolve(config, scratch=False):
         fine_tune_learning_rate=config.learning_rate if scratch else config.fine_tune_learning_rate,
     )
     weights = None if scratch else config.weights
-    return Resolved(size=size, weights=weights, unfreeze=stages["unfreeze"], options=options, stages=stages)
+    augment = _image_files(config.data) if config.augment == "auto" else bool(config.augment)
+    return Resolved(size, weights, augment, stages["unfreeze"], options, stages)
+
+
+def _image_files(data):
+    """Whether `data` names image files (a folder, a CSV table, shards of them): photos, which the default
+    augmentation suits; arrays, the offline sets and TFDS names are left as they are (a flipped digit is another
+    digit)."""
+    return os.path.exists(str(data)) and str(data) not in ("digits", "fashion_mnist")
 
 
 def _check_writable(config):
@@ -334,8 +345,13 @@ class _Timings:
 def _load(config, size, strategy):
     """The datasets, the split evaluated at the end (test, else validation) and the DatasetInfo, printed."""
     source = source_from(config.data, **{name: getattr(config, name) for name in SOURCE_OPTIONS})
+    table = {name: getattr(config, name) for name in TABLE_OPTIONS}  # a given split's CSV reads as --data's
+    given = {split: getattr(config, split) for split in ("validation", "test")}
+    given = {k: source_from(v, **table) if v and os.path.isfile(v) else v for k, v in given.items()}
     train, val, test, info = load_dataset(
         source,
+        validation=given["validation"],
+        test=given["test"],
         image_size=size,
         batch_size=config.batch_size * strategy.num_replicas_in_sync,
         validation_split=config.validation_split,
@@ -355,20 +371,24 @@ def _load(config, size, strategy):
     return {"train": train, "val": val, "evaluated": evaluated, "split": split, "info": info}
 
 
-def _write_config(config, info):
-    data = {
+def _write_config(config, data):
+    info = data["info"]
+    facts = {
         "source": info.source,
         "class_names": info.class_names,
         "image_size": list(info.image_size),
         "counts": info.counts,
         "sizes": info.sizes,
         "multi_label": info.multi_label,
+        "evaluated": data["split"],
         "skipped": [list(map(str, s)) for s in info.skipped],
     }
     try:
         os.makedirs(config.output, exist_ok=True)
         write_text(run_file(config.output, "config"), config.to_yaml())
-        write_text(run_file(config.output, "data"), json.dumps(data, indent=1))
+        write_text(run_file(config.output, "data"), json.dumps(facts, indent=1))
+        if info.files is not None:
+            write_splits(config.output, info.files)
     except OSError as e:
         raise OSError(
             f"Cannot write the run folder {config.output!r}: {e.strerror or e}. Choose a writable --output."
@@ -385,7 +405,7 @@ def _build(config, info, resolved):
         pooling=config.pooling,
         dense_units=tuple(config.dense_units),
         dropout=config.dropout,
-        augment=config.augment,
+        augment=resolved.augment,
     )
 
 
@@ -486,10 +506,9 @@ def print_history(rows, stage1_epochs):
 def _train(resolved, config, model, data, strategy, run_dir=None, verbose=False):
     """fine_tune with the run's resolved settings, into `run_dir` (default: the run folder)."""
     callbacks = []
-    if config.early_stopping:
-        monitor = "val_loss" if data["val"] is not None else "loss"
+    if config.early_stopping and data["val"] is not None:  # on the validation loss only: never on the training loss
         callbacks.append(
-            keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping, restore_best_weights=True)
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping, restore_best_weights=True)
         )
     return fine_tune(
         model,

@@ -21,7 +21,7 @@ import numpy as np
 
 from keras_transfer.files import write_text
 from keras_transfer.models import backbone_and_head_layers
-from keras_transfer.runs import read_history, run_file
+from keras_transfer.runs import read_history, read_run_json, read_splits, run_file
 from keras_transfer.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -387,13 +387,29 @@ def _metrics(files):
     return text + "<h3>Confusion matrix</h3>" + _table([""] + [f"predicted {p}" for p in names], rows)
 
 
+def _example_names(run_dir):
+    """index in the evaluated split -> the image's file, relative to the data folder (`#index` where the run
+    recorded no files: arrays, TFDS)."""
+    data = read_run_json(run_dir, "data")
+    paths = read_splits(run_dir).get(data.get("evaluated"), [])
+    root = os.path.abspath(str(data.get("source", "")))
+
+    def name(i):
+        if i >= len(paths):
+            return f"#{i}"
+        path = os.path.abspath(paths[i])
+        return os.path.relpath(path, root) if path.startswith(root + os.sep) else paths[i]
+
+    return name
+
+
 def _examples(run_dir, files):
     found = files["examples"]
     if not found:
         return None
-    names = files["report"]["class_names"]
+    names, named = files["report"]["class_names"], _example_names(run_dir)
     if files["report"].get("multi_label"):
-        return _multilabel_examples(run_dir, found, names)
+        return _multilabel_examples(run_dir, found, names, named)
     text = "<h2>Mistakes and doubts</h2>"
     if found.get("note"):
         text += f"<p class=note>{html.escape(found['note'])}</p>"
@@ -402,7 +418,8 @@ def _examples(run_dir, files):
         text += f"<h3>{title} ({len(shown)})</h3>"
         for e in shown:
             caption = (
-                f"#{e['index']}: true {names[e['true']]}, predicted {names[e['predicted']]} ({e['probability']:.1%})"
+                f"{named(e['index'])}: true {names[e['true']]}, predicted {names[e['predicted']]} "
+                f"({e['probability']:.1%})"
             )
             text += (
                 f'<figure class="example" data-kind="{kind}" data-index="{e["index"]}" data-true="{e["true"]}" '
@@ -415,13 +432,13 @@ def _examples(run_dir, files):
         text += "<h3>Where the model looked (Grad-CAM on the backbone's last feature map, predicted class)</h3>"
         text += "".join(
             f'<figure><img alt="Grad-CAM {e["index"]}" src="{_png(os.path.join(run_dir, e["gradcam"]))}">'
-            f"<figcaption>#{e['index']}: {html.escape(names[e['predicted']])}</figcaption></figure>"
+            f"<figcaption>{html.escape(named(e['index']))}: {html.escape(names[e['predicted']])}</figcaption></figure>"
             for e in cams
         )
     return text
 
 
-def _multilabel_examples(run_dir, found, names):
+def _multilabel_examples(run_dir, found, names, named):
     text = "<h2>Mistakes</h2>"
     if found.get("note"):
         text += f"<p class=note>{html.escape(found['note'])}</p>"
@@ -433,7 +450,7 @@ def _multilabel_examples(run_dir, found, names):
         shown = [e for e in found["examples"] if e["kind"] == kind]
         text += f"<h3>{title} ({len(shown)})</h3>"
         for e in shown:
-            caption = f"#{e['index']}: true {label_set(e['true'])}; predicted {label_set(e['predicted'])}"
+            caption = f"{named(e['index'])}: true {label_set(e['true'])}; predicted {label_set(e['predicted'])}"
             text += (
                 f'<figure class="example" data-kind="{kind}" data-index="{e["index"]}"><img alt="example '
                 f'{e["index"]}" src="{_png(os.path.join(run_dir, e["image"]))}">'

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
+import io
 import json
 import logging
 import os
@@ -65,6 +66,7 @@ FILES = {  # key -> path inside a run folder ("/" separates folders; {fields} ar
     "examples_index": "examples/examples.json",
     "comparison": "comparison.json",
     "timings": "timings.json",
+    "splits": "splits.csv",
     "scratch": "scratch",
     "exports": "exports",  # benchmark_exports' files, in a run
     "exports_table": "exports.json",  # its table, in the folder it writes to
@@ -178,6 +180,25 @@ def run_labels(run_dir):
     data = read_run_json(run_dir, "data")
     thresholds = read_run_json(run_dir, "report").get("thresholds") if data.get("multi_label") else None
     return data.get("class_names"), thresholds
+
+
+def write_splits(run_dir, files):
+    """`splits.csv`: every image's path and the split it went to (`files`: split -> paths, in each split's order,
+    as `DatasetInfo.files`)."""
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["path", "split"])
+    writer.writerows((path, split) for split, paths in files.items() for path in paths)
+    write_text(run_file(run_dir, "splits"), rows.getvalue())
+
+
+def read_splits(run_dir):
+    """split -> the paths `write_splits` recorded, in order; {} when the run has no `splits.csv`."""
+    found = {}
+    with contextlib.suppress(OSError), open(run_file(run_dir, "splits"), newline="") as f:
+        for row in csv.DictReader(f):
+            found.setdefault(row["split"], []).append(row["path"])
+    return found
 
 
 def read_run_json(run_dir, key):

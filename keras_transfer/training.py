@@ -77,9 +77,10 @@ class TrainingOptions:
             recomputed over the training images at the end (`recompute_batchnorm`).
         min_steps_per_epoch: a training set of fewer batches runs several epochs per Keras epoch (see
             `fine_tune`'s Returns); 1 runs one Keras epoch per epoch.
-        head_init: None, or `"probe"`: start stage 1 from a logistic regression fitted on the cached features
-            (LP-FT, Kumar et al. 2022), so fine-tuning starts at the linear probe's accuracy with a loss that
-            is not yet zero. Needs cached features and a head without hidden dense layers.
+        head_init: None, or `"probe"`: start stage 1 from a logistic regression fitted on the backbone's features
+            of the training images as they are (computed once; augmentation acts in training only) (LP-FT, Kumar
+            et al. 2022), so fine-tuning starts at the linear probe's accuracy with a loss that is not yet zero.
+            Needs a head without hidden dense layers.
         layer_decay: stage 2's layer-wise learning rates: the head at the full rate, the backbone's top stage (of
             its table row) at `layer_decay` of it, the next at `layer_decay ** 2`, and so on (timm's layer decay,
             fastai's discriminative rates); it scales each update, whatever the optimizer. 1.0: off.
@@ -315,11 +316,13 @@ def _train_head(run, epochs, learning_rate):
             run.model.load_weights(run_file(run.run_dir, "stage1"))
         logger.info("Stage 1 already finished in %s; its weights are restored.", run.run_dir)
         return None
-    use_cache = _use_cache(run)
+    use_cache, probe = _use_cache(run), run.options.head_init == "probe"
     with run.strategy.scope():  # the head model and its optimizer must belong to the strategy too
-        fit_model, train, val = _head_on_features(run) if use_cache else (run.model, run.train, run.val)
-        if run.options.head_init == "probe":
-            _probe_head(run.view, train if use_cache else None)
+        # the probe is fitted on features of the images as they are (augmentation acts only in training)
+        on_features = _head_on_features(run) if use_cache or probe else None
+        fit_model, train, val = on_features if use_cache else (run.model, run.train, run.val)
+        if probe:
+            _probe_head(run.view, on_features[1])
         fit_model.compile(
             optimizer=make_optimizer(run.options.optimizer, learning_rate),
             loss=run.loss,
@@ -494,10 +497,10 @@ def _head_on_features(run):
 def _probe_head(view, features):
     """Sets the `predictions` layer to the linear probe (`heads.fit_probe`) of cached `(features, labels)` batches."""
     dense, multi_label = view.output, view.multi_label
-    if features is None or not (dense.get_config()["activation"] == "softmax" or multi_label):
+    if not (dense.get_config()["activation"] == "softmax" or multi_label):
         raise ValueError(
-            "head_init='probe' needs cached features (no augmentation, cache_features not False) and a "
-            "softmax head (or one sigmoid per label, for several labels per image). Received: head_init='probe'"
+            "head_init='probe' needs a softmax head (or one sigmoid per label, for several labels per image). "
+            "Received: head_init='probe'"
         )
     batches = [(np.asarray(x), np.asarray(y)) for x, y in features]
     x, y = np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])

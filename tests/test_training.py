@@ -125,8 +125,17 @@ def test_head_init_probe_starts_stage_one_at_the_logistic_regression():
 
     with pytest.raises(ValueError, match="head_init must be None or 'probe'. Received: head_init='lp'"):
         kt.fine_tune(model, train, head_epochs=1, fine_tune_epochs=0, head_init="lp")
-    with pytest.raises(ValueError, match="needs cached features"):
-        kt.fine_tune(model, train, head_epochs=1, fine_tune_epochs=0, head_init="probe", cache_features=False)
+    # With augmentation (stage 1 runs the backbone every epoch) the probe is still fitted, on the images as they
+    # are: augmentation acts in training only.
+    augmented = kt.build_model("small_cnn", 3, input_shape=32, weights=None, augment=True)
+    kt.set_trainable(augmented, "frozen")
+    before = augmented.predict(images, verbose=0)
+    kt.fine_tune(augmented, train, head_epochs=1, fine_tune_epochs=0, learning_rate=1e-12, head_init="probe", verbose=0)
+    features = np.asarray(feature_model(augmented).predict(images, verbose=0))
+    scale = np.mean(np.linalg.norm(features, axis=1))
+    expected = LogisticRegression(C=10.0, max_iter=2000).fit(features / scale, labels).predict_proba(features / scale)
+    assert not np.allclose(before, expected, atol=1e-3)
+    np.testing.assert_allclose(augmented.predict(images, verbose=0), expected, atol=1e-4)
     deep = kt.build_model("small_cnn", 3, input_shape=32, weights=None, dense_units=(8,))
     with pytest.raises(ValueError, match="without hidden dense layers"):
         kt.fine_tune(deep, train, head_epochs=1, fine_tune_epochs=0, head_init="probe")

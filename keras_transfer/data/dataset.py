@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 
 import numpy as np
 
 from keras_transfer.data.pipeline import build_pipeline, cache_choice
 from keras_transfer.data.records import SPLITS, has_label, is_int, readable
 from keras_transfer.data.sources import records as source_records
+from keras_transfer.data.sources import with_given_splits
 from keras_transfer.data.splits import select_classes, split_indices
 from keras_transfer.images import image_size as image_size_rule
 
@@ -31,6 +33,8 @@ class DatasetInfo:
         image_size: `(height, width)` of the images the datasets yield.
         multi_label: True when an image may carry several labels (batches then carry float32 0/1 rows).
         sizes: split -> number of images.
+        files: split -> the path of each image, in the order the split yields them (None for sources without
+            files: arrays, TFDS, shards).
     """
 
     source: str
@@ -41,6 +45,7 @@ class DatasetInfo:
     image_size: tuple
     multi_label: bool = False
     sizes: dict = dataclasses.field(default_factory=dict)
+    files: dict | None = None
 
     @property
     def num_classes(self):
@@ -64,13 +69,15 @@ def load_dataset(
     image_size=(224, 224),
     batch_size=32,
     validation_split=0.2,
-    test_split=0.0,
+    test_split=0.1,
     seed=0,
     cache=True,
     classes=None,
     labels_per_class=None,
     test_per_class=None,
     deterministic=False,
+    validation=None,
+    test=None,
 ):
     """Loads an image classification dataset as batched `tf.data` pipelines.
 
@@ -99,6 +106,11 @@ def load_dataset(
         deterministic: keep a reproducible element order in the training split too (slower parallel decoding).
             Validation and test splits always keep their order, so `model.predict(test)` lines up with the labels
             of another pass over `test`.
+        validation: a source of its own for the validation split (a folder of class folders, a CSV file, a
+            `Table`, ...; the classes are matched by name): used as it is, instead of `validation_split` and of
+            the source's own `validation/`.
+        test: the same for the test split.
+
     A table's unusable rows and a folder's unreadable files are left out and listed in `info.skipped`. Several
     labels per image split iteratively (Sechidis et al. 2011), so that every label keeps its share in every split
     where it has enough images.
@@ -121,6 +133,8 @@ def load_dataset(
     """
     size = _check_arguments(image_size, batch_size, validation_split, test_split, labels_per_class, test_per_class)
     records = source_records(source)
+    given = {split: source_records(s) for split, s in (("validation", validation), ("test", test)) if s is not None}
+    records = with_given_splits(records, given) if given else records
     service = records.service
     keep_ids, class_names = select_classes(records.class_names, classes)
     selected = _selected_labels(records, keep_ids)
@@ -135,12 +149,15 @@ def load_dataset(
         image_size=size,
         multi_label=records.multi_label,
     )
+    info.files = {} if records.files is not None else None
     datasets = {}
     for split in SPLITS:
         origin = split if split in records.labels else "train"
         labels = selected[origin][indices[split]]
         info.counts[split] = {name: int(np.sum(has_label(labels, i))) for i, name in enumerate(class_names)}
         info.sizes[split] = len(labels)
+        if info.files is not None:
+            info.files[split] = [os.fsdecode(p) for p in records.files[origin][indices[split]]]
         datasets[split] = (
             build_pipeline(
                 (records.worker_images if split == "train" and records.worker_images else records.images)(
@@ -163,8 +180,22 @@ def load_dataset(
         raise ValueError(f"No training images left in {records.name!r} after the class selection and splits.")
     _warn_missing_classes(info.counts)
     _warn_imbalance(info.counts["train"])
+    _warn_small_test(info.sizes["test"])
     logger.debug("%s", info)
     return datasets["train"], datasets["validation"], datasets["test"], info
+
+
+def _warn_small_test(n, below=50):
+    """Warns about a test split of fewer than `below` images: an accuracy measured on it moves by several points
+    from one image to the next."""
+    if 0 < n < below:
+        logger.warning(
+            "The test split has %d images: an accuracy measured on it has a standard error of up to %.1f points "
+            "(100 * sqrt(0.25 / %d)). Give more test images (--test-split, --test DIR) for a number to trust.",
+            n,
+            100 * np.sqrt(0.25 / n),
+            n,
+        )
 
 
 def _selected_labels(records, keep_ids):

@@ -26,6 +26,12 @@ def folder_records(root):
             layout[split] = found
     if "train" not in layout:
         layout = {"train": root}
+    else:
+        logger.info(
+            "%s holds its own splits: %s",
+            readable(root),
+            ", ".join(f"{readable(os.path.relpath(folder, root))}/ -> {split}" for split, folder in layout.items()),
+        )
     skipped = []
     scans = {split: _scan_classes(folder, skipped) for split, folder in layout.items()}
     class_names = sorted(name for name, files in scans["train"].items() if files)

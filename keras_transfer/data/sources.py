@@ -3,7 +3,10 @@ becomes its source kind's records, and a source object (`Table`, `Tfds`, `Shards
 
 from __future__ import annotations
 
+import dataclasses
 import os
+
+import numpy as np
 
 from keras_transfer.data.arrays import FASHION_MNIST_CLASSES, array_records, digits_arrays, fashion_mnist_arrays
 from keras_transfer.data.folders import folder_records
@@ -79,3 +82,41 @@ def source_from(source, **options):
     if "data_dir" in given and isinstance(source, str) and source.startswith("tfds:"):
         return Tfds(source[len("tfds:") :], data_dir=given["data_dir"])
     return source
+
+
+def with_given_splits(records, given):
+    """`records` with the splits a caller gave as sources of their own (`given`: split -> records, each its
+    "train" images): their labels mapped onto `records`' classes by name, their images and files beside.
+
+    Raises:
+        ValueError: for a given split with classes the training source lacks, or of another label kind.
+    """
+    labels, images, files = dict(records.labels), {}, dict(records.files or {})
+    skipped = list(records.skipped)
+    for split, other in given.items():
+        extra = sorted(set(other.class_names) - set(records.class_names))
+        if extra or other.multi_label != records.multi_label:
+            why = f"classes the training source lacks: {', '.join(map(str, extra))}" if extra else "another label kind"
+            raise ValueError(
+                f"The {split} source {other.name!r} has {why}. Training classes: "
+                f"{', '.join(map(str, records.class_names))}. Received: {split}={other.name!r}"
+            )
+        ids = np.array([list(records.class_names).index(name) for name in other.class_names], np.int64)
+        if records.multi_label:
+            matrix = np.zeros((len(other.labels["train"]), len(records.class_names)), np.uint8)
+            matrix[:, ids] = other.labels["train"]
+            labels[split] = matrix
+        else:
+            labels[split] = ids[other.labels["train"]]
+        images[split] = other.images
+        if other.files is not None and records.files is not None:
+            files[split] = other.files["train"]
+        skipped += other.skipped
+
+    def split_images(split, idx):
+        return images[split]("train", idx) if split in images else records.images(split, idx)
+
+    has_files = records.files is not None and all(o.files is not None for o in given.values())
+    return dataclasses.replace(
+        records, labels=labels, images=split_images, files=files if has_files else None, skipped=skipped
+    )

@@ -288,3 +288,41 @@ def test_tfds_not_prepared_offline_fails_fast_with_instructions(monkeypatch, tmp
     ):
         load_dataset(Tfds("tf_flowers", data_dir=str(tmp_path), deadline_s=0.5))
     assert time.time() - start < 10
+
+
+def test_validation_and_test_sources_of_their_own_are_used_as_they_are(colour_folder, tmp_path, caplog):
+    import shutil
+
+    held_out = tmp_path / "held_out"
+    for name in ("blue", "red"):  # a test folder with some of the classes, in another order on disk
+        shutil.copytree(colour_folder / name, held_out / name)
+    with caplog.at_level("WARNING", logger="keras_transfer"):
+        train, val, test, info = load_dataset(
+            colour_folder, image_size=16, batch_size=8, validation_split=0.25, test=held_out, seed=3
+        )
+    assert info.sizes == {"train": 27, "validation": 9, "test": 24}  # nothing of the training folder is tested
+    assert "The test split has 24 images" in caplog.text and "standard error of up to 10.2 points" in caplog.text
+    labels = np.concatenate([y for _, y in test.as_numpy_iterator()])
+    names = [info.class_names[i] for i in labels]
+    assert names == [p.split(os.sep)[-2] for p in info.files["test"]]  # files in the order the split yields them
+    assert set(info.files["test"]).isdisjoint(info.files["train"] + info.files["validation"])
+    assert sorted(info.files["train"] + info.files["validation"]) == sorted(
+        str(colour_folder / c / f) for c in ("blue", "green", "red") for f in os.listdir(colour_folder / c)
+    )
+    (tmp_path / "other" / "purple").mkdir(parents=True)
+    shutil.copy(colour_folder / "red" / "0.png", tmp_path / "other" / "purple" / "0.png")
+    shutil.copytree(colour_folder / "red", tmp_path / "other" / "red")
+    with pytest.raises(ValueError, match="The validation source .* has classes the training source lacks: purple"):
+        load_dataset(colour_folder, image_size=16, validation=tmp_path / "other")
+
+
+def test_a_folder_with_its_own_splits_says_which_folder_became_which(colour_folder, tmp_path, caplog):
+    import shutil
+
+    for split in ("train", "val", "test"):
+        for name in ("red", "green"):
+            shutil.copytree(colour_folder / name, tmp_path / "photos" / split / name)
+    with caplog.at_level("INFO", logger="keras_transfer"):
+        _, _, _, info = load_dataset(tmp_path / "photos", image_size=16)
+    assert "train/ -> train, val/ -> validation, test/ -> test" in caplog.text
+    assert info.sizes == {"train": 24, "validation": 24, "test": 24}
