@@ -111,7 +111,8 @@ HELP = {
     "head_epochs": "stage-1 epochs: the head on a frozen backbone",
     "fine_tune_epochs": "stage-2 epochs: the unfrozen part of the backbone too",
     "unfreeze": f"stage-2 policy: one of {', '.join(POLICIES)}",
-    "head_init": "probe: stage 1 starts from a logistic regression on the cached features (LP-FT)",
+    "head_init": "probe: stage 1 starts from a logistic regression on the backbone's features (LP-FT); auto: probe "
+    "where the head allows it (no --dense-units); none: a random head",
     "class_weight": "balanced: weigh each class by n_images / (n_classes x its images), in both stages (several "
     "labels per image: each label's positives by its negatives / positives)",
     "tta": "test-time augmentation of the evaluation: flip averages each image with its mirror",
@@ -141,7 +142,7 @@ CHOICES = {
     "mixed_precision": list(MIXED_PRECISION),
     "xla": ["auto", "on", "off"],
     "cache_features": ["auto", "true", "false"],
-    "head_init": ["none", "probe"],
+    "head_init": ["auto", "probe", "none"],
     "augment": ["auto", "true", "false"],
     "class_weight": ["none", "balanced"],
     "tta": ["none", "flip"],
@@ -163,7 +164,6 @@ DEFAULT_TEXT = {
     "test_per_class": "all",
     "dense_units": "none",
     "weights": "imagenet",
-    "head_init": "probe",
     "class_weight": "none",
     "tta": "none",
 }

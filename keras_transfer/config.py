@@ -76,7 +76,8 @@ class RunConfig:
     optimizer: str = "adam"
     label_smoothing: float = 0.0
     train_batchnorm: bool = False  # stage 2 trains BatchNormalization too (from scratch), statistics recomputed
-    head_init: str | None = "probe"  # stage 1 starts from a logistic regression on the features (LP-FT); None: random
+    head_init: str | None = "auto"  # "probe": stage 1 starts from a logistic regression on the features (LP-FT);
+    # "auto": where the head allows it (no hidden dense layers); None: a random head
     class_weight: str | None = None  # "balanced": classes weighted by n / (n_classes * n_class), in both stages
     layer_decay: float = 1.0  # stage 2: each backbone stage below the head at this factor of the rate above it
     early_stopping: int = 3  # patience in epochs on the validation loss, best weights kept; 0 turns it off

@@ -342,6 +342,8 @@ class ModelView:
     augmented: bool  # it has an in-model augmentation layer
     output: object  # the `predictions` Dense layer (None: a model without that head)
     multi_label: bool  # one sigmoid per label: several labels per image (the head decides)
+    probe_fits: bool  # the output layer sits right on the pooled features (no hidden dense layers), softmax or
+    # one sigmoid per label: a linear probe can be its starting point (LP-FT)
 
 
 def model_view(model):
@@ -352,7 +354,8 @@ def model_view(model):
         ValueError: if the model has no backbone layer.
     """
     backbone = get_backbone(model)
-    output = _layer(model, PREDICTIONS)
+    output, pool = _layer(model, PREDICTIONS), _layer(model, HEAD_POOL)
+    multi_label = output is not None and output.get_config()["activation"] == "sigmoid" and model.output_shape[-1] > 1
     layers = [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
     return ModelView(
         backbone,
@@ -364,7 +367,11 @@ def model_view(model):
         input_size(model),
         augmentation_layer(model) is not None,
         output,
-        output is not None and output.get_config()["activation"] == "sigmoid" and model.output_shape[-1] > 1,
+        multi_label,
+        output is not None
+        and pool is not None
+        and (multi_label or output.get_config()["activation"] == "softmax")
+        and output.get_weights()[0].shape[0] == pool.output.shape[-1],
     )
 
 

@@ -77,7 +77,9 @@ class TrainingOptions:
             recomputed over the training images at the end (`recompute_batchnorm`).
         min_steps_per_epoch: a training set of fewer batches runs several epochs per Keras epoch (see
             `fine_tune`'s Returns); 1 runs one Keras epoch per epoch.
-        head_init: None, or `"probe"`: start stage 1 from a logistic regression fitted on the backbone's features
+        head_init: `"auto"`: `"probe"` where the head allows it (a softmax layer, or one sigmoid per label, right on
+            the pooled features), else None; None: a random head; `"probe"`: start stage 1 from a logistic
+            regression fitted on the backbone's features
             of the training images as they are (computed once; augmentation acts in training only) (LP-FT, Kumar
             et al. 2022), so fine-tuning starts at the linear probe's accuracy with a loss that is not yet zero.
             Needs a head without hidden dense layers.
@@ -97,7 +99,7 @@ class TrainingOptions:
     cache_features: object = "auto"
     jit_compile: object = "auto"
     train_batchnorm: bool = False
-    head_init: str | None = None
+    head_init: str | None = "auto"
     min_steps_per_epoch: int = 20
     class_weight: object = None
     layer_decay: float = 1.0
@@ -118,7 +120,7 @@ class TrainingOptions:
             ("cache_features", self.cache_features in ("auto", True, False), "'auto', True or False"),
             ("jit_compile", self.jit_compile in ("auto", True, False), "'auto', True or False"),
             ("train_batchnorm", isinstance(self.train_batchnorm, bool), "True or False"),
-            ("head_init", self.head_init in (None, "probe"), "None or 'probe'"),
+            ("head_init", self.head_init in (None, "probe", "auto"), "None, 'probe' or 'auto'"),
             ("min_steps_per_epoch", is_number(self.min_steps_per_epoch) and self.min_steps_per_epoch >= 1, ">= 1"),
             (
                 "class_weight",
@@ -137,11 +139,11 @@ def fine_tune(
     train,
     val=None,
     *,
-    head_epochs=5,
-    fine_tune_epochs=5,
-    unfreeze="stages:1",
+    head_epochs=1,
+    fine_tune_epochs=10,
+    unfreeze="all",
     learning_rate=1e-3,
-    fine_tune_learning_rate=1e-5,
+    fine_tune_learning_rate=1e-4,
     options=None,
     callbacks=(),
     run_dir=None,
@@ -316,7 +318,7 @@ def _train_head(run, epochs, learning_rate):
             run.model.load_weights(run_file(run.run_dir, "stage1"))
         logger.info("Stage 1 already finished in %s; its weights are restored.", run.run_dir)
         return None
-    use_cache, probe = _use_cache(run), run.options.head_init == "probe"
+    use_cache, probe = _use_cache(run), _probe_start(run)
     with run.strategy.scope():  # the head model and its optimizer must belong to the strategy too
         # the probe is fitted on features of the images as they are (augmentation acts only in training)
         on_features = _head_on_features(run) if use_cache or probe else None
@@ -492,6 +494,18 @@ def _head_on_features(run):
 
     val = cached(run.val, "validation", False) if run.val is not None else None
     return head, cached(run.train, "train", True), val
+
+
+def _probe_start(run):
+    """Whether stage 1 starts at the linear probe (`head_init`; "auto": where the head allows it, said so)."""
+    if run.options.head_init != "auto":
+        return run.options.head_init == "probe"
+    if not run.view.probe_fits:
+        logger.info(
+            "Stage 1 starts from a random head (head_init='auto'): a linear probe needs a softmax layer (or one "
+            "sigmoid per label) right on the pooled features, without hidden dense layers."
+        )
+    return run.view.probe_fits
 
 
 def _probe_head(view, features):
