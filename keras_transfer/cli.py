@@ -191,6 +191,8 @@ def run_command(prog, parser, argv, work):
     except SystemExit as e:  # argparse has printed the usage and the problem
         return int(e.code or 0)
     verbose = getattr(args, "verbose", False)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level  # the command's way of showing log lines lasts while it runs
     quiet_frameworks(verbose)
     try:
         return int(work(args) or 0)
@@ -203,6 +205,9 @@ def run_command(prog, parser, argv, work):
         hint = "" if verbose or isinstance(e, ValueError) else "  (--verbose shows the traceback)"
         print(f"{prog}: error: {message}{hint}", file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
 
 
 _SETTING = re.compile(
@@ -387,7 +392,8 @@ def _module_command(name):
     """The handler of a command whose parser and work live in `keras_transfer.commands.<name>`."""
 
     def handle(argv):
-        quiet_frameworks("--verbose" in argv)  # before the module loads TensorFlow
+        if "--verbose" not in argv:
+            quiet_tensorflow()  # before the module loads TensorFlow
         module = importlib.import_module(f"keras_transfer.commands.{name}")
         parser = module.build_parser()
         parser.prog = f"keras-transfer {name}"

@@ -411,10 +411,11 @@ def _build(config, info, resolved):
 
 def _probe(model, data):
     """Linear-probe accuracy on the pretrained features, before fine-tuning changes them."""
-    logger.info("Linear probe on the pretrained features (one pass over the training and %s images)", data["split"])
     probe = linear_probe(model, data["train"], data["evaluated"])
+    metric = "mAP" if data["info"].multi_label else "accuracy"
     logger.info(
-        "Linear probe: %s %s %.1f%%", data["split"], "mAP" if data["info"].multi_label else "accuracy", 100 * probe
+        f"Linear probe on the pretrained features (one pass over the training and {data['split']} images): "
+        f"{data['split']} {metric} {probe:.1%}"
     )
     return probe
 

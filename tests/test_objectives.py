@@ -28,7 +28,7 @@ def _imbalanced(rgb_images, counts=(9, 3)):
 
 def test_balanced_class_weights_are_scikit_learns_and_the_loss_applies_them(rgb_images):
     x, y = _imbalanced(rgb_images)
-    train, _, _, _ = kt.load_dataset((x, y), image_size=32, batch_size=len(y), validation_split=0)
+    train, _, _, _ = kt.load_dataset((x, y), image_size=32, batch_size=len(y), validation_split=0, test_split=0.0)
     weights = class_weights(train, 2, "balanced")
     np.testing.assert_allclose(list(weights.values()), compute_class_weight("balanced", classes=np.array([0, 1]), y=y))
     for cache in (True, False):  # the cached frozen stage and plain fit weigh the same way
@@ -37,14 +37,23 @@ def test_balanced_class_weights_are_scikit_learns_and_the_loss_applies_them(rgb_
         probs = model.predict(x, verbose=0)
         expected = np.mean([weights[c] for c in y] * -np.log(probs[np.arange(len(y)), y]))
         history = kt.fine_tune(
-            model, train, head_epochs=1, fine_tune_epochs=0, class_weight="balanced", cache_features=cache, verbose=0
+            model,
+            train,
+            head_epochs=1,
+            fine_tune_epochs=0,
+            class_weight="balanced",
+            cache_features=cache,
+            verbose=0,
+            head_init=None,  # the head as built: the loss before the step is the one computed above
         )
         assert history.history["loss"][0] == pytest.approx(expected, rel=1e-4)  # one batch: the loss before the step
 
 
 def test_class_weight_for_several_labels_weighs_each_labels_positives(rgb_images):
     y = np.array([[1, 0, 0]] * 2 + [[0, 1, 1]] * 6 + [[0, 0, 1]] * 4)
-    train, _, _, info = kt.load_dataset((rgb_images(12, 32), y), image_size=32, batch_size=12, validation_split=0)
+    train, _, _, info = kt.load_dataset(
+        (rgb_images(12, 32), y), image_size=32, batch_size=12, validation_split=0, test_split=0.0
+    )
     weights = class_weights(train, 3, "balanced", multi_label=True)
     assert weights == {0: 10 / 2, 1: 6 / 6, 2: 2 / 10}  # negatives / positives
     loss = PositiveWeightedCrossentropy([5.0, 1.0, 0.2])
@@ -71,7 +80,7 @@ def test_bad_class_weights_are_refused_before_training(rgb_images, value, messag
 def test_load_dataset_warns_about_imbalanced_training_classes(rgb_images, caplog):
     x, y = _imbalanced(rgb_images, counts=(30, 3))
     with caplog.at_level(logging.WARNING, logger="keras_transfer.data"):
-        kt.load_dataset((x, y), image_size=32, validation_split=0)
+        kt.load_dataset((x, y), image_size=32, validation_split=0, test_split=0.0)
     assert "'0' has 30 images, '1' 3 (10x). Consider fine_tune(..., class_weight='balanced')" in caplog.text
 
 

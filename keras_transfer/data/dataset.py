@@ -135,7 +135,6 @@ def load_dataset(
     records = source_records(source)
     given = {split: source_records(s) for split, s in (("validation", validation), ("test", test)) if s is not None}
     records = with_given_splits(records, given) if given else records
-    service = records.service
     keep_ids, class_names = select_classes(records.class_names, classes)
     selected = _selected_labels(records, keep_ids)
     per_class = (labels_per_class, test_per_class)
@@ -149,33 +148,8 @@ def load_dataset(
         image_size=size,
         multi_label=records.multi_label,
     )
-    info.files = {} if records.files is not None else None
-    datasets = {}
-    for split in SPLITS:
-        origin = split if split in records.labels else "train"
-        labels = selected[origin][indices[split]]
-        info.counts[split] = {name: int(np.sum(has_label(labels, i))) for i, name in enumerate(class_names)}
-        info.sizes[split] = len(labels)
-        if info.files is not None:
-            info.files[split] = [os.fsdecode(p) for p in records.files[origin][indices[split]]]
-        datasets[split] = (
-            build_pipeline(
-                (records.worker_images if split == "train" and records.worker_images else records.images)(
-                    origin, indices[split]
-                ),
-                labels,
-                size=size,
-                batch_size=batch_size,
-                training=split == "train",
-                cache=cache_choice(cache, service and split == "train", len(labels), size, records.dtype),
-                cache_name=split,
-                service=service if split == "train" else None,
-                seed=seed,
-                deterministic=deterministic,
-            )
-            if len(labels)
-            else None
-        )
+    pipeline = dict(size=size, batch_size=batch_size, cache=cache, seed=seed, deterministic=deterministic)
+    datasets = {split: _split_dataset(records, split, selected, indices[split], info, pipeline) for split in SPLITS}
     if not info.sizes["train"]:
         raise ValueError(f"No training images left in {records.name!r} after the class selection and splits.")
     _warn_missing_classes(info.counts)
@@ -183,6 +157,33 @@ def load_dataset(
     _warn_small_test(info.sizes["test"])
     logger.debug("%s", info)
     return datasets["train"], datasets["validation"], datasets["test"], info
+
+
+def _split_dataset(records, split, selected, idx, info, pipeline):
+    """One split's pipeline (None when it has no images); its counts, size and files recorded in `info`."""
+    origin = split if split in records.labels else "train"  # a split the source lacks is drawn from its train
+    labels = selected[origin][idx]
+    info.counts[split] = {name: int(np.sum(has_label(labels, i))) for i, name in enumerate(info.class_names)}
+    info.sizes[split] = len(labels)
+    if records.files is not None:
+        info.files = info.files or {}
+        info.files[split] = [os.fsdecode(p) for p in records.files[origin][idx]]
+    if not len(labels):
+        return None
+    served = records.service if split == "train" else None
+    images = records.worker_images if split == "train" and records.worker_images else records.images
+    return build_pipeline(
+        images(origin, idx),
+        labels,
+        size=pipeline["size"],
+        batch_size=pipeline["batch_size"],
+        training=split == "train",
+        cache=cache_choice(pipeline["cache"], served, len(labels), pipeline["size"], records.dtype),
+        cache_name=split,
+        service=served,
+        seed=pipeline["seed"],
+        deterministic=pipeline["deterministic"],
+    )
 
 
 def _warn_small_test(n, below=50):

@@ -68,7 +68,9 @@ def _all(ds):
 
 def test_folder_with_bad_files_iterates_a_full_epoch_and_reports_them(image_folder):
     root, bad, good = image_folder
-    train, val, test, info = load_dataset(str(root), image_size=(24, 24), batch_size=4, validation_split=0.25)
+    train, val, test, info = load_dataset(
+        str(root), image_size=(24, 24), batch_size=4, validation_split=0.25, test_split=0.0
+    )
     assert info.class_names == ["cat", "dog", "fox"] and info.num_classes == 3
     reported = {os.path.relpath(path, root): reason for path, reason in info.skipped}
     assert set(reported) == set(bad)
@@ -175,7 +177,7 @@ def test_splits_are_identical_across_calls_with_one_seed_and_differ_with_another
 
 
 def test_stratified_split_keeps_class_proportions():
-    _, val, _, info = load_dataset("digits", image_size=8, validation_split=0.2)
+    _, val, _, info = load_dataset("digits", image_size=8, validation_split=0.2, test_split=0.0)
     for name, n in info.counts["validation"].items():
         total = n + info.counts["train"][name]
         assert n == round(total * 0.2)
@@ -184,7 +186,7 @@ def test_stratified_split_keeps_class_proportions():
 def test_arrays_source_grayscale_and_errors():
     x = np.random.default_rng(0).integers(0, 256, (20, 10, 10), dtype=np.uint8)
     y = np.array([0, 1] * 10)
-    train, val, _, info = load_dataset((x, y), image_size=12, batch_size=5, validation_split=0.0)
+    train, val, _, info = load_dataset((x, y), image_size=12, batch_size=5, validation_split=0.0, test_split=0.0)
     xs, ys = _all(train)
     assert xs.shape == (20, 12, 12, 3) and np.all(xs[..., 0] == xs[..., 2])
     assert val is None and info.class_names == ["0", "1"]
@@ -199,15 +201,15 @@ def test_arrays_source_grayscale_and_errors():
         warnings.simplefilter("error")
         model.evaluate(test, verbose=0)
     with pytest.raises(ValueError, match=r"y must be one integer label per image.*y\.shape=\(3,\)"):
-        load_dataset((x, y[:3]))
+        load_dataset((x, y[:3]), test_split=0.0)
     with pytest.raises(ValueError, match=r"x must have shape .* Received: x\.shape=\(20, 10\)"):
-        load_dataset((x[:, :, 0], y))
+        load_dataset((x[:, :, 0], y), test_split=0.0)
     with pytest.raises(ValueError, match=r"Unknown class 7\. Expected ids 0\.\.1 or names: 0, 1"):
-        load_dataset((x, y), classes=[0, 7])
+        load_dataset((x, y), classes=[0, 7], test_split=0.0)
     with pytest.raises(ValueError, match=r"validation_split must be in \[0, 1\)\. Received: validation_split=1\.5"):
-        load_dataset((x, y), validation_split=1.5)
+        load_dataset((x, y), validation_split=1.5, test_split=0.0)
     with pytest.raises(ValueError, match=r"image_size must be an int or \(height, width\)"):
-        load_dataset((x, y), image_size=(0, 4))
+        load_dataset((x, y), image_size=(0, 4), test_split=0.0)
 
 
 def test_augmentation_is_the_model_s_not_the_pipeline_s():
@@ -220,7 +222,9 @@ def test_file_cache(tmp_path, image_folder):
     root, _, good = image_folder
     prefix = str(tmp_path / "cache" / "run")
     os.makedirs(os.path.dirname(prefix))
-    train, _, _, _ = load_dataset(str(root), image_size=8, batch_size=4, cache=prefix, validation_split=0.0)
+    train, _, _, _ = load_dataset(
+        str(root), image_size=8, batch_size=4, cache=prefix, validation_split=0.0, test_split=0.0
+    )
     assert len(_all(train)[0]) == good
     assert any(name.startswith("run_train") for name in os.listdir(os.path.dirname(prefix)))
 

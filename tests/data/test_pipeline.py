@@ -30,10 +30,12 @@ def test_two_service_workers_decode_each_training_image_once_per_epoch(tmp_path)
     service = start_data_service(workers=2)
     write_shards(_indexed(), tmp_path / "shards", num_shards=4)
     options = dict(image_size=16, batch_size=4, validation_split=0.25)
-    train, val, _, info = kt.load_dataset(Shards(tmp_path / "shards", service=service["address"]), **options)
+    train, val, _, info = kt.load_dataset(
+        Shards(tmp_path / "shards", service=service["address"]), **options, test_split=0.0
+    )
     assert b"DataServiceDataset" in train._as_serialized_graph().numpy()  # through the service
     assert b"DataServiceDataset" not in val._as_serialized_graph().numpy()  # evaluation splits: decoded here
-    local = _seen(kt.load_dataset(_indexed(), **options)[0])
+    local = _seen(kt.load_dataset(_indexed(), **options, test_split=0.0)[0])
     assert len(local) == info.sizes["train"] == 18 and all(label == i % 3 for i, label in local)
     for _ in range(2):  # each epoch: every training image once with its label, the same ones as without the service
         assert _seen(train) == local

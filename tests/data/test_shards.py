@@ -116,7 +116,9 @@ def test_several_labels_per_image_and_a_resize_on_writing(rgb_images, tmp_path):
     y[::4, 2] = 1
     manifest = write_shards((x, y), tmp_path / "s", image_size=16)
     assert manifest["multi_label"] and tuple(manifest["image_size"]) == (16, 16)
-    train, _, _, info = kt.load_dataset(tmp_path / "s", image_size=16, validation_split=0.0, batch_size=4)
+    train, _, _, info = kt.load_dataset(
+        tmp_path / "s", image_size=16, validation_split=0.0, batch_size=4, test_split=0.0
+    )
     assert info.multi_label and sorted(map(tuple, np.concatenate([b for _, b in train]).tolist())) == sorted(
         map(tuple, y.astype(np.float32).tolist())
     )
@@ -131,7 +133,7 @@ def test_a_damaged_image_is_left_out_and_listed_in_the_manifest(colour_folder, t
     (folder / "red" / "0.png").write_bytes(whole[:-60])
     manifest = write_shards(folder, tmp_path / "shards")
     assert manifest["skipped"] == [["red/0.png", "truncated PNG (no IEND chunk)"]]  # no absolute path
-    train, _, _, info = kt.load_dataset(tmp_path / "shards", image_size=16, validation_split=0.0)
+    train, _, _, info = kt.load_dataset(tmp_path / "shards", image_size=16, validation_split=0.0, test_split=0.0)
     assert sum(len(y) for _, y in train) == info.sizes["train"] == 35
 
 

@@ -58,7 +58,12 @@ def test_a_csv_of_names_loads_like_a_folder_and_lists_the_rows_it_left_out(tagge
     ]
     pd.concat([table, pd.DataFrame(extra)]).to_csv(tagged / "more.csv", index=False)
     train, val, test, info = kt.load_dataset(
-        Table(tagged / "more.csv", label_column="single"), image_size=24, batch_size=4, validation_split=0.25, seed=1
+        Table(tagged / "more.csv", label_column="single"),
+        image_size=24,
+        batch_size=4,
+        validation_split=0.25,
+        seed=1,
+        test_split=0.0,
     )
     reasons = {reason for _, reason in info.skipped}
     assert reasons == {
@@ -148,12 +153,20 @@ def test_labels_per_class_counts_images_per_label_and_label_columns(tagged):
     for c in COLOURS:
         table[c] = [int(c in tags.split()) for tags in table["tags"]]
     _, _, _, info = kt.load_dataset(
-        Table(table, root=tagged, label_columns=COLOURS), labels_per_class=3, validation_split=0.0, image_size=24
+        Table(table, root=tagged, label_columns=COLOURS),
+        labels_per_class=3,
+        validation_split=0.0,
+        image_size=24,
+        test_split=0.0,
     )
     assert info.multi_label and info.class_names == list(COLOURS)
     assert all(n >= 3 for n in info.counts["train"].values()) and info.sizes["train"] < 9
     train, _, _, info = kt.load_dataset(
-        Table(table, root=tagged, label_columns=COLOURS), classes=["red", "blue"], validation_split=0, image_size=24
+        Table(table, root=tagged, label_columns=COLOURS),
+        classes=["red", "blue"],
+        validation_split=0,
+        image_size=24,
+        test_split=0.0,
     )
     assert info.class_names == ["blue", "red"] and info.sizes["train"] == 36  # images with neither stay, label-less
     np.testing.assert_array_equal(_labels(train).sum(axis=0), [table["blue"].sum(), table["red"].sum()])
@@ -161,7 +174,9 @@ def test_labels_per_class_counts_images_per_label_and_label_columns(tagged):
 
 def test_arrays_with_a_zero_one_matrix_are_several_labels_per_image(rgb_images):
     y = np.random.default_rng(0).integers(0, 2, (20, 4))
-    train, _, _, info = kt.load_dataset((rgb_images(20, 16), y), image_size=16, batch_size=20, validation_split=0)
+    train, _, _, info = kt.load_dataset(
+        (rgb_images(20, 16), y), image_size=16, batch_size=20, validation_split=0, test_split=0.0
+    )
     assert info.multi_label and info.num_classes == 4
     np.testing.assert_array_equal(np.sort(_labels(train), axis=0), np.sort(y.astype(np.float32), axis=0))
 
