@@ -20,6 +20,7 @@ SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"RIFF")
 # Files whose header declares more pixels are skipped: PIL's decompression-bomb limit (Image.MAX_IMAGE_PIXELS).
 # Set keras_transfer.images.MAX_PIXELS to change it (as PIL users set Image.MAX_IMAGE_PIXELS).
 MAX_PIXELS = 89_478_485
+MIN_SIDE = 32  # a whole image smaller than this on a side is listed as an image to look at
 
 
 def image_size(value, name="image_size", *, channels=False, any_size=False):
@@ -51,15 +52,15 @@ def _is_size(value):
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
 
 
-def find_images(folder):
+def find_images(folder, oddities=None):
     """Readable image files under `folder` (sorted, subfolders included, hidden files and folders ignored),
-    and `(path, reason)` for every other file."""
+    and `(path, reason)` for every other file; `oddities`: as `image_problem`'s."""
     found, skipped = [], []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for filename in sorted(f for f in filenames if not f.startswith(".")):
             path = os.path.join(dirpath, filename)
-            reason = image_problem(path)
+            reason = image_problem(path, oddities)
             if reason:
                 skipped.append((path, reason))
             else:
@@ -82,12 +83,14 @@ def image_files(items):
     return found, skipped
 
 
-def image_problem(path):
+def image_problem(path, oddities=None):
     """Why the file at `path` cannot be used as an image, or None when it looks whole.
 
     Recognizes JPEG, PNG, GIF, BMP and WebP by their signature; finds truncation by end markers or declared sizes,
     PNG damage by its chunk checksums, and reads the width and height from the header: above `MAX_PIXELS` the
-    file is refused before anything decodes it.
+    file is refused before anything decodes it. With `oddities` (a list), a whole image that is unlikely to be a
+    photo of the task (a GIF, or smaller than `MIN_SIDE` pixels on a side: placeholders, icons, tracking pixels)
+    is appended as `(path, reason)`; it is kept.
     """
     try:
         size = os.path.getsize(path)
@@ -98,9 +101,22 @@ def image_problem(path):
             f.seek(max(size - 1024, 0))
             tail = f.read()
             problem = _format_problem(head, tail, size, f) or _size_problem(f, head)
+            if not problem and oddities is not None:
+                oddity = _oddity(head, f)
+                (oddities.append((path, oddity)) if oddity else None)
     except OSError as e:
         return f"unreadable: {e.strerror or e}"
     return problem
+
+
+def _oddity(head, f):
+    if head[:4] == b"GIF8":
+        return "a GIF: a placeholder or an animation rather than a photo?"
+    f.seek(0)
+    width, height = image_dimensions(f.read(1 << 16), f)
+    if min(width, height) < MIN_SIDE:
+        return f"{width}x{height} pixels: too small to be a photo of the task?"
+    return None
 
 
 def _format_problem(head, tail, size, f=None):

@@ -382,6 +382,7 @@ def _write_config(config, data):
         "multi_label": info.multi_label,
         "evaluated": data["split"],
         "skipped": [list(map(str, s)) for s in info.skipped],
+        "outliers": [list(map(str, s)) for s in info.outliers],
     }
     try:
         os.makedirs(config.output, exist_ok=True)

@@ -301,6 +301,10 @@ def _data(files):
     text += f"<p>{len(skipped)} file{'s' if len(skipped) != 1 else ''} skipped</p>"
     if skipped:
         text += _table(["file", "reason"], [[_cell(path), _cell(reason)] for path, reason in skipped[:200]])
+    outliers = data.get("outliers") or []
+    if outliers:
+        text += f"<h3>Images to look at ({len(outliers)}: kept, but unlikely photos of the task)</h3>"
+        text += _table(["file", "why"], [[_cell(path), _cell(reason)] for path, reason in outliers[:200]])
     return text
 
 

@@ -231,3 +231,17 @@ def test_jpegs_are_judged_by_decoding_not_by_their_tail(tmp_path):
     train, _, _, info = kt.load_dataset(tmp_path, image_size=32, batch_size=8, validation_split=0.0)
     assert info.sizes["train"] == 3 and [p.rsplit("/", 1)[-1] for p, _ in info.skipped] == ["cut.jpg"]
     assert sum(len(x) for x, _ in train) == 3  # the padded ones decode in the pipeline too
+
+
+def test_images_unlikely_to_be_photos_of_the_task_are_kept_and_listed(colour_folder, tmp_path):
+    import shutil
+
+    shutil.copytree(colour_folder, tmp_path / "photos")
+    Image.new("RGB", (120, 90), (200, 200, 200)).save(tmp_path / "photos" / "red" / "sorry.gif")  # a placeholder
+    Image.new("RGB", (1, 1), (255, 0, 0)).save(tmp_path / "photos" / "green" / "pixel.png")
+    _, _, _, info = kt.load_dataset(tmp_path / "photos", image_size=16, test_split=0.0)
+    assert sum(info.sizes.values()) == 38 and not info.skipped  # kept
+    assert sorted((os.path.basename(p), why.split(":")[0]) for p, why in info.outliers) == [
+        ("pixel.png", "1x1 pixels"),
+        ("sorry.gif", "a GIF"),
+    ]

@@ -33,6 +33,8 @@ class DatasetInfo:
         image_size: `(height, width)` of the images the datasets yield.
         multi_label: True when an image may carry several labels (batches then carry float32 0/1 rows).
         sizes: split -> number of images.
+        outliers: `(path, reason)` for images kept but unlikely to be photos of the task (a GIF placeholder, a
+            1-pixel image): a list to look at.
         files: split -> the path of each image, in the order the split yields them (None for sources without
             files: arrays, TFDS, shards).
     """
@@ -46,6 +48,7 @@ class DatasetInfo:
     multi_label: bool = False
     sizes: dict = dataclasses.field(default_factory=dict)
     files: dict | None = None
+    outliers: list = dataclasses.field(default_factory=list)
 
     @property
     def num_classes(self):
@@ -145,6 +148,7 @@ def load_dataset(
         label_map={records.original_ids[i]: k for k, i in enumerate(keep_ids)},
         counts={},
         skipped=list(records.skipped),
+        outliers=list(records.outliers),
         image_size=size,
         multi_label=records.multi_label,
     )
@@ -155,6 +159,8 @@ def load_dataset(
     _warn_missing_classes(info.counts)
     _warn_imbalance(info.counts["train"])
     _warn_small_test(info.sizes["test"])
+    if info.outliers:
+        logger.info("%d images to look at (kept, but unlikely photos of the task): info.outliers", len(info.outliers))
     logger.debug("%s", info)
     return datasets["train"], datasets["validation"], datasets["test"], info
 

@@ -32,8 +32,8 @@ def folder_records(root):
             readable(root),
             ", ".join(f"{readable(os.path.relpath(folder, root))}/ -> {split}" for split, folder in layout.items()),
         )
-    skipped = []
-    scans = {split: _scan_classes(folder, skipped) for split, folder in layout.items()}
+    skipped, outliers = [], []
+    scans = {split: _scan_classes(folder, skipped, outliers) for split, folder in layout.items()}
     class_names = sorted(name for name, files in scans["train"].items() if files)
     if len(class_names) < 2:
         raise ValueError(
@@ -62,16 +62,16 @@ def folder_records(root):
         files = paths[split][idx]  # as bytes: a file name the OS allows need not be UTF-8; tf.string holds any
         return lambda labels, size, shuffle_seed, dtype: decode_files(files, labels, size, shuffle_seed, dtype)
 
-    return Records(root, class_names, class_names, labels, images, skipped=skipped, files=paths)
+    return Records(root, class_names, class_names, labels, images, skipped=skipped, outliers=outliers, files=paths)
 
 
-def _scan_classes(folder, skipped):
+def _scan_classes(folder, skipped, outliers):
     """class name -> sorted readable image paths (subfolders included, hidden files ignored)."""
     classes = {}
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if entry.name.startswith(".") or not entry.is_dir():
             continue
-        files, bad = find_images(entry.path)
+        files, bad = find_images(entry.path, outliers)
         skipped.extend(bad)
         if not files:
             skipped.append((entry.path, "empty class folder: no readable images"))

@@ -31,6 +31,7 @@ class Records:
     images: object
     dtype: object = np.uint8
     skipped: list = dataclasses.field(default_factory=list)
+    outliers: list = dataclasses.field(default_factory=list)  # (path, reason): kept, but unlikely photos of the task
     multi_label: bool = False  # labels are (n, classes) 0/1 arrays
     files: dict = None  # split -> the image files (bytes paths), for sources of files (what `write_shards` copies)
     size: tuple = None  # (height, width) of every image, where the source has one size (arrays)

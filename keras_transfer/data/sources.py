@@ -92,7 +92,7 @@ def with_given_splits(records, given):
         ValueError: for a given split with classes the training source lacks, or of another label kind.
     """
     labels, images, files = dict(records.labels), {}, dict(records.files or {})
-    skipped = list(records.skipped)
+    skipped, outliers = list(records.skipped), list(records.outliers)
     for split, other in given.items():
         extra = sorted(set(other.class_names) - set(records.class_names))
         if extra or other.multi_label != records.multi_label:
@@ -112,11 +112,17 @@ def with_given_splits(records, given):
         if other.files is not None and records.files is not None:
             files[split] = other.files["train"]
         skipped += other.skipped
+        outliers += other.outliers
 
     def split_images(split, idx):
         return images[split]("train", idx) if split in images else records.images(split, idx)
 
     has_files = records.files is not None and all(o.files is not None for o in given.values())
     return dataclasses.replace(
-        records, labels=labels, images=split_images, files=files if has_files else None, skipped=skipped
+        records,
+        labels=labels,
+        images=split_images,
+        files=files if has_files else None,
+        skipped=skipped,
+        outliers=outliers,
     )

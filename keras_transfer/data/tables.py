@@ -101,7 +101,8 @@ def table_records(table):
         labels = [(row, sorted(class_names.index(n) for n in names) if names else None) for row, names in cells]
     multi = table.label_columns is not None or table.label_delimiter is not None
     split_column = table.split_column and _table_column(table.split_column, columns, "split_column")
-    usable, skipped = _usable_rows(rows, labels, path_column, root)
+    outliers = []
+    usable, skipped = _usable_rows(rows, labels, path_column, root, outliers)
     splits = {}
     for i, path, ids in usable:
         split = _split_value(*rows[i], split_column) if split_column else "train"
@@ -124,7 +125,17 @@ def table_records(table):
         return lambda labels, size, shuffle_seed, dtype: decode_files(files, labels, size, shuffle_seed, dtype)
 
     labels = {split: as_labels(entries) for split, entries in splits.items()}
-    return Records(name, class_names, original_ids, labels, images, skipped=skipped, multi_label=multi, files=paths)
+    return Records(
+        name,
+        class_names,
+        original_ids,
+        labels,
+        images,
+        skipped=skipped,
+        outliers=outliers,
+        multi_label=multi,
+        files=paths,
+    )
 
 
 def _read_table(source, root):
@@ -233,7 +244,7 @@ def _zero_one_row(row, cells, columns):
     return ids
 
 
-def _usable_rows(rows, labels, path_column, root):
+def _usable_rows(rows, labels, path_column, root, outliers):
     """`(row index, path, label ids)` for every usable row, and `(path, "row N: reason")` for the others: no path,
     no label (one label per image), file missing or not a whole image, a path listed twice."""
     usable, skipped, first = [], [], {}
@@ -252,7 +263,7 @@ def _usable_rows(rows, labels, path_column, root):
         elif not os.path.isfile(path):
             reason = "file missing" if not os.path.exists(path) else "not a file"
         else:
-            reason = image_problem(path)
+            reason = image_problem(path, outliers)
         if reason:
             skipped.append((path or given, f"row {row}: {reason}"))
             continue
