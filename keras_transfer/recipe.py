@@ -160,9 +160,8 @@ class Resolved:
     size: tuple  # (height, width) the images load at and the model is built at
     weights: object  # "imagenet", None or a weights file
     augment: bool  # in-model augmentation ("auto" resolved: on for image files)
-    unfreeze: str  # stage 2's policy, checked against the backbone's table row
     options: TrainingOptions  # fine_tune's less common settings, checked
-    stages: dict  # fine_tune's epochs, policy and rates
+    stages: dict  # fine_tune's epochs, policy (checked against the backbone's table row) and rates
 
 
 def resolve(config, scratch=False):
@@ -201,7 +200,7 @@ def resolve(config, scratch=False):
     )
     weights = None if scratch else config.weights
     augment = _image_files(config.data) if config.augment == "auto" else bool(config.augment)
-    return Resolved(size, weights, augment, stages["unfreeze"], options, stages)
+    return Resolved(size, weights, augment, options, stages)
 
 
 def _image_files(data):

@@ -525,7 +525,7 @@ def _probe_head(view, features):
         )
     # labels are one-hot when label smoothing is on; 0/1 rows (one-vs-rest regressions) for several labels
     dense.set_weights(list(fit_probe(x, y, kernel.shape[1], multi_label=multi_label)))
-    logger.info("Stage 1 starts from a logistic regression on the cached features (head_init='probe')")
+    logger.info("Stage 1 starts from a logistic regression on the backbone's features (LP-FT)")
 
 
 def _extend(history, h):
