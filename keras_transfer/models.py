@@ -430,6 +430,19 @@ def extract_features(model, dataset):
     return np.concatenate([f for f, _ in pairs]), np.concatenate([y for _, y in pairs])
 
 
+def inference_model(model):
+    """The model as it serves: the same layers and weights without its in-model augmentation layer (which passes
+    images through outside training, but whose random ops ONNX cannot express and an export need not carry); the
+    model itself when it has none."""
+    if _layer(model, AUGMENTATION) is None:
+        return model
+    names = [layer.name for layer in model.layers]
+    x = inputs = keras.Input(shape=model.input_shape[1:], name=IMAGES)
+    for layer in model.layers[names.index(AUGMENTATION) + 1 :]:
+        x = layer(x)
+    return keras.Model(inputs, x, name=model.name)
+
+
 def head_model(model):
     """A model from pooled features to predictions that SHARES the head layers of `model`."""
     names = [layer.name for layer in model.layers]

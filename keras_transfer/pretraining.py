@@ -80,6 +80,7 @@ def pretrain(
         classes=classes,
         seed=seed,
         validation_split=0.1 if method == "supervised" else 0.0,
+        test_split=0.0,  # pretraining is scored by what it transfers, not on a test split of its own
         deterministic=True,
     )
     model = build_model(backbone, info.num_classes, input_shape=size, weights=None)

@@ -87,18 +87,7 @@ def table_records(table):
         )
     name, rows, columns, root = _read_table(table.source, table.root)
     path_column = _table_column(table.path_column, columns, "path_column", PATH_COLUMNS)
-    if table.label_columns is not None:
-        label_columns = [_table_column(c, columns, "label_columns") for c in table.label_columns]
-        if len(label_columns) < 2:
-            raise ValueError(f"label_columns must name at least two columns. Received: label_columns={label_columns!r}")
-        class_names, original_ids = list(label_columns), list(label_columns)
-        labels = [(row, _zero_one_row(row, cells, label_columns)) for row, cells in rows]
-    else:
-        column = _table_column(table.label_column, columns, "label_column")
-        cells = [(row, _label_set(cells[column], table.label_delimiter)) for row, cells in rows]
-        _check_delimiter(table.label_delimiter, rows, column)
-        class_names, original_ids = _label_names([names for _, names in cells], column)
-        labels = [(row, sorted(class_names.index(n) for n in names) if names else None) for row, names in cells]
+    class_names, original_ids, labels = _row_labels(table, rows, columns)
     multi = table.label_columns is not None or table.label_delimiter is not None
     split_column = table.split_column and _table_column(table.split_column, columns, "split_column")
     outliers = []
@@ -136,6 +125,22 @@ def table_records(table):
         multi_label=multi,
         files=paths,
     )
+
+
+def _row_labels(table, rows, columns):
+    """`(class names, original ids, [(row, label ids or None)])` from the table's label column(s)."""
+    if table.label_columns is not None:
+        label_columns = [_table_column(c, columns, "label_columns") for c in table.label_columns]
+        if len(label_columns) < 2:
+            raise ValueError(f"label_columns must name at least two columns. Received: label_columns={label_columns!r}")
+        labels = [(row, _zero_one_row(row, cells, label_columns)) for row, cells in rows]
+        return list(label_columns), list(label_columns), labels
+    column = _table_column(table.label_column, columns, "label_column")
+    cells = [(row, _label_set(cells[column], table.label_delimiter)) for row, cells in rows]
+    _check_delimiter(table.label_delimiter, rows, column)
+    class_names, original_ids = _label_names([names for _, names in cells], column)
+    labels = [(row, sorted(class_names.index(n) for n in names) if names else None) for row, names in cells]
+    return class_names, original_ids, labels
 
 
 def _read_table(source, root):

@@ -15,6 +15,7 @@ from keras_transfer.export.layout import beside
 from keras_transfer.export.saved_model import export_metadata, fixed_input_size, model_thresholds
 from keras_transfer.export.tflite import culprits
 from keras_transfer.files import atomic_path, write_text
+from keras_transfer.models import inference_model
 from keras_transfer.terminal import native_logs_hidden
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ def export_onnx(model, path, *, class_names=None, thresholds=None):
             (named, with the ops); nothing is written then.
         ImportError: without the `onnx` extra (`pip install keras_transfer[onnx]`).
     """
+    model = inference_model(model)  # without its augmentation layer
     height, width = fixed_input_size(model)
     thresholds = model_thresholds(model, thresholds)
     _onnx_modules()

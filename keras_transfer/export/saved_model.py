@@ -14,7 +14,7 @@ from keras_transfer.export.layout import version_file
 from keras_transfer.files import new_version, versions
 from keras_transfer.heads import check_thresholds
 from keras_transfer.images import FORMATS, SIGNATURES, decode_image, within_pixel_limit
-from keras_transfer.models import backbone_key, input_size, is_multi_label, model_spec
+from keras_transfer.models import backbone_key, inference_model, input_size, is_multi_label, model_spec
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ def export_saved_model(model, export_dir, *, version=None, class_names=None, met
             the model's outputs, or thresholds for a model with one label per image.
         OSError: when `export_dir` cannot be written.
     """
+    model = inference_model(model)  # without its augmentation layer
     if version is not None and (not isinstance(version, int) or isinstance(version, bool) or version < 1):
         raise ValueError(f"version must be a positive integer. Received: version={version!r}")
     num_classes = model.output_shape[-1]

@@ -15,6 +15,7 @@ import tensorflow as tf
 from keras_transfer.compat import flatten_layers
 from keras_transfer.export.saved_model import export_metadata, fixed_input_size, model_thresholds
 from keras_transfer.files import atomic_path
+from keras_transfer.models import inference_model
 from keras_transfer.terminal import native_logs_hidden
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def export_tflite(
             without a fixed input size.
     """
     _check_tflite_options(quantize, input_type)
+    model = inference_model(model)  # without its augmentation layer
     height, width = fixed_input_size(model)
     calibration = _representative(model, representative_data) if quantize == "int8" else None
     described = f"images: {input_type} RGB 0-255"

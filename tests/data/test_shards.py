@@ -19,7 +19,8 @@ import numpy as np, tensorflow as tf
 import keras, keras_transfer as kt
 
 strategy = kt.get_strategy("multi_worker")
-train, _, _, info = kt.load_dataset(sys.argv[1], image_size=32, batch_size=8, validation_split=0.0, cache=False)
+train, _, _, info = kt.load_dataset(sys.argv[1], image_size=32, batch_size=8, validation_split=0.0, test_split=0.0,
+                                 cache=False)
 keras.utils.set_random_seed(0)
 with strategy.scope():
     model = kt.build_model("small_cnn", 2, input_shape=32, weights=None)

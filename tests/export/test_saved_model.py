@@ -9,6 +9,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import SUBPROCESS_ENV, encode
 
 import keras_transfer as kt
@@ -203,3 +204,22 @@ def test_onnx_export_names_the_layer_it_cannot_convert_and_writes_nothing(tmp_pa
     with pytest.raises(ValueError, match=r"layer 'odd_layer' \(Bessel\) uses BesselI1e, which ONNX cannot express"):
         export_onnx(model, tmp_path / "model.onnx")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_model_that_augments_exports_without_its_augmentation_and_serves_the_same(tmp_path):
+    from keras_transfer.models import inference_model
+
+    model = kt.build_model("small_cnn", 3, input_shape=32, weights=None, augment=True)
+    served = inference_model(model)
+    assert "augmentation" not in [layer.name for layer in served.layers]
+    assert [layer.name for layer in model.layers if layer.name != "augmentation"][1:] == [
+        layer.name for layer in served.layers
+    ][1:]  # the same layers (shared weights) after the input
+    images = np.random.default_rng(0).uniform(0, 255, (2, 40, 36, 3)).astype("float32")
+    version = kt.export_saved_model(model, tmp_path / "served")
+    loaded = tf.saved_model.load(version)
+    np.testing.assert_allclose(
+        loaded.signatures["serving_default"](images=tf.constant(images))["probabilities"].numpy(),
+        model.predict(images, verbose=0),
+        atol=1e-5,
+    )
