@@ -43,6 +43,12 @@ def run_dir(tmp_path_factory):
                 "32",
                 "--weights",
                 "none",
+                "--head-init",  # a random head, no augmentation, no early stop: a weak model, mistakes to show
+                "none",
+                "--augment",
+                "false",
+                "--early-stopping",
+                "0",
                 "--head-epochs",
                 "2",
                 "--fine-tune-epochs",
