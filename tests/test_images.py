@@ -63,9 +63,9 @@ def test_every_exif_orientation_is_applied_wherever_images_are_decoded(orientati
     assert np.abs(images.image_array(by_hand) - upright).mean() < 2
     for b in (blob, by_hand):  # the header reader the folder listing uses reads the tag the decoder reads
         assert images.jpeg_header(b)[2] == int(images.exif_orientation(b)) == orientation
-    for name in ("a", "b"):
+    for name, b in (("a", blob), ("b", by_hand)):  # two encodings of one photo: two images, not one listed twice
         (tmp_path / name).mkdir()
-        (tmp_path / name / "photo.jpg").write_bytes(blob)
+        (tmp_path / name / "photo.jpg").write_bytes(b)
     train, _, _, _ = kt.load_dataset(str(tmp_path), image_size=upright.shape[:2], batch_size=2, validation_split=0.0)
     np.testing.assert_allclose(next(iter(train))[0][0].numpy(), images.image_array(blob), atol=1.0)
     model = kt.build_model("small_cnn", 2, input_shape=(upright.shape[0], upright.shape[1]), weights=None)
@@ -112,7 +112,7 @@ def test_counts_equal_what_iterating_yields_over_a_corpus_of_bad_files(tmp_path)
         f.write(jpeg)
     os.mkdir(os.path.join(os.fsencode(tmp_path), b"\xe9t\xe9"))  # a class folder whose name is not UTF-8
     with open(os.path.join(os.fsencode(tmp_path), b"\xe9t\xe9", b"1.jpg"), "wb") as f:
-        f.write(jpeg)
+        f.write(_jpeg(ASYMMETRIC[::-1]))  # another image: the same one in two classes is refused
     train, val, test, info = kt.load_dataset(
         str(tmp_path), image_size=16, batch_size=2, validation_split=0.3, test_split=0.2, cache=False
     )

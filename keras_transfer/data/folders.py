@@ -7,8 +7,9 @@ import os
 
 import numpy as np
 
+from keras_transfer.data.duplicates import one_per_image
 from keras_transfer.data.pipeline import decode_files
-from keras_transfer.data.records import Records, readable
+from keras_transfer.data.records import Records, readable, warn_similar_names
 from keras_transfer.images import find_images
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ def folder_records(root):
             f"{len(class_names)} ({', '.join(class_names) or 'none'}). Expected root/<class>/<image> or "
             f"root/train/<class>/<image>. Received: source={root!r}"
         )
+    warn_similar_names(class_names, f"the folder {readable(layout['train'])!r}")
     for split, scan in scans.items():
         extra = sorted(name for name, files in scan.items() if files and name not in class_names)
         if extra:
@@ -57,6 +59,9 @@ def folder_records(root):
         split: np.array([ids[name] for name in class_names for _ in scan.get(name, [])], dtype=np.int64)
         for split, scan in scans.items()
     }
+    keep, duplicates = one_per_image(paths, labels)
+    paths, labels = ({split: values[split][keep[split]] for split in values} for values in (paths, labels))
+    skipped += duplicates
 
     def images(split, idx):
         files = paths[split][idx]  # as bytes: a file name the OS allows need not be UTF-8; tf.string holds any

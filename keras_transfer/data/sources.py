@@ -9,6 +9,7 @@ import os
 import numpy as np
 
 from keras_transfer.data.arrays import FASHION_MNIST_CLASSES, array_records, digits_arrays, fashion_mnist_arrays
+from keras_transfer.data.duplicates import one_per_image
 from keras_transfer.data.folders import folder_records
 from keras_transfer.data.shards import MANIFEST, Shards, has_shards_without_manifest, is_shards
 from keras_transfer.data.tables import TABLE_OPTIONS, Table, is_dataframe
@@ -114,10 +115,18 @@ def with_given_splits(records, given):
         skipped += other.skipped
         outliers += other.outliers
 
+    has_files = records.files is not None and all(o.files is not None for o in given.values())
+    keep = {split: np.arange(len(values)) for split, values in labels.items()}
+    if has_files:  # an image of a given split that is also a training image (by any name) stays in training only
+        keep, duplicates = one_per_image(files, labels)
+        labels = {split: values[keep[split]] for split, values in labels.items()}
+        files = {split: values[keep[split]] for split, values in files.items()}
+        skipped += duplicates
+
     def split_images(split, idx):
+        idx = keep[split][idx]
         return images[split]("train", idx) if split in images else records.images(split, idx)
 
-    has_files = records.files is not None and all(o.files is not None for o in given.values())
     return dataclasses.replace(
         records,
         labels=labels,
