@@ -83,6 +83,7 @@ class MultiLabelReport:
     micro: dict
     num_examples: int
     absent: list = dataclasses.field(default_factory=list)  # labels without images here: not in the averages
+    everywhere: list = dataclasses.field(default_factory=list)  # labels on every image here: not in mAP
     multi_label: bool = True
     tta: str | None = None  # test-time augmentation the probabilities were averaged over
 
@@ -117,6 +118,8 @@ class MultiLabelReport:
             )
         if self.absent:
             lines.append(f"not in this split, so not in the averages: {', '.join(self.absent)}")
+        if self.everywhere:
+            lines.append(f"on every image of this split, so not in mAP: {', '.join(self.everywhere)}")
         return "\n".join(lines)
 
 
@@ -281,10 +284,14 @@ def linear_probe(model, train, dataset):
 
 
 def mean_average_precision(scores, labels):
-    """The macro mean of scikit-learn's per-label average precision, over labels with positive images."""
+    """The macro mean of scikit-learn's per-label average precision, over labels with positive and negative
+    images (a label on every image has an average precision of 1 whatever the scores: it would only lift the mean)."""
     from sklearn.metrics import average_precision_score
 
-    present = np.flatnonzero(np.asarray(labels).sum(axis=0) > 0)
+    positives = np.asarray(labels).sum(axis=0)
+    present = np.flatnonzero((positives > 0) & (positives < len(labels)))
+    if not len(present):
+        return 0.0
     return float(average_precision_score(np.asarray(labels)[:, present], np.asarray(scores)[:, present]))
 
 
@@ -327,6 +334,7 @@ def _multilabel_report(probs, labels, class_names, thresholds):
         micro=average("micro"),
         num_examples=len(truth),
         absent=[name for i, name in enumerate(class_names) if s[i] == 0],
+        everywhere=[name for i, name in enumerate(class_names) if s[i] == len(truth)],
     )
 
 

@@ -91,7 +91,7 @@ def objective(view, label_smoothing=0.0, class_weight=None):
             weights = [class_weight.get(j, 1.0) for j in range(units)]
             loss = PositiveWeightedCrossentropy(weights, label_smoothing=label_smoothing)
         metrics = [
-            keras.metrics.AUC(multi_label=True, num_labels=units, name="auc"),
+            InformativeAUC(multi_label=True, num_labels=units, name="auc"),
             keras.metrics.Precision(name="precision"),
             keras.metrics.Recall(name="recall"),
         ]
@@ -106,6 +106,22 @@ def objective(view, label_smoothing=0.0, class_weight=None):
         return loss, [keras.metrics.CategoricalAccuracy(name="accuracy")], one_hot
     loss = keras.losses.SparseCategoricalCrossentropy()
     return loss, [keras.metrics.SparseCategoricalAccuracy(name="accuracy")], lambda ds: ds
+
+
+@keras.saving.register_keras_serializable(package="keras_transfer")
+class InformativeAUC(keras.metrics.AUC):
+    """Keras's multi-label AUC averaged over the labels that have both positive and negative images so far: a label
+    on every image (or on none) has no AUC, and Keras's mean counts it as 0."""
+
+    def result(self):
+        positives = self.true_positives[0] + self.false_negatives[0]  # at the lowest threshold every image counts
+        negatives = self.false_positives[0] + self.true_negatives[0]
+        informative = keras.ops.cast(keras.ops.logical_and(positives > 0, negatives > 0), self.dtype)
+        object.__setattr__(self, "label_weights", informative)
+        try:
+            return super().result()
+        finally:
+            object.__setattr__(self, "label_weights", None)
 
 
 @keras.saving.register_keras_serializable(package="keras_transfer")

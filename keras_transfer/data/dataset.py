@@ -157,6 +157,9 @@ def load_dataset(
     if not info.sizes["train"]:
         raise ValueError(f"No training images left in {records.name!r} after the class selection and splits.")
     _warn_missing_classes(info.counts)
+    _warn_empty_splits(info.sizes, {"validation": validation_split, "test": test_split}, records.labels)
+    if info.multi_label:
+        _warn_constant_labels(info.counts["train"], info.sizes["train"])
     _warn_imbalance(info.counts["train"])
     _warn_small_test(info.sizes["test"])
     if info.outliers:
@@ -190,6 +193,35 @@ def _split_dataset(records, split, selected, idx, info, pipeline):
         seed=pipeline["seed"],
         deterministic=pipeline["deterministic"],
     )
+
+
+def _warn_empty_splits(sizes, fractions, own):
+    """Warns about a split asked for (a fraction > 0, the source having none of its own) that drew no image: every
+    class has too few images to give one away (a class of one image stays in training)."""
+    for split, fraction in fractions.items():
+        if fraction > 0 and split not in own and not sizes[split]:
+            logger.warning(
+                "No %s images: %s_split=%s of %d training images drew none (a class of one or two images stays in "
+                "training). Give more images per class, or a %s source of its own.",
+                split,
+                split,
+                fraction,
+                sizes["train"],
+                split,
+            )
+
+
+def _warn_constant_labels(counts, n):
+    """Several labels per image: warns about a label that every training image carries (it can only be learned
+    as "always"; its AUC and average precision say nothing and are left out of their averages)."""
+    always = [name for name, k in counts.items() if n and k == n]
+    if always:
+        logger.warning(
+            'Label%s %s on every training image: nothing to learn apart from "always"; left out of the AUC and '
+            "mAP averages.",
+            "s" if len(always) > 1 else "",
+            ", ".join(map(repr, always)),
+        )
 
 
 def _warn_small_test(n, below=50):

@@ -5,9 +5,13 @@ without knowing where they came from."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import re
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 
@@ -39,6 +43,22 @@ class Records:
     # itself between workers (shards); None: every worker reads all
     worker_images: object = None
     service: str | None = None  # a tf.data service dispatcher that decodes the training split (shards only)
+
+
+def warn_similar_names(class_names, where):
+    """Warns about classes whose names differ only by case, spaces, `_` or `-` (`cat`, `Cat `): two classes to
+    the model, most likely one to the person who named them."""
+    groups = {}
+    for name in class_names:
+        groups.setdefault(re.sub(r"[\s_-]+", "", str(name)).casefold(), []).append(str(name))
+    similar = [names for names in groups.values() if len(names) > 1]
+    if similar:
+        logger.warning(
+            "In %s, classes differ only by case or spaces: %s. They are separate classes; rename them alike to "
+            "merge them.",
+            where,
+            "; ".join(" / ".join(repr(n) for n in names) for names in similar),
+        )
 
 
 def readable(name):

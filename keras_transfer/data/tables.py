@@ -12,8 +12,9 @@ import re
 
 import numpy as np
 
+from keras_transfer.data.duplicates import one_per_image
 from keras_transfer.data.pipeline import decode_files
-from keras_transfer.data.records import Records
+from keras_transfer.data.records import Records, warn_similar_names
 from keras_transfer.images import image_problem
 
 logger = logging.getLogger(__name__)
@@ -92,28 +93,22 @@ def table_records(table):
     split_column = table.split_column and _table_column(table.split_column, columns, "split_column")
     outliers = []
     usable, skipped = _usable_rows(rows, labels, path_column, root, outliers)
-    splits = {}
-    for i, path, ids in usable:
-        split = _split_value(*rows[i], split_column) if split_column else "train"
-        splits.setdefault(split, []).append((path, ids))
-    if "train" not in splits:
-        raise ValueError(f"The table {name!r} has no usable training rows ({len(skipped)} rows skipped).")
-
-    def as_labels(entries):
-        if not multi:
-            return np.array([ids[0] for _, ids in entries], dtype=np.int64)
-        matrix = np.zeros((len(entries), len(class_names)), np.uint8)
-        for i, (_, ids) in enumerate(entries):
-            matrix[i, ids] = 1
-        return matrix
-
-    paths = {split: np.array([os.fsencode(p) for p, _ in entries], dtype=object) for split, entries in splits.items()}
+    if table.label_columns is None:  # classes are what the usable rows name; one named only by left-out rows is not
+        class_names, original_ids, usable = _named_classes(class_names, original_ids, usable)
+    if len(class_names) < 2 and not multi:
+        raise ValueError(
+            f"The table {name!r} names {len(class_names)} class{'es' if len(class_names) != 1 else ''} in its usable "
+            f"rows ({', '.join(map(str, class_names)) or 'none'}); a classifier needs at least two. "
+            f"{len(skipped)} rows were left out."
+        )
+    warn_similar_names(class_names, f"the table {name!r}")
+    paths, labels, duplicates = _split_rows(name, rows, usable, split_column, len(class_names), multi, len(skipped))
+    skipped += duplicates
 
     def images(split, idx):
         files = paths[split][idx]
         return lambda labels, size, shuffle_seed, dtype: decode_files(files, labels, size, shuffle_seed, dtype)
 
-    labels = {split: as_labels(entries) for split, entries in splits.items()}
     return Records(
         name,
         class_names,
@@ -125,6 +120,33 @@ def table_records(table):
         multi_label=multi,
         files=paths,
     )
+
+
+def _split_rows(name, rows, usable, split_column, n_classes, multi, n_skipped):
+    """`(paths, labels, duplicates)`: the usable rows by split (the split column's value, else train), each image
+    once (`one_per_image`)."""
+    splits = {}
+    for i, path, ids in usable:
+        split = _split_value(*rows[i], split_column) if split_column else "train"
+        splits.setdefault(split, []).append((rows[i][0], path, ids))
+    if "train" not in splits:
+        raise ValueError(f"The table {name!r} has no usable training rows ({n_skipped} rows skipped).")
+
+    def as_labels(entries):
+        if not multi:
+            return np.array([ids[0] for _, _, ids in entries], dtype=np.int64)
+        matrix = np.zeros((len(entries), n_classes), np.uint8)
+        for i, (_, _, ids) in enumerate(entries):
+            matrix[i, ids] = 1
+        return matrix
+
+    paths = {
+        split: np.array([os.fsencode(p) for _, p, _ in entries], dtype=object) for split, entries in splits.items()
+    }
+    labels = {split: as_labels(entries) for split, entries in splits.items()}
+    row_numbers = {split: [row for row, _, _ in entries] for split, entries in splits.items()}
+    keep, duplicates = one_per_image(paths, labels, row_numbers)
+    return *({split: values[split][keep[split]] for split in values} for values in (paths, labels)), duplicates
 
 
 def _row_labels(table, rows, columns):
@@ -141,6 +163,18 @@ def _row_labels(table, rows, columns):
     class_names, original_ids = _label_names([names for _, names in cells], column)
     labels = [(row, sorted(class_names.index(n) for n in names) if names else None) for row, names in cells]
     return class_names, original_ids, labels
+
+
+def _named_classes(class_names, original_ids, usable):
+    """The classes that usable rows name (in their order), and those rows' label ids in them."""
+    named = sorted({i for _, _, ids in usable for i in ids})
+    if len(named) == len(class_names):
+        return class_names, original_ids, usable
+    left_out = [class_names[i] for i in range(len(class_names)) if i not in named]
+    logger.warning("Classes named only by rows left out are not classes: %s.", ", ".join(map(str, left_out)))
+    new_id = {old: new for new, old in enumerate(named)}
+    usable = [(i, path, [new_id[j] for j in ids]) for i, path, ids in usable]
+    return [class_names[i] for i in named], [original_ids[i] for i in named], usable
 
 
 def _read_table(source, root):
@@ -166,8 +200,15 @@ def _read_table(source, root):
         columns = [c.strip() for c in next(reader, [])]
         rows = []
         for cells in reader:
-            if any(c.strip() for c in cells):  # blank lines are not rows
-                rows.append((reader.line_num, dict(zip(columns, (c.strip() for c in cells)))))
+            if not any(c.strip() for c in cells):  # blank lines are not rows
+                continue
+            if len(cells) < len(columns) or any(c.strip() for c in cells[len(columns) :]):  # trailing empty: fine
+                raise ValueError(
+                    f"Line {reader.line_num} of the table {name!r} has {len(cells)} cells where the header has "
+                    f"{len(columns)} ({', '.join(columns)}): {','.join(cells)!r}. Quote a cell that holds a comma; "
+                    "give every row a cell for every column (an empty one where it has no value)."
+                )
+            rows.append((reader.line_num, dict(zip(columns, (c.strip() for c in cells)))))
         folder = os.path.dirname(os.path.abspath(name))
     if not rows:
         raise ValueError(f"The table {name!r} has no rows (columns: {', '.join(columns) or 'none'}).")
@@ -251,8 +292,8 @@ def _zero_one_row(row, cells, columns):
 
 def _usable_rows(rows, labels, path_column, root, outliers):
     """`(row index, path, label ids)` for every usable row, and `(path, "row N: reason")` for the others: no path,
-    no label (one label per image), file missing or not a whole image, a path listed twice."""
-    usable, skipped, first = [], [], {}
+    no label (one label per image), file missing or not a whole image."""
+    usable, skipped = [], []
     for i, ((row, cells), (_, ids)) in enumerate(zip(rows, labels)):
         given = cells.get(path_column, "")
         path = os.path.normpath(os.path.join(root, os.path.expanduser(given))) if given else ""
@@ -261,10 +302,6 @@ def _usable_rows(rows, labels, path_column, root, outliers):
             reason = "empty path"
         elif ids is None:
             reason = "empty label"
-        elif path in first:
-            other_row, other_ids = first[path]
-            same = "the same label" if other_ids == ids else "another label"
-            reason = f"duplicate of row {other_row} ({same})"
         elif not os.path.isfile(path):
             reason = "file missing" if not os.path.exists(path) else "not a file"
         else:
@@ -272,7 +309,6 @@ def _usable_rows(rows, labels, path_column, root, outliers):
         if reason:
             skipped.append((path or given, f"row {row}: {reason}"))
             continue
-        first[path] = (row, ids)
         usable.append((i, path, ids))
     if skipped:
         logger.warning(

@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import write_colour_images
 from PIL import Image
 
 from keras_transfer.data import Tfds, fashion_mnist_arrays, load_dataset, sources
@@ -297,9 +298,7 @@ def test_tfds_not_prepared_offline_fails_fast_with_instructions(monkeypatch, tmp
 def test_validation_and_test_sources_of_their_own_are_used_as_they_are(colour_folder, tmp_path, caplog):
     import shutil
 
-    held_out = tmp_path / "held_out"
-    for name in ("blue", "red"):  # a test folder with some of the classes, in another order on disk
-        shutil.copytree(colour_folder / name, held_out / name)
+    held_out = write_colour_images(tmp_path / "held_out", ("red", "blue"), seed=1)  # some classes, other order
     with caplog.at_level("WARNING", logger="keras_transfer"):
         train, val, test, info = load_dataset(
             colour_folder, image_size=16, batch_size=8, validation_split=0.25, test=held_out, seed=3
@@ -314,19 +313,25 @@ def test_validation_and_test_sources_of_their_own_are_used_as_they_are(colour_fo
         str(colour_folder / c / f) for c in ("blue", "green", "red") for f in os.listdir(colour_folder / c)
     )
     (tmp_path / "other" / "purple").mkdir(parents=True)
-    shutil.copy(colour_folder / "red" / "0.png", tmp_path / "other" / "purple" / "0.png")
+    Image.new("RGB", (48, 56), (128, 0, 128)).save(tmp_path / "other" / "purple" / "0.png")
     shutil.copytree(colour_folder / "red", tmp_path / "other" / "red")
     with pytest.raises(ValueError, match="The validation source .* has classes the training source lacks: purple"):
         load_dataset(colour_folder, image_size=16, validation=tmp_path / "other")
 
 
-def test_a_folder_with_its_own_splits_says_which_folder_became_which(colour_folder, tmp_path, caplog):
-    import shutil
-
-    for split in ("train", "val", "test"):
-        for name in ("red", "green"):
-            shutil.copytree(colour_folder / name, tmp_path / "photos" / split / name)
+def test_a_folder_with_its_own_splits_says_which_folder_became_which(tmp_path, caplog):
+    for seed, split in enumerate(("train", "val", "test")):
+        write_colour_images(tmp_path / "photos" / split, ("red", "green"), seed=seed)
     with caplog.at_level("INFO", logger="keras_transfer"):
         _, _, _, info = load_dataset(tmp_path / "photos", image_size=16)
     assert "train/ -> train, val/ -> validation, test/ -> test" in caplog.text
     assert info.sizes == {"train": 24, "validation": 24, "test": 24}
+
+
+def test_splits_asked_for_that_draw_no_image_are_said(tmp_path, caplog):
+    write_colour_images(tmp_path / "one_each", ("red", "green"), n=1)
+    with caplog.at_level("WARNING", logger="keras_transfer"):
+        _, val, test, info = load_dataset(tmp_path / "one_each", image_size=16, validation_split=0.2, test_split=0.1)
+    assert val is None and test is None and info.sizes == {"train": 2, "validation": 0, "test": 0}
+    assert "No validation images: validation_split=0.2 of 2 training images drew none" in caplog.text
+    assert "No test images: test_split=0.1 of 2 training images drew none" in caplog.text

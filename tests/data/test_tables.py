@@ -53,7 +53,7 @@ def test_a_csv_of_names_loads_like_a_folder_and_lists_the_rows_it_left_out(tagge
     extra = [
         {"file": "img/nope.png", "single": "red"},
         {"file": str(tmp_path / "broken.png"), "single": "red"},  # absolute paths stay as they are
-        {"file": "img/3.png", "single": "green"},
+        {"file": "img/3.png", "single": table["single"][3]},  # row 5's image again
         {"file": "img/4.png", "single": ""},
     ]
     pd.concat([table, pd.DataFrame(extra)]).to_csv(tagged / "more.csv", index=False)
@@ -69,7 +69,7 @@ def test_a_csv_of_names_loads_like_a_folder_and_lists_the_rows_it_left_out(tagge
     assert reasons == {
         "row 38: file missing",
         "row 39: truncated PNG (no IEND chunk)",
-        f"row 40: duplicate of row 5 ({'the same' if table['single'][3] == 'green' else 'another'} label)",
+        "row 40: duplicate of row 5 (the same file)",
         "row 41: empty label",
     }
     assert info.class_names == sorted(set(table["single"])) and not info.multi_label
@@ -116,6 +116,53 @@ def test_bad_tables_are_refused_naming_the_row_the_column_or_the_value(tagged, c
     table = change(table) if change else table
     with pytest.raises(ValueError, match=re.escape(message)):
         kt.load_dataset(Table(table, root=tagged, **options))
+
+
+def test_a_table_is_checked_as_a_whole_before_anything_trains(tagged, caplog):
+    table = pd.read_csv(tagged / "tags.csv")
+    lines = (tagged / "tags.csv").read_text().splitlines()
+    for bad, message in (
+        (lines[:3] + ["img/2.png"] + lines[4:], "Line 4 of the table .* has 1 cells where the header has 4"),
+        (lines[:3] + [lines[3] + ",extra"] + lines[4:], "Line 4 of the table .* has 5 cells where the header has 4"),
+    ):
+        (tagged / "bad.csv").write_text("\n".join(bad) + "\n")
+        with pytest.raises(ValueError, match=message):
+            kt.load_dataset(Table(tagged / "bad.csv", label_column="single"))
+    (tagged / "fine.csv").write_text("\n".join(line + "," for line in lines) + "\n")  # empty trailing cells are fine
+    assert kt.load_dataset(Table(tagged / "fine.csv", label_column="single"), image_size=16)[3].sizes["train"]
+    one = table.assign(single="red")
+    with pytest.raises(ValueError, match=r"names 1 class in its usable rows \(red\); a classifier needs at least two"):
+        kt.load_dataset(Table(one, root=tagged, label_column="single"))
+    cased = table.assign(single=[s.capitalize() if i % 4 == 0 else s for i, s in enumerate(table["single"])])
+    missing = pd.DataFrame([{"file": "img/none.png", "single": "purple"}])  # a class only a left-out row names
+    with caplog.at_level("WARNING", logger="keras_transfer"):
+        *_, info = kt.load_dataset(
+            Table(pd.concat([cased, missing]), root=tagged, label_column="single"), image_size=16
+        )
+    assert "classes differ only by case or spaces: 'Blue' / 'blue'" in caplog.text
+    assert (
+        "purple" not in info.class_names
+        and "Classes named only by rows left out are not classes: purple" in caplog.text
+    )
+
+
+def test_a_label_on_every_image_is_warned_about_and_left_out_of_the_averages(tagged, caplog):
+    from keras_transfer.evaluation import mean_average_precision
+    from keras_transfer.objectives import InformativeAUC
+
+    table = pd.read_csv(tagged / "tags.csv")
+    table["tags"] = table["tags"] + " photo"
+    with caplog.at_level("WARNING", logger="keras_transfer"):
+        *_, info = kt.load_dataset(Table(table, root=tagged, label_column="tags", label_delimiter=" "), image_size=16)
+    assert (
+        "Label 'photo' on every training image" in caplog.text and "left out of the AUC and mAP averages" in caplog.text
+    )
+    labels = np.array([[1, 0, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], np.float32)  # label 0 on every image
+    scores = np.array([[0.1, 0.2, 0.9], [0.2, 0.8, 0.3], [0.3, 0.1, 0.2], [0.4, 0.7, 0.8]], np.float32)
+    assert mean_average_precision(scores, labels) == 1.0  # labels 1 and 2 ranked perfectly; label 0 not counted
+    auc = InformativeAUC(multi_label=True, num_labels=3)
+    auc.update_state(labels, scores)
+    assert float(auc.result()) == pytest.approx(1.0)  # Keras's AUC: (0 + 1 + 1) / 3
 
 
 def test_a_csv_that_is_not_utf8_and_table_options_on_a_folder(tagged, tmp_path, colour_folder):
