@@ -1,12 +1,17 @@
-"""Writing files and folders so that they appear whole or not at all, and numbered versions that never collide."""
+"""Writing files and folders so that they appear whole or not at all, numbered versions that never collide, and
+one writer of a folder at a time."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import logging
 import os
 import re
 import shutil
 import tempfile
+
+logger = logging.getLogger(__name__)
 
 _TEMPORARY = re.compile(r"^\.tmp-(\d+)-")
 _RESERVATION = re.compile(r"^\.reserved-(\d+)$")
@@ -184,3 +189,65 @@ def remove_path(path):
         shutil.rmtree(path, ignore_errors=True)
     elif os.path.lexists(path):
         os.remove(path)
+
+
+# --- exclusive writers ------------------------------------------------------------------------------------------
+
+_HELD = {}  # real path of a lock file -> [file descriptor, depth]: a process may enter its own lock again
+
+
+@contextlib.contextmanager
+def exclusive(folder, lock_path, what):
+    """Holds `lock_path` (an `fcntl` lock with the holder's pid in it; `folder` is created) while the block runs:
+    one writer of `folder` at a time, as `flock` gives. A lock left by a killed process is taken over (the kernel
+    released it; a warning names the old pid).
+
+    Raises:
+        RuntimeError: when another live process holds the lock, naming `what` (e.g. "run folder"), the folder and
+            the holder's pid.
+    """
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.realpath(lock_path)
+    if path in _HELD:
+        _HELD[path][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[path][1] -= 1
+        return
+    fd = _take(path, folder, what)
+    _HELD[path] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _HELD[path]
+        with contextlib.suppress(OSError):
+            os.remove(path)  # still holding it, so no other process can be between open and flock on this file
+        os.close(fd)
+
+
+def _take(path, folder, what):
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RuntimeError(
+                f"The {what} {os.fspath(folder)!r} is in use by process {holder} (lock {path}). Wait for it "
+                "to finish, stop it, or choose another folder."
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # the holder removed the file between our open and flock: take the new one
+            os.close(fd)
+            continue
+        previous = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if previous:
+            logger.warning("Took over the lock of %s from process %s, which no longer runs.", folder, previous)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd

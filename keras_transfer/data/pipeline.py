@@ -3,10 +3,13 @@ the tf.data service; `decode_files` for sources of image files."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import socket
+import threading
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -98,6 +101,37 @@ def start_data_service(port=0, workers=1):
     config = service.WorkerConfig(dispatcher_address=address, heartbeat_interval_ms=1000)
     servers = [service.WorkerServer(config) for _ in range(workers)]
     return {"address": f"grpc://{address}", "dispatcher": dispatcher, "workers": servers}
+
+
+@contextlib.contextmanager
+def watch_service(address, timeout_s, on_lost, every_s=5.0):
+    """While the block runs, the tf.data service dispatcher at `address` is asked every `every_s` seconds (a TCP
+    connection, as `check_data_service` makes); once it has not answered for `timeout_s` seconds, `on_lost(message)`
+    is called from the watching thread (the training loop then waits inside TensorFlow, where nothing else reaches
+    it: TensorFlow's client retries a lost dispatcher for ever)."""
+    host, port = address.split("://")[-1].rsplit(":", 1)
+    stop = threading.Event()
+
+    def watch():
+        answered = time.monotonic()
+        while not stop.wait(every_s):
+            try:
+                socket.create_connection((host, int(port)), timeout=every_s).close()
+                answered = time.monotonic()
+            except OSError as e:
+                if time.monotonic() - answered >= timeout_s:
+                    on_lost(
+                        f"the tf.data service at {address} has not answered for {timeout_s:g} s "
+                        f"({e.strerror or e}; --peer-timeout)"
+                    )
+                    return
+
+    thread = threading.Thread(target=watch, name="keras-transfer-service-watch", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 def check_data_service(address, timeout=3.0):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -15,13 +16,14 @@ from keras_transfer.data.pipeline import AUTOTUNE
 from keras_transfer.data.records import SPLITS, has_label, is_int, readable
 from keras_transfer.data.shards import MANIFEST, SHARDS_VERSION, sha256
 from keras_transfer.data.sources import records as source_records
-from keras_transfer.files import commit_gfile, write_bytes_gfile
+from keras_transfer.files import commit_gfile, exclusive, write_bytes_gfile
 from keras_transfer.images import decode_image, jpeg_header
 from keras_transfer.images import image_size as image_size_rule
 
 logger = logging.getLogger(__name__)
 
 
+LOCK = ".write-shards.lock"  # held by the writer of a local shards folder
 SHARD_BYTES = 150 * 2**20  # about 150 MB per shard file, as TF Model Garden and big_vision write them
 
 
@@ -64,10 +66,13 @@ def write_shards(source, output_dir, *, num_shards=None, image_size=None):
         raise ValueError(f"{records.name!r} has images of several sizes and no files: pass image_size=... to write it")
     plan = _shard_plan(records, size, num_shards)
     output_dir = os.fspath(output_dir)
-    _check_shards_folder(output_dir, plan["fingerprint"])
-    shards = {split: _write_split(records, split, plan, output_dir) for split in records.labels}
-    manifest = _manifest(records, plan, shards)
-    write_bytes_gfile(os.path.join(output_dir, MANIFEST), json.dumps(manifest, indent=1).encode())
+    local = "://" not in output_dir  # a bucket has no lock: one writer there is the caller's to ensure
+    with exclusive(output_dir, os.path.join(output_dir, LOCK), "shards folder") if local else contextlib.nullcontext():
+        _check_shards_folder(output_dir, plan["fingerprint"])
+        shards = {split: _write_split(records, split, plan, output_dir) for split in records.labels}
+        _check_still_ours(output_dir, plan, shards)
+        manifest = _manifest(records, plan, shards)
+        write_bytes_gfile(os.path.join(output_dir, MANIFEST), json.dumps(manifest, indent=1).encode())
     logger.info("Wrote %d shards of %s into %s", sum(map(len, shards.values())), records.name, output_dir)
     return manifest
 
@@ -129,7 +134,7 @@ def _write_split(records, split, plan, output_dir):
     tf.io.gfile.makedirs(os.path.join(output_dir, split))
     for k, chunk in enumerate(np.array_split(plan["order"][split], count)):
         path = os.path.join(output_dir, _shard_name(split, k, count))
-        key = hashlib.sha256(f"{plan['fingerprint']} {chunk.tolist()}".encode()).hexdigest()
+        key = _shard_key(plan, chunk)
         done = _finished_shard(path, key)
         if done is None:
             done = _write_shard(records, split, chunk, plan["size"], path)
@@ -141,6 +146,23 @@ def _write_split(records, split, plan, output_dir):
         if ".tmp-" in name:
             tf.io.gfile.remove(os.path.join(output_dir, split, name))
     return facts
+
+
+def _shard_key(plan, chunk):
+    """What a shard's sidecar records: the plan's fingerprint and the images the shard holds."""
+    return hashlib.sha256(f"{plan['fingerprint']} {chunk.tolist()}".encode()).hexdigest()
+
+
+def _check_still_ours(output_dir, plan, shards):
+    """Before the manifest: every shard is still the one this call wrote or kept (its key and size), so that a set
+    another writer wrote into is never reported as written."""
+    for split, facts in shards.items():
+        for chunk, fact in zip(np.array_split(plan["order"][split], plan["shards"][split]), facts):
+            if _finished_shard(os.path.join(output_dir, fact["file"]), _shard_key(plan, chunk)) is None:
+                raise RuntimeError(
+                    f"Shard {fact['file']} in {output_dir!r} was changed by another writer while this one wrote; no "
+                    "manifest written. Write into a folder of its own."
+                )
 
 
 def _finished_shard(path, key):
@@ -240,6 +262,8 @@ def _check_shards_folder(output_dir, fingerprint):
         return
     for entry in tf.io.gfile.listdir(output_dir):
         inside = os.path.join(output_dir, entry.rstrip("/"))
+        if entry == LOCK:
+            continue
         leftover = entry.rstrip("/") in SPLITS and all(n.startswith("shard-") for n in tf.io.gfile.listdir(inside))
         if not leftover:
             raise ValueError(

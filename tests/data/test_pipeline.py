@@ -61,6 +61,29 @@ def test_an_address_where_nothing_answers_is_refused_by_name_within_seconds(tmp_
         kt.load_dataset(source_from(_indexed(), data_service=service["address"]), image_size=16)
 
 
+def test_the_service_command_refuses_a_port_that_cannot_be(capsys):
+    assert kt.cli.main(["data-service", "--port", "99999"]) == 2
+    assert "argument --port: invalid value '99999': a port is 1 to 65535" in capsys.readouterr().err
+
+
+def test_a_service_that_stops_answering_is_named_within_the_timeout():
+    import socket
+    import threading
+
+    from keras_transfer.data.pipeline import watch_service
+
+    server = socket.create_server(("127.0.0.1", 0))  # stands in for a dispatcher: it accepts connections
+    address = f"grpc://127.0.0.1:{server.getsockname()[1]}"
+    lost, said = threading.Event(), []
+    with watch_service(address, timeout_s=1.0, on_lost=lambda m: (said.append(m), lost.set()), every_s=0.1):
+        assert not lost.wait(0.5)  # answering: nothing said
+        server.close()  # killed
+        start = time.monotonic()
+        assert lost.wait(5.0)
+    assert 0.9 < time.monotonic() - start < 3.0
+    assert said == [said[0]] and said[0].startswith(f"the tf.data service at {address} has not answered for 1 s (")
+
+
 @pytest.mark.slow
 def test_the_command_starts_a_service_that_a_run_trains_through(tmp_path, capsys):
     import subprocess

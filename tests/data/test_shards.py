@@ -2,6 +2,7 @@
 of several reads only its own shards, and a damaged, foreign or newer set is refused by name."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -187,6 +188,61 @@ def test_bad_folders_and_shards_are_refused_by_name(colour_folder, tmp_path, mon
     (out / "manifest.json").unlink()
     with pytest.raises(ValueError, match="holds TFRecord shards but no manifest.json: a write_shards call that did"):
         kt.load_dataset(out)
+
+
+def test_one_writer_of_a_shards_folder_at_a_time_and_never_success_for_a_set_changed_under_it(
+    colour_folder, tmp_path, monkeypatch
+):
+    from keras_transfer.data import shard_writer
+
+    out = tmp_path / "shards"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom keras_transfer.files import exclusive\n"
+            f"with exclusive({str(out)!r}, {str(out / shard_writer.LOCK)!r}, 'shards folder'):\n"
+            "    print('held', flush=True); time.sleep(60)",
+        ],
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(RuntimeError, match=rf"The shards folder '.*shards' is in use by process {holder.pid}"):
+            write_shards(colour_folder, out, num_shards=2)
+    finally:
+        holder.kill()
+        holder.wait()
+    write_split = shard_writer._write_split
+
+    def another_writer_meanwhile(records, split, plan, output_dir):
+        facts = write_split(records, split, plan, output_dir)
+        sidecar = tmp_path / "shards" / (facts[0]["file"] + ".json")
+        sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "key": "another writer's"}))
+        return facts
+
+    monkeypatch.setattr(shard_writer, "_write_split", another_writer_meanwhile)
+    with pytest.raises(RuntimeError, match=r"Shard train/shard-00000-of-00002.tfrecord .* was changed by another"):
+        write_shards(colour_folder, out, num_shards=2)
+    assert not (out / "manifest.json").exists()
+    monkeypatch.setattr(shard_writer, "_write_split", write_split)
+    assert write_shards(colour_folder, out, num_shards=2)["shards"]  # the lock a killed writer left is no obstacle
+    assert not (out / shard_writer.LOCK).exists()
+
+
+def test_a_run_stopped_by_a_damaged_shard_names_it(colour_folder, tmp_path, capsys):
+    out = tmp_path / "shards"
+    write_shards(colour_folder, out, num_shards=2)
+    shard = out / "train" / "shard-00001-of-00002.tfrecord"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # the same size: only reading finds it
+    shard.write_bytes(bytes(data))
+    argv = ["--data", str(out), "--backbone", "small_cnn", "--weights", "none", "--image-size", "32"]
+    argv += ["--head-epochs", "1", "--fine-tune-epochs", "0", "--output", str(tmp_path / "run")]
+    assert kt.cli.main(argv) == 2
+    assert re.search(r"shard-00001-of-00002.tfrecord' is damaged: corrupted record at \d+", capsys.readouterr().err)
 
 
 def test_the_command_writes_shards_and_a_run_trains_from_them(colour_folder, tmp_path, capsys):
