@@ -4,17 +4,25 @@ rule), `add_verbose`, and argument types. `scripts/*.py` are shims over `main`.
 
 Every flag's default comes from `RunConfig`; `--config file.yaml` sets the same keys, and flags override it.
 Exit codes, for every command: 0 done, 2 a usage error (a bad flag or value; `ValueError`), 1 a failure while
-running (a file that cannot be read, a download that fails). Errors print one line; `--verbose` adds the traceback.
+running (a file that cannot be read, a download that fails), 130 stopped by Ctrl-C or SIGTERM (committed work kept;
+the line says how to resume). Errors print one line; `--verbose` adds the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import dataclasses
 import importlib
 import logging
+import os
 import re
+import shutil
+import signal
 import sys
+import tempfile
+import time
 import traceback
 import warnings
 
@@ -28,8 +36,10 @@ from keras_transfer.config import (
     RunConfig,
     from_words,
     load_config,
+    range_problem,
 )
-from keras_transfer.terminal import quiet_tensorflow
+from keras_transfer.files import process_alive
+from keras_transfer.terminal import error_line, quiet_tensorflow
 
 POLICY = re.compile(r"^(frozen|all|top:\d+|from:.+|stages:\d+)$")
 FLAGS = {  # group -> RunConfig fields shown as flags, in order
@@ -73,7 +83,7 @@ FLAGS = {  # group -> RunConfig fields shown as flags, in order
         "tta",
         "compare_scratch",
     ),
-    "Distribution": ("strategy", "mixed_precision", "xla"),
+    "Distribution": ("strategy", "mixed_precision", "xla", "peer_timeout"),
     "Output": ("output", "overwrite", "export", "export_onnx", "export_bench"),
 }
 HELP = {
@@ -128,6 +138,8 @@ HELP = {
     "xla": "XLA compilation (auto: on for GPUs)",
     "optimizer": "the optimizer of both stages (sgd: momentum 0.9)",
     "strategy": "tf.distribute strategy (auto: TPU, multi-worker from TF_CONFIG, several GPUs, else default)",
+    "peer_timeout": "seconds a --data-service dispatcher or another worker may stop answering before the run ends "
+    "with an error naming it (what was committed is kept)",
     "output": "run folder (one run per folder: the same command resumes it, other settings are refused)",
     "overwrite": "empty the --output run folder first, when it holds another run",
     "export": "also export a SavedModel (TF Serving layout) into this folder",
@@ -167,16 +179,6 @@ DEFAULT_TEXT = {
     "class_weight": "none",
     "tta": "none",
 }
-POSITIVE = (
-    "batch_size",
-    "learning_rate",
-    "fine_tune_learning_rate",
-    "image_size",
-    "labels_per_class",
-    "test_per_class",
-)
-NON_NEGATIVE = ("head_epochs", "fine_tune_epochs", "early_stopping")
-FRACTIONS = ("validation_split", "test_split", "dropout", "label_smoothing")
 
 
 # --- what every script shares ---------------------------------------------------------------------------------
@@ -193,21 +195,68 @@ def run_command(prog, parser, argv, work):
     verbose = getattr(args, "verbose", False)
     root = logging.getLogger()
     saved = root.handlers[:], root.level  # the command's way of showing log lines lasts while it runs
-    quiet_frameworks(verbose)
+    quiet_frameworks(verbose, data_out=getattr(args, "json", False))
     try:
-        return int(work(args) or 0)
+        with terminated_as_interrupt(), own_temporary_folder():
+            return int(work(args) or 0)
     except SystemExit as e:  # parser.error() inside work
         return int(e.code or 0)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: one line saying where things stand
+        if verbose:
+            traceback.print_exc()
+        print(f"{prog}: {str(e) or 'interrupted.'}", file=sys.stderr)
+        return 130
     except Exception as e:
         if verbose:
             traceback.print_exc()
-        message = as_flags(str(e).strip().splitlines()[0]) if str(e).strip() else type(e).__name__
+        message = as_flags(error_line(e))
         hint = "" if verbose or isinstance(e, ValueError) else "  (--verbose shows the traceback)"
         print(f"{prog}: error: {message}{hint}", file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
+
+
+@contextlib.contextmanager
+def terminated_as_interrupt():
+    """SIGTERM (a scheduler's or `kill`'s stop) raises KeyboardInterrupt while the block runs, as Ctrl-C does, so
+    that both end a command the same way: committed work kept, one line saying so."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: signals stay as they are
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+TEMPORARY_PREFIX = "keras-transfer-"
+
+
+@contextlib.contextmanager
+def own_temporary_folder():
+    """While the block runs, Python's temporary files (TensorFlow's AutoGraph writes a module per traced function
+    there and removes them only at a clean exit) go to a folder of this process, `keras-transfer-<pid>-*`; on
+    entry, those of processes that no longer run (killed) are removed."""
+    base = tempfile.gettempdir()
+    for name in os.listdir(base):
+        match = re.match(rf"{TEMPORARY_PREFIX}(\d+)-", name)
+        if match and not process_alive(int(match.group(1))):
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+    folder = tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{os.getpid()}-")
+    previous, tempfile.tempdir = tempfile.tempdir, folder
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = previous
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)  # AutoGraph's own removal runs at exit too
 
 
 _SETTING = re.compile(
@@ -234,20 +283,59 @@ def add_verbose(parser):
     return parser
 
 
+def add_model_loading(parser):
+    """The flags of a command that loads a `.keras` file a user made: `--unsafe` and `--import MODULE`."""
+    parser.add_argument(
+        "--unsafe",
+        action="store_true",
+        help="load Lambda layers (Python code) of a .keras file: Keras's safe_mode=False, for a file you trust",
+    )
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this Python module first (one that defines and registers the model's own layers); repeatable",
+    )
+    return parser
+
+
+def model_loading(args):
+    """Imports the modules `--import` names (the current folder first on the path); returns `load_model`'s
+    keyword arguments for `--unsafe`."""
+    sys.path.insert(0, os.getcwd())
+    try:
+        for name in args.imports:
+            try:
+                importlib.import_module(name)
+            except ImportError as e:
+                raise ValueError(f"argument --import: cannot import {name!r}: {e}") from e
+    finally:
+        sys.path.remove(os.getcwd())
+    return {"safe_mode": not args.unsafe}
+
+
 class _Terminal(logging.StreamHandler):
     """The command's side of "the library logs, the command prints": INFO lines (the run's story) to standard
-    output, warnings and errors to standard error; the streams looked up at each line (tests swap them)."""
+    output, warnings and errors to standard error; everything to standard error when standard output carries
+    data (`--json`); the streams looked up at each line (tests swap them)."""
+
+    def __init__(self, data_out=False):
+        super().__init__()
+        self.data_out = data_out
 
     def emit(self, record):
-        self.stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
+        self.stream = sys.stdout if record.levelno < logging.WARNING and not self.data_out else sys.stderr
         super().emit(record)
 
 
-def quiet_frameworks(verbose=False):
-    """What a command shows: the library's INFO lines on standard output, its warnings on standard error;
-    without `verbose`, none of TensorFlow's start-up and log lines (`quiet_tensorflow`) nor Keras's UserWarnings
-    (about choices the library made for the user)."""
-    handler = _Terminal()
+def quiet_frameworks(verbose=False, data_out=False):
+    """What a command shows: the library's INFO lines on standard output (standard error with `data_out`: when
+    standard output is the command's JSON), its warnings on standard error; without `verbose`, none of TensorFlow's
+    start-up and log lines (`quiet_tensorflow`) nor Keras's UserWarnings (about choices the library made for the
+    user)."""
+    handler = _Terminal(data_out)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     if not verbose:
@@ -264,6 +352,14 @@ def positive_int(value):
     if number < 1:
         raise argparse.ArgumentTypeError(f"invalid value {number}: must be >= 1")
     return number
+
+
+def port_arg(value):
+    """argparse type: a TCP port, 1 to 65535."""
+    port = positive_int(value)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"invalid value {value!r}: a port is 1 to 65535")
+    return port
 
 
 def backbone_arg(value):
@@ -363,13 +459,10 @@ def config_from_args(parser, args):
     values.update({k: v for k, v in vars(args).items() if k not in ("config", "verbose")})
     config = RunConfig(**from_words(values))
     config.classes = class_list(config.classes)
-    for name in POSITIVE + NON_NEGATIVE + FRACTIONS:
-        value = getattr(config, name)
-        allowed = "> 0" if name in POSITIVE else ">= 0" if name in NON_NEGATIVE else "in [0, 1)"
-        if value is not None and (value <= 0 if name in POSITIVE else value < 0 or (name in FRACTIONS and value >= 1)):
-            parser.error(f"argument --{name.replace('_', '-')}: invalid value {value!r}: must be {allowed}")
-    if not 0 < config.layer_decay <= 1:
-        parser.error(f"argument --layer-decay: invalid value {config.layer_decay!r}: must be in (0, 1]")
+    problem = range_problem(config)
+    if problem:
+        name, value, allowed = problem
+        parser.error(f"argument --{name.replace('_', '-')}: invalid value {value!r}: must be {allowed}")
     return config
 
 
@@ -488,7 +581,7 @@ def _data_service_command(argv):
             "--data-service grpc://HOST:PORT have their training images decoded by it.",
         )
     )
-    parser.add_argument("--port", type=positive_int, default=5050, help="the dispatcher's port")
+    parser.add_argument("--port", type=port_arg, default=5050, help="the dispatcher's port (1-65535)")
     parser.add_argument("--workers", type=positive_int, default=1, help="worker servers in this process")
 
     def work(args):
@@ -500,8 +593,9 @@ def _data_service_command(argv):
             f"{service['address']} (Ctrl-C stops it)",
             flush=True,
         )
-        try:
-            service["dispatcher"].join()
+        try:  # waits in Python, not in dispatcher.join(), so that Ctrl-C and SIGTERM reach it
+            while True:
+                time.sleep(3600)
         except KeyboardInterrupt:
             return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 
 import yaml
@@ -13,6 +14,19 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 MIXED_PRECISION = ("off", "auto", "mixed_float16", "mixed_bfloat16")
 POLICIES = ("frozen", "all", "top:N", "from:NAME", "stages:K")
+
+# The range of each numeric setting (None, where a setting allows it, is unset): checked before anything is written.
+POSITIVE = (
+    "batch_size",
+    "learning_rate",
+    "fine_tune_learning_rate",
+    "image_size",
+    "labels_per_class",
+    "test_per_class",
+    "peer_timeout",
+)
+NON_NEGATIVE = ("head_epochs", "fine_tune_epochs", "early_stopping")
+FRACTIONS = ("validation_split", "test_split", "dropout", "label_smoothing")
 
 
 # The words a command line or a YAML file uses for a value that is not a string in the library: setting -> {word:
@@ -88,6 +102,7 @@ class RunConfig:
     strategy: str = "auto"
     mixed_precision: str = "off"
     xla: bool | str = "auto"  # True, False or "auto": on for GPUs, off on CPU, where it measured slower
+    peer_timeout: int = 300  # seconds a tf.data service or another worker may not answer before the run fails
     # Output
     output: str = "saved_models/run"
     overwrite: bool = False  # empty the run folder first when it holds another run
@@ -163,3 +178,25 @@ def _describe(annotation):
 
 
 _UnionType = type(int | None)
+
+
+def check_ranges(config):
+    """Raises a ValueError naming the first numeric setting of `config` out of its range (`range_problem`)."""
+    problem = range_problem(config)
+    if problem:
+        name, value, allowed = problem
+        raise ValueError(f"{name} must be a finite number {allowed}. Received: {name}={value!r}")
+
+
+def range_problem(config):
+    """`(setting, value, what is allowed)` for the first numeric setting of `config` not finite or out of its range
+    (`POSITIVE`, `NON_NEGATIVE`, `FRACTIONS`, and `layer_decay` in (0, 1]); None when all fit."""
+    ranges = [(name, "> 0", lambda v: v > 0) for name in POSITIVE]
+    ranges += [(name, ">= 0", lambda v: v >= 0) for name in NON_NEGATIVE]
+    ranges += [(name, "in [0, 1)", lambda v: 0 <= v < 1) for name in FRACTIONS]
+    ranges += [("layer_decay", "in (0, 1]", lambda v: 0 < v <= 1)]
+    for name, allowed, fits in ranges:
+        value = getattr(config, name)
+        if value is not None and not isinstance(value, (tuple, list)) and not (math.isfinite(value) and fits(value)):
+            return name, value, allowed
+    return None

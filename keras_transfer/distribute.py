@@ -19,7 +19,7 @@ from keras_transfer.config import MIXED_PRECISION, STRATEGIES
 logger = logging.getLogger(__name__)
 
 
-def get_strategy(name="auto"):
+def get_strategy(name="auto", peer_timeout=None):
     """Returns a `tf.distribute.Strategy`.
 
     Args:
@@ -27,6 +27,8 @@ def get_strategy(name="auto"):
             worker, else mirrored over several GPUs, else the default strategy), `"default"`, `"one_device"`
             (the first GPU, else the CPU), `"mirrored"` (every local GPU; without GPUs, every logical CPU
             device), `"multi_worker"` (reads `TF_CONFIG`) or `"tpu"`.
+        peer_timeout: seconds a multi-worker collective (a step's gradient sum) may wait for another worker before
+            it fails (None: no limit, TensorFlow's default).
 
     Returns:
         The strategy.
@@ -50,7 +52,8 @@ def get_strategy(name="auto"):
         strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
     elif name == "multi_worker":
         _workers_in_tf_config()  # a TF_CONFIG that does not parse is named before TensorFlow reads it
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=peer_timeout)
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         patch_multi_worker_fit()  # Keras 3 fit under several workers (keras-team/keras#20585), see compat.py
     else:
         strategy = _tpu_strategy()

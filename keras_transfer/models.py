@@ -241,8 +241,25 @@ def load_model(path, **kwargs):
     try:
         return keras.saving.load_model(path, **kwargs)
     except Exception as e:  # Keras raises several kinds for a file it refuses or cannot read
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"Cannot load the model {path!r}: {first}. Received: model={path!r}") from e
+        text = str(e) or type(e).__name__
+        first = text.splitlines()[0]
+        hint = next((h for words, h in LOAD_HINTS if any(w in text for w in words)), "")
+        raise ValueError(f"Cannot load the model {path!r}: {first}{hint} Received: model={path!r}") from e
+
+
+# What to do when Keras refuses a model file: (words of its message, the way out).
+LOAD_HINTS = (
+    (
+        ("safe_mode", "Lambda"),
+        ". It holds Python code (a Lambda layer), which Keras loads only when told to: for a file you trust, "
+        "pass safe_mode=False (keras-transfer export/predict --unsafe).",
+    ),
+    (
+        ("Could not locate class", "Could not locate function", "custom_objects"),
+        ". It holds a layer or function of your own: import the module that defines (and registers) it first "
+        "(keras-transfer export/predict --import MODULE), or pass custom_objects={...}.",
+    ),
+)
 
 
 def backbone_constructor(backbone):

@@ -13,12 +13,16 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 
 import keras
+import tensorflow as tf
 
-from keras_transfer.config import RunConfig, load_config
-from keras_transfer.data import load_dataset, source_from
+from keras_transfer.config import RunConfig, check_ranges, load_config
+from keras_transfer.data import check_shards, load_dataset, source_from
+from keras_transfer.data.pipeline import watch_service
+from keras_transfer.data.shards import is_shards
 from keras_transfer.data.sources import SOURCE_OPTIONS
 from keras_transfer.data.tables import TABLE_OPTIONS
 from keras_transfer.distribute import get_strategy, set_mixed_precision
@@ -42,6 +46,7 @@ from keras_transfer.report import write_html
 from keras_transfer.runs import (
     claim,
     empty_run_folder,
+    interrupted,
     locked,
     mark_complete,
     read_complete,
@@ -61,6 +66,7 @@ NOT_IDENTITY = (
     "export_bench",
     "overwrite",
     "data_service",
+    "peer_timeout",
 )  # settings not changing the result
 WAYS_OUT = "Choose another --output, or pass --overwrite to start this one afresh."
 
@@ -76,26 +82,37 @@ def run(config, verbose=False):
             another run (before anything is written).
         OSError: when data, weights or the output folder cannot be read or written.
         RuntimeError: when another process is running into the same folder.
+        runs.Interrupted: (a KeyboardInterrupt) on Ctrl-C, saying how many epochs are committed.
     """
     resolved = resolve(config)
     _check_writable(config)
     keras.utils.set_random_seed(config.seed)
-    policy, strategy = set_mixed_precision(config.mixed_precision), get_strategy(config.strategy)
-    with locked(config.output):
-        if not config.overwrite:
-            claim(config.output, "run", {"settings": _settings(config)}, WAYS_OUT, record=False)
-        data = _load(config, resolved.size, strategy)
-        with strategy.scope():
-            model = _build(config, data["info"], resolved)
-        _check_model(config, model)
-        identity = {"settings": _settings(config), "data": _data_identity(data["info"])}
-        if config.overwrite:
-            empty_run_folder(config.output)
-        claim(config.output, "run", identity, WAYS_OUT)
-        if read_complete(config.output):
-            return _already_complete(config, data["info"], _run_id(config, identity))
-        _write_config(config, data)
-        return _run(config, resolved, model, data, strategy, policy, _run_id(config, identity), verbose)
+    # the strategy first: several workers must configure TensorFlow's collectives before its runtime starts
+    strategy = get_strategy(config.strategy, config.peer_timeout)
+    policy = set_mixed_precision(config.mixed_precision)
+    try:
+        with locked(config.output):
+            return _claimed_run(config, resolved, policy, strategy, verbose)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under the command
+        raise interrupted(config.output) from None
+
+
+def _claimed_run(config, resolved, policy, strategy, verbose):
+    """`run` once the folder's lock is held: the folder claimed, the data loaded, then trained (or resumed)."""
+    if not config.overwrite:
+        claim(config.output, "run", {"settings": _settings(config)}, WAYS_OUT, record=False)
+    data = _load(config, resolved.size, strategy)
+    with strategy.scope():
+        model = _build(config, data["info"], resolved)
+    _check_model(config, model)
+    identity = {"settings": _settings(config), "data": _data_identity(data["info"])}
+    if config.overwrite:
+        empty_run_folder(config.output)
+    claim(config.output, "run", identity, WAYS_OUT)
+    if read_complete(config.output):
+        return _already_complete(config, data["info"], _run_id(config, identity))
+    _write_config(config, data)
+    return _run(config, resolved, model, data, strategy, policy, _run_id(config, identity), verbose)
 
 
 def _run(config, resolved, model, data, strategy, policy, run_id, verbose):
@@ -170,8 +187,9 @@ def resolve(config, scratch=False):
     `scratch`: the same architecture trained from random weights, every layer, for both stages' epochs.
 
     Raises:
-        ValueError: for settings that do not fit the backbone or each other.
+        ValueError: for a setting out of its range, or settings that do not fit the backbone or each other.
     """
+    check_ranges(config)
     if config.compare_scratch and config.weights is None:
         raise ValueError(
             "--compare-scratch compares pretrained weights with random ones; give --weights imagenet "
@@ -212,7 +230,14 @@ def _image_files(data):
 
 def _check_writable(config):
     """Creates the output (and export) folders and writes a probe file into each, so that an unwritable folder
-    fails before any work."""
+    fails before any work; an export folder is never the run folder or inside it (`--overwrite` empties that)."""
+    if config.export:
+        export, output = (os.path.realpath(f) for f in (config.export, config.output))
+        if export == output or export.startswith(output + os.sep):
+            raise ValueError(
+                f"export must be a folder of its own, not the run folder or inside it (--overwrite empties the run "
+                f"folder). Received: export={config.export!r}, output={config.output!r}"
+            )
     for folder, flag in ((config.export, "--export"), (config.output, "--output")):
         if folder:
             _check_folder(folder, flag)
@@ -511,14 +536,42 @@ def _train(resolved, config, model, data, strategy, run_dir=None, verbose=False)
         callbacks.append(
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping, restore_best_weights=True)
         )
-    return fine_tune(
-        model,
-        data["train"],
-        data["val"],
-        options=resolved.options,
-        callbacks=callbacks,
-        run_dir=run_dir or config.output,
-        strategy=strategy,
-        verbose="auto" if verbose else "lines",
-        **resolved.stages,
-    )
+    run_dir = run_dir or config.output
+    watch = watch_service(config.data_service, config.peer_timeout, _lost(run_dir)) if config.data_service else None
+    with watch or contextlib.nullcontext(), _damaged_shards_named(config.data):
+        return fine_tune(
+            model,
+            data["train"],
+            data["val"],
+            options=resolved.options,
+            callbacks=callbacks,
+            run_dir=run_dir,
+            strategy=strategy,
+            verbose="auto" if verbose else "lines",
+            **resolved.stages,
+        )
+
+
+@contextlib.contextmanager
+def _damaged_shards_named(source):
+    """TensorFlow's "corrupted record at N" while reading shards becomes the shard's name (`check_shards` finds it)."""
+    try:
+        yield
+    except tf.errors.DataLossError:
+        if isinstance(source, (str, os.PathLike)) and is_shards(source):
+            check_shards(source)  # raises a ValueError naming the damaged shard
+        raise
+
+
+def _lost(run_dir):
+    """What a run does when a peer it waits on stops answering: it says so and what is committed, and ends the
+    process (exit code 1): the training loop waits inside TensorFlow, out of Python's reach, and every committed
+    epoch is on disk, as after any kill."""
+
+    def end(message):
+        logger.error("keras-transfer: error: %s; %s", message, interrupted(run_dir))
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(1)
+
+    return end

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import fcntl
 import io
 import json
 import logging
@@ -29,12 +28,14 @@ import numpy as np
 
 from keras_transfer.files import (
     atomic_path,
+    exclusive,
     process_alive,
     remove_path,
     remove_stale_temporaries,
     replace,
     write_text,
 )
+from keras_transfer.terminal import error_line
 
 logger = logging.getLogger(__name__)
 
@@ -208,63 +209,14 @@ def read_run_json(run_dir, key):
 
 # --- lock -----------------------------------------------------------------------------------------------------
 
-_HELD = {}  # real path of a lock file -> [file descriptor, depth]: a process may enter its own lock again
 
-
-@contextlib.contextmanager
 def locked(run_dir):
-    """Holds the run folder's lock (`run.lock`, an `fcntl` lock with the holder's pid in it) while the block runs.
-
-    A lock left by a killed process is taken over (the kernel released it; a warning names the old pid).
+    """Holds the run folder's lock (`run.lock`, `files.exclusive`) while the block runs.
 
     Raises:
         RuntimeError: when another live process holds the lock, naming its pid.
     """
-    os.makedirs(run_dir, exist_ok=True)
-    path = os.path.realpath(run_file(run_dir, "lock"))
-    if path in _HELD:
-        _HELD[path][1] += 1
-        try:
-            yield
-        finally:
-            _HELD[path][1] -= 1
-        return
-    fd = _take(path, run_dir)
-    _HELD[path] = [fd, 1]
-    try:
-        yield
-    finally:
-        del _HELD[path]
-        with contextlib.suppress(OSError):
-            os.remove(path)  # still holding it, so no other process can be between open and flock on this file
-        os.close(fd)
-
-
-def _take(path, run_dir):
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise RuntimeError(
-                f"The run folder {os.fspath(run_dir)!r} is in use by process {holder} (lock {path}). Wait for it "
-                "to finish, stop it, or choose another output folder."
-            ) from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if not same:  # the holder removed the file between our open and flock: take the new one
-            os.close(fd)
-            continue
-        previous = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        if previous:
-            logger.warning("Took over the lock of %s from process %s, which no longer runs.", run_dir, previous)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return fd
+    return exclusive(run_dir, run_file(run_dir, "lock"), "run folder")
 
 
 # --- the commit of each epoch -----------------------------------------------------------------------------------
@@ -280,8 +232,46 @@ def prepare_folder(run_dir):
 
 
 def read_state(run_dir):
-    """The last committed epoch's record (`backup/state.json`), or None before the first commit."""
-    return _read_json(run_file(run_dir, "state")) or None if run_dir else None
+    """The last committed epoch's record (`backup/state.json`), or None before the first commit.
+
+    Raises:
+        DamagedRun: when the file is there but not a whole record (never read as "nothing committed": that would
+            silently drop the committed epochs).
+    """
+    path = run_file(run_dir, "state") if run_dir else None
+    if not path or not os.path.exists(path):
+        return None
+    state = _read_json(path)
+    if not {"stage", "epoch", "weights", "history"} <= set(state):
+        raise DamagedRun(
+            f"The run's commit record {path} is damaged (not the JSON record of a committed epoch), so the epochs "
+            f"committed in {run_dir!r} cannot be resumed. Restore the file, or pass --overwrite to start afresh."
+        )
+    return state
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or SIGTERM; its message says what was committed and how to go on."""
+
+
+def interrupted(run_dir):
+    """The `Interrupted` of a run stopped now: how many epochs its folder holds committed, and that the same
+    command resumes after them."""
+    try:
+        state = read_state(run_dir)
+    except DamagedRun:
+        state = None
+    if not state:
+        return Interrupted(f"stopped before an epoch was committed in {run_dir}; the same command starts it again.")
+    n = len(state["history"])
+    return Interrupted(
+        f"stopped with {n} epoch{'s' if n != 1 else ''} committed in {run_dir}; the same command resumes after "
+        f"epoch {n}."
+    )
+
+
+class DamagedRun(RuntimeError):
+    """A committed file of a run folder cannot be read: the run refuses to go on from less than was committed."""
 
 
 def apply_state(run_dir, state):
@@ -343,7 +333,14 @@ def resume(run_dir, model, stage):
         return None
     if model.optimizer is not None and not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)  # its variables must exist to be loaded
-    model.load_weights(os.path.join(run_dir, FILES["backup"], state["weights"]))
+    path = os.path.join(run_dir, FILES["backup"], state["weights"])
+    try:
+        model.load_weights(path)
+    except Exception as e:  # h5py's OSError, Keras's ValueError: the file's own words, its name added
+        raise DamagedRun(
+            f"The committed backup {path} cannot be read ({error_line(e)}), so the run cannot resume after epoch "
+            f"{state['epoch'] + 1}. Restore the file, or pass --overwrite to start afresh."
+        ) from e
     logger.info("Resuming after epoch %d (committed in %s)", state["epoch"] + 1, run_dir)
     return state["epoch"]
 

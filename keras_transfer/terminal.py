@@ -8,6 +8,7 @@ imported for the start-up lines to stay hidden. Set KERAS_TRANSFER_VERBOSE=1 to 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -57,3 +58,37 @@ def quiet_tensorflow():
         tf.config.list_physical_devices()  # the CUDA probe ("failed call to cuInit") prints here
     tf.get_logger().setLevel(logging.ERROR)
     tf.autograph.set_verbosity(0)
+
+
+# The operating system's words for the failures a person can act on (disk full, no permission, ...): where a
+# framework's message holds one below its first line, the one-line error shows it too.
+OS_FAILURES = tuple(
+    os.strerror(code)
+    for code in (
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.EIO,
+        errno.ENOENT,
+        errno.EMFILE,
+    )
+)
+
+
+def error_line(error):
+    """One line for an exception that keeps its cause: the message's first line; and, where that line does not say
+    it, the operating system's failure (`No space left on device`, ...) with its file, from a later line of the
+    message (TensorFlow and h5py put it there) or from the exception that caused this one."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    first = lines[0] if lines else type(error).__name__
+    if any(text in first for text in OS_FAILURES):
+        return first
+    cause = next((line for line in lines[1:] if any(text in line for text in OS_FAILURES)), None)
+    linked = error.__cause__ or error.__context__
+    while cause is None and linked is not None:
+        if isinstance(linked, OSError) and linked.strerror:
+            cause = str(linked)
+        linked = linked.__cause__ or linked.__context__
+    return f"{first} ({cause[:300]})" if cause else first

@@ -70,15 +70,20 @@ def rgb_images():
 def colour_folder(tmp_path_factory):
     """Class folders `red`, `green`, `blue` of 12 generated 48x56 PNGs each, whose colour carries the class; made
     once per test run and shared, so tests only read it."""
+    return write_colour_images(tmp_path_factory.mktemp("colour_folder") / "images")
+
+
+def write_colour_images(root, names=("red", "green", "blue"), n=12, seed=0):
+    """`root/<name>/<i>.png` for each colour name: `n` generated 48x56 PNGs whose colour carries the class, other
+    images for another `seed` (a source never holds one image twice). Returns `root`."""
     from PIL import Image
 
-    root = tmp_path_factory.mktemp("colour_folder") / "images"
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(("red", "green", "blue")):
+    rng = np.random.default_rng(seed)
+    for name in names:
         (root / name).mkdir(parents=True)
-        for i in range(12):
+        for i in range(n):
             pixels = rng.integers(0, 80, (48, 56, 3), dtype=np.uint8)
-            pixels[..., c] += 150
+            pixels[..., ("red", "green", "blue").index(name)] += 150
             Image.fromarray(pixels).save(root / name / f"{i}.png")
     return root
 

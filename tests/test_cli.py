@@ -101,9 +101,16 @@ def test_end_to_end_run_folder_report_and_export(colour_folder, tmp_path, capsys
         (["--learning-rate", "0"], r"argument --learning-rate: invalid value 0.0: must be > 0"),
         (["--learning-rate", "-1"], r"argument --learning-rate: invalid value -1.0: must be > 0"),
         (["--validation-split", "1.5"], r"argument --validation-split: invalid value 1.5: must be in \[0, 1\)"),
+        (["--learning-rate", "nan"], r"argument --learning-rate: invalid value nan: must be > 0"),
+        (["--fine-tune-learning-rate", "inf"], r"argument --fine-tune-learning-rate: invalid value inf: must be > 0"),
+        (["--dropout", "nan"], r"argument --dropout: invalid value nan: must be in \[0, 1\)"),
+        (["--peer-timeout", "0"], r"argument --peer-timeout: invalid value 0"),
+        (["--export", "{output}"], r"export must be a folder of its own, not the run folder or inside it"),
+        (["--export", "{output}/export"], r"export must be a folder of its own"),
     ],
 )
 def test_bad_flags_exit_2_naming_flag_and_value(argv, message, capsys, tmp_path):
+    argv = [a.format(output=tmp_path / "run") for a in argv]
     assert main(argv + ["--output", str(tmp_path / "run")]) == 2
     assert not (tmp_path / "run").exists()  # nothing written before the arguments are valid
     import re
@@ -235,6 +242,74 @@ def test_exit_codes_follow_one_rule_with_one_line_messages(tmp_path, capsys, mon
     assert capsys.readouterr().err == "keras-transfer: error: bad value\n"
 
 
+def test_an_os_failure_below_a_framework_message_is_in_the_one_line(tmp_path, capsys, monkeypatch):
+    from keras_transfer import recipe
+
+    def disk_full(config, verbose=False):  # as TensorFlow's file writer words a full disk
+        raise RuntimeError(
+            "Disable slist on flush dest failure failed (file write failed: time = 12:00, filename = 'x.h5')\n"
+            "   file write failed: No space left on device (errno 28), file 'out/backup/head-epoch0.weights.h5'"
+        )
+
+    monkeypatch.setattr(recipe, "run", disk_full)
+    assert main(["--output", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and "head-epoch0.weights.h5" in err
+
+    def caused(config, verbose=False):
+        try:
+            raise OSError(28, "No space left on device", "out/model.keras")
+        except OSError as e:
+            raise RuntimeError("Saving failed") from e
+
+    monkeypatch.setattr(recipe, "run", caused)
+    assert main(["--output", str(tmp_path / "run")]) == 1
+    assert "Saving failed ([Errno 28] No space left on device: 'out/model.keras')" in capsys.readouterr().err
+
+
+def test_ctrl_c_and_sigterm_end_with_one_line_saying_what_is_committed(tmp_path, capsys, monkeypatch):
+    import signal
+
+    from keras_transfer import recipe, runs
+
+    def stopped(config, verbose=False):
+        os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` or a scheduler would
+        raise AssertionError("SIGTERM did not stop the command")
+
+    monkeypatch.setattr(recipe, "run", stopped)
+    assert main(["--output", str(tmp_path / "run")]) == 130
+    assert capsys.readouterr().err == "keras-transfer: interrupted.\n"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored after the command
+    (tmp_path / "run" / "backup").mkdir(parents=True)
+    state = {"stage": "fine_tune", "epoch": 2, "weights": "w.h5", "history": {"0": {}, "1": {}, "2": {}}}
+    (tmp_path / "run" / "backup" / "state.json").write_text(__import__("json").dumps(state))
+    monkeypatch.setattr(
+        recipe, "run", lambda config, verbose=False: (_ for _ in ()).throw(runs.interrupted(config.output))
+    )
+    assert main(["--output", str(tmp_path / "run")]) == 130
+    assert capsys.readouterr().err == (
+        f"keras-transfer: stopped with 3 epochs committed in {tmp_path / 'run'}; the same command resumes after "
+        "epoch 3.\n"
+    )
+
+
+def test_temporaries_of_killed_commands_are_removed_by_the_next(tmp_path, monkeypatch):
+    import tempfile
+
+    from keras_transfer import cli
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    left = tmp_path / "keras-transfer-999999999-abc"  # a process that no longer runs
+    left.mkdir()
+    (left / "__autograph_generated_filexyz.py").write_text("")
+    mine = tmp_path / f"keras-transfer-{os.getpid()}-live"
+    mine.mkdir()
+    with cli.own_temporary_folder() as folder:
+        assert not left.exists() and mine.exists()
+        assert os.path.dirname(tempfile.mkstemp(prefix="__autograph_generated_file")[1]) == folder
+    assert tempfile.tempdir == str(tmp_path)
+
+
 def test_config_file_errors_are_one_line_exit_2_before_anything_is_written(tmp_path, capsys):
     broken = tmp_path / "broken.yaml"
     broken.write_text("backbone: vgg16\nepochs: [1, 2\n")
@@ -269,3 +344,24 @@ def test_help_lists_the_choices_and_each_default_once():
     text = build_parser().format_help()
     for choice in ("efficientnet_lite0", "stages:K", "mirrored", "mixed_bfloat16", "rmsprop", "flatten"):
         assert choice in text, choice
+
+
+def test_json_output_keeps_the_library_lines_on_standard_error(capsys):
+    # A first --imagenet predict converts the weights and logs so; with --json standard output stays one JSON.
+    import argparse
+    import logging
+
+    from keras_transfer.cli import run_command
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", action="store_true")
+
+    def work(args):
+        logging.getLogger("keras_transfer.weights").info("Converting the weights (once)")
+        print(json.dumps({"json": args.json}))
+
+    assert run_command("prog", parser, ["--json"], work) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"json": True} and "Converting the weights" in err
+    assert run_command("prog", parser, [], work) == 0
+    assert "Converting the weights" in capsys.readouterr().out

@@ -213,6 +213,43 @@ def test_the_cli_resumes_refuses_or_overwrites_a_used_run_folder(tmp_path, colou
     assert recorded["run"]["settings"]["learning_rate"] == 0.01
 
 
+def test_ctrl_c_mid_run_says_what_is_committed_and_the_same_command_resumes(
+    tmp_path, colour_folder, capsys, monkeypatch
+):
+    commit = runs.EpochCommit.on_epoch_end
+
+    def commit_then_ctrl_c(self, epoch, logs=None):
+        commit(self, epoch, logs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs.EpochCommit, "on_epoch_end", commit_then_ctrl_c)
+    code, _ = _cli(tmp_path, colour_folder)
+    err = capsys.readouterr().err
+    committed = f"stopped with 1 epoch committed in {tmp_path / 'run'}; the same command resumes after epoch 1."
+    assert code == 130 and err.endswith(f"keras-transfer: {committed}\n")
+    assert "Traceback" not in err
+    monkeypatch.setattr(runs.EpochCommit, "on_epoch_end", commit)
+    code, out = _cli(tmp_path, colour_folder)
+    assert code == 0 and "Resuming after epoch 1" in out
+    assert len(runs.read_history(tmp_path / "run")) == 4
+
+
+def test_a_damaged_commit_record_or_backup_is_named_and_never_read_as_less(tmp_path, colour_folder):
+    state = tmp_path / "backup" / "state.json"
+    state.parent.mkdir()
+    state.write_text('{"stage": "head", "epo')  # cut short
+    with pytest.raises(runs.DamagedRun, match=r"commit record .*state.json is damaged"):
+        runs.read_state(tmp_path)
+    model = kt.build_model("small_cnn", 3, input_shape=32, weights=None)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.save_weights(tmp_path / "backup" / "head-epoch0.weights.h5")
+    whole = (tmp_path / "backup" / "head-epoch0.weights.h5").read_bytes()
+    (tmp_path / "backup" / "head-epoch0.weights.h5").write_bytes(whole[: len(whole) // 2])
+    state.write_text(json.dumps({"stage": "head", "epoch": 0, "weights": "head-epoch0.weights.h5", "history": {}}))
+    with pytest.raises(runs.DamagedRun, match=r"committed backup .*head-epoch0.weights.h5 cannot be read \(.+\)"):
+        runs.resume(tmp_path, model, "head")
+
+
 def test_overwrite_never_empties_a_folder_that_is_not_a_run_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match=r"also holds \['notes.txt'\], which no run writes"):
@@ -323,7 +360,7 @@ def test_classes_too_small_for_a_split_are_warned_about_and_left_out_of_macro_av
     for name, n in (("big", 8), ("tiny", 1)):
         (tmp_path / name).mkdir()
         for i in range(n):
-            Image.fromarray(np.full((8, 8, 3), 30 * i, np.uint8)).save(tmp_path / name / f"{i}.png")
+            Image.fromarray(np.full((8, 8, 3), 30 * i + (name == "tiny"), np.uint8)).save(tmp_path / name / f"{i}.png")
     _, val, test, info = kt.load_dataset(str(tmp_path), image_size=32, validation_split=0.25, test_split=0.25)
     assert info.counts["train"]["tiny"] == 1 and info.counts["test"]["tiny"] == 0
     assert "Class 'tiny' has 1 image (train 1): none in the validation split" in caplog.text

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from keras_transfer.cli import add_verbose, positive_int
+from keras_transfer.cli import add_model_loading, add_verbose, model_loading, positive_int
 from keras_transfer.export import TFLITE_QUANTIZE, export_onnx, export_saved_model, export_tflite
 from keras_transfer.models import input_size, load_model
 from keras_transfer.runs import run_labels, run_model
@@ -47,7 +47,7 @@ def build_parser():
         type=float,
         help="a multi-label model's per-label thresholds (one, or one per label; default 0.5), for every export",
     )
-    return add_verbose(parser)
+    return add_verbose(add_model_loading(parser))
 
 
 def run(args):
@@ -60,7 +60,7 @@ def run(args):
     if args.labels:
         with open(args.labels) as f:
             class_names = [line.strip() for line in f if line.strip()]
-    model = load_model(path)
+    model = load_model(path, **model_loading(args))
     labels = {"class_names": class_names, "thresholds": args.thresholds or thresholds}
     if args.saved_model:
         print(f"SavedModel: {export_saved_model(model, args.saved_model, version=args.version, **labels)}")

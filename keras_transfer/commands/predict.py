@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from keras_transfer.cli import add_verbose, backbone_arg, positive_int
+from keras_transfer.cli import add_model_loading, add_verbose, backbone_arg, model_loading, positive_int
 from keras_transfer.export import export_thresholds, keras_predictor, load_predictor
 from keras_transfer.images import image_files
 
@@ -24,7 +24,7 @@ def predictor(args):
     """(predict, class_names) for the model argument, or the ImageNet classifier with --imagenet."""
     tta = "flip" if args.tta else None
     if not args.imagenet:
-        return load_predictor(args.model, tta=tta)
+        return load_predictor(args.model, tta=tta, **model_loading(args))
     from keras_transfer import imagenet_classifier
     from keras_transfer.weights import imagenet_classes
 
@@ -59,7 +59,7 @@ def build_parser():
     parser.add_argument("--top-k", type=positive_int, default=5)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--batch-size", type=positive_int, default=32)
-    return add_verbose(parser)
+    return add_verbose(add_model_loading(parser))
 
 
 def run(args):

@@ -22,7 +22,7 @@ from keras_transfer.runs import run_labels, run_model
 logger = logging.getLogger(__name__)
 
 
-def load_predictor(path, *, tta=None):
+def load_predictor(path, *, tta=None, safe_mode=True):
     """Loads a model file for prediction on encoded images, through the one image decoder whatever the format:
     check the file you are about to ship.
 
@@ -31,6 +31,7 @@ def load_predictor(path, *, tta=None):
             `model.keras`), a SavedModel version folder (or a base folder of numbered versions: the newest), a
             `.tflite` file (run by LiteRT) or a `.onnx` file (run by ONNX Runtime).
         tta: None, or `"flip"`: average each image's probabilities with its left-right mirror's.
+        safe_mode: False loads a `.keras` file's Lambda layers (Python code: for a file you trust).
 
     Returns:
         `(predict, class_names)`: `predict(list_of_encoded_images) -> probabilities` as a NumPy array
@@ -41,7 +42,7 @@ def load_predictor(path, *, tta=None):
     """
     path, run_dir = run_model(path)
     if path.endswith(".keras") and os.path.isfile(path):
-        model = load_model(path)
+        model = load_model(path, safe_mode=safe_mode)
         names = run_labels(run_dir)[0] if run_dir else None
         return keras_predictor(model, tta=tta), names or [str(i) for i in range(model.output_shape[-1])]
     if path.endswith((".tflite", ".onnx")) and os.path.isfile(path):

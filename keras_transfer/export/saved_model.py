@@ -96,8 +96,15 @@ def _write_saved_model(model, path, thresholds=None):
     archive = keras.export.ExportArchive()
     archive.track(model)
 
+    units = model.output_shape[-1]
+
     def predict(images):
-        probabilities = model(images, training=False)
+        # an empty batch answers with empty outputs (some layers cannot broadcast over a batch of none)
+        probabilities = tf.cond(
+            tf.shape(images)[0] > 0,
+            lambda: tf.cast(model(images, training=False), tf.float32),
+            lambda: tf.zeros([0, units], tf.float32),
+        )
         if thresholds is not None:  # several labels per image: each label at its own threshold
             predicted = tf.cast(probabilities >= tf.constant(thresholds, probabilities.dtype), tf.int32)
             return {"probabilities": probabilities, "predicted": predicted}

@@ -132,6 +132,42 @@ def test_every_script_turns_a_refused_model_into_one_line(tmp_path, capsys):
             assert err.startswith(f"keras-transfer {script}: error: "), err
 
 
+CUSTOM_LAYER = """
+import keras
+
+@keras.saving.register_keras_serializable(package="mine")
+class Halve(keras.layers.Layer):
+    def call(self, x):
+        return x / 2
+"""
+
+
+def test_export_loads_lambda_and_custom_layers_when_told_how(tmp_path, capsys, monkeypatch):
+    def image_model(middle):
+        inputs = keras.Input((16, 16, 3))
+        x = keras.layers.GlobalAveragePooling2D()(middle(inputs))
+        return keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="predictions")(x))
+
+    image_model(keras.layers.Lambda(lambda x: x / 255.0)).save(tmp_path / "lambda.keras")
+    (tmp_path / "mylayers.py").write_text(CUSTOM_LAYER)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import mylayers
+
+    image_model(mylayers.Halve()).save(tmp_path / "custom.keras")
+    monkeypatch.delitem(keras.saving.get_custom_objects(), "mine>Halve")  # a fresh process knows no such class
+    export = _script("export")
+    for name, fix in (("lambda", ["--unsafe"]), ("custom", ["--import", "mylayers"])):
+        argv = [str(tmp_path / f"{name}.keras"), "--saved-model", str(tmp_path / f"{name}_export")]
+        assert export.main(argv) == 2
+        assert f"keras-transfer export/predict {fix[0]}" in capsys.readouterr().err
+        monkeypatch.delitem(__import__("sys").modules, "mylayers", raising=False)
+        assert export.main([*argv, *fix]) == 0, capsys.readouterr().err
+        assert (tmp_path / f"{name}_export" / "1" / "saved_model.pb").exists()
+    assert export.main([str(tmp_path / "custom.keras"), "--tflite", "x.tflite", "--import", "nosuchmodule"]) == 2
+    assert "argument --import: cannot import 'nosuchmodule'" in capsys.readouterr().err
+
+
 def test_export_and_predict_read_the_class_names_of_a_run_folder(tmp_path, capsys):
     from keras_transfer.runs import run_file
 

@@ -135,6 +135,16 @@ def test_a_killed_export_leaves_no_version_and_old_versions_intact(tmp_path):
     assert kt.export_saved_model(model, str(base)) == str(base / "2")  # the next version still comes
 
 
+def test_an_empty_batch_gets_empty_answers(model, tmp_path):
+    loaded = tf.saved_model.load(kt.export_saved_model(model, tmp_path / "export"))
+    for name, inputs in (
+        ("serving_default", {"images": tf.zeros([0, 32, 32, 3])}),
+        ("serve_bytes", {"image_bytes": tf.zeros([0], tf.string)}),
+    ):
+        outputs = loaded.signatures[name](**inputs)
+        assert outputs["probabilities"].shape == (0, 3) and outputs["class_ids"].shape == (0,), name
+
+
 def test_export_errors(tmp_path):
     model = kt.build_model("small_cnn", 3, input_shape=32, weights=None)
     kt.export_saved_model(model, str(tmp_path / "s"), version=3)
