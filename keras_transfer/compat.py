@@ -28,6 +28,7 @@ TARGETS = {  # "module:attribute.path" -> SHA-256 prefix of its source under CHE
     "keras.src.layers.layer:Layer._build_at_init": "dc6e5ba48ae65d7c",
     "tensorflow.python.trackable.base:Trackable._trackable_children": "215ee46a59b2d9e4",
     "keras.src.optimizers.base_optimizer:BaseOptimizer._get_variable_index": "c4cd541aea39e6e2",
+    "tensorflow.python.eager.context:Context.wait_at_barrier": "9cf6c97cdc4b5b7e",
 }
 # The Keras versions setup.cfg allows: the one these fingerprints were taken on and its patch releases, where
 # `target` still compares each source before use. tests/test_compat.py checks setup.cfg says the same.
@@ -110,6 +111,15 @@ def scale_updates(optimizer, scales):
 
     optimizer.update_step = scaled_update_step
     return optimizer
+
+
+def wait_at_barrier(name, timeout):
+    """Blocks until every task of the multi-worker cluster reaches the coordination service's barrier `name`
+    (TensorFlow's `Context.wait_at_barrier`); fails after `timeout` seconds, or at once when a task stopped."""
+    from tensorflow.python.eager import context
+
+    target("tensorflow.python.eager.context:Context.wait_at_barrier")
+    context.context().wait_at_barrier(name, int(timeout * 1000))
 
 
 def in_safe_mode():

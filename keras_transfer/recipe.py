@@ -13,10 +13,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_transfer.config import RunConfig, check_ranges, load_config
@@ -25,7 +27,15 @@ from keras_transfer.data.pipeline import watch_service
 from keras_transfer.data.shards import is_shards
 from keras_transfer.data.sources import SOURCE_OPTIONS
 from keras_transfer.data.tables import TABLE_OPTIONS
-from keras_transfer.distribute import get_strategy, set_mixed_precision
+from keras_transfer.distribute import (
+    cluster_addresses,
+    finish_together,
+    from_chief,
+    get_strategy,
+    is_multi_worker,
+    set_mixed_precision,
+    worker_rank,
+)
 from keras_transfer.evaluation import evaluate, linear_probe, tune_thresholds
 from keras_transfer.export import benchmark_exports, export_onnx, export_saved_model, format_exports
 from keras_transfer.export.layout import version_file
@@ -55,6 +65,7 @@ from keras_transfer.runs import (
     run_file,
     write_splits,
 )
+from keras_transfer.terminal import error_line
 from keras_transfer.training import TrainingOptions, fine_tune
 
 logger = logging.getLogger(__name__)
@@ -85,34 +96,133 @@ def run(config, verbose=False):
         runs.Interrupted: (a KeyboardInterrupt) on Ctrl-C, saying how many epochs are committed.
     """
     resolved = resolve(config)
-    _check_writable(config)
+    workers, rank = worker_rank() if config.strategy in ("auto", "multi_worker") else (1, 0)
+    if workers > 1 and config.compare_scratch:
+        raise ValueError(
+            "--compare-scratch trains a second model after the run, on one machine: run it without TF_CONFIG "
+            f"(here {workers} workers). Received: compare_scratch=True"
+        )
+    if rank == 0:  # under several workers only the chief (worker 0) writes the run and export folders
+        _check_writable(config)
     keras.utils.set_random_seed(config.seed)
     # the strategy first: several workers must configure TensorFlow's collectives before its runtime starts
     strategy = get_strategy(config.strategy, config.peer_timeout)
     policy = set_mixed_precision(config.mixed_precision)
+    if not is_multi_worker(strategy):
+        workers = 1
     try:
-        with locked(config.output):
-            return _claimed_run(config, resolved, policy, strategy, verbose)
+        if rank > 0:
+            with _prefixed(f"[worker {rank}] "), _peers_named(strategy, None):
+                _follow(config, resolved, strategy)
+                finish_together(strategy)  # until the chief has written the run
+                return 0
+        with _peers_named(strategy, config.output):
+            with locked(config.output):
+                _claimed_run(config, resolved, policy, strategy, verbose, workers)
+            finish_together(strategy)
+            return 0
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under the command
         raise interrupted(config.output) from None
 
 
-def _claimed_run(config, resolved, policy, strategy, verbose):
+def _claimed_run(config, resolved, policy, strategy, verbose, workers=1):
     """`run` once the folder's lock is held: the folder claimed, the data loaded, then trained (or resumed)."""
+    cluster = {"workers": workers} if workers > 1 else {}  # a rerun on another number of workers is refused
     if not config.overwrite:
-        claim(config.output, "run", {"settings": _settings(config)}, WAYS_OUT, record=False)
+        claim(config.output, "run", {"settings": _settings(config), **cluster}, WAYS_OUT, record=False)
     data = _load(config, resolved.size, strategy)
     with strategy.scope():
         model = _build(config, data["info"], resolved)
     _check_model(config, model)
-    identity = {"settings": _settings(config), "data": _data_identity(data["info"])}
+    identity = {"settings": _settings(config), "data": _data_identity(data["info"]), **cluster}
     if config.overwrite:
         empty_run_folder(config.output)
     claim(config.output, "run", identity, WAYS_OUT)
-    if read_complete(config.output):
+    complete = read_complete(config.output)
+    if is_multi_worker(strategy):
+        from_chief(strategy, [bool(complete)])  # the other workers stop too, or train with the chief
+    if complete:
         return _already_complete(config, data["info"], _run_id(config, identity))
     _write_config(config, data)
     return _run(config, resolved, model, data, strategy, policy, _run_id(config, identity), verbose)
+
+
+def _follow(config, resolved, strategy):
+    """`run` on a worker other than the chief: the same data and model, the training steps in step with the
+    chief, and nothing written: the chief's run folder is the run's (its state decides what to resume)."""
+    data = _load(config, resolved.size, strategy)
+    with strategy.scope():
+        model = _build(config, data["info"], resolved)
+    _check_model(config, model)
+    if from_chief(strategy, [False])[0]:
+        logger.info(f"The run in worker 0's {config.output} is complete; nothing to train.")
+        return 0
+    _train(resolved, config, model, data, strategy, None)  # nothing written: the run folder is the chief's
+    _say_weights(model)
+    logger.info(f"Training done; worker 0 evaluates and exports the model into its {config.output}.")
+    return 0
+
+
+def _say_weights(model):
+    """Under several workers: a digest of the trained weights, which every worker prints the same."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    logger.info(f"Trained weights: sha256 {digest.hexdigest()[:16]} (the same on every worker)")
+
+
+@contextlib.contextmanager
+def _prefixed(prefix):
+    """Every log line of the block starts with `prefix` (a worker that is not the chief says which it is)."""
+
+    def add(record):
+        if not str(record.msg).startswith(prefix):  # a record passes each handler
+            record.msg = prefix + str(record.msg)
+        return True
+
+    handlers = logging.getLogger().handlers
+    for handler in handlers:
+        handler.addFilter(add)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(add)
+
+
+@contextlib.contextmanager
+def _peers_named(strategy, output):
+    """Under several workers, TensorFlow's error when another worker stops (killed, its machine gone, its run
+    refused) becomes one that says so and how to resume: the same command on every worker."""
+    try:
+        yield
+    except (
+        tf.errors.UnavailableError,
+        tf.errors.CancelledError,
+        tf.errors.DeadlineExceededError,
+        tf.errors.AbortedError,
+        tf.errors.InternalError,
+    ) as e:
+        if not is_multi_worker(strategy):
+            raise
+        committed = f" {interrupted(output)}" if output else ""
+        raise RuntimeError(
+            f"{_stopped_peers(e)}.{committed} Start every worker again with the same command: they resume from "
+            "worker 0's last committed epoch."
+        ) from e
+
+
+def _stopped_peers(error):
+    """Which other workers TensorFlow's `error` names (the task that reset its connection, or that stopped sending
+    heartbeats), by name and address."""
+    tasks = cluster_addresses()
+    me = tasks[worker_rank()[1]][0]
+    found = re.findall(r"/job:(worker|chief)(?:/replica:\d+)?/task:(\d+)", str(error))
+    names = dict.fromkeys("chief" if job == "chief" else f"worker {index}" for job, index in found)
+    named = [f"{name} ({dict(tasks).get(name, '?')})" for name in names if name != me]
+    if named:
+        return f"{', '.join(named)} stopped or stopped answering"
+    return f"another worker stopped or stopped answering ({error_line(error)})"
 
 
 def _run(config, resolved, model, data, strategy, policy, run_id, verbose):
@@ -121,9 +231,13 @@ def _run(config, resolved, model, data, strategy, policy, run_id, verbose):
         with timings.step("linear probe"):
             probe = _probe(model, data)
     with timings.step("training"):
-        _train(resolved, config, model, data, strategy, verbose=verbose)
+        _train(resolved, config, model, data, strategy, config.output, verbose=verbose)
+    if is_multi_worker(strategy):
+        _say_weights(model)
     with atomic_path(run_file(config.output, "model"), work_dir=True) as tmp:
         model.save(tmp)
+    if is_multi_worker(strategy):  # the rest is the chief's alone: its model read back outside the strategy
+        model = load_model(run_file(config.output, "model"))
     data["thresholds"], data["tta"] = _thresholds(model, data), config.tta
     with timings.step("evaluation"):
         report = _evaluate(model, data, config.output)
@@ -529,14 +643,14 @@ def print_history(rows, stage1_epochs):
             )
 
 
-def _train(resolved, config, model, data, strategy, run_dir=None, verbose=False):
-    """fine_tune with the run's resolved settings, into `run_dir` (default: the run folder)."""
+def _train(resolved, config, model, data, strategy, run_dir, verbose=False):
+    """fine_tune with the run's resolved settings, into `run_dir` (None: no folder, a worker other than the
+    chief)."""
     callbacks = []
     if config.early_stopping and data["val"] is not None:  # on the validation loss only: never on the training loss
         callbacks.append(
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping, restore_best_weights=True)
         )
-    run_dir = run_dir or config.output
     watch = watch_service(config.data_service, config.peer_timeout, _lost(run_dir)) if config.data_service else None
     with watch or contextlib.nullcontext(), _damaged_shards_named(config.data):
         return fine_tune(
@@ -569,7 +683,7 @@ def _lost(run_dir):
     epoch is on disk, as after any kill."""
 
     def end(message):
-        logger.error("keras-transfer: error: %s; %s", message, interrupted(run_dir))
+        logger.error("keras-transfer: error: %s; %s", message, interrupted(run_dir) if run_dir else "stopped")
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         os._exit(1)

@@ -27,6 +27,7 @@ from keras_transfer.callbacks import InUserEpochs, epoch_lines, passes_per_epoch
 from keras_transfer.compat import scale_updates
 from keras_transfer.config import OPTIMIZERS
 from keras_transfer.data import with_known_size
+from keras_transfer.distribute import from_chief, is_multi_worker, sync_from_chief
 from keras_transfer.files import atomic_path
 from keras_transfer.heads import fit_probe
 from keras_transfer.models import (
@@ -312,11 +313,18 @@ def _place(run, unfreeze):
 def _train_head(run, epochs, learning_rate):
     """Stage 1: the head on a frozen backbone, on cached features when `_use_cache` says so."""
     apply_placement(run.model, run.placements["head"])
-    if run.run_dir and os.path.exists(run_file(run.run_dir, "stage1")):
-        with warnings.catch_warnings():  # the file has no optimizer state, and stage 1's optimizer is not needed
-            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            run.model.load_weights(run_file(run.run_dir, "stage1"))
-        logger.info("Stage 1 already finished in %s; its weights are restored.", run.run_dir)
+    finished = bool(run.run_dir and os.path.exists(run_file(run.run_dir, "stage1")))
+    if is_multi_worker(run.strategy):  # the chief's run folder decides, on every worker
+        finished = bool(from_chief(run.strategy, [finished])[0])
+    if finished:
+        if run.run_dir:
+            with warnings.catch_warnings():  # the file has no optimizer state, and stage 1's optimizer is not needed
+                warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+                run.model.load_weights(run_file(run.run_dir, "stage1"))
+        sync_from_chief(run.strategy, run.model.weights)
+        logger.info(
+            "Stage 1 already finished in %s; its weights are restored.", run.run_dir or "the chief's run folder"
+        )
         return None
     use_cache, probe = _use_cache(run), _probe_start(run)
     with run.strategy.scope():  # the head model and its optimizer must belong to the strategy too
@@ -380,7 +388,7 @@ def _use_cache(run):
     if run.view.augmented:
         logger.info("Stage 1 runs the backbone every epoch: the model augments its images (layer 'augmentation').")
         return False
-    if _is_multi_worker(run.strategy):
+    if is_multi_worker(run.strategy):
         logger.info("Stage 1 runs the backbone every epoch: features are not cached across several workers.")
         return False
     logger.info("Stage 1 computes the backbone features once (the model has no augmentation layer).")
@@ -414,7 +422,7 @@ def _fit(run, model, train, val, stage, first_epoch, last_epoch):
         verbose = 0
     for metric in run.metrics:  # shared by both stages' compile: a new compile's first epoch would count the last
         metric.reset_state()  # epoch of stage 1 too (Keras resets compiled metrics only once they are built)
-    done = resume(run.run_dir, model, stage) if run.run_dir else None  # the last committed epoch of the stage
+    done = _resume(run, model, stage)  # the last committed epoch of the stage
     history = model.fit(
         train,
         validation_data=val,
@@ -462,11 +470,25 @@ def recompute_batchnorm(model, dataset):
     return len(layers)
 
 
-def _is_multi_worker(strategy):
-    return (
-        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-        and strategy.cluster_resolver.cluster_spec().num_tasks("worker") > 1
-    )
+def _resume(run, model, stage):
+    """`runs.resume` from the run folder; under several workers, the chief's (the only one with a run folder):
+    its last committed epoch, and its weights and optimizer state (resumed or not), on every worker. None when the
+    stage has none."""
+    if not is_multi_worker(run.strategy):
+        return resume(run.run_dir, model, stage) if run.run_dir else None
+    if model.optimizer is not None and not model.optimizer.built:
+        with run.strategy.scope():
+            model.optimizer.build(model.trainable_variables)  # on every worker: its state is sent too
+    done = resume(run.run_dir, model, stage) if run.run_dir else None
+    done = int(from_chief(run.strategy, [-1 if done is None else done])[0])
+    # every worker starts the stage from the chief's state: what a worker set by itself (the probe's head, fitted
+    # on features its own float arithmetic computed) would otherwise make them train apart
+    sync_from_chief(run.strategy, model.weights + (list(model.optimizer.variables) if model.optimizer else []))
+    if done < 0:
+        return None
+    if not run.run_dir:
+        logger.info("Resuming after epoch %d (committed in the chief's run folder)", done + 1)
+    return done
 
 
 def _head_on_features(run):

@@ -165,7 +165,9 @@ def test_bad_folders_and_shards_are_refused_by_name(colour_folder, tmp_path, mon
         write_shards(source_from(colour_folder, labels="y"), tmp_path / "x")
     with pytest.raises(ValueError, match="num_shards must be an integer >= 1"):
         write_shards(colour_folder, tmp_path / "x", num_shards=0)
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2", "c:3"]}, "task": {"index": 0}}))
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2", "c:3"]}, "task": {"type": "worker", "index": 0}})
+    )
     with pytest.raises(ValueError, match="has 2 shards for a split, fewer than the 3 workers"):
         kt.load_dataset(out, image_size=16, validation_split=0.0)
     monkeypatch.delenv("TF_CONFIG")
