@@ -3,7 +3,7 @@
 `build_model("hub:<handle>", ...)` wraps the module in `HubLayer`: a Keras 3 layer around `tf.saved_model.load`
 whose variables are the module's own (fine-tuning trains them in place). The handle is a local SavedModel folder
 or a hub URL (https://tfhub.dev/..., https://www.kaggle.com/models/...), which `tensorflow_hub.resolve` downloads
-and caches; tensorflow_hub is imported only for URLs.
+and caches; tensorflow_hub is imported only for URLs (`import_tensorflow_hub`: also without `pkg_resources`).
 
 Modules must follow the reusable-SavedModel convention of image feature-vector modules: called as
 `module(images, training=...)` on float RGB images in [0, 1], returning `(batch, features)` or a feature map.
@@ -12,6 +12,8 @@ Modules must follow the reusable-SavedModel convention of image feature-vector m
 from __future__ import annotations
 
 import os
+import sys
+import types
 
 import keras
 import tensorflow as tf
@@ -45,7 +47,7 @@ def resolve(handle):
             )
         return handle
     try:
-        import tensorflow_hub
+        tensorflow_hub = import_tensorflow_hub()
     except ImportError as e:
         raise ImportError(
             f"Loading {handle!r} needs tensorflow_hub: pip install tensorflow-hub, or download the "
@@ -59,6 +61,31 @@ def resolve(handle):
             "(append ?tf-hub-format=compressed to a tfhub.dev URL), unpack it, and pass the folder as "
             "hub:/path/to/folder; or set TFHUB_CACHE_DIR to a cache that already holds it."
         ) from e
+
+
+def import_tensorflow_hub():
+    """`import tensorflow_hub`, also where setuptools no longer ships `pkg_resources` (setuptools >= 81, what a new
+    environment gets): tensorflow_hub 0.16.1, its newest release, imports it for one version check
+    (`parse_version`, tensorflow/hub#934). Then that import is given `packaging`'s `Version` (a dependency of
+    TensorFlow) for the check, and only while tensorflow_hub imports; nothing else is changed. Chosen over pinning
+    `setuptools<81`, which would downgrade a build tool in every user's environment."""
+    try:
+        import tensorflow_hub
+    except ModuleNotFoundError as e:
+        if e.name != "pkg_resources":
+            raise
+    else:
+        return tensorflow_hub
+    from packaging.version import Version
+
+    for name in [m for m in sys.modules if m == "tensorflow_hub" or m.startswith("tensorflow_hub.")]:
+        del sys.modules[name]  # what the failed import left half-made
+    sys.modules["pkg_resources"] = types.SimpleNamespace(parse_version=Version)
+    try:
+        import tensorflow_hub
+    finally:
+        del sys.modules["pkg_resources"]
+    return tensorflow_hub
 
 
 @keras.saving.register_keras_serializable(package="keras_transfer")

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import keras_transfer as kt
-from keras_transfer.hub import HubLayer
+from keras_transfer.hub import HubLayer, import_tensorflow_hub
 
 
 class _ImageModule(tf.Module):
@@ -98,7 +98,7 @@ def test_bad_handles_say_what_to_do(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"A hub backbone brings its own weights"):
         kt.build_model(f"hub:{tmp_path}", 2, weights="x.weights.h5")
 
-    hub = pytest.importorskip("tensorflow_hub")
+    hub = import_tensorflow_hub()  # declared by the package: it must import, not skip
 
     def offline(handle):
         raise OSError("URLError: <urlopen error [Errno -3] Temporary failure in name resolution>")
@@ -116,3 +116,28 @@ def test_the_default_unfreeze_works_on_a_renamed_hub_model(hub_dir):
     assert summary.first_trainable == "hub_module" and summary.trainable_layers == 1
     with pytest.raises(ValueError, match=r"has 1 stage \(hub_module\); K must be in 1\.\.1"):
         kt.set_trainable(model, "stages:2")
+
+
+def test_a_hub_url_resolves_through_tensorflow_hub_in_a_new_environment(hub_dir, tmp_path, monkeypatch, rgb_images):
+    # A new venv has setuptools >= 81 (no pkg_resources, which tensorflow_hub 0.16.1 imports): the URL still loads,
+    # here from tensorflow_hub's own cache layout (sha1 of the handle), as after a download; nothing is fetched.
+    import hashlib
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import SUBPROCESS_ENV
+
+    check = "import importlib.util as u; from keras_transfer.hub import import_tensorflow_hub as i; "
+    check += "print(u.find_spec('pkg_resources') is None, i().resolve.__name__)"
+    out = subprocess.run([sys.executable, "-c", check], env=SUBPROCESS_ENV, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split()[-1] == "resolve", out.stderr[-2000:]
+    url = "https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5"
+    cache = tmp_path / "tfhub_modules"
+    shutil.copytree(hub_dir, cache / hashlib.sha1(url.encode()).hexdigest())
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(cache))
+    model = kt.build_model(f"hub:{url}", 2, input_shape=32, weights=None)
+    local = kt.build_model(f"hub:{hub_dir}", 2, input_shape=32, weights=None)
+    local.get_layer("predictions").set_weights(model.get_layer("predictions").get_weights())
+    x = rgb_images(2)
+    np.testing.assert_allclose(model.predict(x, verbose=0), local.predict(x, verbose=0), atol=1e-6)
