@@ -43,6 +43,7 @@ MODULES = (
     "heads",
     "hub",
     "images",
+    "label_issues",
     "lr_find",
     "memory",
     "models",

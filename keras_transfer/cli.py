@@ -614,6 +614,10 @@ COMMANDS = {  # keras-transfer COMMAND -> (what it does, handler(argv) -> exit c
     "export": ("export a .keras model as a SavedModel, TFLite and/or ONNX", _module_command("export")),
     "pretrain": ("pretrain a backbone from scratch (supervised or SimCLR)", _module_command("pretrain")),
     "retrieve": ("index a folder of images and find the most similar ones", _module_command("retrieve")),
+    "label-issues": (
+        "find suspected label errors (out-of-sample, confident learning)",
+        _module_command("label_issues"),
+    ),
     "report": ("rebuild a run's report.html", _report_command),
     "lr-find": ("suggest both stages' learning rates (the run's flags)", _lr_find_command),
     "export-bench": ("each export format's size, accuracy and speed for a run", _export_bench_command),

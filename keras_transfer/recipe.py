@@ -354,10 +354,10 @@ def _check_writable(config):
             )
     for folder, flag in ((config.export, "--export"), (config.output, "--output")):
         if folder:
-            _check_folder(folder, flag)
+            check_folder(folder, flag)
 
 
-def _check_folder(folder, flag):
+def check_folder(folder, flag):
     """Creates `folder` if needed and writes a probe file into it, so an unwritable folder fails before work."""
     try:
         os.makedirs(folder, exist_ok=True)

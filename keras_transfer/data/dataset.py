@@ -310,3 +310,37 @@ def _check_arguments(image_size, batch_size, validation_split, test_split, label
         if (value is not None or name == "batch_size") and (not is_int(value) or value < 1):
             raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
     return size
+
+
+def every_image(source, *, image_size=(224, 224), batch_size=32):
+    """Every labelled image of `source` once, split by split (train, validation, test, those it has) in a fixed
+    order, unshuffled: what a pass over all images needs that must know which image each result belongs to
+    (`find_label_issues`). Images that fail to decode are left out by the pipeline; the caller checks counts.
+
+    Returns:
+        `(parts, labels, files, class_names, multi_label)`: datasets of `(images, labels)` batches, one per split,
+        which in turn hold every image; their labels (ids, or 0/1 rows) and files (None for sources without files)
+        in the same order.
+    """
+    size = _check_arguments(image_size, batch_size, 0.0, 0.0, None, None)
+    records = source_records(source)
+    keep_ids, class_names = select_classes(records.class_names, None)
+    selected = _selected_labels(records, keep_ids)
+    splits = [split for split in SPLITS if split in selected and len(selected[split])]
+    parts = [
+        build_pipeline(
+            records.images(split, np.arange(len(selected[split]))),
+            selected[split],
+            size=size,
+            batch_size=batch_size,
+            training=False,
+            cache=False,
+            cache_name=split,
+            seed=0,
+            deterministic=True,
+        )
+        for split in splits
+    ]
+    labels = np.concatenate([selected[split] for split in splits])
+    files = None if records.files is None else [os.fsdecode(p) for s in splits for p in records.files[s]]
+    return parts, labels, files, list(class_names), records.multi_label

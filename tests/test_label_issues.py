@@ -1,0 +1,77 @@
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import write_colour_images
+
+from keras_transfer.cli import main
+from keras_transfer.label_issues import confident_learning, find_label_issues, out_of_sample_probabilities
+
+
+def _blobs(n_per_class=40, classes=4, dim=16, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 4, (classes, dim))
+    labels = np.repeat(np.arange(classes), n_per_class)
+    return centres[labels] + rng.normal(0, 1, (len(labels), dim)), labels
+
+
+def test_flipped_labels_of_separable_classes_are_found_and_others_are_not():
+    features, labels = _blobs()
+    noisy = labels.copy()
+    flipped = np.array([3, 50, 90, 130, 155, 17])
+    noisy[flipped] = (labels[flipped] + 1) % 4
+    probs, fold, left_out = out_of_sample_probabilities(features, noisy, 4, folds=5)
+    assert left_out == [] and set(fold) == set(range(5))
+    assert np.allclose(probs.sum(axis=1), 1.0)
+    found = confident_learning(probs, noisy)
+    assert set(np.flatnonzero(found)) == set(flipped)
+
+
+def test_a_class_smaller_than_the_folds_is_left_out_and_one_class_is_refused():
+    features, labels = _blobs()
+    features, labels = np.concatenate([features, features[:3]]), np.concatenate([labels, [4, 4, 4]])
+    probs, fold, left_out = out_of_sample_probabilities(features, labels, 5, folds=5)
+    assert left_out == [4] and np.isnan(probs[-3:]).all() and (fold[-3:] == -1).all()
+    assert not np.isnan(probs[:-3]).any() and np.all(probs[:-3, 4] == 0)  # never suggested
+    assert not confident_learning(probs, labels)[-3:].any()
+    with pytest.raises(ValueError, match=r"at least two classes with 5 images or more"):
+        out_of_sample_probabilities(features[:40], labels[:40], 4, folds=5)
+    with pytest.raises(ValueError, match=r"folds must be an integer >= 2"):
+        find_label_issues("unused", folds=1)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """Colour folders with two red images and one blue image filed under the wrong class."""
+    root = write_colour_images(tmp_path_factory.mktemp("planted") / "images", n=16)
+    moves = [("red", "0.png", "green"), ("red", "1.png", "blue"), ("blue", "2.png", "red")]
+    for source, name, target in moves:
+        shutil.move(root / source / name, root / target / f"moved_{source}_{name}")
+    return root, {f"moved_{s}_{n}": s for s, n, _ in moves}
+
+
+def test_the_command_ranks_the_planted_errors_first_and_writes_the_csv_and_page(planted, tmp_path, capsys):
+    root, moved = planted
+    out = tmp_path / "issues"
+    args = ["label-issues", "--data", str(root), "--backbone", "vgg16", "--weights", "none", "--image-size", "32"]
+    assert main([*args, "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "suspected label errors among 48 images" in printed and "label_issues.html" in printed
+    with open(out / "label_issues.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["path", "given", "suggested", "score", "margin", "fold"]
+    top = {row["path"].rsplit("/", 1)[-1]: row for row in rows[: len(moved)]}
+    assert set(top) == set(moved)  # the planted ones, most suspicious first
+    assert all(top[name]["suggested"] == colour for name, colour in moved.items())
+    scores = [float(r["score"]) for r in rows]
+    assert scores == sorted(scores)
+    page = (out / "label_issues.html").read_text()
+    assert page.count('<figure class="issue"') == len(rows) and page.count("data:image/jpeg;base64,") == len(rows)
+    assert json.dumps(sorted(moved))  # names are plain
+
+
+def test_bad_input_is_named(tmp_path, colour_folder, capsys):
+    assert main(["label-issues", "--data", str(tmp_path / "missing"), "--output", str(tmp_path / "o")]) == 2
+    assert "missing" in capsys.readouterr().err
