@@ -75,3 +75,39 @@ def test_the_command_ranks_the_planted_errors_first_and_writes_the_csv_and_page(
 def test_bad_input_is_named(tmp_path, colour_folder, capsys):
     assert main(["label-issues", "--data", str(tmp_path / "missing"), "--output", str(tmp_path / "o")]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
+    reason="no Chromium here: `make test` installs Debian's chromium where apt-get is allowed",
+)
+def test_the_page_in_headless_chromium_shows_every_suspect_with_its_labels(planted, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (in [dev]) drives the browser")
+    root, moved = planted
+    assert (
+        main(
+            ["label-issues", "--data", str(root), "--backbone", "vgg16", "--weights", "none"]
+            + ["--image-size", "32", "--output", str(tmp_path)]
+        )
+        == 0
+    )
+    with open(tmp_path / "label_issues.csv") as f:
+        rows = list(csv.DictReader(f))
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto((tmp_path / "label_issues.html").as_uri())
+        page.wait_for_load_state("load")
+        widths = page.eval_on_selector_all("img", "images => images.map(i => i.complete ? i.naturalWidth : 0)")
+        shown = page.eval_on_selector_all(
+            "figure.issue",
+            "fs => fs.map(f => [f.dataset.path, f.querySelector('.given').innerText,"
+            " f.querySelector('.suggested').innerText])",
+        )
+        browser.close()
+    assert errors == [] and len(widths) == len(rows) and all(w > 0 for w in widths)
+    assert shown == [[r["path"], r["given"], r["suggested"]] for r in rows]  # the CSV's order, the same labels
