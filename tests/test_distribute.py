@@ -107,7 +107,7 @@ def _weights_digest(text):
     return re.search(r"Trained weights: sha256 (\w+)", text).group(1)
 
 
-SMALL_RUN = ["--backbone", "vgg16", "--weights", "none", "--image-size", "32", "--batch-size", "2"]
+SMALL_RUN = ["--backbone", "small_cnn", "--weights", "none", "--image-size", "32", "--batch-size", "2"]
 SMALL_RUN += ["--augment", "false", "--strategy", "multi_worker", "--test-split", "0.2"]
 
 
