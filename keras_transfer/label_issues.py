@@ -81,9 +81,10 @@ def find_label_issues(
     Returns:
         A `LabelIssues`.
 
+    Several labels per image (a multi-label table): `multi_label_issues`, one row per suspected (image, label).
+
     Raises:
-        ValueError: for several labels per image (not supported yet), fewer than two classes with at least
-            `folds` images, or `folds` < 2.
+        ValueError: for fewer than two classes with at least `folds` images (one label per image), or `folds` < 2.
     """
     from keras_transfer.data.dataset import every_image
     from keras_transfer.models import build_model, default_input_size, extract_features
@@ -93,11 +94,6 @@ def find_label_issues(
     size = image_size or default_input_size(backbone, weights)
     start = time.perf_counter()
     parts, labels, files, class_names, multi_label = every_image(source, image_size=size, batch_size=batch_size)
-    if multi_label:
-        raise ValueError(
-            "find_label_issues handles one label per image; several labels per image are not supported yet. "
-            f"Received: source={source!r}"
-        )
     model = build_model(backbone, len(class_names), weights=weights, input_shape=size, augment=False)
     features, seen = (np.concatenate(a) for a in zip(*(extract_features(model, part) for part in parts)))
     if len(seen) != len(labels) or not np.array_equal(seen, labels):
@@ -107,10 +103,15 @@ def find_label_issues(
         )
     seconds = {"features": round(time.perf_counter() - start, 1)}
     start = time.perf_counter()
-    probabilities, fold, left_out = out_of_sample_probabilities(features, labels, len(class_names), folds, seed)
-    suspected = confident_learning(probabilities, labels)
+    if multi_label:
+        probabilities, fold, pairs = multi_label_issues(features, labels, folds, seed)
+        suspected, left_out = pairs.any(axis=1), []
+        rows = _label_rows(pairs, probabilities, labels, fold, files, class_names)
+    else:
+        probabilities, fold, left_out = out_of_sample_probabilities(features, labels, len(class_names), folds, seed)
+        suspected = confident_learning(probabilities, labels)
+        rows = _rows(suspected, probabilities, labels, fold, files, class_names)
     seconds["scoring"] = round(time.perf_counter() - start, 1)
-    rows = _rows(suspected, probabilities, labels, fold, files, class_names)
     return LabelIssues(rows, class_names, probabilities, labels, files, suspected, left_out, seconds)
 
 
@@ -176,6 +177,56 @@ def confident_learning(probabilities, labels):
     full = np.zeros(len(labels), bool)
     full[np.flatnonzero(scored)] = mask
     return full
+
+
+def multi_label_issues(features, labels, folds=5, seed=0):
+    """Several labels per image (0/1 rows), as cleanlab's multi-label variant: each label a two-class problem
+    (absent, present) with out-of-sample probabilities from the one-vs-rest probe fitted on the other folds, and
+    confident learning per label. A label with fewer than `folds` images on either side is not judged.
+
+    Returns:
+        `(probabilities, fold, pairs)`: `(n, labels)` out-of-sample probabilities of each label, the fold each image
+        was held out in, and the `(n, labels)` mask of suspected (image, label) pairs: a label present that should
+        not be, or one missing.
+    """
+    from sklearn.model_selection import KFold
+
+    from keras_transfer.heads import fit_probe
+
+    labels = np.asarray(labels) > 0.5
+    n, k = labels.shape
+    probabilities, fold = np.full((n, k), np.nan), np.full(n, -1, np.int64)
+    for f, (fit, held) in enumerate(KFold(n_splits=folds, shuffle=True, random_state=seed).split(features)):
+        kernel, bias = fit_probe(features[fit], labels[fit].astype(np.float32), k, multi_label=True)
+        probabilities[held] = 1 / (1 + np.exp(-(features[held] @ kernel + bias)))
+        fold[held] = f
+    pairs = np.zeros((n, k), bool)
+    for j in range(k):
+        if min(labels[:, j].sum(), (~labels[:, j]).sum()) >= folds:
+            two = np.stack([1 - probabilities[:, j], probabilities[:, j]], axis=1)
+            pairs[:, j] = confident_learning(two, labels[:, j].astype(np.int64))
+    return probabilities, fold, pairs
+
+
+def _label_rows(pairs, probabilities, labels, fold, files, class_names):
+    """A row per suspected (image, label) pair: `given` "cat" (present) or "no cat" (absent), `suggested` the other."""
+    rows = []
+    for i, j in zip(*np.nonzero(pairs)):
+        present, p = bool(labels[i, j] > 0.5), float(probabilities[i, j])
+        given = p if present else 1 - p
+        name = class_names[j]
+        rows.append(
+            {
+                "path": files[i] if files is not None else f"#{i}",
+                "given": name if present else f"no {name}",
+                "suggested": f"no {name}" if present else name,
+                "score": round(given, 4),
+                "margin": round(1 - 2 * given, 4),
+                "fold": int(fold[i]),
+                "index": int(i),
+            }
+        )
+    return sorted(rows, key=lambda r: (r["score"], -r["margin"]))
 
 
 def _rows(suspected, probabilities, labels, fold, files, class_names):

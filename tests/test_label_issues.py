@@ -111,3 +111,40 @@ def test_the_page_in_headless_chromium_shows_every_suspect_with_its_labels(plant
         browser.close()
     assert errors == [] and len(widths) == len(rows) and all(w > 0 for w in widths)
     assert shown == [[r["path"], r["given"], r["suggested"]] for r in rows]  # the CSV's order, the same labels
+
+
+def test_several_labels_per_image_a_flipped_label_is_found_as_present_or_missing():
+    from keras_transfer.label_issues import multi_label_issues
+
+    rng = np.random.default_rng(0)
+    signs = rng.choice([-1.0, 1.0], (150, 3))
+    features = np.concatenate([signs * (1 + rng.uniform(0, 1, (150, 3))), rng.normal(0, 1, (150, 5))], axis=1)
+    labels = (signs > 0).astype(np.float32)  # label j present exactly where feature j is positive
+    noisy = labels.copy()
+    flipped = [(4, 0), (40, 1), (77, 2), (120, 0)]
+    for i, j in flipped:
+        noisy[i, j] = 1 - noisy[i, j]
+    probs, fold, pairs = multi_label_issues(features, noisy, folds=5)
+    assert probs.shape == (150, 3) and set(fold) == set(range(5))
+    found = set(zip(*np.nonzero(pairs)))
+    # no false alarm; one flip may go unflagged: confident learning counts only images confidently in some class
+    assert found <= set(flipped) and len(found) >= 3
+
+
+def test_a_multi_label_table_gets_a_row_per_suspected_label(tmp_path):
+    from keras_transfer.data.tables import Table
+
+    root = write_colour_images(tmp_path / "images", n=10)
+    rows = ["path,tags"]
+    for colour in ("red", "green", "blue"):
+        for i in range(10):
+            tags = {"red": "warm", "green": "cool plant", "blue": "cool"}[colour]
+            if (colour, i) == ("blue", 3):
+                tags = "warm"  # a blue image tagged warm, not cool
+            rows.append(f"{colour}/{i}.png,{tags}")
+    (tmp_path / "tags.csv").write_text("\n".join(rows) + "\n")
+    table = Table(str(tmp_path / "tags.csv"), root=str(root), label_column="tags", label_delimiter=" ")
+    issues = find_label_issues(table, backbone="vgg16", weights=None, image_size=32)
+    suspects = {(r["path"].rsplit("/", 2)[-2] + "/" + r["path"].rsplit("/", 1)[-1], r["given"]) for r in issues.rows}
+    assert ("blue/3.png", "warm") in suspects and ("blue/3.png", "no cool") in suspects
+    assert all(r["suggested"].startswith("no ") != r["given"].startswith("no ") for r in issues.rows)
