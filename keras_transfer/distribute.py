@@ -33,8 +33,8 @@ def get_strategy(name="auto", peer_timeout=None):
             device), `"multi_worker"` (reads `TF_CONFIG`) or `"tpu"`.
         peer_timeout: seconds a multi-worker strategy may wait for the other workers of `TF_CONFIG` to start, and
             a collective (a step's gradient sum) for another worker, before it fails (None: no limit, TensorFlow's
-            default). A worker that does not come within it ends the process (exit code 1) after one line naming
-            its address: the wait is inside TensorFlow, out of Python's reach.
+            default). A worker that does not come within it: one line names its address and the process is killed
+            (exit status 137; the wait is inside TensorFlow, out of Python's reach).
 
     Returns:
         The strategy.

@@ -49,6 +49,8 @@ class LabelIssues:
     def __str__(self):
         scored = int(np.sum(~np.isnan(self.probabilities[:, 0])))
         lines = [f"{len(self.rows)} suspected label errors among {scored} images (out-of-sample, confident learning)"]
+        if not self.rows:
+            return lines[0]
         width = max([len(_short(r["path"])) for r in self.rows[:10]] + [4])
         lines += [f"  {'path':<{width}}  {'given':<14} {'suggested':<14} {'score':>6}"]
         for row in self.rows[:10]:

@@ -71,7 +71,10 @@ def set_trainable(model, policy="frozen", *, train_batchnorm=False):
     >>> print(set_trainable(model, "from:block5").trainable_layers)
     3
     """
-    return apply_placement(model, place_policy(model_view(model), policy), train_batchnorm=train_batchnorm)
+    summary = apply_placement(model, place_policy(model_view(model), policy), train_batchnorm=train_batchnorm)
+    if getattr(model, "compiled", False):  # fine_tune compiles each stage itself: the hint is for direct callers
+        logger.info("Trainable layers changed: call model.compile() again before training.")
+    return summary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,8 +100,6 @@ def apply_placement(model, placement, *, train_batchnorm=False):
     for layer in model.layers:
         if layer is not backbone:
             layer.trainable = True
-    if getattr(model, "compiled", False):
-        logger.info("Trainable layers changed: call model.compile() again before training.")
     with_weights = [layer for layer in layers if layer.weights]
     summary = TrainableSummary(
         policy=placement.policy,
