@@ -50,6 +50,7 @@ MODULES = (
     "objectives",
     "policies",
     "preprocessing",
+    "presets",
     "pretraining",
     "recipe",
     "report",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-PREPROCESSING_MODES = ("caffe", "tf", "torch", "unit", "lite", "none")
+PREPROCESSING_MODES = ("caffe", "tf", "torch", "unit", "lite", "converter", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,7 +22,8 @@ class BackboneSpec:
             backbones outside `keras.applications`.
         preprocessing: `"caffe"` (RGB->BGR, ImageNet mean subtracted), `"tf"` (scaled to [-1, 1]),
             `"torch"` (scaled to [0, 1], ImageNet mean/std), `"unit"` (scaled to [0, 1]: TF Hub modules),
-            `"lite"` (`(x - 127) / 128`: EfficientNet-Lite) or `"none"` (the model rescales by itself).
+            `"lite"` (`(x - 127) / 128`: EfficientNet-Lite), `"converter"` (`x * scale + offset` per channel, a
+            keras-hub preset's image converter: `keras_transfer.presets`) or `"none"` (the model rescales by itself).
         default_size: the input size the ImageNet weights were trained at.
         min_size: the smallest input side the architecture accepts.
         stages: ordered layer-name prefixes of the backbone's stages, used by `stages:K` freezing.
@@ -139,8 +140,19 @@ def get_spec(backbone: str) -> BackboneSpec:
     return BACKBONES[backbone]
 
 
+# Backbones outside the table, by prefix: what `build_model` accepts besides the table's keys.
+OTHER_BACKBONES = (
+    ("hub:URL_OR_FOLDER", "a TF Hub image module (TF2 SavedModel): images in [0, 1], 224 px unless given"),
+    (
+        "keras_hub:PRESET_OR_FOLDER",
+        "a keras-hub preset (ViT, DINOv2, DeiT, ResNet, ...): its own image converter and size",
+    ),
+)
+
+
 def list_backbones() -> str:
-    """Returns the backbone table as aligned text, one row per backbone.
+    """Returns the backbone table as aligned text, one row per backbone, then the backbones outside the table
+    (TF Hub modules, keras-hub presets) after a blank line.
 
     Example:
     >>> print(list_backbones().splitlines()[1])
@@ -159,4 +171,6 @@ def list_backbones() -> str:
         for name, spec in BACKBONES.items()
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+    table = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+    width = max(len(key) for key, _ in OTHER_BACKBONES)
+    return table + "\n\n" + "\n".join(f"{key.ljust(width)}  {text}" for key, text in OTHER_BACKBONES)

@@ -363,10 +363,11 @@ def port_arg(value):
 
 
 def backbone_arg(value):
-    """argparse type: a backbone key or hub:URL_OR_FOLDER."""
-    if value not in BACKBONES and not value.startswith("hub:"):
+    """argparse type: a backbone key, hub:URL_OR_FOLDER or keras_hub:PRESET_OR_FOLDER."""
+    if value not in BACKBONES and not value.startswith(("hub:", "keras_hub:")):
         raise argparse.ArgumentTypeError(
-            f"invalid backbone {value!r}: expected one of {', '.join(sorted(BACKBONES))}, or hub:URL_OR_FOLDER"
+            f"invalid backbone {value!r}: expected one of {', '.join(sorted(BACKBONES))}, hub:URL_OR_FOLDER or "
+            "keras_hub:PRESET_OR_FOLDER"
         )
     return value
 
@@ -428,7 +429,8 @@ def _flag_options(name, field, default):
             **options,
             "type": backbone_arg,
             "metavar": "BACKBONE",
-            "help": f"one of: {', '.join(BACKBONES)}, or hub:URL_OR_FOLDER (default: {default})",
+            "help": f"one of: {', '.join(BACKBONES)}; hub:URL_OR_FOLDER (a TF Hub module); or "
+            f"keras_hub:PRESET_OR_FOLDER (a keras-hub preset) (default: {default})",
         }
     if default is not None:
         return {**options, "type": type(default)}

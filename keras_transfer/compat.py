@@ -96,6 +96,11 @@ def flatten_layers(layer):
     return list(target("keras.src.layers.layer:Layer._flatten_layers")(layer, include_self=False))
 
 
+def child_layers(layer):
+    """The layers `layer` holds directly (a transformer encoder's blocks), without `layer` itself."""
+    return list(target("keras.src.layers.layer:Layer._flatten_layers")(layer, include_self=False, recursive=False))
+
+
 def scale_updates(optimizer, scales):
     """Makes `optimizer` scale each variable's update by `scales[variable.path]` (1 for a path not there), by
     scaling the learning rate its `update_step` applies (the documented method optimizers implement; every Keras

@@ -20,6 +20,17 @@ from keras_transfer.hub import PREFIX, hub_backbone, hub_model_name, is_hub
 from keras_transfer.hub import SPEC as HUB_SPEC
 from keras_transfer.images import image_size
 from keras_transfer.preprocessing import BackbonePreprocessing, augmentation
+from keras_transfer.presets import PREFIX as PRESET_PREFIX
+from keras_transfer.presets import (
+    import_keras_hub,
+    is_preset,
+    load_converter,
+    network_spec,
+    preset_backbone,
+    preset_model_name,
+    preset_spec,
+    unit_layers,
+)
 from keras_transfer.weights import CHECKPOINT_PACKAGES, load_imagenet_weights, load_weights_file
 
 logger = logging.getLogger(__name__)
@@ -51,14 +62,16 @@ def build_model(
     `preprocessing`, `backbone`, `head_pool`, `head_dense_<i>`, `head_dropout_<i>`, `predictions`.
 
     Args:
-        backbone: a key of `BACKBONES`, e.g. `"resnet50"` (see `list_backbones()`), or `"hub:<handle>"`: a TF Hub
-            image module by URL or local SavedModel folder (images reach it scaled to [0, 1]; default size 224).
+        backbone: a key of `BACKBONES`, e.g. `"resnet50"` (see `list_backbones()`); `"hub:<handle>"`: a TF Hub
+            image module by URL or local SavedModel folder (images reach it scaled to [0, 1]; default size 224); or
+            `"keras_hub:<preset>"`: a keras-hub preset by name or local preset folder, with its image converter
+            as the preprocessing (see `keras_transfer.presets`).
         num_classes: number of classes; 1 gives a single sigmoid unit for binary problems.
         input_shape: `(height, width)`, `(height, width, 3)` or an int side; None uses the backbone's default
             size. `(None, None)` skips resizing, so the backbone runs at whatever size comes in.
-        weights: `"imagenet"` (downloaded by Keras), None (random), a backbone weights file (`.weights.h5`
-            or legacy `.h5`), or a saved model (`.keras`, or a full-model `.h5`) whose `backbone` layer
-            (or the model itself) is the pretrained start.
+        weights: `"imagenet"` (downloaded by Keras; a hub module's or keras-hub preset's own weights), None
+            (random), a backbone weights file (`.weights.h5` or legacy `.h5`), or a saved model (`.keras`, or a
+            full-model `.h5`) whose `backbone` layer (or the model itself) is the pretrained start.
         pooling: how the head pools the backbone's feature map: `"avg"`, `"max"` or `"flatten"` (needs a fixed
             input size).
         dense_units: sizes of hidden ReLU layers in the head, e.g. `(1024,)`.
@@ -93,9 +106,12 @@ def build_model(
         backbone=backbone,
         dtype="float32",
         name=PREPROCESSING,
+        **_converter(backbone),
     )(x)
     if is_hub(backbone):
         base = hub_backbone(backbone[len(PREFIX) :], (height, width, 3), name=BACKBONE)
+    elif is_preset(backbone):
+        base = preset_backbone(backbone[len(PRESET_PREFIX) :], (height, width, 3), weights=weights is not None)
     else:
         base = _construct_backbone(backbone, (height, width, 3), weights)
     outputs = add_head(
@@ -106,7 +122,21 @@ def build_model(
         dropout=dropout,
         activation=activation,
     )
-    return keras.Model(images, outputs, name=hub_model_name(backbone[len(PREFIX) :]) if is_hub(backbone) else backbone)
+    return keras.Model(images, outputs, name=_model_name(backbone))
+
+
+def _model_name(backbone):
+    if is_hub(backbone):
+        return hub_model_name(backbone[len(PREFIX) :])
+    return preset_model_name(backbone[len(PRESET_PREFIX) :]) if is_preset(backbone) else backbone
+
+
+def _converter(backbone):
+    """A keras-hub preset's scale and offset for the preprocessing layer; nothing for other backbones."""
+    if not is_preset(backbone):
+        return {}
+    converter = load_converter(backbone[len(PRESET_PREFIX) :])
+    return {"scale": converter.scale, "offset": converter.offset}
 
 
 def _augmentation_layer(augment):
@@ -188,12 +218,12 @@ def _check_pretrained(metadata, backbone, input_shape, weights):
 
 
 def _pretrained_shape(backbone, input_shape, weights):
-    """The input shape to build with, checked against the weights: a hub module brings its own weights, and a
-    file from `pretrain` its pretrained size."""
-    if is_hub(backbone):
+    """The input shape to build with, checked against the weights: a hub module or keras-hub preset brings its own
+    weights, and a file from `pretrain` its pretrained size."""
+    if is_hub(backbone) or is_preset(backbone):
         if weights not in ("imagenet", None):
             raise ValueError(
-                f"A hub backbone brings its own weights; weights files do not apply. Use weights="
+                f"A hub or keras-hub backbone brings its own weights; weights files do not apply. Use weights="
                 f"'imagenet' (or None). Received: weights={weights!r}"
             )
         return input_shape
@@ -238,6 +268,8 @@ def load_model(path, **kwargs):
             f"{path!r} is not a valid Keras archive ({os.path.getsize(path)} bytes; a .keras file is a zip "
             f"written by model.save): it is empty, truncated or another kind of file. Received: model={path!r}"
         )
+    if _holds_keras_hub(path):
+        import_keras_hub()  # registers keras-hub's layers, which the archive names
     try:
         return keras.saving.load_model(path, **kwargs)
     except Exception as e:  # Keras raises several kinds for a file it refuses or cannot read
@@ -245,6 +277,13 @@ def load_model(path, **kwargs):
         first = text.splitlines()[0]
         hint = next((h for words, h in LOAD_HINTS if any(w in text for w in words)), "")
         raise ValueError(f"Cannot load the model {path!r}: {first}{hint} Received: model={path!r}") from e
+
+
+def _holds_keras_hub(path):
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return "config.json" in archive.namelist() and b'"keras_hub' in archive.read("config.json")
 
 
 # What to do when Keras refuses a model file: (words of its message, the way out).
@@ -308,11 +347,14 @@ def _is_download_failure(error):
 
 
 def backbone_spec(backbone):
-    """The table row of a backbone key (`BACKBONES[key]`), or the row hub modules share for `"hub:<handle>"`.
+    """The table row of a backbone key (`BACKBONES[key]`), the row hub modules share for `"hub:<handle>"`, or a
+    keras-hub preset's row read from its config (`presets.preset_spec`).
 
     Raises:
         ValueError: for an unknown key.
     """
+    if is_preset(backbone):
+        return preset_spec(backbone[len(PRESET_PREFIX) :])
     return HUB_SPEC if is_hub(backbone) else get_spec(backbone)
 
 
@@ -335,6 +377,8 @@ def backbone_key(model):
 def model_spec(model):
     """The table row of the model's backbone (see `backbone_spec`), or None when the model has no known key."""
     key = backbone_key(model)
+    if is_preset(key):  # read from the model: its preset folder may be gone
+        return network_spec(get_backbone(model), (input_size(model) or (224,))[0])
     return backbone_spec(key) if key is not None else None
 
 
@@ -373,7 +417,7 @@ def model_view(model):
     backbone = get_backbone(model)
     output, pool = _layer(model, PREDICTIONS), _layer(model, HEAD_POOL)
     multi_label = output is not None and output.get_config()["activation"] == "sigmoid" and model.output_shape[-1] > 1
-    layers = [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
+    layers = unit_layers(backbone)
     return ModelView(
         backbone,
         layers,

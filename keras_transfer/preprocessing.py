@@ -22,10 +22,12 @@ class BackbonePreprocessing(keras.layers.Layer):
     """Resizes RGB images in 0-255 and applies a backbone's input normalization.
 
     Args:
-        mode: one of `"caffe"`, `"tf"`, `"torch"`, `"unit"`, `"lite"`, `"none"` (see `BackboneSpec.preprocessing`).
+        mode: one of `"caffe"`, `"tf"`, `"torch"`, `"unit"`, `"lite"`, `"converter"`, `"none"` (see
+            `BackboneSpec.preprocessing`).
         size: `(height, width)` the images are resized to (bilinear), or None to keep the input size.
         backbone: the backbone key the model was built for (`build_model` sets it, so the key travels with the
             model through renaming and saving; see `keras_transfer.models.backbone_key`).
+        scale, offset: for `"converter"`: per-channel `x * scale + offset` (a keras-hub image converter's).
         **kwargs: passed to `keras.layers.Layer` (`name`, `dtype`).
 
     Example:
@@ -35,7 +37,15 @@ class BackbonePreprocessing(keras.layers.Layer):
     (1, 32, 32, 3)
     """
 
-    def __init__(self, mode: str, size: tuple[int, int] | None = None, backbone: str | None = None, **kwargs):
+    def __init__(
+        self,
+        mode: str,
+        size: tuple[int, int] | None = None,
+        backbone: str | None = None,
+        scale: tuple | None = None,
+        offset: tuple | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if mode not in PREPROCESSING_MODES:
             raise ValueError(
@@ -45,6 +55,12 @@ class BackbonePreprocessing(keras.layers.Layer):
         self.mode = mode
         self.size = None if size is None else (int(size[0]), int(size[1]))
         self.backbone = backbone
+        if mode == "converter" and (scale is None or offset is None):
+            raise ValueError(
+                f"Preprocessing 'converter' needs scale and offset. Received: scale={scale}, offset={offset}"
+            )
+        self.scale = None if scale is None else [float(v) for v in scale]
+        self.offset = None if offset is None else [float(v) for v in offset]
 
     def call(self, images):
         x = ops.cast(images, self.compute_dtype)
@@ -62,6 +78,9 @@ class BackbonePreprocessing(keras.layers.Layer):
             return x / 255.0
         if self.mode == "lite":  # EfficientNet-Lite's mean 127 and standard deviation 128
             return (x - 127.0) / 128.0
+        if self.mode == "converter":  # a keras-hub preset's ImageConverter
+            scale = ops.convert_to_tensor(self.scale, dtype=x.dtype)
+            return x * scale + ops.convert_to_tensor(self.offset, dtype=x.dtype)
         return x
 
     def compute_output_shape(self, input_shape):
@@ -70,7 +89,10 @@ class BackbonePreprocessing(keras.layers.Layer):
         return (input_shape[0], *self.size, input_shape[-1])
 
     def get_config(self):
-        return {**super().get_config(), "mode": self.mode, "size": self.size, "backbone": self.backbone}
+        config = {**super().get_config(), "mode": self.mode, "size": self.size, "backbone": self.backbone}
+        if self.mode == "converter":
+            config.update(scale=self.scale, offset=self.offset)
+        return config
 
 
 def augmentation(seed=None):

@@ -53,9 +53,11 @@ def test_row_is_consistent(name):
 
 def test_list_backbones_shows_every_row():
     text = kt.list_backbones()
-    lines = text.splitlines()
+    table, others = text.split("\n\n")
+    lines = table.splitlines()
     assert lines[0].split()[0] == "backbone"
     assert [line.split()[0] for line in lines[1:]] == list(BACKBONES)
+    assert [line.split()[0] for line in others.splitlines()] == ["hub:URL_OR_FOLDER", "keras_hub:PRESET_OR_FOLDER"]
     assert "ResNet50  " in text and "caffe" in text
 
 

@@ -95,7 +95,7 @@ def test_keras_file_needs_an_explicit_opt_in(hub_dir, tmp_path, rgb_images):
 def test_bad_handles_say_what_to_do(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"neither a URL nor a SavedModel folder"):
         kt.build_model(f"hub:{tmp_path}", 2, weights=None)
-    with pytest.raises(ValueError, match=r"A hub backbone brings its own weights"):
+    with pytest.raises(ValueError, match=r"A hub or keras-hub backbone brings its own weights"):
         kt.build_model(f"hub:{tmp_path}", 2, weights="x.weights.h5")
 
     hub = import_tensorflow_hub()  # declared by the package: it must import, not skip

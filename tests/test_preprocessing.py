@@ -37,5 +37,16 @@ def test_config_round_trip():
 
 
 def test_unknown_mode_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"Unknown preprocessing mode 'bgr'.*caffe, tf, torch, unit, lite, none"):
+    modes = "caffe, tf, torch, unit, lite, converter, none"
+    with pytest.raises(ValueError, match=rf"Unknown preprocessing mode 'bgr'.*{modes}"):
         BackbonePreprocessing("bgr")
+
+
+def test_converter_mode_applies_scale_and_offset_per_channel_and_saves_them():
+    layer = BackbonePreprocessing("converter", size=(4, 4), scale=(1 / 255, 2 / 255, 1.0), offset=(0.0, -1.0, 5.0))
+    x = np.full((1, 4, 4, 3), 255.0, "float32")
+    np.testing.assert_allclose(layer(x)[0, 0, 0], [1.0, 1.0, 260.0], rtol=1e-6)
+    again = BackbonePreprocessing.from_config(layer.get_config())
+    assert again.scale == layer.scale and again.offset == layer.offset
+    with pytest.raises(ValueError, match=r"'converter' needs scale and offset"):
+        BackbonePreprocessing("converter")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -50,7 +51,7 @@ def export_onnx(model, path, *, class_names=None, thresholds=None):
     model(np.zeros((1, height, width, 3), np.float32))  # Keras exports only a model that was called
     path = os.fspath(path)
     with atomic_path(path) as tmp, _Unconvertible(model) as unconvertible:
-        with native_logs_hidden(), warnings.catch_warnings():  # grappler's session lines; Keras's NumPy patch
+        with native_logs_hidden(), warnings.catch_warnings(), _quiet_tf2onnx():  # grappler's lines, Keras's patch
             warnings.filterwarnings("ignore", module=r"keras\.src\.export\.tf2onnx_lib")
             model.export(
                 tmp,
@@ -69,6 +70,18 @@ def export_onnx(model, path, *, class_names=None, thresholds=None):
         write_text(beside(path, "labels"), "\n".join(class_names) + "\n")
     logger.info("Wrote %s (%d bytes)", path, os.path.getsize(path))
     return path
+
+
+@contextlib.contextmanager
+def _quiet_tf2onnx():
+    """tf2onnx's INFO lines ("Using opset", "Optimizing ONNX model", ...) hidden while it converts."""
+    tf2onnx_logger = logging.getLogger("tf2onnx")
+    level = tf2onnx_logger.level
+    tf2onnx_logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        tf2onnx_logger.setLevel(level)
 
 
 def _onnx_modules():
