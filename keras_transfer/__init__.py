@@ -52,6 +52,7 @@ MODULES = (
     "preprocessing",
     "presets",
     "pretraining",
+    "rank",
     "recipe",
     "report",
     "retrieval",

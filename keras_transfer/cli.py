@@ -620,6 +620,7 @@ COMMANDS = {  # keras-transfer COMMAND -> (what it does, handler(argv) -> exit c
         "find suspected label errors (out-of-sample, confident learning)",
         _module_command("label_issues"),
     ),
+    "rank": ("rank candidate backbones on your images (LogME, NLEEP, H-score, probe)", _module_command("rank")),
     "report": ("rebuild a run's report.html", _report_command),
     "lr-find": ("suggest both stages' learning rates (the run's flags)", _lr_find_command),
     "export-bench": ("each export format's size, accuracy and speed for a run", _export_bench_command),

@@ -211,3 +211,11 @@ def test_the_command_runs_a_preset_end_to_end(preset_dirs, colour_folder, tmp_pa
     assert probs.shape == (1, 3)
     assert main(["predict", str(run), *[str(p) for p in sorted(colour_folder.glob("red/*"))[:1]]]) == 0
     assert capsys.readouterr().out.split()[1] in ("red", "green", "blue")  # a class name, not an id
+
+
+def test_rank_takes_presets_as_candidates(preset_dirs, colour_folder):
+    from keras_transfer.rank import rank_backbones
+
+    rows = rank_backbones(colour_folder, [f"keras_hub:{preset_dirs['vit']}", "small_cnn@32"], batch_size=4)
+    assert {row["weights"] for row in rows} == {"imagenet", "none"}  # the preset's own weights; random for small_cnn
+    assert all(0 <= row["probe"] <= 1 and row["image_size"] == 32 for row in rows)
