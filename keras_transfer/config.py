@@ -57,6 +57,8 @@ class RunConfig:
     data: str = "digits"
     validation: str | None = None  # a source of its own for the validation split
     test: str | None = None  # and for the test split
+    exclude_issues: str | None = None  # a label_issues.csv: its training images left out
+    relabel_issues: str | None = None  # or given their suggested class
     data_dir: str | None = None
     data_service: str | None = None
     # A table (CSV) of image paths and labels: its columns, and the folder its relative paths start from

@@ -498,6 +498,8 @@ def _load(config, size, strategy):
         classes=config.classes,
         labels_per_class=config.labels_per_class,
         test_per_class=config.test_per_class,
+        exclude_issues=config.exclude_issues,
+        relabel_issues=config.relabel_issues,
     )
     logger.info("%s", info)
     if config.compare_scratch and test is None and val is None:

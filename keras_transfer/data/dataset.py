@@ -11,8 +11,8 @@ import numpy as np
 
 from keras_transfer.data.pipeline import build_pipeline, cache_choice
 from keras_transfer.data.records import SPLITS, has_label, is_int, readable
+from keras_transfer.data.sources import read_issue_rows, with_given_splits, without_issues
 from keras_transfer.data.sources import records as source_records
-from keras_transfer.data.sources import with_given_splits
 from keras_transfer.data.splits import select_classes, split_indices
 from keras_transfer.images import image_size as image_size_rule
 
@@ -81,6 +81,8 @@ def load_dataset(
     deterministic=False,
     validation=None,
     test=None,
+    exclude_issues=None,
+    relabel_issues=None,
 ):
     """Loads an image classification dataset as batched `tf.data` pipelines.
 
@@ -113,6 +115,11 @@ def load_dataset(
             `Table`, ...; the classes are matched by name): used as it is, instead of `validation_split` and of
             the source's own `validation/`.
         test: the same for the test split.
+        exclude_issues: a `label_issues.csv` (what `keras-transfer label-issues` writes) or a list of image paths:
+            those training images are left out (listed in `info.skipped`), to train again without suspected label
+            errors. Validation and test images keep their labels as given.
+        relabel_issues: the same file, its training images given their `suggested` class instead (one label per
+            image).
 
     A table's unusable rows and a folder's unreadable files are left out and listed in `info.skipped`. Several
     labels per image split iteratively (Sechidis et al. 2011), so that every label keeps its share in every split
@@ -138,6 +145,7 @@ def load_dataset(
     records = source_records(source)
     given = {split: source_records(s) for split, s in (("validation", validation), ("test", test)) if s is not None}
     records = with_given_splits(records, given) if given else records
+    records = _without_issues(records, exclude_issues, relabel_issues)
     keep_ids, class_names = select_classes(records.class_names, classes)
     selected = _selected_labels(records, keep_ids)
     per_class = (labels_per_class, test_per_class)
@@ -166,6 +174,26 @@ def load_dataset(
         logger.info("%d images to look at (kept, but unlikely photos of the task): info.outliers", len(info.outliers))
     logger.debug("%s", info)
     return datasets["train"], datasets["validation"], datasets["test"], info
+
+
+def _without_issues(records, exclude_issues, relabel_issues):
+    """`records` with `exclude_issues` left out of training, or `relabel_issues` relabelled (said in one line)."""
+    if exclude_issues is not None and relabel_issues is not None:
+        raise ValueError("Give exclude_issues or relabel_issues, not both. Received: both")
+    issues = exclude_issues if exclude_issues is not None else relabel_issues
+    if issues is None:
+        return records
+    kind = "exclude_issues" if exclude_issues is not None else "relabel_issues"
+    rows = read_issue_rows(issues, kind)
+    records, count = without_issues(records, rows, relabel=relabel_issues is not None)
+    logger.info(
+        "%s %d training images named as suspected label errors (%d named in all: images of other splits keep their "
+        "labels)",
+        "Relabelled" if relabel_issues is not None else "Left out",
+        count,
+        len(rows),
+    )
+    return records
 
 
 def _split_dataset(records, split, selected, idx, info, pipeline):

@@ -135,3 +135,66 @@ def with_given_splits(records, given):
         skipped=skipped,
         outliers=outliers,
     )
+
+
+def read_issue_rows(issues, kind):
+    """The `(path, suggested)` rows of a `label_issues.csv` (what `keras-transfer label-issues` writes) or of a list
+    of paths (suggested None). `kind` names the argument in errors.
+
+    Raises:
+        ValueError: for a file that is missing or has no `path` column.
+    """
+    import csv
+
+    if not isinstance(issues, (str, os.PathLike)):
+        return [(os.fspath(p), None) for p in issues]
+    if not os.path.isfile(issues):
+        raise ValueError(f"No label issues file at {os.fspath(issues)!r}. Received: {kind}={os.fspath(issues)!r}")
+    with open(issues, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and "path" not in rows[0]:
+        raise ValueError(
+            f"{os.fspath(issues)!r} has no 'path' column (columns: {', '.join(rows[0])}); expected the "
+            f"label_issues.csv that keras-transfer label-issues writes. Received: {kind}={os.fspath(issues)!r}"
+        )
+    return [(row["path"], row.get("suggested")) for row in rows]
+
+
+def without_issues(records, rows, relabel=False):
+    """`records` whose training images named in `rows` (`read_issue_rows`; matched by real path) are left out
+    (named in `skipped`), or with `relabel` given their suggested class instead. Images of other splits keep their
+    labels: the evaluation stays on the labels as given.
+
+    Raises:
+        ValueError: for a source without image files, relabelling several labels per image, or a suggested class the
+            source does not have.
+    """
+    what = "relabel_issues" if relabel else "exclude_issues"
+    if records.files is None:
+        raise ValueError(f"{what} needs a source of image files (a folder or a table). Received: {records.name!r}")
+    if relabel and records.multi_label:
+        raise ValueError(
+            f"relabel_issues takes one label per image; with several, use exclude_issues. Received: {what}"
+        )
+    named = {os.path.realpath(path): suggested for path, suggested in rows}
+    real = [os.path.realpath(os.fsdecode(p)) for p in records.files["train"]]
+    hit = np.array([path in named for path in real], bool)
+    labels = dict(records.labels)
+    if relabel:
+        names = list(records.class_names)
+        unknown = sorted({named[p] for p in np.array(real)[hit]} - set(names))
+        if unknown:
+            raise ValueError(f"Suggested classes {unknown} are not classes of {records.name!r}. Received: {what}")
+        labels["train"] = labels["train"].copy()
+        labels["train"][hit] = [names.index(named[p]) for p in np.array(real)[hit]]
+        return dataclasses.replace(records, labels=labels), int(hit.sum())
+    keep = np.flatnonzero(~hit)
+    labels["train"] = labels["train"][keep]
+    files = {**records.files, "train": records.files["train"][keep]}
+    reason = "a suspected label error (exclude_issues)"
+    skipped = list(records.skipped) + [(os.fsdecode(p), reason) for p in np.asarray(records.files["train"])[hit]]
+
+    def images(split, idx):
+        return records.images(split, keep[idx] if split == "train" else idx)
+
+    return dataclasses.replace(records, labels=labels, files=files, images=images, skipped=skipped), int(hit.sum())

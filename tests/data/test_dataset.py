@@ -335,3 +335,32 @@ def test_splits_asked_for_that_draw_no_image_are_said(tmp_path, caplog):
     assert val is None and test is None and info.sizes == {"train": 2, "validation": 0, "test": 0}
     assert "No validation images: validation_split=0.2 of 2 training images drew none" in caplog.text
     assert "No test images: test_split=0.1 of 2 training images drew none" in caplog.text
+
+
+def test_suspected_label_errors_are_left_out_of_training_or_relabelled(tmp_path):
+    root = write_colour_images(tmp_path / "images", n=6)
+    _, _, _, info = load_dataset(root, image_size=8, validation_split=0.0, test_split=0.0)
+    wrong = sorted(info.files["train"])[:2]
+    issues = tmp_path / "label_issues.csv"
+    rows = "".join(f"{os.path.relpath(p)},{os.path.basename(os.path.dirname(p))},red,0.01\n" for p in wrong)
+    issues.write_text("path,given,suggested,score\n" + rows + "elsewhere/x.png,red,blue,0.1\n")
+
+    train, _, _, kept = load_dataset(root, image_size=8, validation_split=0.0, test_split=0.0, exclude_issues=issues)
+    assert kept.sizes["train"] == 16 and not set(wrong) & set(kept.files["train"])
+    assert sum(1 for x, _ in train.unbatch()) == 16
+    assert {p for p, why in kept.skipped if "suspected label error" in why} == set(wrong)
+    _, _, _, same = load_dataset(root, image_size=8, validation_split=0.0, test_split=0.0, exclude_issues=wrong)
+    assert same.files["train"] == kept.files["train"]  # a list of paths works as the file does
+
+    train, _, _, moved = load_dataset(root, image_size=8, validation_split=0.0, test_split=0.0, relabel_issues=issues)
+    moved_in = sum(1 for p in wrong if os.path.basename(os.path.dirname(p)) != "red")
+    assert moved_in and moved.counts["train"]["red"] == 6 + moved_in and moved.sizes["train"] == 18
+    labels = np.concatenate([y.numpy() for _, y in train])
+    assert np.sum(labels == moved.class_names.index("red")) == 6 + moved_in
+    with pytest.raises(ValueError, match=r"exclude_issues or relabel_issues, not both"):
+        load_dataset(root, image_size=8, exclude_issues=issues, relabel_issues=issues)
+    with pytest.raises(ValueError, match=r"no 'path' column"):
+        (tmp_path / "bad.csv").write_text("file,label\na,b\n")
+        load_dataset(root, image_size=8, exclude_issues=tmp_path / "bad.csv")
+    with pytest.raises(ValueError, match=r"needs a source of image files"):
+        load_dataset("digits", image_size=8, exclude_issues=wrong)
