@@ -53,6 +53,8 @@ def load_backbone(handle, *, weights=True, image_shape=None):
         ValueError: for an unknown preset name, or an image shape its weights do not fit.
     """
     keras_hub = import_keras_hub()
+    if handle.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(handle)):
+        raise ValueError(f"No keras-hub preset folder at {handle!r}. Received: backbone={PREFIX + handle!r}")
     kwargs = {} if image_shape is None else {"image_shape": tuple(image_shape)}
     try:
         return keras_hub.models.Backbone.from_preset(handle, load_weights=weights, **kwargs)

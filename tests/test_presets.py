@@ -168,6 +168,8 @@ def test_other_sizes_build_or_say_why(preset_dirs):
 def test_bad_presets_and_failed_downloads_say_what_to_do(tmp_path, monkeypatch, preset_dirs):
     with pytest.raises(ValueError, match=r"Unknown keras-hub preset 'no_such_preset_xyz'.*keras_hub.models.Backbone"):
         kt.build_model("keras_hub:no_such_preset_xyz", 2)
+    with pytest.raises(ValueError, match=r"No keras-hub preset folder at '/no/such/folder'"):
+        kt.build_model("keras_hub:/no/such/folder", 2)
     with pytest.raises(ValueError, match=r"brings its own weights"):
         kt.build_model(f"keras_hub:{preset_dirs['vit']}", 2, weights="x.weights.h5")
 
