@@ -10,8 +10,10 @@ Scores, each higher-is-better, each computed on the same cached features (`rank_
 - `hscore`: H-score with shrinkage (Bao et al. 2019; Ibrahim et al. 2022): the trace of the inverse (Ledoit-Wolf
   shrunk) feature covariance times the covariance of the class means.
 - `probe`: the k-fold accuracy of the package's linear probe (logistic regression, `heads.fit_probe`) on the same
-  features (mean average precision over labels with several labels per image): a sanity column, and on the
-  benchmarks in `docs/tools.md` the score that predicted the fine-tuned accuracy best, so the recommended `score`.
+  features (mean average precision over labels with several labels per image): a sanity column.
+
+`score`, the column a ranking is sorted by, is NLEEP (the score whose first choice fine-tuned best on the benchmarks
+in `docs/tools.md`), or the probe's where NLEEP does not apply (several labels per image).
 """
 
 from __future__ import annotations
@@ -31,7 +33,17 @@ from keras_transfer.files import atomic_path
 logger = logging.getLogger(__name__)
 
 SCORES = ("logme", "nleep", "hscore", "probe")
-RECOMMENDED = "probe"  # see the module's docstring and docs/tools.md for the evidence
+# The recommended score, and the one used where it does not apply (NLEEP needs one label per image): see the
+# module's docstring and docs/tools.md for the evidence.
+RECOMMENDED, FALLBACK = "nleep", "probe"
+
+
+def recommended(scores):
+    """The name of the recommended score for one candidate's scores: `RECOMMENDED` where it is a number, else
+    `FALLBACK`."""
+    return RECOMMENDED if np.isfinite(scores[RECOMMENDED]) else FALLBACK
+
+
 _CANDIDATE = re.compile(r"^(?P<backbone>.+?)(?:@(?P<size>\d+))?(?::(?P<weights>none|imagenet))?$")
 
 
@@ -203,7 +215,8 @@ def rank_backbones(
             `test`).
 
     Returns:
-        A list of dicts, best first by `score` (the recommended score, `RECOMMENDED`): `candidate` (as given),
+        A list of dicts, best first by `score` (the recommended score: `recommended`, named in `score_name`):
+            `candidate` (as given),
             `backbone`, `image_size`,
         `weights`, `score`, `seconds` (features and scores), each score of `SCORES`, and `images`.
 
@@ -237,7 +250,7 @@ def _data_lines(shown):
     data_logger = logging.getLogger("keras_transfer.data")
     level = data_logger.level
     if not shown:
-        data_logger.setLevel(logging.WARNING)
+        data_logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
@@ -255,7 +268,8 @@ def _rank_one(source, candidate, output_dir, labels_per_class, max_images, folds
         "backbone": candidate.backbone,
         "image_size": candidate.image_size or _default_size(candidate),
         "weights": candidate.weights or "none",
-        "score": scores[RECOMMENDED],
+        "score": scores[recommended(scores)],
+        "score_name": recommended(scores),
         "seconds": round(time.perf_counter() - start, 1),
         **scores,
         "images": int(len(labels)),
@@ -342,7 +356,18 @@ def _scores_text(row):
 
 
 _SPLIT_OPTIONS = ("validation_split", "test_split", "classes", "validation", "test", "test_per_class")
-COLUMNS = ("rank", "candidate", "backbone", "image_size", "weights", "score", "seconds", *SCORES, "images")
+COLUMNS = (
+    "rank",
+    "candidate",
+    "backbone",
+    "image_size",
+    "weights",
+    "score",
+    "score_name",
+    "seconds",
+    *SCORES,
+    "images",
+)
 
 
 def ranking_table(rows):
@@ -372,7 +397,7 @@ def write_ranking(rows, output_dir):
         writer.writerow({"rank": i, **row})
     for name, text in (
         ("ranking.csv", buffer.getvalue()),
-        ("ranking.json", json.dumps({"score": RECOMMENDED, "ranking": rows}, indent=2) + "\n"),
+        ("ranking.json", json.dumps({"score": rows[0]["score_name"], "ranking": rows}, indent=2) + "\n"),
     ):
         with atomic_path(os.path.join(output_dir, name)) as tmp, open(tmp, "w") as f:
             f.write(text)

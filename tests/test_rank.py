@@ -54,6 +54,7 @@ def test_several_labels_per_image_score_the_label_matrix():
     scores = rank.all_scores(f, matrix)
     assert np.isfinite(scores["logme"]) and 0 < scores["probe"] <= 1
     assert np.isnan(scores["nleep"]) and np.isnan(scores["hscore"])
+    assert rank.recommended(scores) == "probe"  # NLEEP needs one label per image
 
 
 def test_candidates_parse_and_bad_ones_are_refused_naming_them():
@@ -74,7 +75,7 @@ def test_ranks_a_folder_through_the_command_and_reuses_the_features(colour_folde
     argv += ["--backbones", "efficientnet_lite0@32", "efficientnet_lite0@32:none", "small_cnn@32"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "score = probe" in printed and "ranking.csv" in printed
+    assert "score = nleep" in printed and "ranking.csv" in printed
     with open(out / "ranking.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["rank"] for r in rows] == ["1", "2", "3"]
@@ -83,7 +84,7 @@ def test_ranks_a_folder_through_the_command_and_reuses_the_features(colour_folde
     scores = [float(r["score"]) for r in rows]
     assert scores == sorted(scores, reverse=True) and all(r["images"] == "27" for r in rows)
     saved = json.loads((out / "ranking.json").read_text())
-    assert saved["score"] == "probe" and [r["score"] for r in saved["ranking"]] == scores
+    assert saved["score"] == "nleep" and [r["score"] for r in saved["ranking"]] == scores
 
     def no_features(*args, **kwargs):
         raise AssertionError("the cached features should have been read")

@@ -39,7 +39,7 @@ def build_parser():
 
 
 def run(args):
-    from keras_transfer.rank import RECOMMENDED, parse_candidate, rank_backbones, ranking_table
+    from keras_transfer.rank import parse_candidate, rank_backbones, ranking_table
     from keras_transfer.recipe import check_folder
 
     candidates = [parse_candidate(c) for c in args.backbones]  # bad names and sizes fail before any work
@@ -58,7 +58,7 @@ def run(args):
         test_split=args.test_split,
     )
     logger.info(
-        f"\n{ranking_table(rows)}\n\nscore = {RECOMMENDED} (see docs/tools.md); best: {rows[0]['backbone']}"
+        f"\n{ranking_table(rows)}\n\nscore = {rows[0]['score_name']} (see docs/tools.md); best: {rows[0]['backbone']}"
         f" at {rows[0]['image_size']} px\n{args.output}/ranking.csv\n{args.output}/ranking.json"
     )
     return 0
