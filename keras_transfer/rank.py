@@ -160,6 +160,12 @@ def probe_score(features, labels, folds=5, seed=0):
         scored = fold >= 0
         columns = [j for j in range(labels.shape[1]) if 0 < labels[scored, j].sum() < scored.sum()]
         return float(np.mean([average_precision_score(labels[scored, j], probabilities[scored, j]) for j in columns]))
+    counts = np.bincount(labels)
+    if np.sum(counts >= folds) < 2:
+        raise ValueError(
+            f"The probe column's {folds}-fold needs two classes with {folds} training images or more; the classes "
+            f"have {counts.tolist()}. Give more images (--labels-per-class, --max-images) or fewer --folds."
+        )
     probabilities, fold, _ = out_of_sample_probabilities(features, labels, int(labels.max()) + 1, folds, seed)
     scored = fold >= 0
     return float(np.mean(probabilities[scored].argmax(axis=1) == labels[scored]))
@@ -207,7 +213,8 @@ def rank_backbones(
         candidates: `NAME[@SIZE][:none]` strings (see `parse_candidate`) or `Candidate`s.
         output_dir: where `ranking.csv`, `ranking.json` and the cached features go; None keeps nothing.
         labels_per_class: keep at most this many training images per class (cheaper).
-        max_images: keep at most this many training images in all (an even sample, drawn with `seed`).
+        max_images: keep at most this many training images in all (a sample drawn with `seed`; only those pass
+            through the backbone).
         folds: folds of the probe column.
         batch_size: images per batch for the feature pass.
         seed: the split and sampling seed.
@@ -344,10 +351,9 @@ def _compute_features(source, candidate, labels_per_class, max_images, batch_siz
         raise ValueError(f"Ranking backbones needs at least two classes. Received: classes={info.class_names}")
     keras.utils.set_random_seed(seed)  # the same random weights for a ':none' control on every rerun
     model = build_model(candidate.backbone, len(info.class_names), input_shape=size, weights=candidate.weights)
+    if max_images:  # the training split comes shuffled by `seed`: its first images are a sample, the same each time
+        train = train.unbatch().take(max_images).batch(batch_size)
     features, labels = extract_features(model, train)
-    if max_images and len(labels) > max_images:
-        keep = np.sort(np.random.default_rng(seed).choice(len(labels), max_images, replace=False))
-        features, labels = features[keep], labels[keep]
     return features.astype(np.float32), labels
 
 

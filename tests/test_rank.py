@@ -91,6 +91,11 @@ def test_ranks_a_folder_through_the_command_and_reuses_the_features(colour_folde
 
     monkeypatch.setattr("keras_transfer.models.build_model", no_features)
     again = rank.rank_backbones(colour_folder, ["small_cnn@32"], output_dir=out, batch_size=4)
+    monkeypatch.undo()
+    sample = rank.rank_backbones(colour_folder, ["small_cnn@32"], max_images=10, folds=2, batch_size=4)
+    assert sample[0]["images"] == 10
+    with pytest.raises(ValueError, match=r"probe column's 5-fold needs two classes with 5"):
+        rank.rank_backbones(colour_folder, ["small_cnn@32"], max_images=6, batch_size=4)
     assert again[0]["probe"] == pytest.approx(float(next(r for r in rows if r["backbone"] == "small_cnn")["probe"]))
 
 
