@@ -5,9 +5,11 @@ each seed draws `--per-class` training photos per class and flips `--rate` of th
 uniformly), and writes them with the folder's test photos (labels as given) as a table. Then, each scored on the same
 test photos with the default command (`keras-transfer --data TABLE --split-column split`):
 
-- noisy:    trained on the flipped labels;
-- excluded: `keras-transfer label-issues` on the noisy table, then trained with `--exclude-issues` its CSV;
-- clean:    trained on the labels as given.
+- noisy:     trained on the flipped labels; the run writes the suspected label errors of its training images
+             (`label_issues.csv` in the run folder, found before it trains);
+- excluded:  trained with `--exclude-issues` that CSV;
+- relabelled: trained with `--relabel-issues` that CSV (each suspect given its suggested class);
+- clean:     trained on the labels as given.
 
 Prints a markdown table (per seed and mean) and writes it to --output.
 
@@ -23,7 +25,6 @@ import csv
 import io
 import os
 import tempfile
-import time
 
 from keras_transfer.terminal import quiet_tensorflow
 
@@ -76,8 +77,7 @@ def command(argv):
         raise RuntimeError(f"keras-transfer {' '.join(argv)} exited {code}:\n{story.getvalue()[-2000:]}")
 
 
-def accuracy(table, seed, out, extra=()):
-    run = os.path.join(out, f"run_{len(os.listdir(out))}")
+def accuracy(table, seed, run, extra=()):
     command(["--data", table, "--split-column", "split", "--seed", str(seed), "--output", run, *extra])
     return read_run_json(run, "report")["accuracy"]
 
@@ -85,21 +85,17 @@ def accuracy(table, seed, out, extra=()):
 def one_seed(args, seed):
     with tempfile.TemporaryDirectory(prefix="exclude_bench_") as out:
         noisy, clean, flipped = tables(args.folder, args.per_class, args.rate, seed, out)
-        start = time.perf_counter()
-        command(["label-issues", "--data", noisy, "--output", os.path.join(out, "issues")])
-        with open(os.path.join(out, "issues", "label_issues.csv")) as f:
+        run = lambda name: os.path.join(out, name)
+        result = {"noisy": accuracy(noisy, seed, run("noisy"))}
+        issues = os.path.join(run("noisy"), "label_issues.csv")
+        with open(issues) as f:
             found = {row["path"] for row in csv.DictReader(f)}
-        finder = time.perf_counter() - start
-        issues = os.path.join(out, "issues", "label_issues.csv")
-        result = {
-            "noisy": accuracy(noisy, seed, out),
-            "excluded": accuracy(noisy, seed, out, ["--exclude-issues", issues]),
-            "clean": accuracy(clean, seed, out),
-            "found": len(found),
-            "true": len(found & flipped),
-            "flipped": len(flipped),
-            "finder_seconds": finder,
-        }
+        off = ["--no-label-issues"]
+        result["excluded"] = accuracy(noisy, seed, run("excluded"), [*off, "--exclude-issues", issues])
+        result["relabelled"] = accuracy(noisy, seed, run("relabelled"), [*off, "--relabel-issues", issues])
+        result["clean"] = accuracy(clean, seed, run("clean"), off)
+        finder = read_run_json(run("noisy"), "timings")["label issues"]
+        result.update(found=len(found), true=len(found & flipped), flipped=len(flipped), finder_seconds=finder)
     print(f"seed {seed}: {result}", flush=True)
     return result
 
@@ -117,22 +113,23 @@ def main(argv=None):
             f"{args.folder}: needs train/ and test/ (the photo sets are in ../shared/data; see its README)"
         )
     results = [one_seed(args, seed) for seed in args.seeds]
-    arms = ("noisy", "excluded", "clean")
+    arms = ("noisy", "excluded", "relabelled", "clean")
     lines = [
         "# Training without the suspected label errors",
         "",
         f"`python bench/exclude_issues.py {args.folder} --per-class {args.per_class} --rate {args.rate} --seeds "
         f"{' '.join(map(str, args.seeds))}`; {os.cpu_count()} cores; test accuracy (%) of the default command on the "
-        "folder's own test photos.",
+        "folder's own test photos. The suspects are those the noisy run found among its training images (its "
+        "label_issues.csv).",
         "",
-        "| seed | noisy | excluded | clean | flagged | of them flipped | flipped |",
-        "|---|---|---|---|---|---|---|",
+        "| seed | noisy | excluded | relabelled | clean | flagged | of them flipped | flipped | finding s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for seed, r in zip(args.seeds, results):
         cells = " | ".join(f"{100 * r[a]:.1f}" for a in arms)
-        lines.append(f"| {seed} | {cells} | {r['found']} | {r['true']} | {r['flipped']} |")
+        lines.append(f"| {seed} | {cells} | {r['found']} | {r['true']} | {r['flipped']} | {r['finder_seconds']:.1f} |")
     means = " | ".join(f"{100 * np.mean([r[a] for r in results]):.1f}" for a in arms)
-    lines.append(f"| mean | {means} | | | |")
+    lines.append(f"| mean | {means} | | | | |")
     text = "\n".join(lines) + "\n"
     print(text)
     with open(args.output, "w") as f:

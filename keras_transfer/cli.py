@@ -86,7 +86,7 @@ FLAGS = {  # group -> RunConfig fields shown as flags, in order
         "compare_scratch",
     ),
     "Distribution": ("strategy", "mixed_precision", "xla", "peer_timeout"),
-    "Output": ("output", "overwrite", "export", "export_onnx", "export_bench"),
+    "Output": ("output", "overwrite", "export", "export_onnx", "export_bench", "label_issues"),
 }
 HELP = {
     "data": "a folder of class subfolders (or with train/, val(idation)/, test/ inside), a CSV file of image paths "
@@ -150,6 +150,9 @@ HELP = {
     "export_onnx": "also write <output>/model.onnx for ONNX Runtime (needs the onnx extra)",
     "export_bench": "also write every export format (SavedModel, TFLite float32/float16/dynamic/int8, ONNX) into "
     "<output>/exports/ and measure each one's size, accuracy, agreement with Keras and speed",
+    "label_issues": "look for suspected label errors among the training images (a 5-fold probe on the pretrained "
+    "features, confident learning) before training: <output>/label_issues.csv and a section of report.html (folders "
+    "and CSV tables with at least 5 training images in two classes)",
 }
 CHOICES = {
     "pooling": list(POOLINGS),

@@ -111,6 +111,7 @@ class RunConfig:
     export: str | None = None
     export_onnx: bool = False  # also <output>/model.onnx (+ model.labels.txt) for ONNX Runtime
     export_bench: bool = False  # also every export format's size, accuracy and speed (<output>/exports/)
+    label_issues: bool = True  # look for suspected label errors among the training images (label_issues.csv)
 
     def to_yaml(self):
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)

@@ -21,10 +21,12 @@ import time
 import numpy as np
 
 from keras_transfer.files import write_text
+from keras_transfer.runs import run_file
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("path", "given", "suggested", "score", "margin", "fold")
+FOLDS = 5  # k of the k-fold out-of-sample probabilities, unless told
 
 
 @dataclasses.dataclass
@@ -63,7 +65,7 @@ class LabelIssues:
 
 
 def find_label_issues(
-    source, *, backbone="efficientnet_lite0", weights="imagenet", image_size=None, folds=5, batch_size=32, seed=0
+    source, *, backbone="efficientnet_lite0", weights="imagenet", image_size=None, folds=FOLDS, batch_size=32, seed=0
 ):
     """Suspected label errors in `source` (any `load_dataset` source; every split it has, together).
 
@@ -98,12 +100,46 @@ def find_label_issues(
     parts, labels, files, class_names, multi_label = every_image(source, image_size=size, batch_size=batch_size)
     model = build_model(backbone, len(class_names), weights=weights, input_shape=size, augment=False)
     features, seen = (np.concatenate(a) for a in zip(*(extract_features(model, part) for part in parts)))
+    _check_decoded(seen, labels, source)
+    seconds = {"features": round(time.perf_counter() - start, 1)}
+    return _scored(features, labels, files, class_names, multi_label, folds, seed, seconds)
+
+
+def split_label_issues(model, info, split="train", *, batch_size=32, folds=FOLDS, seed=0):
+    """Suspected label errors among the images of one split of a `load_dataset` result (`info.files` and
+    `info.labels` name them), scored on `model`'s pooled features: in a run, its model before training, whose
+    pretrained backbone has seen none of these labels. Same method and result as `find_label_issues`.
+
+    Raises:
+        ValueError: for a source without files (arrays, TFDS, shards), images that no longer decode, or fewer
+            than two classes with `folds` images.
+    """
+    from keras_transfer.data.dataset import ordered_images
+    from keras_transfer.models import extract_features
+
+    if info.files is None:
+        raise ValueError(
+            f"{info.source!r} has no image files to name; label errors are looked for in folders and tables."
+        )
+    start = time.perf_counter()
+    files, labels = info.files[split], info.labels[split]
+    batches = ordered_images(files, labels, image_size=info.image_size, batch_size=batch_size)
+    features, seen = extract_features(model, batches)
+    _check_decoded(seen, labels, info.source)
+    seconds = {"features": round(time.perf_counter() - start, 1)}
+    return _scored(features, labels, files, info.class_names, info.multi_label, folds, seed, seconds)
+
+
+def _check_decoded(seen, labels, source):
     if len(seen) != len(labels) or not np.array_equal(seen, labels):
         raise ValueError(
             f"{len(labels) - len(seen)} images of {source!r} could not be decoded; remove them (load_dataset names "
             "them) and run again."
         )
-    seconds = {"features": round(time.perf_counter() - start, 1)}
+
+
+def _scored(features, labels, files, class_names, multi_label, folds, seed, seconds):
+    """The `LabelIssues` of pooled `features`: k-fold out-of-sample probabilities, then confident learning."""
     start = time.perf_counter()
     if multi_label:
         probabilities, fold, pairs = multi_label_issues(features, labels, folds, seed)
@@ -254,15 +290,41 @@ def write_label_issues(issues, output_dir, *, thumbnail=128):
     """Writes `label_issues.csv` (`COLUMNS`, most suspicious first) and `label_issues.html` (each suspected image,
     embedded, with its given and suggested label and the probabilities) into `output_dir`. Returns both paths."""
     os.makedirs(output_dir, exist_ok=True)
-    text = io.StringIO()
-    writer = csv.DictWriter(text, COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(issues.rows)
-    csv_path = os.path.join(output_dir, "label_issues.csv")
-    write_text(csv_path, text.getvalue())
+    csv_path = run_file(output_dir, "label_issues")  # the name a run folder gives the same table
+    write_text(csv_path, issues_csv(issues.rows))
     html_path = os.path.join(output_dir, "label_issues.html")
     write_text(html_path, _page(issues, thumbnail))
     return csv_path, html_path
+
+
+def issues_csv(rows):
+    """The text of a `label_issues.csv`: a header of `COLUMNS`, then `rows` (`LabelIssues.rows`) in their order."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def issue_card(rank, row, thumbnail=128, name=None, details=""):
+    """One suspected image as HTML: its thumbnail, `name` (default: the file's name), the given label with its
+    score and the suggested one; `details` (HTML) below. `row` as `LabelIssues.rows` or read from the CSV."""
+    name = name or os.path.basename(row["path"])
+    return (
+        f'<figure class="issue" data-path="{html.escape(row["path"])}">{_thumbnail(row["path"], thumbnail)}'
+        f"<figcaption><b>#{rank}</b> {html.escape(name)}<br>given "
+        f'<span class="given">{html.escape(row["given"])}</span> ({float(row["score"]):.1%}), suggested '
+        f'<span class="suggested">{html.escape(row["suggested"])}</span>{details}</figcaption></figure>'
+    )
+
+
+def issue_style(thumbnail=128):
+    """The CSS of `issue_card`s."""
+    return (
+        f"figure.issue{{display:inline-block;width:{thumbnail + 40}px;margin:.4em;vertical-align:top;"
+        f"font-size:12px}}figure.issue img{{width:{thumbnail}px;height:{thumbnail}px;object-fit:cover}}"
+        ".given{color:#b00}.suggested{color:#070}figure.issue ul{padding-left:1.2em;margin:.2em 0}"
+    )
 
 
 def _page(issues, thumbnail):
@@ -271,17 +333,8 @@ def _page(issues, thumbnail):
         p = issues.probabilities[row["index"]]
         top = np.argsort(-np.nan_to_num(p, nan=-1.0))[:3]
         probs = "".join(f"<li>{html.escape(issues.class_names[c])}: {p[c]:.1%}</li>" for c in top)
-        cards.append(
-            f'<figure class="issue" data-path="{html.escape(row["path"])}">{_thumbnail(row["path"], thumbnail)}'
-            f"<figcaption><b>#{rank}</b> {html.escape(os.path.basename(row['path']))}<br>given "
-            f'<span class="given">{html.escape(row["given"])}</span> ({row["score"]:.1%}), suggested '
-            f'<span class="suggested">{html.escape(row["suggested"])}</span><ul>{probs}</ul></figcaption></figure>'
-        )
-    style = (
-        f"body{{font-family:sans-serif;margin:1em}}figure.issue{{display:inline-block;width:{thumbnail + 40}px;"
-        f"margin:.4em;vertical-align:top;font-size:12px}}img{{width:{thumbnail}px;height:{thumbnail}px;"
-        "object-fit:cover}.given{color:#b00}.suggested{color:#070}ul{padding-left:1.2em;margin:.2em 0}"
-    )
+        cards.append(issue_card(rank, row, thumbnail, details=f"<ul>{probs}</ul>"))
+    style = f"body{{font-family:sans-serif;margin:1em}}{issue_style(thumbnail)}"
     heading = html.escape(str(issues).splitlines()[0])
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>Suspected label errors</title><style>{style}"

@@ -8,6 +8,7 @@ library functions it calls only log.
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import hashlib
 import json
@@ -41,6 +42,7 @@ from keras_transfer.export import benchmark_exports, export_onnx, export_saved_m
 from keras_transfer.export.layout import version_file
 from keras_transfer.files import atomic_path, versions, write_text
 from keras_transfer.images import image_size
+from keras_transfer.label_issues import FOLDS, issues_csv, split_label_issues
 from keras_transfer.lr_find import find_learning_rate, plot_findings
 from keras_transfer.memory import check_memory
 from keras_transfer.models import (
@@ -75,6 +77,7 @@ NOT_IDENTITY = (
     "export",
     "export_onnx",
     "export_bench",
+    "label_issues",
     "overwrite",
     "data_service",
     "peer_timeout",
@@ -227,6 +230,8 @@ def _stopped_peers(error):
 
 def _run(config, resolved, model, data, strategy, policy, run_id, verbose):
     timings, probe, exported = _Timings(config.output), None, None
+    with timings.step("label issues"):
+        issues = _label_issues(config, model, data, strategy)
     if config.compare_scratch:
         with timings.step("linear probe"):
             probe = _probe(model, data)
@@ -249,6 +254,8 @@ def _run(config, resolved, model, data, strategy, policy, run_id, verbose):
     print_history(read_history(config.output), config.head_epochs)
     if report:
         logger.info(f"\n{data['split']}: {report}")
+    if issues is not None:
+        logger.info(f"\n{_issues_line(issues, data['info'])}; to train without them: --exclude-issues {issues[1]}")
     if exported:
         logger.info(f"\nSavedModel: {exported}")
     if config.export_onnx:
@@ -266,6 +273,35 @@ def _run(config, resolved, model, data, strategy, policy, run_id, verbose):
         logger.info(f"Report: {write_html(config.output)}")
     mark_complete(config.output, {"export": exported, **metrics})
     return 0
+
+
+def _label_issues(config, model, data, strategy):
+    """Suspected label errors among the training images, from `model` before training (its pretrained features),
+    written to the run folder's `label_issues.csv`: `(count, path)`, or None where none were looked for (said why,
+    unless turned off or the source has no files to name)."""
+    info, path = data["info"], run_file(config.output, "label_issues")
+    if not config.label_issues or info.files is None:
+        return None
+    if os.path.isfile(path):  # found before a kill; the run folder's identity says they are of these images
+        with open(path, newline="") as f:
+            return sum(1 for _ in csv.DictReader(f)), path
+    enough = [n for n in info.counts["train"].values() if n >= FOLDS]
+    if is_multi_worker(strategy) or len(enough) < 2:
+        why = "under several workers" if len(enough) >= 2 else f"fewer than {FOLDS} training images in two classes"
+        logger.info(f"Suspected label errors: not looked for ({why}; `keras-transfer label-issues` finds them)")
+        return None
+    issues = split_label_issues(model, info, batch_size=config.batch_size, seed=config.seed)
+    write_text(path, issues_csv(issues.rows))
+    found = (len(issues.rows), path)
+    logger.info(
+        f"{_issues_line(found, info)} ({FOLDS}-fold probe on the backbone's features before training, confident "
+        f"learning; {sum(issues.seconds.values()):.1f} s)"
+    )
+    return found
+
+
+def _issues_line(found, info):
+    return f"Suspected label errors: {found[0]} of the {info.sizes['train']} training images, in {found[1]}"
 
 
 def _thresholds(model, data):

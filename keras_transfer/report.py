@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import csv
 import html
 import io
 import json
@@ -20,12 +21,14 @@ import platform
 import numpy as np
 
 from keras_transfer.files import write_text
+from keras_transfer.label_issues import FOLDS, issue_card, issue_style
 from keras_transfer.models import backbone_and_head_layers
 from keras_transfer.runs import read_history, read_run_json, read_splits, run_file
 from keras_transfer.version import __version__
 
 logger = logging.getLogger(__name__)
 
+ISSUES = 24  # suspected label errors shown (all are in label_issues.csv)
 EXAMPLES = 8  # most confident mistakes, and least confident correct predictions, shown
 GRADCAM = 4  # mistakes shown with a class-activation map
 BINS = 10  # reliability diagram
@@ -188,6 +191,7 @@ def write_html(run_dir):
         _comparison(files),
         _exports(files),
         _examples(run_dir, files),
+        _label_issues(run_dir, files),
         _curves(files),
         _data(files),
         _calibration(files),
@@ -212,7 +216,7 @@ STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em aut
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}
 td.num{text-align:right;font-variant-numeric:tabular-nums}figure{display:inline-block;margin:.3em;width:150px;
 font-size:12px;vertical-align:top}figure img{width:150px;image-rendering:pixelated}img.plot{max-width:100%}
-.note{color:#666}"""
+.note{color:#666}""" + issue_style(96)
 
 
 def _read_run(run_dir):
@@ -440,6 +444,28 @@ def _examples(run_dir, files):
             for e in cams
         )
     return text
+
+
+def _label_issues(run_dir, files):
+    """The training images whose label looks wrong (the run's `label_issues.csv`), most suspicious first."""
+    path = run_file(run_dir, "label_issues")
+    with contextlib.suppress(OSError), open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+        total = (files["data"] or {}).get("sizes", {}).get("train", "?")
+        text = (
+            f"<h2>Suspected label errors ({len(rows)})</h2><p class=note>{len(rows)} of the {total} training images "
+            f"carry a label that a linear probe on the pretrained features, fitted on the other {FOLDS - 1} of "
+            f"{FOLDS} folds, finds unlikely (confident learning); the score is that probe's probability of the "
+            "given label, most suspicious first. All of them are in label_issues.csv; to train without them, run "
+            f"again with --exclude-issues {html.escape(path)} (or --relabel-issues to take the suggestions).</p>"
+        )
+        root = os.path.abspath(str(files["data"].get("source", ""))) if files["data"] else ""
+        relative = lambda p: os.path.relpath(p, root) if root and os.path.abspath(p).startswith(root + os.sep) else p
+        text += "".join(issue_card(i, row, 96, name=relative(row["path"])) for i, row in enumerate(rows[:ISSUES], 1))
+        if len(rows) > ISSUES:
+            text += f"<p class=note>... and {len(rows) - ISSUES} more in label_issues.csv.</p>"
+        return text
+    return None
 
 
 def _multilabel_examples(run_dir, found, names, named):

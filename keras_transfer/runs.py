@@ -68,6 +68,7 @@ FILES = {  # key -> path inside a run folder ("/" separates folders; {fields} ar
     "comparison": "comparison.json",
     "timings": "timings.json",
     "splits": "splits.csv",
+    "label_issues": "label_issues.csv",  # suspected label errors among the training images
     "scratch": "scratch",
     "exports": "exports",  # benchmark_exports' files, in a run
     "exports_table": "exports.json",  # its table, in the folder it writes to

@@ -148,3 +148,34 @@ def test_a_multi_label_table_gets_a_row_per_suspected_label(tmp_path):
     suspects = {(r["path"].rsplit("/", 2)[-2] + "/" + r["path"].rsplit("/", 1)[-1], r["given"]) for r in issues.rows}
     assert ("blue/3.png", "warm") in suspects and ("blue/3.png", "no cool") in suspects
     assert all(r["suggested"].startswith("no ") != r["given"].startswith("no ") for r in issues.rows)
+
+
+def test_a_run_looks_for_label_errors_in_its_training_split_and_a_second_run_can_leave_them_out(
+    planted, tmp_path, capsys
+):
+    root, moved = planted
+    args = ["--data", str(root), "--backbone", "vgg16", "--weights", "none", "--image-size", "32"]
+    args += ["--batch-size", "4", "--head-epochs", "1", "--fine-tune-epochs", "0", "--test-split", "0"]
+    assert main([*args, "--output", str(tmp_path / "run")]) == 0
+    printed = capsys.readouterr().out
+    with open(tmp_path / "run" / "splits.csv") as f:
+        training = [row["path"] for row in csv.DictReader(f) if row["split"] == "train"]
+    with open(tmp_path / "run" / "label_issues.csv") as f:
+        rows = list(csv.DictReader(f))
+    planted_in_training = {p.rsplit("/", 1)[-1] for p in training} & set(moved)
+    assert planted_in_training and {r["path"] for r in rows} <= set(training)
+    top = {row["path"].rsplit("/", 1)[-1]: row["suggested"] for row in rows[: len(planted_in_training)]}
+    assert top == {name: moved[name] for name in planted_in_training}  # most suspicious first, the true colour
+    line = f"Suspected label errors: {len(rows)} of the {len(training)} training images"
+    assert printed.count(line) == 2  # when found, and again under the closing table
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert f">Suspected label errors ({len(rows)})</h2>" in page and page.count('<figure class="issue"') == len(rows)
+    assert all(f'data-path="{r["path"]}"' in page for r in rows)
+    assert page.count("data:image/jpeg;base64,") == len(rows)  # each suspect shown, from its own file
+    # the next run trains without them; it, and a run told not to look, write no label_issues.csv of their own
+    again = [*args, "--no-label-issues", "--exclude-issues", str(tmp_path / "run" / "label_issues.csv")]
+    assert main([*again, "--output", str(tmp_path / "clean")]) == 0
+    printed = capsys.readouterr().out
+    assert f"Left out {len(rows)} training images named as suspected label errors" in printed
+    assert "Suspected label errors:" not in printed and not (tmp_path / "clean" / "label_issues.csv").exists()
+    assert "Suspected label errors" not in (tmp_path / "clean" / "report.html").read_text()

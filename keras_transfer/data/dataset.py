@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from keras_transfer.data.pipeline import build_pipeline, cache_choice
+from keras_transfer.data.pipeline import build_pipeline, cache_choice, decode_files
 from keras_transfer.data.records import SPLITS, has_label, is_int, readable
 from keras_transfer.data.sources import read_issue_rows, with_given_splits, without_issues
 from keras_transfer.data.sources import records as source_records
@@ -37,6 +37,7 @@ class DatasetInfo:
             1-pixel image): a list to look at.
         files: split -> the path of each image, in the order the split yields them (None for sources without
             files: arrays, TFDS, shards).
+        labels: split -> each image's label (an id, or a 0/1 row for several labels per image), in the same order.
     """
 
     source: str
@@ -49,6 +50,7 @@ class DatasetInfo:
     sizes: dict = dataclasses.field(default_factory=dict)
     files: dict | None = None
     outliers: list = dataclasses.field(default_factory=list)
+    labels: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def num_classes(self):
@@ -202,6 +204,7 @@ def _split_dataset(records, split, selected, idx, info, pipeline):
     labels = selected[origin][idx]
     info.counts[split] = {name: int(np.sum(has_label(labels, i))) for i, name in enumerate(info.class_names)}
     info.sizes[split] = len(labels)
+    info.labels[split] = labels
     if records.files is not None:
         info.files = info.files or {}
         info.files[split] = [os.fsdecode(p) for p in records.files[origin][idx]]
@@ -338,6 +341,24 @@ def _check_arguments(image_size, batch_size, validation_split, test_split, label
         if (value is not None or name == "batch_size") and (not is_int(value) or value < 1):
             raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
     return size
+
+
+def ordered_images(files, labels, *, image_size, batch_size):
+    """`(images, labels)` batches of the image `files` in their order, unshuffled and unaugmented, as an
+    evaluation split is read (`DatasetInfo.files` and `.labels` of a split give the same images as its pipeline, in
+    an order a result can be matched to). Images that fail to decode are left out; the caller checks counts."""
+    size = _check_arguments(image_size, batch_size, 0.0, 0.0, None, None)
+    return build_pipeline(
+        lambda labels, size, seed, dtype: decode_files(files, labels, size, seed, dtype),
+        np.asarray(labels),
+        size=size,
+        batch_size=batch_size,
+        training=False,
+        cache=False,
+        cache_name="ordered",
+        seed=0,
+        deterministic=True,
+    )
 
 
 def every_image(source, *, image_size=(224, 224), batch_size=32):
