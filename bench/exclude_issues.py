@@ -108,6 +108,7 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--output", default="bench/results/exclude_issues.md")
     args = parser.parse_args(argv)
+    args.folder = os.path.abspath(args.folder)  # the tables hold absolute paths
     if not os.path.isdir(os.path.join(args.folder, "test")):
         raise SystemExit(
             f"{args.folder}: needs train/ and test/ (the photo sets are in ../shared/data; see its README)"

@@ -57,6 +57,7 @@ MODULES = (
     "report",
     "retrieval",
     "runs",
+    "semi_supervised",
     "terminal",
     "training",
     "version",

@@ -32,6 +32,7 @@ from keras_transfer.config import (
     OPTIMIZERS,
     POLICIES,
     POOLINGS,
+    SEMI_SUPERVISED,
     STRATEGIES,
     RunConfig,
     from_words,
@@ -64,6 +65,7 @@ FLAGS = {  # group -> RunConfig fields shown as flags, in order
         "test_per_class",
         "exclude_issues",
         "relabel_issues",
+        "unlabelled",
         "augment",
         "seed",
     ),
@@ -84,6 +86,8 @@ FLAGS = {  # group -> RunConfig fields shown as flags, in order
         "cache_features",
         "tta",
         "compare_scratch",
+        "semi_supervised",
+        "pseudo_labels_per_class",
     ),
     "Distribution": ("strategy", "mixed_precision", "xla", "peer_timeout"),
     "Output": ("output", "overwrite", "export", "export_onnx", "export_bench", "label_issues"),
@@ -117,6 +121,11 @@ HELP = {
     "test_per_class": "evaluate on at most this many test images per class (a stratified sample)",
     "exclude_issues": "a label_issues.csv (keras-transfer label-issues): train without its images",
     "relabel_issues": "a label_issues.csv: train with its images given their suggested class",
+    "unlabelled": "images without labels to learn from too: rest (the training images --labels-per-class leaves "
+    "out, their labels unused) or a folder of images",
+    "semi_supervised": "how --unlabelled images are used: pseudo-label (a linear probe on the backbone's features "
+    "labels the most confident of each class, 3 self-training rounds; then LP-FT on both)",
+    "pseudo_labels_per_class": "at most this many pseudo-labelled images per class",
     "augment": "random flip, rotation, zoom, translation and contrast, inside the model, in training only (auto: "
     "on for image files, folders and CSV tables; off for arrays and TFDS)",
     "weights": "imagenet, none, or a .weights.h5 / .h5 / .keras file",
@@ -165,6 +174,7 @@ CHOICES = {
     "augment": ["auto", "true", "false"],
     "class_weight": ["none", "balanced"],
     "tta": ["none", "flip"],
+    "semi_supervised": list(SEMI_SUPERVISED),
 }
 DEFAULT_TEXT = {
     "image_size": "the backbone's",
@@ -183,6 +193,7 @@ DEFAULT_TEXT = {
     "test_per_class": "all",
     "exclude_issues": "none",
     "relabel_issues": "none",
+    "unlabelled": "none",
     "dense_units": "none",
     "weights": "imagenet",
     "class_weight": "none",

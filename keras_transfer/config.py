@@ -14,6 +14,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 MIXED_PRECISION = ("off", "auto", "mixed_float16", "mixed_bfloat16")
 POLICIES = ("frozen", "all", "top:N", "from:NAME", "stages:K")
+SEMI_SUPERVISED = ("pseudo-label",)
 
 # The range of each numeric setting (None, where a setting allows it, is unset): checked before anything is written.
 POSITIVE = (
@@ -24,6 +25,7 @@ POSITIVE = (
     "labels_per_class",
     "test_per_class",
     "peer_timeout",
+    "pseudo_labels_per_class",
 )
 NON_NEGATIVE = ("head_epochs", "fine_tune_epochs", "early_stopping")
 FRACTIONS = ("validation_split", "test_split", "dropout", "label_smoothing")
@@ -59,6 +61,7 @@ class RunConfig:
     test: str | None = None  # and for the test split
     exclude_issues: str | None = None  # a label_issues.csv: its training images left out
     relabel_issues: str | None = None  # or given their suggested class
+    unlabelled: str | None = None  # "rest" (with labels_per_class) or a folder: images without labels, used too
     data_dir: str | None = None
     data_service: str | None = None
     # A table (CSV) of image paths and labels: its columns, and the folder its relative paths start from
@@ -100,6 +103,8 @@ class RunConfig:
     cache_features: bool | str = "auto"  # True, False or "auto"
     tta: str | None = None  # "flip": evaluate on each image and its mirror, probabilities averaged
     compare_scratch: bool = False  # also train the same model from random weights on the same data, compare
+    semi_supervised: str = "pseudo-label"  # how `unlabelled` images are used (SEMI_SUPERVISED)
+    pseudo_labels_per_class: int = 100  # at most this many pseudo-labelled images per class
     # Distribution
     strategy: str = "auto"
     mixed_precision: str = "off"

@@ -67,6 +67,14 @@ from keras_transfer.runs import (
     run_file,
     write_splits,
 )
+from keras_transfer.semi_supervised import (
+    ROUNDS,
+    THRESHOLD,
+    pseudo_label_images,
+    pseudo_labels_csv,
+    pseudo_summary,
+    read_pseudo_labels,
+)
 from keras_transfer.terminal import error_line
 from keras_transfer.training import TrainingOptions, fine_tune
 
@@ -104,6 +112,11 @@ def run(config, verbose=False):
         raise ValueError(
             "--compare-scratch trains a second model after the run, on one machine: run it without TF_CONFIG "
             f"(here {workers} workers). Received: compare_scratch=True"
+        )
+    if workers > 1 and config.unlabelled is not None:
+        raise ValueError(
+            "--unlabelled chooses pseudo-labels on one machine: run it without TF_CONFIG (here "
+            f"{workers} workers). Received: unlabelled={config.unlabelled!r}"
         )
     if rank == 0:  # under several workers only the chief (worker 0) writes the run and export folders
         _check_writable(config)
@@ -232,6 +245,9 @@ def _run(config, resolved, model, data, strategy, policy, run_id, verbose):
     timings, probe, exported = _Timings(config.output), None, None
     with timings.step("label issues"):
         issues = _label_issues(config, model, data, strategy)
+    if config.unlabelled is not None:
+        with timings.step("pseudo-labels"):
+            data = _pseudo_labelled(config, resolved, model, data, strategy)
     if config.compare_scratch:
         with timings.step("linear probe"):
             probe = _probe(model, data)
@@ -256,6 +272,8 @@ def _run(config, resolved, model, data, strategy, policy, run_id, verbose):
         logger.info(f"\n{data['split']}: {report}")
     if issues is not None:
         logger.info(f"\n{_issues_line(issues, data['info'])}; to train without them: --exclude-issues {issues[1]}")
+    if "pseudo" in data:
+        logger.info(f"Pseudo-labelled: {data['pseudo']}")
     if exported:
         logger.info(f"\nSavedModel: {exported}")
     if config.export_onnx:
@@ -298,6 +316,36 @@ def _label_issues(config, model, data, strategy):
         f"learning; {sum(issues.seconds.values()):.1f} s)"
     )
     return found
+
+
+def _pseudo_labelled(config, resolved, model, data, strategy):
+    """`data` again with the unlabelled images the method chose, under their pseudo-labels, in the training split
+    (`semi_supervised`); the choice is written to `pseudo_labels.csv`, which a resumed run reads back."""
+    info, path = data["info"], run_file(config.output, "pseudo_labels")
+    pseudo = read_pseudo_labels(path, info)
+    if pseudo is None:
+        pseudo, confidence, seconds = pseudo_label_images(
+            model, data["train"], info, per_class=config.pseudo_labels_per_class
+        )
+        write_text(path, pseudo_labels_csv(pseudo, confidence, info))
+        logger.info(
+            f"Pseudo-labels ({config.semi_supervised}: {ROUNDS} rounds of a linear probe on the backbone's features, "
+            f"at most {config.pseudo_labels_per_class} per class, probability >= {THRESHOLD}; {seconds:.1f} s): "
+            f"{pseudo_summary(pseudo, info.labels['unlabelled'], info.class_names)}"
+        )
+    data_logger = logging.getLogger("keras_transfer.data")
+    level, data_logger.level = data_logger.level, logging.ERROR  # its warnings were printed at the first load
+    try:
+        again = _load(config, resolved.size, strategy, pseudo_labels=pseudo)
+    finally:
+        data_logger.setLevel(level)
+    again["pseudo"] = pseudo_summary(pseudo, info.labels["unlabelled"], info.class_names)
+    logger.info(f"Training on {info.sizes['train']} labelled and {int(np.sum(pseudo >= 0))} pseudo-labelled images")
+    if again["info"].files is not None:
+        files = dict(again["info"].files)
+        files["unlabelled"] = [f for f, p in zip(files["unlabelled"], pseudo) if p < 0]  # the rest: unused
+        write_splits(config.output, files)
+    return again
 
 
 def _issues_line(found, info):
@@ -516,8 +564,9 @@ class _Timings:
         write_text(self.path, json.dumps(self.seconds, indent=2))
 
 
-def _load(config, size, strategy):
-    """The datasets, the split evaluated at the end (test, else validation) and the DatasetInfo, printed."""
+def _load(config, size, strategy, pseudo_labels=None):
+    """The datasets, the split evaluated at the end (test, else validation) and the DatasetInfo, printed
+    (`pseudo_labels`: as `load_dataset` takes them)."""
     source = source_from(config.data, **{name: getattr(config, name) for name in SOURCE_OPTIONS})
     table = {name: getattr(config, name) for name in TABLE_OPTIONS}  # a given split's CSV reads as --data's
     given = {split: getattr(config, split) for split in ("validation", "test")}
@@ -536,8 +585,11 @@ def _load(config, size, strategy):
         test_per_class=config.test_per_class,
         exclude_issues=config.exclude_issues,
         relabel_issues=config.relabel_issues,
+        unlabelled=config.unlabelled,
+        pseudo_labels=pseudo_labels,
     )
-    logger.info("%s", info)
+    if pseudo_labels is None:
+        logger.info("%s", info)
     if config.compare_scratch and test is None and val is None:
         raise ValueError(
             "--compare-scratch needs images to compare on: give --test-split or --validation-split "

@@ -192,6 +192,7 @@ def write_html(run_dir):
         _exports(files),
         _examples(run_dir, files),
         _label_issues(run_dir, files),
+        _pseudo_labels(run_dir),
         _curves(files),
         _data(files),
         _calibration(files),
@@ -465,6 +466,31 @@ def _label_issues(run_dir, files):
         if len(rows) > ISSUES:
             text += f"<p class=note>... and {len(rows) - ISSUES} more in label_issues.csv.</p>"
         return text
+    return None
+
+
+def _pseudo_labels(run_dir):
+    """The unlabelled images the run trained on under pseudo-labels (its `pseudo_labels.csv`), per class."""
+    with contextlib.suppress(OSError), open(run_file(run_dir, "pseudo_labels"), newline="") as f:
+        rows = list(csv.DictReader(f))
+        chosen = [r for r in rows if r["pseudo_label"]]
+        names = sorted({r["pseudo_label"] for r in chosen})
+        known = [r for r in chosen if r["true_label"]]
+        table = []
+        for name in names:
+            mine = [r for r in chosen if r["pseudo_label"] == name]
+            right = [r for r in mine if r["true_label"]]
+            share = f"{sum(r['true_label'] == name for r in right) / len(right):.1%}" if right else "unknown"
+            table.append([_cell(name), _cell(len(mine), cls=name), _cell(share)])
+        text = (
+            f"<h2>Pseudo-labels</h2><p>{len(chosen)} of the {len(rows)} unlabelled images were trained on under a "
+            "pseudo-label (pseudo_labels.csv has every unlabelled image, its pseudo-label and the probe's "
+            "probability)"
+        )
+        if known:
+            text += f"; {sum(r['pseudo_label'] == r['true_label'] for r in known) / len(known):.1%} of them right"
+            text += " (the source knows their true labels)"
+        return text + ".</p>" + _table(["class", "pseudo-labelled", "right"], table)
     return None
 
 

@@ -69,6 +69,7 @@ FILES = {  # key -> path inside a run folder ("/" separates folders; {fields} ar
     "timings": "timings.json",
     "splits": "splits.csv",
     "label_issues": "label_issues.csv",  # suspected label errors among the training images
+    "pseudo_labels": "pseudo_labels.csv",  # the unlabelled images' pseudo-labels (--unlabelled)
     "scratch": "scratch",
     "exports": "exports",  # benchmark_exports' files, in a run
     "exports_table": "exports.json",  # its table, in the folder it writes to

@@ -14,6 +14,7 @@ from keras_transfer.data.records import SPLITS, has_label, is_int, readable
 from keras_transfer.data.sources import read_issue_rows, with_given_splits, without_issues
 from keras_transfer.data.sources import records as source_records
 from keras_transfer.data.splits import select_classes, split_indices
+from keras_transfer.data.unlabelled import unlabelled_images, with_pseudo_labelled
 from keras_transfer.images import image_size as image_size_rule
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,11 @@ class DatasetInfo:
             1-pixel image): a list to look at.
         files: split -> the path of each image, in the order the split yields them (None for sources without
             files: arrays, TFDS, shards).
-        labels: split -> each image's label (an id, or a 0/1 row for several labels per image), in the same order.
+        labels: split -> each image's label (an id, or a 0/1 row for several labels per image), in the same order;
+            `"unlabelled"`: the unlabelled images' true labels where the source knows them (`"rest"`), else -1.
+        unlabelled: with `unlabelled=`, a dataset of `(images, labels)` batches of the unlabelled images, in
+            order, unshuffled (labels as in `labels["unlabelled"]`, never for training); their number is
+            `sizes["unlabelled"]` and their files `files["unlabelled"]`.
     """
 
     source: str
@@ -51,6 +56,7 @@ class DatasetInfo:
     files: dict | None = None
     outliers: list = dataclasses.field(default_factory=list)
     labels: dict = dataclasses.field(default_factory=dict, repr=False)
+    unlabelled: object = dataclasses.field(default=None, repr=False)
 
     @property
     def num_classes(self):
@@ -85,6 +91,8 @@ def load_dataset(
     test=None,
     exclude_issues=None,
     relabel_issues=None,
+    unlabelled=None,
+    pseudo_labels=None,
 ):
     """Loads an image classification dataset as batched `tf.data` pipelines.
 
@@ -122,6 +130,12 @@ def load_dataset(
             errors. Validation and test images keep their labels as given.
         relabel_issues: the same file, its training images given their `suggested` class instead (one label per
             image).
+        unlabelled: images without labels, for semi-supervised training: `"rest"`, the training images that
+            `labels_per_class` leaves out (their labels kept aside in `info.labels["unlabelled"]`, to measure
+            pseudo-labels), or a folder of images (subfolders included; an image the source holds already is
+            left out, one that is a validation or test image refused). They come as `info.unlabelled`.
+        pseudo_labels: with `unlabelled`, a class id per unlabelled image (-1: none): those images join the
+            training split with that label (`keras_transfer.semi_supervised` chooses them).
 
     A table's unusable rows and a folder's unreadable files are left out and listed in `info.skipped`. Several
     labels per image split iteratively (Sechidis et al. 2011), so that every label keeps its share in every split
@@ -163,7 +177,16 @@ def load_dataset(
         multi_label=records.multi_label,
     )
     pipeline = dict(size=size, batch_size=batch_size, cache=cache, seed=seed, deterministic=deterministic)
-    datasets = {split: _split_dataset(records, split, selected, indices[split], info, pipeline) for split in SPLITS}
+    extra = _unlabelled(unlabelled, pseudo_labels, records, selected, indices)
+    pseudo = (extra, pseudo_labels) if pseudo_labels is not None else None
+    datasets = {
+        split: _split_dataset(
+            records, split, selected, indices[split], info, pipeline, pseudo if split == "train" else None
+        )
+        for split in SPLITS
+    }
+    if extra is not None:
+        _record_unlabelled(info, extra, records.files is not None, pipeline)
     if not info.sizes["train"]:
         raise ValueError(f"No training images left in {records.name!r} after the class selection and splits.")
     _warn_missing_classes(info.counts)
@@ -198,22 +221,26 @@ def _without_issues(records, exclude_issues, relabel_issues):
     return records
 
 
-def _split_dataset(records, split, selected, idx, info, pipeline):
-    """One split's pipeline (None when it has no images); its counts, size and files recorded in `info`."""
+def _split_dataset(records, split, selected, idx, info, pipeline, pseudo=None):
+    """One split's pipeline (None when it has no images); its counts, size, labels and files recorded in `info`.
+    `pseudo`: `(Unlabelled, pseudo_labels)` whose chosen images join this (training) split."""
     origin = split if split in records.labels else "train"  # a split the source lacks is drawn from its train
     labels = selected[origin][idx]
+    files = None if records.files is None else records.files[origin][idx]
+    images = (records.worker_images if split == "train" and records.worker_images else records.images)(origin, idx)
+    if pseudo is not None:
+        images, labels, files = with_pseudo_labelled(images, labels, files, *pseudo)
     info.counts[split] = {name: int(np.sum(has_label(labels, i))) for i, name in enumerate(info.class_names)}
     info.sizes[split] = len(labels)
     info.labels[split] = labels
-    if records.files is not None:
+    if files is not None:
         info.files = info.files or {}
-        info.files[split] = [os.fsdecode(p) for p in records.files[origin][idx]]
+        info.files[split] = [os.fsdecode(p) for p in files]
     if not len(labels):
         return None
     served = records.service if split == "train" else None
-    images = records.worker_images if split == "train" and records.worker_images else records.images
     return build_pipeline(
-        images(origin, idx),
+        images,
         labels,
         size=pipeline["size"],
         batch_size=pipeline["batch_size"],
@@ -223,6 +250,39 @@ def _split_dataset(records, split, selected, idx, info, pipeline):
         service=served,
         seed=pipeline["seed"],
         deterministic=pipeline["deterministic"],
+    )
+
+
+def _unlabelled(unlabelled, pseudo_labels, records, selected, indices):
+    """The `Unlabelled` images of `load_dataset(unlabelled=...)`, None without; checked."""
+    if unlabelled is None:
+        if pseudo_labels is not None:
+            raise ValueError("pseudo_labels label unlabelled images: give unlabelled too. Received: unlabelled=None")
+        return None
+    if records.multi_label:
+        raise ValueError(
+            "Unlabelled images are for one label per image; this source has several. Received: "
+            f"unlabelled={unlabelled!r}"
+        )
+    return unlabelled_images(unlabelled, records, selected, indices)
+
+
+def _record_unlabelled(info, extra, with_files, pipeline):
+    """`info` of the unlabelled images: their number, labels, files and ordered pipeline (`info.unlabelled`)."""
+    info.skipped += extra.skipped
+    info.sizes["unlabelled"], info.labels["unlabelled"] = len(extra.labels), extra.labels
+    if with_files and extra.files is not None:
+        info.files["unlabelled"] = [os.fsdecode(p) for p in extra.files]
+    info.unlabelled = build_pipeline(
+        extra.images(np.arange(len(extra.labels))),
+        extra.labels,
+        size=pipeline["size"],
+        batch_size=pipeline["batch_size"],
+        training=False,
+        cache=False,
+        cache_name="unlabelled",
+        seed=0,
+        deterministic=True,
     )
 
 

@@ -126,3 +126,42 @@ def _digest(path):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.digest()
+
+
+def new_images(paths, others):
+    """Which of `others` (bytes paths of unlabelled images) are images of their own: each once, none that the
+    labelled `paths` (split -> bytes paths) hold already. One that is a training image is left out (it is trained
+    on with its label); one that is a validation or test image is refused, since training on it, even unlabelled,
+    would leak it into the evaluation.
+
+    Returns:
+        `(keep, skipped)`: positions of `others` to keep, and `(path, reason)` for each one left out.
+
+    Raises:
+        ValueError: naming the unlabelled images that are validation or test images.
+    """
+    every = {**paths, "unlabelled": others}
+    order = [
+        (split, i) for split in (*[s for s in SPLITS if s in paths], "unlabelled") for i in range(len(every[split]))
+    ]
+    same = _same_images(every, order, {at: k for k, at in enumerate(order)})
+    same = {other: found for other, found in same.items() if other[0] == "unlabelled"}
+    leaks = [(other, kept) for other, (kept, _) in same.items() if kept[0] in ("validation", "test")]
+    if leaks:
+        named = "; ".join(
+            f"{readable(every[o[0]][o[1]])} is {kept[0]} image {readable(every[kept[0]][kept[1]])}"
+            for o, kept in leaks[:3]
+        ) + (f"; and {len(leaks) - 3} more" if len(leaks) > 3 else "")
+        raise ValueError(
+            f"{len(leaks)} unlabelled image{'s are' if len(leaks) > 1 else ' is'} also in the validation or test "
+            f"split: {named}. Remove them from the unlabelled images: a model "
+            "must not train on the images it is scored on."
+        )
+    skipped = [
+        (
+            readable(others[o[1]]),
+            f"unlabelled image: duplicate of {readable(every[kept[0]][kept[1]])} ({how}, in {kept[0]})",
+        )
+        for o, (kept, how) in same.items()
+    ]
+    return np.array([i for i in range(len(others)) if ("unlabelled", i) not in same], np.int64), skipped

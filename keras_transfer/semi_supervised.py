@@ -1,0 +1,127 @@
+"""Training with unlabelled images too (`--unlabelled`, `semi_supervised="pseudo-label"`): pseudo-labels from a
+linear probe on the pretrained backbone's pooled features, refined over a few rounds (self-training, as USB's
+pseudo-label baseline does online, here once on cached features), class-balanced (each class at most the same
+number, its most confident images) and thresholded on the probe's probability; the run then fine-tunes (LP-FT) on
+the labelled and pseudo-labelled images together.
+
+`pseudo_labels` is the method on features; `pseudo_label_images` runs it for a `load_dataset` result and a model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import math
+import time
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("pseudo-label",)
+PER_CLASS = 100  # pseudo-labelled images per class at most, unless told
+THRESHOLD = 0.5  # the probe's probability a pseudo-label needs at least
+ROUNDS = 3  # self-training rounds: the probe refitted on the labelled and pseudo-labelled images of the last
+
+
+def pseudo_labels(
+    labelled, labels, unlabelled, num_classes, *, per_class=PER_CLASS, threshold=THRESHOLD, rounds=ROUNDS
+):
+    """Pseudo-labels of the `unlabelled` features from the labelled ones: round r of `rounds` fits the linear probe
+    (`heads.fit_probe`) on the labelled features and the pseudo-labels of the round before, then gives each class
+    its most confident unlabelled images predicted as it, with probability >= `threshold`, at most
+    `ceil(per_class * r / rounds)` of them.
+
+    Returns:
+        `(pseudo, confidence)`: a class id per unlabelled image (-1: not chosen) and the probe's probability of its
+        likeliest class (of the last round).
+    """
+    from keras_transfer.heads import fit_probe
+
+    if not (0 <= threshold < 1) or not isinstance(per_class, int) or per_class < 1 or rounds < 1:
+        raise ValueError(
+            "pseudo-labels need 0 <= threshold < 1, per_class >= 1 and rounds >= 1. Received: "
+            f"threshold={threshold!r}, per_class={per_class!r}, rounds={rounds!r}"
+        )
+    pseudo = np.full(len(unlabelled), -1, np.int64)
+    for r in range(1, rounds + 1):
+        chosen = pseudo >= 0
+        x = np.concatenate([labelled, unlabelled[chosen]])
+        kernel, bias = fit_probe(x, np.concatenate([labels, pseudo[chosen]]), num_classes)
+        logits = unlabelled @ kernel + bias
+        p = np.exp(logits - logits.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        guess, confidence = p.argmax(axis=1), p.max(axis=1)
+        quota, pseudo = math.ceil(per_class * r / rounds), np.full(len(unlabelled), -1, np.int64)
+        for c in range(num_classes):
+            candidates = np.flatnonzero((guess == c) & (confidence >= threshold))
+            best = candidates[np.argsort(-confidence[candidates], kind="stable")[:quota]]
+            pseudo[best] = c
+    return pseudo, confidence
+
+
+def pseudo_label_images(model, train, info, *, per_class=PER_CLASS, threshold=THRESHOLD, rounds=ROUNDS):
+    """`pseudo_labels` for a `load_dataset(..., unlabelled=...)` result: the pooled features of `model` (a run's
+    model before training) over the labelled `train` batches and `info.unlabelled`.
+
+    Returns:
+        `(pseudo, confidence, seconds)`, the first two as `pseudo_labels`'.
+    """
+    from keras_transfer.models import extract_features
+
+    start = time.perf_counter()
+    labelled, labels = extract_features(model, train)
+    unlabelled, _ = extract_features(model, info.unlabelled)
+    if len(unlabelled) != info.sizes["unlabelled"]:
+        raise ValueError(
+            f"{info.sizes['unlabelled'] - len(unlabelled)} unlabelled images could not be decoded; remove them and "
+            "run again."
+        )
+    pseudo, confidence = pseudo_labels(
+        labelled, labels, unlabelled, info.num_classes, per_class=per_class, threshold=threshold, rounds=rounds
+    )
+    return pseudo, confidence, round(time.perf_counter() - start, 1)
+
+
+def pseudo_summary(pseudo, truth, class_names):
+    """One line: how many images got a pseudo-label, per class, and how many are right where `truth` (the true
+    labels, -1 where unknown) says."""
+    counts = ", ".join(f"{name} {int(np.sum(pseudo == c))}" for c, name in enumerate(class_names))
+    chosen = pseudo >= 0
+    text = f"{int(chosen.sum())} of the {len(pseudo)} unlabelled images ({counts})"
+    known = chosen & (truth >= 0)
+    if known.any():
+        text += f"; {np.mean(pseudo[known] == truth[known]):.1%} of them right (their true labels are known)"
+    return text
+
+
+COLUMNS = ("index", "path", "pseudo_label", "confidence", "true_label")
+
+
+def pseudo_labels_csv(pseudo, confidence, info):
+    """The text of a run's `pseudo_labels.csv`: a row per unlabelled image (`index` in `info.unlabelled`'s order,
+    its `path` where it has one), its `pseudo_label` (a class name, empty where none was chosen), the probe's
+    `confidence`, and its `true_label` where the source knows it."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    files = (info.files or {}).get("unlabelled")
+    names = lambda ids, i: info.class_names[ids[i]] if ids[i] >= 0 else ""
+    truth = info.labels["unlabelled"]
+    for i in range(len(pseudo)):
+        path = files[i] if files else f"#{i}"
+        writer.writerow([i, path, names(pseudo, i), f"{confidence[i]:.4f}", names(truth, i)])
+    return text.getvalue()
+
+
+def read_pseudo_labels(path, info):
+    """The pseudo-labels (class ids, -1 for none) a run wrote to `path` (`pseudo_labels_csv`) before a kill, or
+    None when there is no such file or it is not of `info`'s unlabelled images and classes."""
+    with contextlib.suppress(OSError), open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+        ids = {name: i for i, name in enumerate(info.class_names)} | {"": -1}
+        if len(rows) == info.sizes["unlabelled"] and all(row["pseudo_label"] in ids for row in rows):
+            return np.array([ids[row["pseudo_label"]] for row in rows], np.int64)
+    return None
