@@ -38,6 +38,10 @@ browser:
 demo: $(BIN)/.installed datasets
 	$(BIN)/python scripts/demo.py
 
+# The demo with the other training images of classes 5-9 as unlabelled images too (pseudo-labels; longer)
+demo-semi: $(BIN)/.installed datasets
+	$(BIN)/python scripts/demo.py --unlabelled rest --output saved_models/demo-semi
+
 # Everything: lint and format checks, then the whole suite (what CI runs), one worker per core (pytest-xdist;
 # each test file stays on one worker, so its module fixtures are built once).
 test: $(BIN)/.installed datasets browser lint
@@ -52,4 +56,4 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-.PHONY: browser datasets demo lint test test-fast
+.PHONY: browser datasets demo demo-semi lint test test-fast

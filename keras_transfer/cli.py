@@ -122,7 +122,7 @@ HELP = {
     "exclude_issues": "a label_issues.csv (keras-transfer label-issues): train without its images",
     "relabel_issues": "a label_issues.csv: train with its images given their suggested class",
     "unlabelled": "images without labels to learn from too: rest (the training images --labels-per-class leaves "
-    "out, their labels unused) or a folder of images",
+    "out, their labels unused), a folder of images, or a CSV file of image paths (its rows without a label)",
     "semi_supervised": "how --unlabelled images are used: pseudo-label (a linear probe on the backbone's features "
     "labels the most confident of each class, 3 self-training rounds; then LP-FT on both)",
     "pseudo_labels_per_class": "at most this many pseudo-labelled images per class",

@@ -132,8 +132,9 @@ def load_dataset(
             image).
         unlabelled: images without labels, for semi-supervised training: `"rest"`, the training images that
             `labels_per_class` leaves out (their labels kept aside in `info.labels["unlabelled"]`, to measure
-            pseudo-labels), or a folder of images (subfolders included; an image the source holds already is
-            left out, one that is a validation or test image refused). They come as `info.unlabelled`.
+            pseudo-labels), a folder of images (subfolders included), or a CSV file or DataFrame whose rows
+            without a label name images; an image the source holds already is left out, one that is a validation
+            or test image refused. They come as `info.unlabelled`.
         pseudo_labels: with `unlabelled`, a class id per unlabelled image (-1: none): those images join the
             training split with that label (`keras_transfer.semi_supervised` chooses them).
 

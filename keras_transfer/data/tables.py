@@ -325,3 +325,24 @@ def _split_value(row, cells, column):
             "valid) or test."
         )
     return SPLIT_VALUES[value]
+
+
+def unlabelled_paths(source, label_column="label"):
+    """The images of a table's rows without a label (a table of paths alone, or the rows of a labelled table
+    whose `label_column` cell is empty): `(paths, skipped)`, relative paths from the table's folder, and `(path,
+    "row N: reason")` for rows whose file is missing or not a whole image."""
+    name, rows, columns, root = _read_table(source, None)
+    path_column = _table_column(None, columns, "path_column", PATH_COLUMNS)
+    paths, skipped = [], []
+    for row, cells in rows:
+        given = cells.get(path_column, "")
+        if cells.get(label_column, "") or not given:  # a labelled row belongs to the labelled source
+            continue
+        path = os.path.normpath(os.path.join(root, os.path.expanduser(given)))
+        reason = ("file missing" if not os.path.exists(path) else "not a file") if not os.path.isfile(path) else None
+        reason = reason or image_problem(path)
+        if reason:
+            skipped.append((path, f"row {row}: {reason}"))
+        else:
+            paths.append(path)
+    return paths, skipped

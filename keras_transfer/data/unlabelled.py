@@ -1,6 +1,7 @@
 """Images without labels, beside a labelled source (`load_dataset(..., unlabelled=...)`): the training images that
-`labels_per_class` left out (`"rest"`), or a folder of images; and the training split with some of them given
-pseudo-labels (`pseudo_labels=`), for semi-supervised training (`keras_transfer.semi_supervised`)."""
+`labels_per_class` left out (`"rest"`), a folder of images, or a table's rows without a label; and the training
+split with some of them given pseudo-labels (`pseudo_labels=`), for semi-supervised training
+(`keras_transfer.semi_supervised`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import tensorflow as tf
 
 from keras_transfer.data.duplicates import new_images
 from keras_transfer.data.pipeline import decode_files
+from keras_transfer.data.tables import is_dataframe, unlabelled_paths
 from keras_transfer.images import find_images
 
 REST = "rest"  # the training images `labels_per_class` left out, without their labels
@@ -30,9 +32,9 @@ class Unlabelled:
 
 
 def unlabelled_images(unlabelled, records, selected, indices):
-    """The `Unlabelled` of `unlabelled` (`"rest"` or a folder) for `records` (`selected`: split -> labels in the
-    kept classes' ids; `indices`: split -> positions, as `split_indices` drew them, `"rest"` the training positions
-    `labels_per_class` left out).
+    """The `Unlabelled` of `unlabelled` (`"rest"`, a folder, a CSV file or DataFrame) for `records`
+    (`selected`: split -> labels in the kept classes' ids; `indices`: split -> positions, as `split_indices` drew
+    them, `"rest"` the training positions `labels_per_class` left out).
 
     Raises:
         ValueError: for another value, `"rest"` without `labels_per_class` (nothing left out), a folder that is not
@@ -53,12 +55,15 @@ def unlabelled_images(unlabelled, records, selected, indices):
             )
         files = None if records.files is None else records.files["train"][rest]
         return Unlabelled(lambda idx: records.images("train", rest[idx]), selected["train"][rest], files, [])
-    if not isinstance(unlabelled, (str, os.PathLike)) or not os.path.isdir(unlabelled):
+    if is_dataframe(unlabelled) or (isinstance(unlabelled, (str, os.PathLike)) and os.path.isfile(unlabelled)):
+        found, skipped = unlabelled_paths(unlabelled)
+    elif isinstance(unlabelled, (str, os.PathLike)) and os.path.isdir(unlabelled):
+        found, skipped = find_images(os.fspath(unlabelled))
+    else:
         raise ValueError(
-            "unlabelled must be 'rest' (with labels_per_class) or a folder of images (subfolders included). "
-            f"Received: unlabelled={unlabelled!r}"
+            "unlabelled must be 'rest' (with labels_per_class), a folder of images (subfolders included) or a "
+            f"CSV file or DataFrame of image paths (rows without a label). Received: unlabelled={unlabelled!r}"
         )
-    found, skipped = find_images(os.fspath(unlabelled))
     paths = np.array([os.fsencode(p) for p in found], dtype=object)
     origin = lambda split: split if split in records.labels else "train"
     labelled = (
@@ -67,7 +72,7 @@ def unlabelled_images(unlabelled, records, selected, indices):
     keep, duplicates = new_images(labelled, paths) if paths.size else (np.arange(0), [])
     paths = paths[keep]
     if not len(paths):
-        raise ValueError(f"The unlabelled folder {os.fspath(unlabelled)!r} holds no readable image of its own.")
+        raise ValueError(f"The unlabelled images {unlabelled!r} hold no readable image of their own.")
 
     def images(idx):
         chosen = paths[idx]

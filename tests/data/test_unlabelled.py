@@ -60,5 +60,20 @@ def test_a_folder_of_unlabelled_images_keeps_new_ones_drops_training_copies_and_
     shutil.copy(info.files["test"][0], extra / "copy_of_a_test_image.png")
     with pytest.raises(ValueError, match=r"copy_of_a_test_image.png is test image .*must not train on the images"):
         _load(colour_folder, unlabelled=str(extra))
-    with pytest.raises(ValueError, match=r"'rest' \(with labels_per_class\) or a folder"):
+    with pytest.raises(ValueError, match=r"'rest' \(with labels_per_class\), a folder of images .* or a CSV file"):
         _load(colour_folder, unlabelled=str(tmp_path / "missing"))
+
+
+def test_the_rows_of_a_table_without_a_label_are_its_unlabelled_images(colour_folder, tmp_path):
+    rows = ["path,label"]
+    for colour in COLOURS:
+        rows += [f"{colour_folder}/{colour}/{i}.png,{colour if i < 9 else ''}" for i in range(12)]
+    rows.append("nowhere.png,")
+    (tmp_path / "table.csv").write_text("\n".join(rows) + "\n")
+    table = str(tmp_path / "table.csv")
+    _, _, _, info = _load(table, unlabelled=table)  # the same table: its labelled rows train, the others do not
+    assert info.sizes["unlabelled"] == 9 and all(int(os.path.basename(p)[:-4]) >= 9 for p in info.files["unlabelled"])
+    assert any(p.endswith("nowhere.png") and "file missing" in why for p, why in info.skipped)
+    assert not set(info.files["unlabelled"]) & {
+        p for split in ("train", "validation", "test") for p in info.files[split]
+    }
