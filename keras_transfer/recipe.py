@@ -271,7 +271,7 @@ def _run(config, resolved, model, data, strategy, policy, run_id, verbose):
     if report:
         logger.info(f"\n{data['split']}: {report}")
     if issues is not None:
-        logger.info(f"\n{_issues_line(issues, data['info'])}; to train without them: --exclude-issues {issues[1]}")
+        logger.info(f"\n{_issues_line(issues)}; to train without them: --exclude-issues {issues[1]}")
     if "pseudo" in data:
         logger.info(f"Pseudo-labelled: {data['pseudo']}")
     if exported:
@@ -295,14 +295,14 @@ def _run(config, resolved, model, data, strategy, policy, run_id, verbose):
 
 def _label_issues(config, model, data, strategy):
     """Suspected label errors among the training images, from `model` before training (its pretrained features),
-    written to the run folder's `label_issues.csv`: `(count, path)`, or None where none were looked for (said why,
-    unless turned off or the source has no files to name)."""
+    written to the run folder's `label_issues.csv`: `(count, path, training images)`, or None where none were
+    looked for (said why, unless turned off or the source has no files to name)."""
     info, path = data["info"], run_file(config.output, "label_issues")
     if not config.label_issues or info.files is None:
         return None
     if os.path.isfile(path):  # found before a kill; the run folder's identity says they are of these images
         with open(path, newline="") as f:
-            return sum(1 for _ in csv.DictReader(f)), path
+            return sum(1 for _ in csv.DictReader(f)), path, info.sizes["train"]
     enough = [n for n in info.counts["train"].values() if n >= FOLDS]
     if is_multi_worker(strategy) or len(enough) < 2:
         why = "under several workers" if len(enough) >= 2 else f"fewer than {FOLDS} training images in two classes"
@@ -310,9 +310,9 @@ def _label_issues(config, model, data, strategy):
         return None
     issues = split_label_issues(model, info, batch_size=config.batch_size, seed=config.seed)
     write_text(path, issues_csv(issues.rows))
-    found = (len(issues.rows), path)
+    found = (len(issues.rows), path, info.sizes["train"])
     logger.info(
-        f"{_issues_line(found, info)} ({FOLDS}-fold probe on the backbone's features before training, confident "
+        f"{_issues_line(found)} ({FOLDS}-fold probe on the backbone's features before training, confident "
         f"learning; {sum(issues.seconds.values()):.1f} s)"
     )
     return found
@@ -348,8 +348,8 @@ def _pseudo_labelled(config, resolved, model, data, strategy):
     return again
 
 
-def _issues_line(found, info):
-    return f"Suspected label errors: {found[0]} of the {info.sizes['train']} training images, in {found[1]}"
+def _issues_line(found):
+    return f"Suspected label errors: {found[0]} of the {found[2]} training images, in {found[1]}"
 
 
 def _thresholds(model, data):

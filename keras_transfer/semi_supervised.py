@@ -20,7 +20,6 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("pseudo-label",)
 PER_CLASS = 100  # pseudo-labelled images per class at most, unless told
 THRESHOLD = 0.5  # the probe's probability a pseudo-label needs at least
 ROUNDS = 3  # self-training rounds: the probe refitted on the labelled and pseudo-labelled images of the last

@@ -34,7 +34,7 @@ def test_pseudo_labels_are_class_balanced_confident_and_right_on_separable_featu
 def test_the_command_trains_on_pseudo_labelled_images_and_shows_them(colour_folder, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["--data", str(colour_folder), "--backbone", "vgg16", "--weights", "none", "--image-size", "32"]
-    args += ["--batch-size", "4", "--head-epochs", "1", "--fine-tune-epochs", "1", "--labels-per-class", "3"]
+    args += ["--batch-size", "4", "--head-epochs", "1", "--fine-tune-epochs", "1", "--labels-per-class", "5"]
     args += ["--unlabelled", "rest", "--pseudo-labels-per-class", "2", "--output", str(run)]
     assert main(args) == 0
     printed = capsys.readouterr().out
@@ -44,13 +44,14 @@ def test_the_command_trains_on_pseudo_labelled_images_and_shows_them(colour_fold
     assert rows and list(rows[0]) == ["index", "path", "pseudo_label", "confidence", "true_label"]
     assert all(r["true_label"] == r["path"].split("/")[-2] for r in rows)  # "rest" knows the true labels
     assert 0 < len(chosen) <= 6 and all(float(r["confidence"]) >= 0.5 for r in chosen)
-    assert f"Training on 9 labelled and {len(chosen)} pseudo-labelled images" in printed
+    assert f"Training on 15 labelled and {len(chosen)} pseudo-labelled images" in printed
+    assert printed.count("Suspected label errors: ") == 2 and "of the 15 training images" in printed  # before
     assert printed.count("Pseudo-labelled: ") == 1 and printed.count("unlabelled images (") == 2
     with open(run / "splits.csv") as f:
         splits = {}
         for row in csv.DictReader(f):
             splits.setdefault(row["split"], []).append(row["path"])
-    assert {r["path"] for r in chosen} <= set(splits["train"]) and len(splits["train"]) == 9 + len(chosen)
+    assert {r["path"] for r in chosen} <= set(splits["train"]) and len(splits["train"]) == 15 + len(chosen)
     assert not {r["path"] for r in chosen} & set(splits["unlabelled"])  # each image in one split
     page = (run / "report.html").read_text()
     assert f"<h2>Pseudo-labels</h2><p>{len(chosen)} of the {len(rows)} unlabelled images" in page
