@@ -271,7 +271,8 @@ def _run(config, resolved, model, data, strategy, policy, run_id, verbose):
     if report:
         logger.info(f"\n{data['split']}: {report}")
     if issues is not None:
-        logger.info(f"\n{_issues_line(issues)}; to train without them: --exclude-issues {issues[1]}")
+        hint = f"; to train without them: --exclude-issues {issues[1]}" if issues[0] else ""
+        logger.info(f"\n{_issues_line(issues)}{hint}")
     if "pseudo" in data:
         logger.info(f"Pseudo-labelled: {data['pseudo']}")
     if exported:
@@ -349,7 +350,10 @@ def _pseudo_labelled(config, resolved, model, data, strategy):
 
 
 def _issues_line(found):
-    return f"Suspected label errors: {found[0]} of the {found[2]} training images, in {found[1]}"
+    count, path, total = found
+    if not count:
+        return f"Suspected label errors: none among the {total} training images ({path} lists none)"
+    return f"Suspected label errors: {count} of the {total} training images, in {path}"
 
 
 def _thresholds(model, data):
