@@ -48,7 +48,7 @@ def unlabelled_images(unlabelled, records, selected, indices):
         )
     rest = indices["rest"]
     if isinstance(unlabelled, str) and unlabelled == REST:
-        if rest is None or not len(rest):
+        if not len(rest):
             raise ValueError(
                 "unlabelled='rest' takes the training images that labels_per_class leaves out, and it left none out: "
                 "give labels_per_class below the images per class. Received: unlabelled='rest'"
@@ -86,7 +86,7 @@ def with_pseudo_labelled(images, labels, files, unlabelled, pseudo_labels):
     class id (-1: left out) added under that class: `images` a `Records.images(...)` callable of the labelled ones.
 
     Raises:
-        ValueError: for `pseudo_labels` of another length than the unlabelled images, or of ids out of range.
+        ValueError: for `pseudo_labels` of another length than the unlabelled images.
     """
     pseudo = np.asarray(pseudo_labels, np.int64)
     if pseudo.shape != unlabelled.labels.shape:
