@@ -81,7 +81,7 @@ def main(argv=None):
                 results.setdefault((labels, row), []).append(accuracy)
                 print(f"{name} labels {labels} seed {seed} {row:<12} {accuracy:.4f}  ({time.time() - start:.0f} s)")
                 sys.stdout.flush()
-        _write(name, args, results, output)
+            _write(name, args, results, output)  # after each seed: a stopped benchmark keeps what it measured
     with open(output) as f:
         print(f.read())
     return 0

@@ -63,6 +63,7 @@ FLAGS = {  # group -> RunConfig fields shown as flags, in order
         "classes",
         "labels_per_class",
         "test_per_class",
+        "validation_per_class",
         "exclude_issues",
         "relabel_issues",
         "unlabelled",
@@ -119,6 +120,7 @@ HELP = {
     "classes": "class subset, names or ids (e.g. 5 6 7 8 9)",
     "labels_per_class": "keep at most this many training images per class",
     "test_per_class": "evaluate on at most this many test images per class (a stratified sample)",
+    "validation_per_class": "validate on at most this many validation images per class, each epoch",
     "exclude_issues": "a label_issues.csv (keras-transfer label-issues): train without its images",
     "relabel_issues": "a label_issues.csv: train with its images given their suggested class",
     "unlabelled": "images without labels to learn from too: rest (the training images --labels-per-class leaves "
@@ -191,6 +193,7 @@ DEFAULT_TEXT = {
     "classes": "all",
     "labels_per_class": "all",
     "test_per_class": "all",
+    "validation_per_class": "all",
     "exclude_issues": "none",
     "relabel_issues": "none",
     "unlabelled": "none",

@@ -24,6 +24,7 @@ POSITIVE = (
     "image_size",
     "labels_per_class",
     "test_per_class",
+    "validation_per_class",
     "peer_timeout",
     "pseudo_labels_per_class",
 )
@@ -78,6 +79,7 @@ class RunConfig:
     classes: list | None = None
     labels_per_class: int | None = None
     test_per_class: int | None = None
+    validation_per_class: int | None = None  # at most this many validation images per class (validated each epoch)
     augment: bool | str = "auto"  # "auto": on for image files (folders, tables), off for arrays and TFDS
     seed: int = 0
     # Model

@@ -361,7 +361,15 @@ def _scores_text(row):
     return "  ".join(f"{name} {row[name]:.4f}" for name in SCORES)
 
 
-_SPLIT_OPTIONS = ("validation_split", "test_split", "classes", "validation", "test", "test_per_class")
+_SPLIT_OPTIONS = (
+    "validation_split",
+    "test_split",
+    "classes",
+    "validation",
+    "test",
+    "test_per_class",
+    "validation_per_class",
+)
 COLUMNS = (
     "rank",
     "candidate",

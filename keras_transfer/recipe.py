@@ -587,6 +587,7 @@ def _load(config, size, strategy, pseudo_labels=None):
         classes=config.classes,
         labels_per_class=config.labels_per_class,
         test_per_class=config.test_per_class,
+        validation_per_class=config.validation_per_class,
         exclude_issues=config.exclude_issues,
         relabel_issues=config.relabel_issues,
         unlabelled=config.unlabelled,

@@ -19,6 +19,8 @@ from keras_transfer.images import image_size as image_size_rule
 
 logger = logging.getLogger(__name__)
 
+PER_CLASS_ARGUMENTS = {"train": "labels_per_class", "validation": "validation_per_class", "test": "test_per_class"}
+
 
 @dataclasses.dataclass
 class DatasetInfo:
@@ -86,6 +88,7 @@ def load_dataset(
     classes=None,
     labels_per_class=None,
     test_per_class=None,
+    validation_per_class=None,
     deterministic=False,
     validation=None,
     test=None,
@@ -118,6 +121,9 @@ def load_dataset(
             come with others then have more).
         test_per_class: keep at most this many test images per class: a stratified sample, drawn with `seed`, for a
             quicker evaluation (the standard error of an accuracy grows as 1/sqrt(test images)).
+        validation_per_class: the same for the validation split, which is evaluated after every epoch: with
+            `labels_per_class` on a source with a large validation split of its own (Fashion-MNIST: 1,200 per class),
+            validation would otherwise cost more than training.
         deterministic: keep a reproducible element order in the training split too (slower parallel decoding).
             Validation and test splits always keep their order, so `model.predict(test)` lines up with the labels
             of another pass over `test`.
@@ -158,14 +164,14 @@ def load_dataset(
     >>> info.num_classes, sum(info.counts["test"].values())
     (10, 179)
     """
-    size = _check_arguments(image_size, batch_size, validation_split, test_split, labels_per_class, test_per_class)
+    per_class = {"train": labels_per_class, "validation": validation_per_class, "test": test_per_class}
+    size = _check_arguments(image_size, batch_size, validation_split, test_split, per_class)
     records = source_records(source)
     given = {split: source_records(s) for split, s in (("validation", validation), ("test", test)) if s is not None}
     records = with_given_splits(records, given) if given else records
     records = _without_issues(records, exclude_issues, relabel_issues)
     keep_ids, class_names = select_classes(records.class_names, classes)
     selected = _selected_labels(records, keep_ids)
-    per_class = (labels_per_class, test_per_class)
     indices = split_indices(selected, validation_split, test_split, per_class, seed, records.multi_label)
     info = DatasetInfo(
         source=records.name,
@@ -383,7 +389,7 @@ def _warn_missing_classes(counts):
                 )
 
 
-def _check_arguments(image_size, batch_size, validation_split, test_split, labels_per_class, test_per_class):
+def _check_arguments(image_size, batch_size, validation_split, test_split, per_class=None):
     """The image size as `(height, width)`, after checking every numeric argument of `load_dataset`."""
     size = image_size_rule(image_size)
     for name, value in (("validation_split", validation_split), ("test_split", test_split)):
@@ -394,11 +400,8 @@ def _check_arguments(image_size, batch_size, validation_split, test_split, label
             "validation_split + test_split must leave images for training. "
             f"Received: validation_split={validation_split!r}, test_split={test_split!r}"
         )
-    for name, value in (
-        ("batch_size", batch_size),
-        ("labels_per_class", labels_per_class),
-        ("test_per_class", test_per_class),
-    ):
+    limits = {PER_CLASS_ARGUMENTS[split]: n for split, n in (per_class or {}).items()}
+    for name, value in (("batch_size", batch_size), *limits.items()):
         if (value is not None or name == "batch_size") and (not is_int(value) or value < 1):
             raise ValueError(f"{name} must be a positive integer. Received: {name}={value!r}")
     return size
@@ -408,7 +411,7 @@ def ordered_images(files, labels, *, image_size, batch_size):
     """`(images, labels)` batches of the image `files` in their order, unshuffled and unaugmented, as an
     evaluation split is read (`DatasetInfo.files` and `.labels` of a split give the same images as its pipeline, in
     an order a result can be matched to). Images that fail to decode are left out; the caller checks counts."""
-    size = _check_arguments(image_size, batch_size, 0.0, 0.0, None, None)
+    size = _check_arguments(image_size, batch_size, 0.0, 0.0)
     return build_pipeline(
         lambda labels, size, seed, dtype: decode_files(files, labels, size, seed, dtype),
         np.asarray(labels),
@@ -432,7 +435,7 @@ def every_image(source, *, image_size=(224, 224), batch_size=32):
         which in turn hold every image; their labels (ids, or 0/1 rows) and files (None for sources without files)
         in the same order.
     """
-    size = _check_arguments(image_size, batch_size, 0.0, 0.0, None, None)
+    size = _check_arguments(image_size, batch_size, 0.0, 0.0)
     records = source_records(source)
     keep_ids, class_names = select_classes(records.class_names, None)
     selected = _selected_labels(records, keep_ids)

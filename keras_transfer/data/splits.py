@@ -12,7 +12,7 @@ def split_indices(selected, validation_split, test_split, per_class, seed, multi
     """split -> positions into the source's own split (`train` when the source has none), for the kept classes
     (`selected`: split -> labels, from `_selected_labels`): predefined splits as they are, the missing ones
     stratified out of the training images (iteratively for `multi_label`, the records' label kind); then at most
-    `per_class = (train, test)` images per class (per label) in those splits (None: all); `"rest"`: the training
+    `per_class[split]` images per class (per label) in each split (None or absent: all); `"rest"`: the training
     positions that limit left out."""
     rng = np.random.default_rng(seed)
     kept = lambda labels: np.ones(len(labels), bool) if multi_label else labels >= 0
@@ -31,7 +31,8 @@ def split_indices(selected, validation_split, test_split, per_class, seed, multi
     for split in ("validation", "test"):
         indices.setdefault(split, train_positions[derived[split]])
     before = indices["train"]
-    for split, limit in zip(("train", "test"), per_class):
+    for split in SPLITS:
+        limit = per_class.get(split)
         if limit is not None:
             labels = selected[split if split in selected else "train"][indices[split]]
             limit_rows = _limit_per_label if multi_label else _limit_per_class

@@ -161,6 +161,18 @@ def test_a_stratified_test_sample_keeps_every_class_and_follows_the_seed():
         load_dataset("digits", test_per_class=0)
 
 
+def test_a_validation_sample_per_class_leaves_the_other_splits_as_they_were():
+    kwargs = dict(image_size=8, validation_split=0.3, test_split=0.1, seed=3)
+    _, whole, _, full = load_dataset("digits", **kwargs)
+    _, val, _, info = load_dataset("digits", validation_per_class=5, **kwargs)
+    assert info.counts["validation"] == dict.fromkeys(info.class_names, 5)
+    assert info.counts["train"] == full.counts["train"] and info.counts["test"] == full.counts["test"]
+    sample, pool = _all(val)[0].reshape(50, -1), _all(whole)[0].reshape(len(_all(whole)[0]), -1)
+    assert all((pool == image).all(axis=1).any() for image in sample)  # drawn from the validation split it limits
+    with pytest.raises(ValueError, match=r"validation_per_class must be .*Received: validation_per_class=-1"):
+        load_dataset("digits", validation_per_class=-1)
+
+
 def test_splits_are_identical_across_calls_with_one_seed_and_differ_with_another():
     def split_arrays(seed):
         _, val, test, _ = load_dataset(
