@@ -9,10 +9,16 @@ the candidate the score ranks first. Also the time of the whole ranking against 
 
 Offline candidates: EfficientNet-Lite0/1/2 with their real ImageNet weights at two or three sizes, and Lite0 with
 random weights as a control. The photo sets are `../shared/data/clothing10` and `flowers12` (see that folder's README);
-`fashion_mnist` means Fashion-MNIST classes 5-9 (Debian's dataset-fashion-mnist), 100 test images per class.
+`fashion_mnist` means Fashion-MNIST classes 5-9 (Debian's dataset-fashion-mnist), 100 test and 100 validation images
+per class.
+
+`--fine-tuned-from RESULTS.json` takes the fine-tuned accuracies (and their times) from an earlier run of this
+benchmark with the same sources, candidates, labels per class and seed, and only ranks again: for a change to the
+scores, which does not change what fine-tuning gives.
 
 Usage: python bench/rank.py SOURCE [SOURCE ...] [--labels-per-class 20] [--seed 0]
                             [--candidates efficientnet_lite0@160 ...] [--output bench/results/rank.md]
+                            [--fine-tuned-from bench/results/rank.json]
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ CANDIDATES = (
 def source_options(source):
     """`(load_dataset options, command flags)` of a source: Fashion-MNIST is classes 5-9, 100 test images each."""
     if source == "fashion_mnist":
-        return {"classes": [5, 6, 7, 8, 9], "test_per_class": 100}, ["--classes", *"56789", "--test-per-class", "100"]
+        options = {"classes": [5, 6, 7, 8, 9], "test_per_class": 100, "validation_per_class": 100}
+        return options, ["--classes", *"56789", "--test-per-class", "100", "--validation-per-class", "100"]
     return {}, []
 
 
@@ -64,7 +71,7 @@ def fine_tuned_accuracy(source, candidate, labels, seed, flags):
         return read_run_json(os.path.join(out, "run"), "report")["accuracy"]
 
 
-def one_source(source, args):
+def one_source(source, args, earlier=None):
     options, flags = source_options(source)
     candidates = [rank.parse_candidate(c) for c in args.candidates]
     with tempfile.TemporaryDirectory(prefix="rank_bench_") as out:
@@ -74,6 +81,13 @@ def one_source(source, args):
         )
         ranking_seconds = time.perf_counter() - start
     by_name = {r["candidate"]: r for r in rows}
+    if earlier is not None:
+        return {
+            "rows": rows,
+            "by_name": by_name,
+            "tuned": _earlier_tuned(earlier, candidates, args),
+            "ranking_seconds": ranking_seconds,
+        }
     tuned = {}
     for candidate in candidates:
         start = time.perf_counter()
@@ -81,6 +95,17 @@ def one_source(source, args):
         tuned[candidate.name] = (accuracy, time.perf_counter() - start)
         print(f"{source} {candidate.name}: fine-tuned {accuracy:.4f} ({tuned[candidate.name][1]:.0f} s)", flush=True)
     return {"rows": rows, "by_name": by_name, "tuned": tuned, "ranking_seconds": ranking_seconds}
+
+
+def _earlier_tuned(earlier, candidates, args):
+    """The fine-tuned `(accuracy, seconds)` of each candidate from an earlier run's results for this source."""
+    for key, value in (("labels_per_class", args.labels_per_class), ("seed", args.seed)):
+        if earlier.get(key, value) != value:
+            raise SystemExit(f"--fine-tuned-from: those fine-tunes had {key} {earlier[key]}, not {value}")
+    missing = [c.name for c in candidates if c.name not in earlier["tuned"]]
+    if missing:
+        raise SystemExit(f"--fine-tuned-from has no fine-tuned accuracy for {missing}")
+    return {c.name: tuple(earlier["tuned"][c.name]) for c in candidates}
 
 
 def agreement(result):
@@ -105,12 +130,19 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
     parser.add_argument("--output", default="bench/results/rank.md")
+    parser.add_argument("--fine-tuned-from", help="an earlier run's results JSON: its fine-tuned accuracies, reused")
     args = parser.parse_args(argv)
+    earlier = {}
+    if args.fine_tuned_from:
+        with open(args.fine_tuned_from) as f:
+            earlier = json.load(f)
     results = {}
     for source in args.sources:
         if source != "fashion_mnist" and not os.path.isdir(source):
             raise SystemExit(f"{source}: no such folder (the photo sets are in ../shared/data; see its README)")
-        results[source] = one_source(source, args)
+        if args.fine_tuned_from and source not in earlier:
+            raise SystemExit(f"--fine-tuned-from {args.fine_tuned_from} has no results for {source}")
+        results[source] = one_source(source, args, earlier.get(source))
         write(results, args)
 
 
@@ -118,8 +150,10 @@ def write(results, args):
     lines = [
         "# Does the ranking predict fine-tuned accuracy?",
         "",
-        f"`python bench/rank.py {' '.join(results)} --labels-per-class {args.labels_per_class} --seed {args.seed}`;"
-        f" {os.cpu_count()} cores. Fine-tuned: the default command's test accuracy.",
+        f"`python bench/rank.py {' '.join(results)} --labels-per-class {args.labels_per_class} --seed {args.seed}"
+        + (f" --fine-tuned-from {args.fine_tuned_from}" if args.fine_tuned_from else "")
+        + f"`; {os.cpu_count()} cores. Fine-tuned: the default command's test accuracy"
+        + (f" (from {args.fine_tuned_from}: not run again)." if args.fine_tuned_from else "."),
     ]
     for source, result in results.items():
         top_name = max(result["tuned"], key=lambda n: result["by_name"][n]["score"])
@@ -149,7 +183,13 @@ def write(results, args):
     with open(args.output, "w") as f:
         f.write(text)
     raw = {
-        s: {"ranking": r["rows"], "tuned": r["tuned"], "ranking_seconds": r["ranking_seconds"]}
+        s: {
+            "ranking": r["rows"],
+            "tuned": r["tuned"],
+            "ranking_seconds": r["ranking_seconds"],
+            "labels_per_class": args.labels_per_class,
+            "seed": args.seed,
+        }
         for s, r in results.items()
     }
     with open(os.path.splitext(args.output)[0] + ".json", "w") as f:

@@ -47,6 +47,14 @@ def test_every_score_prefers_features_that_separate_the_classes():
     assert worse["probe"] < 0.8
 
 
+def test_nleep_averages_mixtures_so_that_its_seed_matters_less_than_the_features():
+    f, labels = _features(n_per_class=10, classes=6, dim=32, separation=0.6)  # few images per mixture component
+    one = [rank.nleep(f, labels, seed=s, restarts=1) for s in range(20)]
+    assert rank.nleep(f, labels, seed=0, restarts=3) == pytest.approx(np.mean(one[:3]))
+    averaged = [rank.nleep(f, labels, seed=10 * s) for s in range(2)]  # NLEEP_RESTARTS mixtures each
+    assert np.ptp(averaged) < 0.5 * np.ptp(one)
+
+
 def test_several_labels_per_image_score_the_label_matrix():
     f, labels = _features(classes=3)
     matrix = np.eye(3)[labels]
