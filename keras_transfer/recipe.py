@@ -252,7 +252,7 @@ def _run(config, resolved, model, data, strategy, policy, run_id, verbose):
         with timings.step("linear probe"):
             probe = _probe(model, data)
     with timings.step("training"):
-        _train(resolved, config, model, data, strategy, config.output, verbose=verbose)
+        stopper = _train(resolved, config, model, data, strategy, config.output, verbose=verbose)
     if is_multi_worker(strategy):
         _say_weights(model)
     with atomic_path(run_file(config.output, "model"), work_dir=True) as tmp:
@@ -268,6 +268,9 @@ def _run(config, resolved, model, data, strategy, policy, run_id, verbose):
             exported = _export(config, model, data["info"].class_names, metrics, data["thresholds"], run_id)
     logger.info(f"\nRun folder: {config.output}  (dtype policy {policy}, {strategy.num_replicas_in_sync} replica(s))")
     print_history(read_history(config.output), config.head_epochs)
+    kept = kept_weights_line(stopper, read_history(config.output), config.head_epochs + config.fine_tune_epochs)
+    if kept:
+        logger.info(kept)
     if report:
         logger.info(f"\n{data['split']}: {report}")
     if issues is not None:
@@ -738,9 +741,26 @@ def print_history(rows, stage1_epochs):
             )
 
 
+def kept_weights_line(stopper, rows, total_epochs):
+    """What early stopping did to the model, in a line under the history table (None: nothing to say, the model has
+    its last epoch's weights): the epoch it stopped at, and the earlier epoch whose weights the model kept (the
+    lowest validation loss; `stopper.best`, found in the run's history `rows`)."""
+    scored = [e for e in rows if "val_loss" in rows[e]]
+    if stopper is None or stopper.best_weights is None or not scored:
+        return None
+    best, last = min(scored, key=lambda e: abs(rows[e]["val_loss"] - stopper.best)), max(rows)
+    kept = f"the model has the weights of epoch {best + 1} (validation loss {rows[best]['val_loss']:.4f}, the lowest)"
+    if stopper.stopped_epoch > 0:
+        return (
+            f"Early stopping: stopped after epoch {last + 1} of {total_epochs}, {stopper.patience} epochs without a "
+            f"lower validation loss; {kept}."
+        )
+    return None if best == last else f"Early stopping kept the best epoch: {kept}, not of epoch {last + 1}."
+
+
 def _train(resolved, config, model, data, strategy, run_dir, verbose=False):
     """fine_tune with the run's resolved settings, into `run_dir` (None: no folder, a worker other than the
-    chief)."""
+    chief); returns its early-stopping callback (None without one)."""
     callbacks = []
     if config.early_stopping and data["val"] is not None:  # on the validation loss only: never on the training loss
         callbacks.append(
@@ -748,7 +768,7 @@ def _train(resolved, config, model, data, strategy, run_dir, verbose=False):
         )
     watch = watch_service(config.data_service, config.peer_timeout, _lost(run_dir)) if config.data_service else None
     with watch or contextlib.nullcontext(), _damaged_shards_named(config.data):
-        return fine_tune(
+        fine_tune(
             model,
             data["train"],
             data["val"],
@@ -759,6 +779,7 @@ def _train(resolved, config, model, data, strategy, run_dir, verbose=False):
             verbose="auto" if verbose else "lines",
             **resolved.stages,
         )
+    return callbacks[0] if callbacks else None
 
 
 @contextlib.contextmanager

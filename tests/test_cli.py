@@ -365,3 +365,29 @@ def test_json_output_keeps_the_library_lines_on_standard_error(capsys):
     assert json.loads(out) == {"json": True} and "Converting the weights" in err
     assert run_command("prog", parser, [], work) == 0
     assert "Converting the weights" in capsys.readouterr().out
+
+
+def test_the_story_says_when_early_stopping_ended_the_run_and_which_epoch_the_model_kept():
+    from types import SimpleNamespace
+
+    from keras_transfer.recipe import kept_weights_line
+
+    rows = {
+        0: {"val_loss": 0.9},
+        1: {"val_loss": 0.5},
+        2: {"val_loss": 0.4},
+        3: {"val_loss": 0.6},
+        4: {"val_loss": 0.7},
+    }
+    stopped = SimpleNamespace(best=0.4, best_weights=[0], stopped_epoch=4, patience=2)
+    assert kept_weights_line(stopped, rows, 11) == (
+        "Early stopping: stopped after epoch 5 of 11, 2 epochs without a lower validation loss; the model has the "
+        "weights of epoch 3 (validation loss 0.4000, the lowest)."
+    )
+    ran_out = SimpleNamespace(best=0.4, best_weights=[0], stopped_epoch=0, patience=3)
+    assert "the weights of epoch 3 (" in kept_weights_line(ran_out, rows, 5) and "not of epoch 5" in (
+        kept_weights_line(ran_out, rows, 5)
+    )
+    last_best = {**rows, 5: {"val_loss": 0.3}}
+    assert kept_weights_line(SimpleNamespace(best=0.3, best_weights=[0], stopped_epoch=0), last_best, 6) is None
+    assert kept_weights_line(None, rows, 5) is None  # no validation split, or early stopping off
