@@ -124,9 +124,9 @@ def load_dataset(
         validation_per_class: the same for the validation split, which is evaluated after every epoch: with
             `labels_per_class` on a source with a large validation split of its own (Fashion-MNIST: 1,200 per class),
             validation would otherwise cost more than training.
-        deterministic: keep a reproducible element order in the training split too (slower parallel decoding).
-            Validation and test splits always keep their order, so `model.predict(test)` lines up with the labels
-            of another pass over `test`.
+        deterministic: keep a reproducible element order in the training split too (slower parallel decoding). A
+            cached training split always keeps it (it decodes once), and validation and test splits their order,
+            so `model.predict(test)` lines up with the labels of another pass over `test`.
         validation: a source of its own for the validation split (a folder of class folders, a CSV file, a
             `Table`, ...; the classes are matched by name): used as it is, instead of `validation_split` and of
             the source's own `validation/`.

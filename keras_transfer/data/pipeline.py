@@ -167,7 +167,9 @@ def build_pipeline(images, labels, *, size, batch_size, training, cache, cache_n
     if ds.element_spec[0].dtype != tf.float32:
         ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=AUTOTUNE)
     options = tf.data.Options()
-    options.deterministic = bool(deterministic) or not training  # evaluation order is the same on every pass
+    # Evaluation order is the same on every pass; a cached training split decodes once, in order, so that a seed
+    # gives the same batches every run (the cache filled as decodes finish made one seed's runs differ by points).
+    options.deterministic = bool(deterministic) or not training or bool(cache)
     return ds.with_options(options).prefetch(AUTOTUNE)
 
 

@@ -125,3 +125,20 @@ def test_the_command_starts_a_service_that_a_run_trains_through(tmp_path, capsys
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_cached_training_split_gives_the_same_batches_for_one_seed_in_every_run(tmp_path):
+    from conftest import write_colour_images
+
+    folder = write_colour_images(tmp_path / "images", n=40)  # parallel decodes finish in any order
+
+    def two_epochs(seed):
+        train = kt.load_dataset(folder, image_size=16, batch_size=8, validation_split=0.0, test_split=0.0, seed=seed)[0]
+        return [
+            np.concatenate([x.numpy().reshape(len(x), -1).sum(axis=1), y.numpy()]) for _ in range(2) for x, y in train
+        ]
+
+    first = two_epochs(3)
+    assert all(np.array_equal(a, b) for a, b in zip(first, two_epochs(3)))
+    assert not np.array_equal(np.concatenate(first[:15]), np.concatenate(first[15:]))  # reshuffled each epoch
+    assert not all(np.array_equal(a, b) for a, b in zip(first, two_epochs(4)))
