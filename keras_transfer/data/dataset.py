@@ -122,7 +122,7 @@ def load_dataset(
         test_per_class: keep at most this many test images per class: a stratified sample, drawn with `seed`, for a
             quicker evaluation (the standard error of an accuracy grows as 1/sqrt(test images)).
         validation_per_class: the same for the validation split, which is evaluated after every epoch: with
-            `labels_per_class` on a source with a large validation split of its own (Fashion-MNIST: 1,200 per class),
+            `labels_per_class` on a large source (Fashion-MNIST: `validation_split` 0.2 holds 1,200 images per class),
             validation would otherwise cost more than training.
         deterministic: keep a reproducible element order in the training split too (slower parallel decoding). A
             cached training split always keeps it (it decodes once), and validation and test splits their order,
