@@ -267,17 +267,7 @@ def _run(config, resolved, model, data, strategy, policy, run_id, verbose):
         with timings.step("export"):
             exported = _export(config, model, data["info"].class_names, metrics, data["thresholds"], run_id)
     logger.info(f"\nRun folder: {config.output}  (dtype policy {policy}, {strategy.num_replicas_in_sync} replica(s))")
-    print_history(read_history(config.output), config.head_epochs)
-    kept = kept_weights_line(stopper, read_history(config.output), config.head_epochs + config.fine_tune_epochs)
-    if kept:
-        logger.info(kept)
-    if report:
-        logger.info(f"\n{data['split']}: {report}")
-    if issues is not None:
-        hint = f"; to train without them: --exclude-issues {issues[1]}" if issues[0] else ""
-        logger.info(f"\n{_issues_line(issues)}{hint}")
-    if "pseudo" in data:
-        logger.info(f"Pseudo-labelled: {data['pseudo']}")
+    _closing_lines(config, data, report, issues, stopper)
     if exported:
         logger.info(f"\nSavedModel: {exported}")
     if config.export_onnx:
@@ -350,6 +340,23 @@ def _pseudo_labelled(config, resolved, model, data, strategy):
         files["unlabelled"] = [f for f, p in zip(files["unlabelled"], pseudo) if p < 0]  # the rest: unused
         write_splits(config.output, files)
     return again
+
+
+def _closing_lines(config, data, report, issues, stopper):
+    """Under the per-epoch lines: the history table, what early stopping kept, the test report, the label issues
+    and the pseudo-labels."""
+    rows = read_history(config.output)
+    print_history(rows, config.head_epochs)
+    kept = kept_weights_line(stopper, rows, config.head_epochs + config.fine_tune_epochs)
+    if kept:
+        logger.info(kept)
+    if report:
+        logger.info(f"\n{data['split']}: {report}")
+    if issues is not None:
+        hint = f"; to train without them: --exclude-issues {issues[1]}" if issues[0] else ""
+        logger.info(f"\n{_issues_line(issues)}{hint}")
+    if "pseudo" in data:
+        logger.info(f"Pseudo-labelled: {data['pseudo']}")
 
 
 def _issues_line(found):
