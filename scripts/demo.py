@@ -172,15 +172,19 @@ def main(argv=None) -> int:
         f"\n{data} classes 5-9, {args.labels_per_class} labels per class, accuracy on {summary['test_images']} "
         "held-out test images (± one standard error):"
     )
-    tuned = "fine-tuned" + (" + pseudo-labels" if args.unlabelled else "")
+    pseudo = " + pseudo-labels" if args.unlabelled else ""  # all three rows train on the pseudo-labelled images too
     rows = (
-        (f"EfficientNet-Lite0 ImageNet, {tuned}", summary["fine_tuned_accuracy"]),
-        ("linear probe on the same ImageNet features", summary["linear_probe_accuracy"]),
-        ("EfficientNet-Lite0 from scratch, same images", summary["scratch_accuracy"]),
+        (f"EfficientNet-Lite0 ImageNet, fine-tuned{pseudo}", summary["fine_tuned_accuracy"]),
+        (
+            "linear probe on the same ImageNet features" if not pseudo else f"linear probe, same features{pseudo}",
+            summary["linear_probe_accuracy"],
+        ),
+        (f"EfficientNet-Lite0 from scratch, same images{pseudo}", summary["scratch_accuracy"]),
     )
     n = summary["test_images"]
+    width = max(48, *(len(name) for name, _ in rows))
     for name, accuracy in rows:
-        print(f"  {name:<48} {accuracy:6.1%} ± {100 * (accuracy * (1 - accuracy) / n) ** 0.5:.1f}")
+        print(f"  {name:<{width}} {accuracy:6.1%} ± {100 * (accuracy * (1 - accuracy) / n) ** 0.5:.1f}")
     gain = 100 * (summary["fine_tuned_accuracy"] - summary["scratch_accuracy"])
     print(f"  fine-tuned vs scratch {gain:+.1f} points  ({summary['seconds']:.0f} s; {args.output}/summary.json)")
     return 0
