@@ -45,7 +45,7 @@ def one_per_image(paths, labels, rows=None):
         skipped.append(
             (readable(paths[other[0]][other[1]]), f"{name(other)}: {reason}" if rows is not None else reason)
         )
-    logger.warning(
+    logger.debug(  # the load's summary lists every skipped file once: no second line here
         "%d image%s listed twice (another path, a link or a copy) and kept once, in its first split (info.skipped); "
         "e.g. %s: %s.",
         len(skipped),
