@@ -41,9 +41,11 @@ def native_logs_hidden():
 
 def quiet_tensorflow():
     """Keeps TensorFlow's start-up noise off the terminal, for the rest of the process: sets
-    `TF_CPP_MIN_LOG_LEVEL=2` (unless already set), imports TensorFlow with its C++ start-up lines hidden (absl's
-    pre-init warning, oneDNN, the CUDA probe: TF 2.21 prints them before the level applies) and sets
-    TensorFlow's Python logger to errors only. Errors still raise. Does nothing with KERAS_TRANSFER_VERBOSE=1.
+    `TF_CPP_MIN_LOG_LEVEL=3` (unless already set: its C++ log lines up to errors, such as oneDNN's "supports DT_INT32
+    only on platforms with AVX-512" when a ViT trains on such a CPU, which a user cannot act on; a failure still
+    raises with its message), imports TensorFlow with its C++ start-up lines hidden (absl's pre-init warning,
+    oneDNN, the CUDA probe: TF 2.21 prints them before the level applies) and sets TensorFlow's Python logger to
+    errors only. Does nothing with KERAS_TRANSFER_VERBOSE=1.
 
     Example:
     >>> import keras_transfer as kt
@@ -51,7 +53,7 @@ def quiet_tensorflow():
     """
     if os.environ.get("KERAS_TRANSFER_VERBOSE") == "1":
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with native_logs_hidden():
         import tensorflow as tf
 

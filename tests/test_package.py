@@ -62,13 +62,19 @@ def test_using_a_name_loads_the_library_but_not_tfds_or_hub():
 
 @pytest.mark.slow
 def test_quiet_tensorflow_keeps_its_start_up_lines_off_the_terminal():
-    # Decoding too: a uint8 Transpose in its graph (EXIF turns) made oneDNN log an error line on CPUs without
-    # AVX-512, such as this project's build machines (elsewhere that part of the check cannot fail).
+    # Decoding and a ViT's training step too: a uint8 Transpose in the decoder's graph (EXIF turns), and an int32 op
+    # in a keras-hub ViT's gradient, made oneDNN log an error line on CPUs without AVX-512, such as this project's
+    # build machines (elsewhere that part of the check cannot fail).
     code = (
         "import keras_transfer as kt; kt.quiet_tensorflow(); import tensorflow as tf; tf.constant(1) + 1; "
         "from keras_transfer.images import decode_image; "
         "png = tf.io.encode_png(tf.zeros((4, 6, 3), tf.uint8)); "
-        "assert [x.shape for x in tf.data.Dataset.from_tensors(png).map(decode_image)] == [(4, 6, 3)]; print('ok')"
+        "assert [x.shape for x in tf.data.Dataset.from_tensors(png).map(decode_image)] == [(4, 6, 3)]; "
+        "import keras, keras_hub, numpy as np; "
+        "vit = keras_hub.models.ViTBackbone((32, 32, 3), 8, 1, 1, 8, 8); "
+        "m = keras.Sequential([vit, keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(2)]); "
+        "m.compile('adam', keras.losses.SparseCategoricalCrossentropy(from_logits=True)); "
+        "m.fit(np.zeros((2, 32, 32, 3)), np.zeros(2), verbose=0); print('ok')"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "KERAS_TRANSFER_VERBOSE")}
     quiet = _python(code, env)
