@@ -4,14 +4,18 @@ For each source, labels per class N and seed, the same command twice, scored on 
 
 - supervised:   `keras-transfer --data SOURCE --labels-per-class N` (N labelled training images per class);
 - pseudo-label: the same with `--unlabelled rest`: the training images N leaves out, without their labels, and
-                `--semi-supervised pseudo-label` (the default method).
+                `--semi-supervised pseudo-label` (the default method);
+- fixmatch:     the same with `--semi-supervised fixmatch` (a consistency loss on the unlabelled images in stage 2).
+
+`--arms` picks which (supervised is always run: the gains are over it).
 
 A photo folder with its own `train/` (`val/`) and `test/` (`../shared/data/flowers12`, `clothing10`; see that
 folder's README) runs the default command; `fashion_mnist` runs the demo's command (classes 5-9, 160 px, 400 test
 images per class, LP-FT with 29 fine-tuning epochs, no validation split). Prints a markdown table (mean +- sd and
 each seed; the pseudo-labels' count and accuracy; the CPU seconds of each run) and writes it to --output.
 
-Usage: python bench/semi_supervised.py SOURCE [--labels 5 20] [--seeds 0 1 2] [--output bench/results/semi_SOURCE.md]
+Usage: python bench/semi_supervised.py SOURCE [--labels 5 20] [--seeds 0 1 2] [--arms pseudo-label fixmatch]
+                                    [--output bench/results/semi_SOURCE.md]
 """
 
 from __future__ import annotations
@@ -49,7 +53,11 @@ DEMO = [  # scripts/demo.py's flags, less the output and the comparison with ran
     "--fine-tune-epochs",
     "29",
 ]
-ARMS = {"supervised": [], "pseudo-label": ["--unlabelled", "rest", "--semi-supervised", "pseudo-label"]}
+ARMS = {
+    "supervised": [],
+    "pseudo-label": ["--unlabelled", "rest", "--semi-supervised", "pseudo-label"],
+    "fixmatch": ["--unlabelled", "rest", "--semi-supervised", "fixmatch"],
+}
 
 
 def run(source, labels, seed, arm, out):
@@ -64,7 +72,7 @@ def run(source, labels, seed, arm, out):
         raise RuntimeError(f"keras-transfer {' '.join(argv)} exited {code}:\n{story.getvalue()[-2000:]}")
     cpu = time.process_time() - start
     pseudo = None
-    if arm != "supervised":
+    if arm == "pseudo-label":
         with open(run_file(folder, "pseudo_labels"), newline="") as f:
             chosen = [r for r in csv.DictReader(f) if r["pseudo_label"]]
         pseudo = (len(chosen), sum(r["pseudo_label"] == r["true_label"] for r in chosen))
@@ -85,46 +93,58 @@ def main(argv=None):
     parser.add_argument("source", help="a photo folder with train/ and test/, or fashion_mnist")
     parser.add_argument("--labels", type=int, nargs="+", default=[5, 20])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS)[1:], default=["pseudo-label"])
     parser.add_argument("--output", default=None)
     args = parser.parse_args(argv)
     if args.source != "fashion_mnist" and not os.path.isdir(os.path.join(args.source, "test")):
         raise SystemExit(f"{args.source}: needs train/ and test/ (photo sets: ../shared/data, see its README)")
     name = os.path.basename(os.path.normpath(args.source))
     output = args.output or f"bench/results/semi_{name}.md"
+    arms = ["supervised", *args.arms]
     lines = [
-        f"# {name}: supervised LP-FT vs pseudo-labels on the unlabelled rest",
+        f"# {name}: supervised LP-FT vs {' and '.join(args.arms)} on the unlabelled rest",
         "",
         f"`python bench/semi_supervised.py {args.source} --labels {' '.join(map(str, args.labels))} --seeds "
-        f"{' '.join(map(str, args.seeds))}`; {os.cpu_count()} cores; test accuracy (%), mean +- sd over the "
-        "paired seeds (each seed). Pseudo-labels: chosen per run (of them right), mean; CPU s: process time of "
-        "each run, mean.",
+        f"{' '.join(map(str, args.seeds))} --arms {' '.join(args.arms)}`; {os.cpu_count()} cores; test accuracy (%), "
+        "mean +- sd over the paired seeds (each seed); gain over supervised; pseudo-labels: chosen per run (of them "
+        "right), mean; CPU s: process time of each run, mean.",
         "",
-        "| labels per class | supervised | pseudo-label | gain (each seed) | pseudo-labels | CPU s supervised | "
-        "CPU s pseudo-label |",
-        "|---|---|---|---|---|---|---|",
+        "| labels per class | "
+        + " | ".join(arms)
+        + " | "
+        + " | ".join(f"gain {arm}" for arm in args.arms)
+        + (" | pseudo-labels" if "pseudo-label" in arms else "")
+        + " | "
+        + " | ".join(f"CPU s {arm}" for arm in arms)
+        + " |",
+        "|---|" + "---|" * (2 * len(arms) + len(args.arms) - 1 + ("pseudo-label" in arms)),
     ]
     with tempfile.TemporaryDirectory(prefix="semi_bench_") as out:
         for labels in args.labels:
-            results = {arm: [] for arm in ARMS}
+            results = {arm: [] for arm in arms}
             for seed in args.seeds:
-                for arm in ARMS:
+                for arm in arms:
                     results[arm].append(run(args.source, labels, seed, arm, out))
                     print(f"{labels} labels, seed {seed}, {arm}: {results[arm][-1]}", flush=True)
-            acc = {arm: [r[0] for r in rows] for arm, rows in results.items()}
-            gain = np.array(acc["pseudo-label"]) - np.array(acc["supervised"])
-            chosen = [r[1] for r in results["pseudo-label"]]
-            cpu = {arm: np.mean([r[2] for r in rows]) for arm, rows in results.items()}
-            lines.append(
-                f"| {labels} | {cell(acc['supervised'])} | {cell(acc['pseudo-label'])} | "
-                f"{100 * gain.mean():+.1f} ({' / '.join(f'{100 * g:+.1f}' for g in gain)}) | "
-                f"{np.mean([c[0] for c in chosen]):.0f} ({np.mean([c[1] / max(c[0], 1) for c in chosen]):.1%}) | "
-                f"{cpu['supervised']:.0f} | {cpu['pseudo-label']:.0f} |"
-            )
-            print("\n".join(lines[-1:]), flush=True)
+            lines.append(_row(labels, arms, results))
+            print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     print(text)
     with open(output, "w") as f:
         f.write(text)
+
+
+def _row(labels, arms, results):
+    acc = {arm: np.array([r[0] for r in rows]) for arm, rows in results.items()}
+    cells = [cell(acc[arm]) for arm in arms]
+    for arm in arms[1:]:
+        gain = 100 * (acc[arm] - acc["supervised"])
+        cells.append(f"{gain.mean():+.1f} ({' / '.join(f'{g:+.1f}' for g in gain)})")
+    if "pseudo-label" in arms:
+        chosen = [r[1] for r in results["pseudo-label"]]
+        cells.append(f"{np.mean([c[0] for c in chosen]):.0f} ({np.mean([c[1] / max(c[0], 1) for c in chosen]):.1%})")
+    cells += [f"{np.mean([r[2] for r in results[arm]]):.0f}" for arm in arms]
+    return f"| {labels} | " + " | ".join(cells) + " |"
 
 
 if __name__ == "__main__":

@@ -126,7 +126,9 @@ HELP = {
     "unlabelled": "images without labels to learn from too: rest (the training images --labels-per-class leaves "
     "out, their labels unused), a folder of images, or a CSV file of image paths (its rows without a label)",
     "semi_supervised": "how --unlabelled images are used: pseudo-label (a linear probe on the backbone's features "
-    "labels the most confident of each class, 3 self-training rounds; then LP-FT on both)",
+    "labels the most confident of each class, 3 self-training rounds; then LP-FT on both) or fixmatch (stage 2 also "
+    "trains on 2 unlabelled images per labelled one: the model's confident class of each, >= 0.95, taught on a "
+    "strongly augmented copy; about 3x a supervised step)",
     "pseudo_labels_per_class": "at most this many pseudo-labelled images per class",
     "augment": "random flip, rotation, zoom, translation and contrast, inside the model, in training only (auto: "
     "on for image files, folders and CSV tables; off for arrays and TFDS)",

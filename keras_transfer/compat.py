@@ -29,6 +29,8 @@ TARGETS = {  # "module:attribute.path" -> SHA-256 prefix of its source under CHE
     "tensorflow.python.trackable.base:Trackable._trackable_children": "215ee46a59b2d9e4",
     "keras.src.optimizers.base_optimizer:BaseOptimizer._get_variable_index": "c4cd541aea39e6e2",
     "tensorflow.python.eager.context:Context.wait_at_barrier": "9cf6c97cdc4b5b7e",
+    "keras.src.trainers.trainer:Trainer._compute_loss": "13153b89c765b0d6",
+    "keras.src.losses.loss:unscale_loss_for_distribution": "3903c7ed7f69c5ac",
 }
 # The Keras versions setup.cfg allows: the one these fingerprints were taken on and its patch releases, where
 # `target` still compares each source before use. tests/test_compat.py checks setup.cfg says the same.
@@ -125,6 +127,22 @@ def wait_at_barrier(name, timeout):
 
     target("tensorflow.python.eager.context:Context.wait_at_barrier")
     context.context().wait_at_barrier(name, int(timeout * 1000))
+
+
+def compute_loss(model, x, y, y_pred, sample_weight):
+    """The compiled loss of `model` on one replica's batch, in training, as its own `train_step` computes it
+    (`Trainer._compute_loss`: the loss scaled for the strategy's replicas, the model's own losses added), for a
+    `train_step` of ours (`semi_supervised.fixmatch_step`)."""
+    return target("keras.src.trainers.trainer:Trainer._compute_loss")(
+        model, x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
+    )
+
+
+def track_loss(model, loss, batch_size):
+    """Adds one batch's `compute_loss` to the `loss` that `fit` reports (the compiled model's loss tracker, with
+    the replica scaling undone), as its own `train_step` does."""
+    unscale = target("keras.src.losses.loss:unscale_loss_for_distribution")
+    model._loss_tracker.update_state(unscale(loss), sample_weight=batch_size)
 
 
 def in_safe_mode():

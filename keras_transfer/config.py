@@ -14,7 +14,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 MIXED_PRECISION = ("off", "auto", "mixed_float16", "mixed_bfloat16")
 POLICIES = ("frozen", "all", "top:N", "from:NAME", "stages:K")
-SEMI_SUPERVISED = ("pseudo-label",)
+SEMI_SUPERVISED = ("pseudo-label", "fixmatch")
 
 # The range of each numeric setting (None, where a setting allows it, is unset): checked before anything is written.
 POSITIVE = (

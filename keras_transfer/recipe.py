@@ -245,7 +245,7 @@ def _run(config, resolved, model, data, strategy, policy, run_id, verbose):
     timings, probe, exported = _Timings(config.output), None, None
     with timings.step("label issues"):
         issues = _label_issues(config, model, data, strategy)
-    if config.unlabelled is not None:
+    if config.unlabelled is not None and config.semi_supervised == "pseudo-label":
         with timings.step("pseudo-labels"):
             data = _pseudo_labelled(config, resolved, model, data, strategy)
     if config.compare_scratch:
@@ -784,6 +784,7 @@ def _train(resolved, config, model, data, strategy, run_dir, verbose=False):
             run_dir=run_dir,
             strategy=strategy,
             verbose="auto" if verbose else "lines",
+            unlabelled=data["info"].unlabelled if config.semi_supervised == "fixmatch" else None,
             **resolved.stages,
         )
     return callbacks[0] if callbacks else None

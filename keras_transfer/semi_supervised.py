@@ -124,3 +124,64 @@ def read_pseudo_labels(path, info):
         if len(rows) == info.sizes["unlabelled"] and all(row["pseudo_label"] in ids for row in rows):
             return np.array([ids[row["pseudo_label"]] for row in rows], np.int64)
     return None
+
+
+# FixMatch (Sohn et al. 2020), USB's hyperparameters where this machine allows: confidence threshold 0.95 and
+# unlabelled-loss weight 1 as USB's; USB's 7 unlabelled images per labelled one would make each step ~15x a
+# supervised one, so a batch holds RATIO of them (each one is run twice: as it is, and strongly augmented).
+FIXMATCH_THRESHOLD = 0.95
+FIXMATCH_WEIGHT = 1.0
+FIXMATCH_RATIO = 2
+
+
+def fixmatch_data(train, unlabelled, ratio=FIXMATCH_RATIO, seed=0):
+    """`train`'s `(images, labels)` batches as `((images, unlabelled_images), labels)`: each batch with `ratio`
+    times its size of unlabelled images, drawn shuffled and endlessly from `unlabelled` (batches of images, or of
+    `(images, labels)` whose labels are ignored). The number of batches stays `train`'s."""
+    import tensorflow as tf
+
+    images = unlabelled.unbatch()
+    if isinstance(images.element_spec, tuple):
+        images = images.map(lambda x, *_: x)
+    batch = train.element_spec[0].shape[0]  # None where the last batch may be smaller: the first one's size then
+    batch = ratio * int(batch or next(iter(train.take(1)))[0].shape[0])
+    images = images.shuffle(4096, seed=seed, reshuffle_each_iteration=True).repeat().batch(batch, drop_remainder=True)
+    pairs = tf.data.Dataset.zip(train, images)
+    both = pairs.map(lambda labelled, u: ((labelled[0], u), *labelled[1:]), num_parallel_calls=tf.data.AUTOTUNE)
+    return both.prefetch(tf.data.AUTOTUNE)
+
+
+def fixmatch_step(model, threshold=FIXMATCH_THRESHOLD, weight=FIXMATCH_WEIGHT, seed=0):
+    """A `train_step` for `model` (softmax output) on `fixmatch_data` batches: the supervised loss on the labelled
+    images plus `weight` times the cross-entropy of each unlabelled image, strongly augmented (RandAugment, 2 ops),
+    against the class the model gives it as it is, counted where that class's probability is >= `threshold` (0
+    elsewhere; FixMatch's mean over all unlabelled images). Both go through the model's own layers in training
+    mode (its augmentation layer included; frozen BatchNorm stays in inference mode), in one forward pass."""
+    import keras
+    import tensorflow as tf
+
+    from keras_transfer.compat import compute_loss, track_loss
+
+    strong = keras.layers.RandAugment(value_range=(0, 255), num_ops=2, factor=0.5, seed=seed)
+
+    def train_step(data):
+        (x, unlabelled), y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, unlabelled = tf.cast(x, tf.float32), tf.cast(unlabelled, tf.float32)
+        guess = tf.stop_gradient(tf.cast(model(unlabelled, training=False), tf.float32))
+        mask = tf.cast(tf.reduce_max(guess, axis=-1) >= threshold, tf.float32)
+        pseudo = tf.argmax(guess, axis=-1)
+        if y.shape.rank == 2 and y.shape[-1] == guess.shape[-1]:  # one-hot labels (label smoothing)
+            pseudo = tf.one_hot(pseudo, guess.shape[-1])
+        n = tf.shape(x)[0]
+        with tf.GradientTape() as tape:
+            out = model(tf.concat([x, strong(unlabelled, training=True)], axis=0), training=True)
+            y_pred = out[:n]
+            loss = compute_loss(model, x, y, y_pred, sample_weight)
+            track_loss(model, loss, n)
+            loss_u = compute_loss(model, unlabelled, pseudo, out[n:], mask)
+            loss = model.optimizer.scale_loss(loss + weight * loss_u)
+        variables = model.trainable_weights
+        model.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+    return train_step

@@ -57,6 +57,7 @@ from keras_transfer.runs import (
     run_callbacks,
     run_file,
 )
+from keras_transfer.semi_supervised import FIXMATCH_RATIO, FIXMATCH_THRESHOLD, fixmatch_data, fixmatch_step
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +151,7 @@ def fine_tune(
     run_dir=None,
     strategy=None,
     verbose="auto",
+    unlabelled=None,
     **kwargs,
 ):
     """Trains a model from `build_model` in two stages: the head, then the unfrozen top of the backbone.
@@ -175,6 +177,11 @@ def fine_tune(
         verbose: `"lines"` logs one line per epoch through `logging` (about ten per stage when a stage is longer
             than 10 epochs), with the stage in it; anything else is passed to `model.fit`: `"auto"`, 0 (silent),
             1 (progress bar) or 2 (Keras's per-epoch line).
+        unlabelled: images without labels (a dataset of image batches, or of `(images, labels)` batches whose
+            labels are ignored, e.g. `info.unlabelled` of `load_dataset(..., unlabelled=...)`): stage 2 trains on
+            them too, with FixMatch (`semi_supervised.fixmatch_step`: each labelled batch with twice its size of
+            unlabelled images, the model's confident classes of them as they are taught on strongly augmented
+            copies). A softmax head only.
 
     Returns:
         A `keras.callbacks.History` covering the epochs this call trained, numbered continuously across stages.
@@ -199,6 +206,7 @@ def fine_tune(
     options = dataclasses.replace(options or TrainingOptions(), **_option_fields(kwargs))
     _check_schedule(head_epochs, fine_tune_epochs, learning_rate, fine_tune_learning_rate, verbose)
     run = _prepare_run(model, train, val, options, callbacks, run_dir, strategy, verbose)
+    run.unlabelled = _check_unlabelled(run.view, unlabelled)
     _place(run, unfreeze if fine_tune_epochs else None)  # a bad policy fails before stage 1 (nothing changed yet)
     run.total_epochs = head_epochs + fine_tune_epochs
     settings = dict(head_epochs=head_epochs, fine_tune_epochs=fine_tune_epochs, unfreeze=unfreeze)
@@ -229,7 +237,27 @@ def _identity(run, settings):
         "outputs": int(run.model.output_shape[-1]),
     }
     options = dataclasses.asdict(run.options)
-    return {**settings, "options": options, "model": model, "train": spec(run.train), "validation": spec(run.val)}
+    data = {"train": spec(run.train), "validation": spec(run.val)}
+    if run.unlabelled is not None:
+        data["unlabelled"] = {"method": "fixmatch", "spec": str(run.unlabelled.element_spec)}
+    return {**settings, "options": options, "model": model, **data}
+
+
+def _check_unlabelled(view, unlabelled):
+    """`unlabelled` for FixMatch, checked: None, or a `tf.data.Dataset` beside a softmax head."""
+    if unlabelled is None:
+        return None
+    if not isinstance(unlabelled, tf.data.Dataset):
+        raise ValueError(
+            f"unlabelled must be a tf.data.Dataset of image batches. Received: unlabelled={type(unlabelled).__name__}"
+        )
+    activation = None if view.output is None else view.output.get_config()["activation"]
+    if activation != "softmax":
+        raise ValueError(
+            "unlabelled images (FixMatch) need a softmax head of one label per image (build_model's default); "
+            f"this model's 'predictions' layer has activation {activation!r}. Received: unlabelled=<a dataset>"
+        )
+    return unlabelled
 
 
 @dataclasses.dataclass
@@ -252,6 +280,7 @@ class _Run:
     class_weight: dict | None = None  # one label per image; several labels weigh their positives in the loss
     placements: dict = dataclasses.field(default_factory=dict)  # "head" / "tune" -> the stage's `Placement`
     scales: dict | None = None  # stage 2's layer-decay scales, when layer_decay is not 1
+    unlabelled: object = None  # stage 2's unlabelled images (FixMatch), or None
 
 
 def _option_fields(kwargs):
@@ -373,7 +402,20 @@ def _train_unfrozen(run, first_epoch, epochs, learning_rate):
             metrics=run.metrics,
             jit_compile=run.options.jit_compile,
         )
-    history = _fit(run, run.model, run.train, run.val, "tune", first_epoch, first_epoch + epochs)
+    train = run.train
+    if run.unlabelled is not None:
+        train = with_known_size(fixmatch_data(run.train, run.unlabelled))
+        run.model.train_step = fixmatch_step(run.model)  # this model's fit only; removed after stage 2
+        logger.info(
+            "FixMatch: %d unlabelled images per labelled one in each batch, threshold %g",
+            FIXMATCH_RATIO,
+            FIXMATCH_THRESHOLD,
+        )
+    try:
+        history = _fit(run, run.model, train, run.val, "tune", first_epoch, first_epoch + epochs)
+    finally:
+        run.model.__dict__.pop("train_step", None)
+        run.model.train_function = None
     if run.options.train_batchnorm and summary.trainable_layers:
         recompute_batchnorm(run.model, run.train)
     return history

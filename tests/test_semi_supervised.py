@@ -60,3 +60,45 @@ def test_the_command_trains_on_pseudo_labelled_images_and_shows_them(colour_fold
     before = (run / "pseudo_labels.csv").stat().st_mtime_ns
     assert main(args) == 0
     assert "Pseudo-labels (" not in capsys.readouterr().out and (run / "pseudo_labels.csv").stat().st_mtime_ns == before
+
+
+def _fixmatch_fit(threshold, weight):
+    """The weights of a tiny softmax model after one FixMatch step on fixed images, from fixed initial weights."""
+    import keras
+    import tensorflow as tf
+
+    from keras_transfer.semi_supervised import fixmatch_data, fixmatch_step
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.Dense(3, activation="softmax", name="predictions")(keras.layers.Flatten()(inputs / 255.0))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    rng = np.random.default_rng(0)
+    train = tf.data.Dataset.from_tensor_slices((rng.uniform(0, 255, (4, 8, 8, 3)), np.array([0, 1, 2, 0]))).batch(4)
+    unlabelled = tf.data.Dataset.from_tensor_slices(rng.uniform(0, 255, (16, 8, 8, 3)).astype("float32")).batch(5)
+    data = fixmatch_data(train, unlabelled, ratio=2)
+    assert [x.shape[0] for x in next(iter(data))[0]] == [4, 8]  # twice the labelled batch, whatever the source's
+    model.train_step = fixmatch_step(model, threshold=threshold, weight=weight)
+    history = model.fit(data, epochs=1, verbose=0, shuffle=False)
+    assert np.isfinite(history.history["loss"]).all() and "accuracy" in history.history
+    return [w.numpy() for w in model.weights]
+
+
+def test_fixmatch_learns_from_the_unlabelled_images_it_is_confident_about_and_only_from_those():
+    alone = _fixmatch_fit(threshold=0.0, weight=0.0)  # the labelled loss only
+    assert any(not np.allclose(a, b) for a, b in zip(alone, _fixmatch_fit(threshold=0.0, weight=1.0)))
+    # at a threshold no prediction reaches, the unlabelled images change nothing
+    assert all(np.allclose(a, b) for a, b in zip(alone, _fixmatch_fit(threshold=0.999999, weight=1.0)))
+
+
+def test_the_command_trains_with_fixmatch_in_stage_2(colour_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["--data", str(colour_folder), "--backbone", "vgg16", "--weights", "none", "--image-size", "32"]
+    args += ["--batch-size", "4", "--head-epochs", "1", "--fine-tune-epochs", "1", "--labels-per-class", "5"]
+    args += ["--unlabelled", "rest", "--semi-supervised", "fixmatch", "--output", str(run)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "FixMatch: 2 unlabelled images per labelled one in each batch, threshold 0.95" in printed
+    assert "Pseudo-labels (" not in printed and not (run / "pseudo_labels.csv").exists()
+    assert '"method": "fixmatch"' in (run / "run.json").read_text()
