@@ -136,17 +136,20 @@ FIXMATCH_RATIO = 2
 
 def fixmatch_data(train, unlabelled, ratio=FIXMATCH_RATIO, seed=0):
     """`train`'s `(images, labels)` batches as `((images, unlabelled_images), labels)`: each batch with `ratio`
-    times its size of unlabelled images, drawn shuffled and endlessly from `unlabelled` (batches of images, or of
-    `(images, labels)` whose labels are ignored). The number of batches stays `train`'s."""
+    times its size of unlabelled images, drawn shuffled from `unlabelled` (batches of images, or of `(images,
+    labels)` whose labels are ignored). An epoch is one pass over the unlabelled images (as FixMatch counts
+    iterations, not labelled epochs), `train` repeating, and never fewer batches than `train` has."""
     import tensorflow as tf
 
     images = unlabelled.unbatch()
     if isinstance(images.element_spec, tuple):
         images = images.map(lambda x, *_: x)
-    batch = train.element_spec[0].shape[0]  # None where the last batch may be smaller: the first one's size then
-    batch = ratio * int(batch or next(iter(train.take(1)))[0].shape[0])
+    first = lambda ds: int(tf.nest.flatten(next(iter(ds.take(1))))[0].shape[0])  # the size of its first batch
+    batch = ratio * int(train.element_spec[0].shape[0] or first(train))  # None: the last batch may be smaller
+    count = int(unlabelled.cardinality()) * first(unlabelled)  # at most this many images; -1 / -2: unknown
+    steps = max(int(train.cardinality()), -(-count // batch))
     images = images.shuffle(4096, seed=seed, reshuffle_each_iteration=True).repeat().batch(batch, drop_remainder=True)
-    pairs = tf.data.Dataset.zip(train, images)
+    pairs = tf.data.Dataset.zip(train.repeat(), images).take(steps)
     both = pairs.map(lambda labelled, u: ((labelled[0], u), *labelled[1:]), num_parallel_calls=tf.data.AUTOTUNE)
     return both.prefetch(tf.data.AUTOTUNE)
 

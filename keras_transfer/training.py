@@ -386,7 +386,8 @@ def _train_unfrozen(run, first_epoch, epochs, learning_rate):
     """Stage 2: the policy's part of the backbone unfrozen, a warmup-cosine schedule, continuous epoch numbers."""
     summary = apply_placement(run.model, run.placements["tune"], train_batchnorm=run.options.train_batchnorm)
     logger.info("%s: %s", "Stage 2" if first_epoch else "All stages at once (no head-only stage)", summary)
-    schedule = warmup_cosine(learning_rate, int(run.train.cardinality()) * epochs)
+    train = _stage2_data(run)
+    schedule = warmup_cosine(learning_rate, int(train.cardinality()) * epochs)
     with run.strategy.scope():
         optimizer = make_optimizer(run.options.optimizer, schedule)
         if run.options.layer_decay != 1.0:
@@ -402,15 +403,8 @@ def _train_unfrozen(run, first_epoch, epochs, learning_rate):
             metrics=run.metrics,
             jit_compile=run.options.jit_compile,
         )
-    train = run.train
     if run.unlabelled is not None:
-        train = with_known_size(fixmatch_data(run.train, run.unlabelled))
         run.model.train_step = fixmatch_step(run.model)  # this model's fit only; removed after stage 2
-        logger.info(
-            "FixMatch: %d unlabelled images per labelled one in each batch, threshold %g",
-            FIXMATCH_RATIO,
-            FIXMATCH_THRESHOLD,
-        )
     try:
         history = _fit(run, run.model, train, run.val, "tune", first_epoch, first_epoch + epochs)
     finally:
@@ -419,6 +413,22 @@ def _train_unfrozen(run, first_epoch, epochs, learning_rate):
     if run.options.train_batchnorm and summary.trainable_layers:
         recompute_batchnorm(run.model, run.train)
     return history
+
+
+def _stage2_data(run):
+    """Stage 2's training batches: `run.train`, or with unlabelled images FixMatch's pairs, an epoch of them one
+    pass over the unlabelled images (the labelled batches repeating)."""
+    if run.unlabelled is None:
+        return run.train
+    train = with_known_size(fixmatch_data(run.train, run.unlabelled))
+    logger.info(
+        "FixMatch: %d unlabelled images per labelled one in each batch, threshold %g; an epoch is %d steps (one "
+        "pass over the unlabelled images)",
+        FIXMATCH_RATIO,
+        FIXMATCH_THRESHOLD,
+        int(train.cardinality()),
+    )
+    return train
 
 
 def _use_cache(run):

@@ -79,6 +79,7 @@ def _fixmatch_fit(threshold, weight):
     unlabelled = tf.data.Dataset.from_tensor_slices(rng.uniform(0, 255, (16, 8, 8, 3)).astype("float32")).batch(5)
     data = fixmatch_data(train, unlabelled, ratio=2)
     assert [x.shape[0] for x in next(iter(data))[0]] == [4, 8]  # twice the labelled batch, whatever the source's
+    assert int(data.cardinality()) == 3  # an epoch: one pass over the 16 unlabelled images (up to 20), 8 a step
     model.train_step = fixmatch_step(model, threshold=threshold, weight=weight)
     history = model.fit(data, epochs=1, verbose=0, shuffle=False)
     assert np.isfinite(history.history["loss"]).all() and "accuracy" in history.history
