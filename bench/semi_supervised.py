@@ -106,8 +106,8 @@ def main(argv=None):
         "",
         f"`python bench/semi_supervised.py {args.source} --labels {' '.join(map(str, args.labels))} --seeds "
         f"{' '.join(map(str, args.seeds))} --arms {' '.join(args.arms)}`; {os.cpu_count()} cores; test accuracy (%), "
-        "mean +- sd over the paired seeds (each seed); gain over supervised; pseudo-labels: chosen per run (of them "
-        "right), mean; CPU s: process time of each run, mean.",
+        "mean +- sd over the paired seeds (each seed); gain over supervised; pseudo-labels (the pseudo-label arm): "
+        "chosen per run (of them right), mean; CPU s: process time of each run, mean.",
         "",
         "| labels per class | "
         + " | ".join(arms)
@@ -117,7 +117,7 @@ def main(argv=None):
         + " | "
         + " | ".join(f"CPU s {arm}" for arm in arms)
         + " |",
-        "|---|" + "---|" * (2 * len(arms) + len(args.arms) - 1 + ("pseudo-label" in arms)),
+        "|---|" + "---|" * (2 * len(arms) + len(args.arms) + ("pseudo-label" in arms)),
     ]
     with tempfile.TemporaryDirectory(prefix="semi_bench_") as out:
         for labels in args.labels:
