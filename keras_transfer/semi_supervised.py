@@ -141,12 +141,14 @@ def fixmatch_data(train, unlabelled, ratio=FIXMATCH_RATIO, seed=0):
     iterations, not labelled epochs), `train` repeating, and never fewer batches than `train` has."""
     import tensorflow as tf
 
+    from keras_transfer.data import with_known_size
+
     images = unlabelled.unbatch()
     if isinstance(images.element_spec, tuple):
         images = images.map(lambda x, *_: x)
     first = lambda ds: int(tf.nest.flatten(next(iter(ds.take(1))))[0].shape[0])  # the size of its first batch
     batch = ratio * int(train.element_spec[0].shape[0] or first(train))  # None: the last batch may be smaller
-    count = int(unlabelled.cardinality()) * first(unlabelled)  # at most this many images; -1 / -2: unknown
+    count = int(with_known_size(unlabelled).cardinality()) * first(unlabelled)  # at most this many images
     steps = max(int(train.cardinality()), -(-count // batch))
     images = images.shuffle(4096, seed=seed, reshuffle_each_iteration=True).repeat().batch(batch, drop_remainder=True)
     pairs = tf.data.Dataset.zip(train.repeat(), images).take(steps)

@@ -77,6 +77,7 @@ def _fixmatch_fit(threshold, weight):
     rng = np.random.default_rng(0)
     train = tf.data.Dataset.from_tensor_slices((rng.uniform(0, 255, (4, 8, 8, 3)), np.array([0, 1, 2, 0]))).batch(4)
     unlabelled = tf.data.Dataset.from_tensor_slices(rng.uniform(0, 255, (16, 8, 8, 3)).astype("float32")).batch(5)
+    unlabelled = unlabelled.filter(lambda x: True)  # its size unknown, as load_dataset's can be
     data = fixmatch_data(train, unlabelled, ratio=2)
     assert [x.shape[0] for x in next(iter(data))[0]] == [4, 8]  # twice the labelled batch, whatever the source's
     assert int(data.cardinality()) == 3  # an epoch: one pass over the 16 unlabelled images (up to 20), 8 a step
