@@ -404,6 +404,9 @@ def _train_unfrozen(run, first_epoch, epochs, learning_rate):
             jit_compile=run.options.jit_compile,
         )
     if run.unlabelled is not None:
+        # Under a strategy `fit` builds the compiled loss and metrics from its first batch, and FixMatch's holds
+        # (images, unlabelled images) pairs the model cannot take: a labelled batch builds them first.
+        run.model.evaluate(run.train.take(1), verbose=0)
         run.model.train_step = fixmatch_step(run.model)  # this model's fit only; removed after stage 2
     try:
         history = _fit(run, run.model, train, run.val, "tune", first_epoch, first_epoch + epochs)

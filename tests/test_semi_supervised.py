@@ -1,4 +1,6 @@
 import csv
+import json
+import os
 
 import numpy as np
 import pytest
@@ -104,3 +106,56 @@ def test_the_command_trains_with_fixmatch_in_stage_2(colour_folder, tmp_path, ca
     assert "FixMatch: 2 unlabelled images per labelled one in each batch, threshold 0.95" in printed
     assert "Pseudo-labels (" not in printed and not (run / "pseudo_labels.csv").exists()
     assert '"method": "fixmatch"' in (run / "run.json").read_text()
+
+
+MIRRORED_FIXMATCH = """
+import json, sys
+import numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from keras_transfer.semi_supervised import fixmatch_data, fixmatch_step
+
+rng = np.random.default_rng(0)
+x, y = rng.uniform(0, 255, (8, 8, 8, 3)).astype("float32"), np.arange(8) % 3
+u = rng.uniform(0, 255, (32, 8, 8, 3)).astype("float32")
+results = {}
+strategies = {"one": tf.distribute.get_strategy(), "two": tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])}
+for name, strategy in strategies.items():
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        inputs = keras.Input((8, 8, 3))
+        flat = keras.layers.Flatten()(inputs / 255.0)
+        model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax", name="predictions")(flat))
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    data = fixmatch_data(train, tf.data.Dataset.from_tensor_slices(u).batch(8))
+    model.evaluate(train, verbose=0)  # as fine_tune does: the compiled loss built from a labelled batch
+    model.train_step = fixmatch_step(model, threshold=float(sys.argv[1]))
+    history = model.fit(data, epochs=2, verbose=0, shuffle=False)
+    results[name] = {"replicas": strategy.num_replicas_in_sync, "loss": history.history["loss"],
+                     "weights": [w.tolist() for w in model.get_layer("predictions").get_weights()]}
+json.dump(results, sys.stdout)
+"""
+
+
+@pytest.mark.parametrize("threshold", [0.999999, 0.0])
+def test_fixmatch_trains_under_a_mirrored_strategy_as_on_one_device(tmp_path, threshold):
+    import subprocess
+    import sys
+
+    script = tmp_path / "mirrored_fixmatch.py"
+    script.write_text(MIRRORED_FIXMATCH)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run(
+        [sys.executable, str(script), str(threshold)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    assert results["two"]["replicas"] == 2 and np.isfinite(results["two"]["loss"]).all()
+    one, two = (np.concatenate([np.ravel(w) for w in results[k]["weights"]]) for k in ("one", "two"))
+    if threshold > 0.9:  # no unlabelled image counts: the labelled loss alone, all-reduced over the two replicas
+        np.testing.assert_allclose(results["two"]["loss"], results["one"]["loss"], rtol=1e-4)
+        np.testing.assert_allclose(two, one, atol=1e-4)
+    else:  # every unlabelled image counts, strongly augmented at random: it trains, differently per device layout
+        assert not np.allclose(two, one, atol=1e-6) and np.abs(two).max() < 1e3
