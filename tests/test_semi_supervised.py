@@ -159,3 +159,20 @@ def test_fixmatch_trains_under_a_mirrored_strategy_as_on_one_device(tmp_path, th
         np.testing.assert_allclose(two, one, atol=1e-4)
     else:  # every unlabelled image counts, strongly augmented at random: it trains, differently per device layout
         assert not np.allclose(two, one, atol=1e-6) and np.abs(two).max() < 1e3
+
+
+def test_fine_tune_refuses_unlabelled_images_it_cannot_use_before_training():
+    import keras_transfer as kt
+
+    train, _, _, info = kt.load_dataset("digits", image_size=32, batch_size=8, labels_per_class=3, unlabelled="rest")
+    model = kt.build_model("small_cnn", info.num_classes, input_shape=32, weights=None)
+    before = [w.numpy().copy() for w in model.weights]
+    with pytest.raises(ValueError, match=r"unlabelled must be a tf.data.Dataset .* Received: unlabelled=ndarray"):
+        kt.fine_tune(model, train, unlabelled=np.zeros((4, 32, 32, 3)), verbose=0)
+    pair, _, _, two = kt.load_dataset(
+        "digits", image_size=32, batch_size=8, classes=[0, 1], labels_per_class=3, unlabelled="rest"
+    )
+    binary = kt.build_model("small_cnn", 1, input_shape=32, weights=None, activation="sigmoid")
+    with pytest.raises(ValueError, match=r"need a softmax head .* activation 'sigmoid'"):
+        kt.fine_tune(binary, pair, unlabelled=two.unlabelled, verbose=0)
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, model.weights))
