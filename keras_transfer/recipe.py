@@ -744,7 +744,8 @@ def print_history(rows, stage1_epochs):
         if epochs:
             span = f"{epochs[0] + 1}-{epochs[-1] + 1}"
             logger.info(
-                f"{stage:<6} {span:>9} " + " ".join(f"{rows[epochs[-1]].get(k, float('nan')):>12.4f}" for k in keys)
+                f"{stage:<6} {span:>9} "
+                + " ".join(f"{rows[epochs[-1]][k]:>12.4f}" if k in rows[epochs[-1]] else " " * 12 for k in keys)
             )
 
 

@@ -161,7 +161,9 @@ def fixmatch_step(model, threshold=FIXMATCH_THRESHOLD, weight=FIXMATCH_WEIGHT, s
     images plus `weight` times the cross-entropy of each unlabelled image, strongly augmented (RandAugment, 2 ops),
     against the class the model gives it as it is, counted where that class's probability is >= `threshold` (0
     elsewhere; FixMatch's mean over all unlabelled images). Both go through the model's own layers in training
-    mode (its augmentation layer included; frozen BatchNorm stays in inference mode), in one forward pass."""
+    mode (its augmentation layer included; frozen BatchNorm stays in inference mode), in one forward pass. Its
+    logs add `confident`: the share of the batch's unlabelled images above the threshold (an epoch's: its last
+    batch's)."""
     import keras
     import tensorflow as tf
 
@@ -187,6 +189,8 @@ def fixmatch_step(model, threshold=FIXMATCH_THRESHOLD, weight=FIXMATCH_WEIGHT, s
             loss = model.optimizer.scale_loss(loss + weight * loss_u)
         variables = model.trainable_weights
         model.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        return model.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+        logs = dict(model.compute_metrics(x, y, y_pred, sample_weight=sample_weight))
+        logs["confident"] = tf.reduce_mean(mask)  # this batch's share of unlabelled images above the threshold
+        return logs
 
     return train_step

@@ -86,6 +86,7 @@ def _fixmatch_fit(threshold, weight):
     model.train_step = fixmatch_step(model, threshold=threshold, weight=weight)
     history = model.fit(data, epochs=1, verbose=0, shuffle=False)
     assert np.isfinite(history.history["loss"]).all() and "accuracy" in history.history
+    assert history.history["confident"][-1] == (1.0 if threshold == 0 else 0.0)  # the share above the threshold
     return [w.numpy() for w in model.weights]
 
 
@@ -105,6 +106,9 @@ def test_the_command_trains_with_fixmatch_in_stage_2(colour_folder, tmp_path, ca
     printed = capsys.readouterr().out
     assert "FixMatch: 2 unlabelled images per labelled one in each batch, threshold 0.95" in printed
     assert "Pseudo-labels (" not in printed and not (run / "pseudo_labels.csv").exists()
+    header, *rows = (run / "history.csv").read_text().splitlines()
+    column = header.split(",").index("confident")  # stage 2's share of unlabelled images above the threshold
+    assert rows[0].split(",")[column] == "" and 0 <= float(rows[-1].split(",")[column]) <= 1
     assert '"method": "fixmatch"' in (run / "run.json").read_text()
 
 
