@@ -33,11 +33,16 @@ def test_pseudo_labels_are_class_balanced_confident_and_right_on_separable_featu
         pseudo_labels(labelled, labels, unlabelled, 3, threshold=1.0)
 
 
+def _command(folder, run, *method):
+    """A tiny run of the command on `folder`, 5 labels per class and the rest unlabelled, used by `method`."""
+    args = ["--data", str(folder), "--backbone", "vgg16", "--weights", "none", "--image-size", "32"]
+    args += ["--batch-size", "4", "--head-epochs", "1", "--fine-tune-epochs", "1", "--labels-per-class", "5"]
+    return args + ["--unlabelled", "rest", *method, "--output", str(run)]
+
+
 def test_the_command_trains_on_pseudo_labelled_images_and_shows_them(colour_folder, tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["--data", str(colour_folder), "--backbone", "vgg16", "--weights", "none", "--image-size", "32"]
-    args += ["--batch-size", "4", "--head-epochs", "1", "--fine-tune-epochs", "1", "--labels-per-class", "5"]
-    args += ["--unlabelled", "rest", "--pseudo-labels-per-class", "2", "--output", str(run)]
+    args = _command(colour_folder, run, "--pseudo-labels-per-class", "2")
     assert main(args) == 0
     printed = capsys.readouterr().out
     with open(run / "pseudo_labels.csv") as f:
@@ -99,10 +104,7 @@ def test_fixmatch_learns_from_the_unlabelled_images_it_is_confident_about_and_on
 
 def test_the_command_trains_with_fixmatch_in_stage_2(colour_folder, tmp_path, capsys):
     run = tmp_path / "run"
-    args = ["--data", str(colour_folder), "--backbone", "vgg16", "--weights", "none", "--image-size", "32"]
-    args += ["--batch-size", "4", "--head-epochs", "1", "--fine-tune-epochs", "1", "--labels-per-class", "5"]
-    args += ["--unlabelled", "rest", "--semi-supervised", "fixmatch", "--output", str(run)]
-    assert main(args) == 0
+    assert main(_command(colour_folder, run, "--semi-supervised", "fixmatch")) == 0
     printed = capsys.readouterr().out
     assert "FixMatch: 2 unlabelled images per labelled one in each batch, threshold 0.95" in printed
     assert "Pseudo-labels (" not in printed and not (run / "pseudo_labels.csv").exists()
