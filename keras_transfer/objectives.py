@@ -81,9 +81,34 @@ def check_labels(view, train):
         )
 
 
+# With label smoothing the loss is measured against smoothed labels, whose lowest value rewards an unsure model:
+# early stopping and the best checkpoint watch the plain cross-entropy instead, a metric under this name.
+UNSMOOTHED = "cross_entropy"
+
+
+def watched(label_smoothing, validation=True):
+    """The history key that early stopping and the best checkpoint watch: the validation loss, or the plain
+    cross-entropy (`UNSMOOTHED`) when `label_smoothing` changes the loss; its training form without `validation`."""
+    name = UNSMOOTHED if label_smoothing else "loss"
+    return f"val_{name}" if validation else name
+
+
 def objective(view, label_smoothing=0.0, class_weight=None):
     """The loss that fits the output layer (`view`: the model's `models.model_view`; the head decides the loss, as
-    keras-hub's `compile(loss="auto")`), its metrics, and the label transform it needs."""
+    keras-hub's `compile(loss="auto")`), its metrics, and the label transform it needs. With `label_smoothing` the
+    metrics include the plain cross-entropy (`UNSMOOTHED`), which `watched` names."""
+    loss, metrics, prepare = _objective(view, label_smoothing, class_weight)
+    if label_smoothing:
+        plain = (
+            keras.metrics.BinaryCrossentropy
+            if isinstance(loss, (keras.losses.BinaryCrossentropy, PositiveWeightedCrossentropy))
+            else keras.metrics.CategoricalCrossentropy
+        )
+        metrics = [*metrics, plain(name=UNSMOOTHED)]
+    return loss, metrics, prepare
+
+
+def _objective(view, label_smoothing, class_weight):
     units, activation = _head(view)
     if view.multi_label:  # several labels per image: accuracy over (image, label) pairs says little
         loss = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)

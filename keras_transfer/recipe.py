@@ -53,6 +53,7 @@ from keras_transfer.models import (
     load_model,
     model_view,
 )
+from keras_transfer.objectives import watched
 from keras_transfer.policies import check_policy, place_policy
 from keras_transfer.report import write_html
 from keras_transfer.runs import (
@@ -753,15 +754,17 @@ def kept_weights_line(stopper, rows, total_epochs):
     """What early stopping did to the model, in a line under the history table (None: nothing to say, the model has
     its last epoch's weights): the epoch it stopped at, and the earlier epoch whose weights the model kept (the
     lowest validation loss; `stopper.best`, found in the run's history `rows`)."""
-    scored = [e for e in rows if "val_loss" in rows[e]]
+    key = stopper.monitor if stopper is not None else "val_loss"
+    scored = [e for e in rows if key in rows[e]]
     if stopper is None or stopper.best_weights is None or not scored:
         return None
-    best, last = min(scored, key=lambda e: abs(rows[e]["val_loss"] - stopper.best)), max(rows)
-    kept = f"the model has the weights of epoch {best + 1} (validation loss {rows[best]['val_loss']:.4f}, the lowest)"
+    what = "validation loss" if key == "val_loss" else "validation cross-entropy"
+    best, last = min(scored, key=lambda e: abs(rows[e][key] - stopper.best)), max(rows)
+    kept = f"the model has the weights of epoch {best + 1} ({what} {rows[best][key]:.4f}, the lowest)"
     if stopper.stopped_epoch > 0:
         return (
             f"Early stopping: stopped after epoch {last + 1} of {total_epochs}, {stopper.patience} epochs without a "
-            f"lower validation loss; {kept}."
+            f"lower {what}; {kept}."
         )
     return None if best == last else f"Early stopping kept the best epoch: {kept}, not of epoch {last + 1}."
 
@@ -771,8 +774,9 @@ def _train(resolved, config, model, data, strategy, run_dir, verbose=False):
     chief); returns its early-stopping callback (None without one)."""
     callbacks = []
     if config.early_stopping and data["val"] is not None:  # on the validation loss only: never on the training loss
+        monitor = watched(config.label_smoothing)  # the plain cross-entropy when the loss is smoothed
         callbacks.append(
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping, restore_best_weights=True)
+            keras.callbacks.EarlyStopping(monitor=monitor, patience=config.early_stopping, restore_best_weights=True)
         )
     watch = watch_service(config.data_service, config.peer_timeout, _lost(run_dir)) if config.data_service else None
     with watch or contextlib.nullcontext(), _damaged_shards_named(config.data):

@@ -44,6 +44,7 @@ from keras_transfer.objectives import (
     make_optimizer,
     objective,
     warmup_cosine,
+    watched,
 )
 from keras_transfer.policies import apply_placement, layer_decay_scales, place_policy
 from keras_transfer.runs import (
@@ -457,7 +458,7 @@ def _fit(run, model, train, val, stage, first_epoch, last_epoch):
     the epochs asked for."""
     batches = int(train.cardinality())
     passes = passes_per_epoch(batches, last_epoch - first_epoch, run.options.min_steps_per_epoch)
-    monitor = "val_loss" if val is not None else "loss"
+    monitor = watched(run.options.label_smoothing, validation=val is not None)
     commit = [EpochCommit(run.run_dir, run.model, stage, monitor)] if run.run_dir else []
     callbacks = commit + run.callbacks + epoch_lines(run.verbose, stage, first_epoch, run.total_epochs)
     verbose = 0 if run.verbose == "lines" else run.verbose

@@ -379,15 +379,27 @@ def test_the_story_says_when_early_stopping_ended_the_run_and_which_epoch_the_mo
         3: {"val_loss": 0.6},
         4: {"val_loss": 0.7},
     }
-    stopped = SimpleNamespace(best=0.4, best_weights=[0], stopped_epoch=4, patience=2)
+    stopped = SimpleNamespace(best=0.4, best_weights=[0], stopped_epoch=4, patience=2, monitor="val_loss")
     assert kept_weights_line(stopped, rows, 11) == (
         "Early stopping: stopped after epoch 5 of 11, 2 epochs without a lower validation loss; the model has the "
         "weights of epoch 3 (validation loss 0.4000, the lowest)."
     )
-    ran_out = SimpleNamespace(best=0.4, best_weights=[0], stopped_epoch=0, patience=3)
+    ran_out = SimpleNamespace(best=0.4, best_weights=[0], stopped_epoch=0, patience=3, monitor="val_loss")
     assert "the weights of epoch 3 (" in kept_weights_line(ran_out, rows, 5) and "not of epoch 5" in (
         kept_weights_line(ran_out, rows, 5)
     )
     last_best = {**rows, 5: {"val_loss": 0.3}}
-    assert kept_weights_line(SimpleNamespace(best=0.3, best_weights=[0], stopped_epoch=0), last_best, 6) is None
+    assert (
+        kept_weights_line(
+            SimpleNamespace(best=0.3, best_weights=[0], stopped_epoch=0, monitor="val_loss"), last_best, 6
+        )
+        is None
+    )
+    # with label smoothing it watches the plain cross-entropy, and says so
+    smoothed = {e: {"val_loss": 0.1 * e, "val_cross_entropy": row["val_loss"]} for e, row in rows.items()}
+    stopped.monitor = "val_cross_entropy"
+    assert kept_weights_line(stopped, smoothed, 11) == (
+        "Early stopping: stopped after epoch 5 of 11, 2 epochs without a lower validation cross-entropy; the model "
+        "has the weights of epoch 3 (validation cross-entropy 0.4000, the lowest)."
+    )
     assert kept_weights_line(None, rows, 5) is None  # no validation split, or early stopping off

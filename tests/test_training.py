@@ -12,7 +12,7 @@ from conftest import SUBPROCESS_ENV, free_ports
 
 import keras_transfer as kt
 from keras_transfer.models import feature_model, head_model
-from keras_transfer.runs import read_history
+from keras_transfer.runs import read_history, read_state
 
 ENV = SUBPROCESS_ENV
 
@@ -146,6 +146,7 @@ def test_label_smoothing_and_bad_arguments():
     model = kt.build_model("vgg16", 3, input_shape=32, weights=None)
     history = kt.fine_tune(model, train, head_epochs=1, fine_tune_epochs=0, label_smoothing=0.1)
     assert np.isfinite(history.history["loss"][0])
+    assert "val_cross_entropy" not in history.history  # no validation split
     with pytest.raises(ValueError, match=r"Unknown optimizer 'adagrad'\. Expected one of: adam, adamw, sgd, rmsprop"):
         kt.fine_tune(model, train, optimizer="adagrad")
     with pytest.raises(ValueError, match=r"fine_tune_epochs must be an integer >= 0\. Received: fine_tune_epochs=-1"):
@@ -154,6 +155,22 @@ def test_label_smoothing_and_bad_arguments():
         kt.fine_tune(model, train, unfreeze="from:block9")  # refused before stage 1 spends any time
     with pytest.raises(ValueError, match=r"cache_features must be 'auto', True or False"):
         kt.fine_tune(model, train, cache_features="yes")
+
+
+def test_with_label_smoothing_the_run_watches_the_plain_validation_cross_entropy(tmp_path):
+    # The smoothed loss rewards an unsure model; early stopping and the best checkpoint watch the plain
+    # cross-entropy of the validation images, recorded beside the loss.
+    train, val, _, _ = _digits(validation_split=0.3)
+    model = kt.build_model("vgg16", 3, input_shape=32, weights=None)
+    history = kt.fine_tune(
+        model, train, val, head_epochs=2, fine_tune_epochs=0, label_smoothing=0.2, run_dir=tmp_path, verbose="lines"
+    ).history
+    images, labels = map(np.concatenate, zip(*[(x, y) for x, y in val]))
+    p = model.predict(images, verbose=0)
+    plain = -np.mean(np.log(np.clip(p[np.arange(len(labels)), labels.astype(int)], 1e-7, 1)))
+    assert history["val_cross_entropy"][-1] == pytest.approx(plain, rel=1e-3)
+    assert history["val_cross_entropy"][-1] < history["val_loss"][-1]  # the smoothed loss is higher
+    assert read_state(tmp_path)["best"]["monitor"] == "val_cross_entropy"
 
 
 RESUME_SCRIPT = """
