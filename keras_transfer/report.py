@@ -193,6 +193,7 @@ def write_html(run_dir):
         _examples(run_dir, files),
         _label_issues(run_dir, files),
         _pseudo_labels(run_dir),
+        _fixmatch(files),
         _curves(files),
         _data(files),
         _calibration(files),
@@ -492,6 +493,26 @@ def _pseudo_labels(run_dir):
             text += " (the source knows their true labels)"
         return text + ".</p>" + _table(["class", "pseudo-labelled", "right"], table)
     return None
+
+
+def _fixmatch(files):
+    """What FixMatch did in stage 2: how many unlabelled images, and per epoch the share of them whose class the
+    model was sure enough of to train on (the history's `confident`)."""
+    from keras_transfer.semi_supervised import FIXMATCH_RATIO, FIXMATCH_THRESHOLD
+
+    if (files["config"] or {}).get("semi_supervised") != "fixmatch":
+        return None
+    history = files["history"] or {}
+    shares = [
+        [_cell(e + 1), _cell(f"{history[e]['confident']:.1%}")] for e in sorted(history) if "confident" in history[e]
+    ]
+    unlabelled = ((files["data"] or {}).get("sizes") or {}).get("unlabelled")
+    return (
+        f"<h2>FixMatch</h2><p>Stage 2 also trained on {unlabelled if unlabelled is not None else 'the'} unlabelled "
+        f"images, {FIXMATCH_RATIO} per labelled image in each batch: each one, strongly augmented, was taught the "
+        f"model's class for it where that class's probability was {FIXMATCH_THRESHOLD} or more. The share of them "
+        "above that threshold, by epoch (the epoch's last batch):</p>" + _table(["epoch", "confident"], shares)
+    )
 
 
 def _multilabel_examples(run_dir, found, names, named):

@@ -112,6 +112,11 @@ def test_the_command_trains_with_fixmatch_in_stage_2(colour_folder, tmp_path, ca
     column = header.split(",").index("confident")  # stage 2's share of unlabelled images above the threshold
     assert rows[0].split(",")[column] == "" and 0 <= float(rows[-1].split(",")[column]) <= 1
     assert '"method": "fixmatch"' in (run / "run.json").read_text()
+    page = (run / "report.html").read_text()
+    last = f"{float(rows[-1].split(',')[column]):.1%}"
+    unlabelled = json.loads((run / "data.json").read_text())["sizes"]["unlabelled"]
+    assert f"<h2>FixMatch</h2><p>Stage 2 also trained on {unlabelled} unlabelled images" in page and unlabelled > 0
+    assert f">{last}</td>" in page  # the last epoch's share
 
 
 MIRRORED_FIXMATCH = """
