@@ -12,6 +12,7 @@ import argparse
 import logging
 
 from keras_transfer.cli import add_verbose, positive_int
+from keras_transfer.rank import FEATURE_BATCH
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,12 @@ def build_parser():
     parser.add_argument("--validation-split", type=float, default=0.2, help="as the run's (default 0.2)")
     parser.add_argument("--test-split", type=float, default=0.1, help="as the run's (default 0.1)")
     parser.add_argument("--folds", type=positive_int, default=5, help="k of the probe's k-fold (default 5)")
-    parser.add_argument("--batch-size", type=positive_int, default=32)
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=FEATURE_BATCH,
+        help=f"images per batch of the feature pass (default {FEATURE_BATCH})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="the split seed (as the run's)")
     return add_verbose(parser)
 
