@@ -121,7 +121,8 @@ def test_head_init_probe_starts_stage_one_at_the_logistic_regression():
     kt.fine_tune(model, train, head_epochs=1, fine_tune_epochs=0, learning_rate=1e-12, head_init="probe", verbose=0)
     scale = np.mean(np.linalg.norm(features, axis=1))
     expected = LogisticRegression(C=10.0, max_iter=2000).fit(features / scale, labels).predict_proba(features / scale)
-    np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=1e-4)
+    # atol: with fewer images than features the probe fits in their span, the same optimum to the solver's tolerance
+    np.testing.assert_allclose(model.predict(images, verbose=0), expected, atol=3e-3)
 
     with pytest.raises(ValueError, match="head_init must be None, 'probe' or 'auto'. Received: head_init='lp'"):
         kt.fine_tune(model, train, head_epochs=1, fine_tune_epochs=0, head_init="lp")
@@ -134,8 +135,8 @@ def test_head_init_probe_starts_stage_one_at_the_logistic_regression():
     features = np.asarray(feature_model(augmented).predict(images, verbose=0))
     scale = np.mean(np.linalg.norm(features, axis=1))
     expected = LogisticRegression(C=10.0, max_iter=2000).fit(features / scale, labels).predict_proba(features / scale)
-    assert not np.allclose(before, expected, atol=1e-3)
-    np.testing.assert_allclose(augmented.predict(images, verbose=0), expected, atol=1e-4)
+    assert not np.allclose(before, expected, atol=3e-2)  # far from the probe before stage 1
+    np.testing.assert_allclose(augmented.predict(images, verbose=0), expected, atol=3e-3)
     deep = kt.build_model("small_cnn", 3, input_shape=32, weights=None, dense_units=(8,))
     with pytest.raises(ValueError, match="without hidden dense layers"):
         kt.fine_tune(deep, train, head_epochs=1, fine_tune_epochs=0, head_init="probe")
