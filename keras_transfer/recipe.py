@@ -71,6 +71,7 @@ from keras_transfer.runs import (
 from keras_transfer.semi_supervised import (
     ROUNDS,
     THRESHOLD,
+    pseudo_check_line,
     pseudo_label_images,
     pseudo_labels_csv,
     pseudo_summary,
@@ -319,14 +320,18 @@ def _pseudo_labelled(config, resolved, model, data, strategy):
     info, path = data["info"], run_file(config.output, "pseudo_labels")
     pseudo = read_pseudo_labels(path, info)
     if pseudo is None:
-        pseudo, confidence, seconds = pseudo_label_images(
-            model, data["train"], info, per_class=config.pseudo_labels_per_class
+        pseudo, confidence, check, seconds = pseudo_label_images(
+            model, data["train"], info, validation=data["val"], per_class=config.pseudo_labels_per_class
         )
+        chosen = pseudo_summary(pseudo, info.labels["unlabelled"], info.class_names)
+        if check is not None:
+            write_text(run_file(config.output, "pseudo_check"), json.dumps(check, indent=1))
+            chosen = pseudo_check_line(check) if not check["used"] else f"{chosen}; {pseudo_check_line(check)}"
         write_text(path, pseudo_labels_csv(pseudo, confidence, info))
         logger.info(
             f"Pseudo-labels ({config.semi_supervised}: {ROUNDS} rounds of a linear probe on the backbone's features, "
             f"at most {config.pseudo_labels_per_class} per class, probability >= {THRESHOLD}; {seconds:.1f} s): "
-            f"{pseudo_summary(pseudo, info.labels['unlabelled'], info.class_names)}"
+            f"{chosen}"
         )
     data_logger = logging.getLogger("keras_transfer.data")
     level, data_logger.level = data_logger.level, logging.ERROR  # its warnings were printed at the first load

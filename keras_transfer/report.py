@@ -24,6 +24,7 @@ from keras_transfer.files import write_text
 from keras_transfer.label_issues import FOLDS, issue_card, issue_style
 from keras_transfer.models import backbone_and_head_layers
 from keras_transfer.runs import read_history, read_run_json, read_splits, run_file
+from keras_transfer.semi_supervised import pseudo_check_line
 from keras_transfer.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -491,6 +492,9 @@ def _pseudo_labels(run_dir):
         if known:
             text += f"; {sum(r['pseudo_label'] == r['true_label'] for r in known) / len(known):.1%} of them right"
             text += " (the source knows their true labels)"
+        check = read_run_json(run_dir, "pseudo_check")
+        if check:
+            text += f". Checked on the validation split: {html.escape(pseudo_check_line(check))}"
         return text + ".</p>" + _table(["class", "pseudo-labelled", "right"], table)
     return None
 

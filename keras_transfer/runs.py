@@ -70,6 +70,7 @@ FILES = {  # key -> path inside a run folder ("/" separates folders; {fields} ar
     "splits": "splits.csv",
     "label_issues": "label_issues.csv",  # suspected label errors among the training images
     "pseudo_labels": "pseudo_labels.csv",  # the unlabelled images' pseudo-labels (--unlabelled)
+    "pseudo_check": "pseudo_labels.json",  # the validation check that kept or refused them
     "scratch": "scratch",
     "exports": "exports",  # benchmark_exports' files, in a run
     "exports_table": "exports.json",  # its table, in the folder it writes to

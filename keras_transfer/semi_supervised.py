@@ -2,7 +2,9 @@
 linear probe on the pretrained backbone's pooled features, refined over a few rounds (self-training, as USB's
 pseudo-label baseline does online, here once on cached features), class-balanced (each class at most the same
 number, its most confident images) and thresholded on the probe's probability; the run then fine-tunes (LP-FT) on
-the labelled and pseudo-labelled images together.
+the labelled and pseudo-labelled images together. Where the run has a validation split, the pseudo-labels are used
+only if they do not lower the probe's accuracy on it (`pseudo_label_check`): on photos whose classes the pretrained
+features barely separate, wrong pseudo-labels cost more than the right ones bring.
 
 `pseudo_labels` is the method on features; `pseudo_label_images` runs it for a `load_dataset` result and a model.
 """
@@ -61,12 +63,56 @@ def pseudo_labels(
     return pseudo, confidence
 
 
-def pseudo_label_images(model, train, info, *, per_class=PER_CLASS, threshold=THRESHOLD, rounds=ROUNDS):
-    """`pseudo_labels` for a `load_dataset(..., unlabelled=...)` result: the pooled features of `model` (a run's
-    model before training) over the labelled `train` batches and `info.unlabelled`.
+def pseudo_label_check(labelled, labels, unlabelled, pseudo, validation, num_classes):
+    """Whether the pseudo-labels help, judged on a validation split: the linear probe (`heads.fit_probe`) fitted on
+    the labelled features alone and on them with the pseudo-labelled ones, each scored on `validation`.
+
+    Args:
+        labelled, labels, unlabelled, num_classes: as `pseudo_labels` takes them.
+        pseudo: `pseudo_labels`' class id per unlabelled image (-1: not chosen).
+        validation: `(features, labels)` of the validation images (integer or one-hot labels).
 
     Returns:
-        `(pseudo, confidence, seconds)`, the first two as `pseudo_labels`'.
+        `{"without": accuracy, "with": accuracy, "images": n, "chosen": pseudo-labelled images, "used": with >=
+        without}`.
+    """
+    from keras_transfer.heads import fit_probe
+
+    x_val, y_val = validation
+    y_val = np.asarray(y_val)
+    y_val = y_val.argmax(axis=1) if y_val.ndim > 1 else y_val
+    chosen = pseudo >= 0
+    fits = {
+        "without": (labelled, labels),
+        "with": (np.concatenate([labelled, unlabelled[chosen]]), np.concatenate([labels, pseudo[chosen]])),
+    }
+    scores = {}
+    for name, (x, y) in fits.items():
+        kernel, bias = fit_probe(x, y, num_classes)
+        scores[name] = round(float(np.mean((x_val @ kernel + bias).argmax(axis=1) == y_val)), 4)
+    used = scores["with"] >= scores["without"]
+    return scores | {"images": len(y_val), "chosen": int(chosen.sum()), "used": bool(used)}
+
+
+def pseudo_check_line(check):
+    """The story's words for `pseudo_label_check`'s result."""
+    text = (
+        f"the probe with the {check['chosen']} chosen scored {check['with']:.1%} on the {check['images']} validation "
+        f"images, without them {check['without']:.1%}"
+    )
+    return text + (": used" if check["used"] else ": not used, training on the labelled images alone")
+
+
+def pseudo_label_images(
+    model, train, info, *, validation=None, per_class=PER_CLASS, threshold=THRESHOLD, rounds=ROUNDS
+):
+    """`pseudo_labels` for a `load_dataset(..., unlabelled=...)` result: the pooled features of `model` (a run's
+    model before training) over the labelled `train` batches and `info.unlabelled`; with `validation` batches, the
+    pseudo-labels are kept only where `pseudo_label_check` says they do not lower the probe's validation accuracy.
+
+    Returns:
+        `(pseudo, confidence, check, seconds)`: the first two as `pseudo_labels`' (every image -1 where the check
+        refused them), `check` as `pseudo_label_check`'s (None without `validation`).
     """
     from keras_transfer.models import extract_features
 
@@ -81,7 +127,14 @@ def pseudo_label_images(model, train, info, *, per_class=PER_CLASS, threshold=TH
     pseudo, confidence = pseudo_labels(
         labelled, labels, unlabelled, info.num_classes, per_class=per_class, threshold=threshold, rounds=rounds
     )
-    return pseudo, confidence, round(time.perf_counter() - start, 1)
+    check = None
+    if validation is not None:
+        check = pseudo_label_check(
+            labelled, labels, unlabelled, pseudo, extract_features(model, validation), info.num_classes
+        )
+        if not check["used"]:
+            pseudo = np.full_like(pseudo, -1)
+    return pseudo, confidence, check, round(time.perf_counter() - start, 1)
 
 
 def pseudo_summary(pseudo, truth, class_names):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from keras_transfer.cli import main
-from keras_transfer.semi_supervised import pseudo_labels
+from keras_transfer.semi_supervised import pseudo_label_check, pseudo_labels
 
 
 def _blobs(n, seed):
@@ -33,6 +33,19 @@ def test_pseudo_labels_are_class_balanced_confident_and_right_on_separable_featu
         pseudo_labels(labelled, labels, unlabelled, 3, threshold=1.0)
 
 
+def test_the_check_keeps_pseudo_labels_that_help_on_validation_and_refuses_wrong_ones():
+    labelled, labels = _blobs(1, seed=0)
+    unlabelled, truth = _blobs(40, seed=1)
+    validation = _blobs(20, seed=2)
+    right = pseudo_label_check(labelled, labels, unlabelled, truth, validation, 3)
+    assert right["used"] and right["with"] >= right["without"]
+    assert right["images"] == 60 and right["chosen"] == 120
+    wrong = pseudo_label_check(labelled, labels, unlabelled, (truth + 1) % 3, validation, 3)
+    assert not wrong["used"] and wrong["with"] < 0.5 < wrong["without"]
+    one_hot = (validation[0], np.eye(3)[validation[1]])  # the labels as a one-hot source yields them
+    assert pseudo_label_check(labelled, labels, unlabelled, (truth + 1) % 3, one_hot, 3) == wrong
+
+
 def _command(folder, run, *method):
     """A tiny run of the command on `folder`, 5 labels per class and the rest unlabelled, used by `method`."""
     args = ["--data", str(folder), "--backbone", "vgg16", "--weights", "none", "--image-size", "32"]
@@ -52,6 +65,10 @@ def test_the_command_trains_on_pseudo_labelled_images_and_shows_them(colour_fold
     assert all(r["true_label"] == r["path"].split("/")[-2] for r in rows)  # "rest" knows the true labels
     assert 0 < len(chosen) <= 6 and all(float(r["confidence"]) >= 0.5 for r in chosen)
     assert f"Training on 15 labelled and {len(chosen)} pseudo-labelled images" in printed
+    with open(run / "pseudo_labels.json") as f:
+        check = json.load(f)
+    assert check["used"] and check["chosen"] == len(chosen) and check["with"] >= check["without"]
+    assert f"the probe with the {len(chosen)} chosen scored {check['with']:.1%} on the {check['images']}" in printed
     assert printed.count("Suspected label errors: ") == 2 and "the 15 training images" in printed  # before
     assert printed.count("Pseudo-labelled: ") == 1 and printed.count("unlabelled images (") == 2
     with open(run / "splits.csv") as f:
@@ -67,6 +84,25 @@ def test_the_command_trains_on_pseudo_labelled_images_and_shows_them(colour_fold
     before = (run / "pseudo_labels.csv").stat().st_mtime_ns
     assert main(args) == 0
     assert "Pseudo-labels (" not in capsys.readouterr().out and (run / "pseudo_labels.csv").stat().st_mtime_ns == before
+
+
+def test_pseudo_labels_the_validation_check_refuses_are_not_trained_on(colour_folder, tmp_path, capsys, monkeypatch):
+    from keras_transfer import semi_supervised
+
+    refused = {"without": 0.75, "with": 0.5, "images": 12, "chosen": 6, "used": False}
+    monkeypatch.setattr(semi_supervised, "pseudo_label_check", lambda *args: refused)
+    run = tmp_path / "run"
+    assert main(_command(colour_folder, run, "--pseudo-labels-per-class", "2")) == 0
+    printed = capsys.readouterr().out
+    said = "the probe with the 6 chosen scored 50.0% on the 12 validation images, without them 75.0%: not used"
+    assert said in printed
+    assert "Training on 15 labelled and 0 pseudo-labelled images" in printed
+    with open(run / "pseudo_labels.csv") as f:
+        assert not [r for r in csv.DictReader(f) if r["pseudo_label"]]
+    with open(run / "splits.csv") as f:
+        assert sum(row["split"] == "train" for row in csv.DictReader(f)) == 15
+    page = (run / "report.html").read_text()
+    assert "Checked on the validation split: the probe with the 6 chosen scored 50.0%" in page
 
 
 def _fixmatch_fit(threshold, weight):

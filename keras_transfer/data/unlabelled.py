@@ -95,6 +95,8 @@ def with_pseudo_labelled(images, labels, files, unlabelled, pseudo_labels):
             f"Received: {pseudo.shape[0] if pseudo.ndim else pseudo} values"
         )
     chosen = np.flatnonzero(pseudo >= 0)
+    if not len(chosen):  # none chosen (none confident enough, or the validation check refused them)
+        return images, labels, files
     extra = unlabelled.images(chosen)
     n = len(labels)
 

@@ -42,6 +42,9 @@ def test_pseudo_labelled_images_join_the_training_split_under_their_pseudo_label
     assert with_pseudo.labels["train"][9:].tolist() == [2, 2, 0, 1]
     labels = np.concatenate([y.numpy() for _, y in train])
     assert sorted(labels.tolist()) == sorted(with_pseudo.labels["train"].tolist())
+    none = np.full(info.sizes["unlabelled"], -1)  # none chosen: the labelled images alone
+    train, _, _, without = _load(colour_folder, unlabelled="rest", pseudo_labels=none)
+    assert without.files["train"] == info.files["train"] and sum(len(y) for _, y in train) == 9
     with pytest.raises(ValueError, match=r"one class id \(or -1\) per unlabelled image"):
         _load(colour_folder, unlabelled="rest", pseudo_labels=pseudo[:3])
     with pytest.raises(ValueError, match=r"give unlabelled too"):
