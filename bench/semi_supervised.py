@@ -61,7 +61,8 @@ ARMS = {
 
 
 def run(source, labels, seed, arm, out):
-    """Test accuracy, the pseudo-labels `(chosen, right)` (None for the supervised arm) and CPU seconds."""
+    """Test accuracy, the pseudo-labels `(trained on, right, kept by the validation check)` (None for the supervised
+    arm) and CPU seconds."""
     folder = os.path.join(out, f"{arm}_{labels}_{seed}")
     argv = ["--data", source, "--labels-per-class", str(labels), "--seed", str(seed), "--output", folder]
     argv += (DEMO if source == "fashion_mnist" else []) + ARMS[arm] + ["--no-label-issues"]
@@ -75,7 +76,8 @@ def run(source, labels, seed, arm, out):
     if arm == "pseudo-label":
         with open(run_file(folder, "pseudo_labels"), newline="") as f:
             chosen = [r for r in csv.DictReader(f) if r["pseudo_label"]]
-        pseudo = (len(chosen), sum(r["pseudo_label"] == r["true_label"] for r in chosen))
+        check = read_run_json(folder, "pseudo_check")  # the validation check (none without a validation split)
+        pseudo = (len(chosen), sum(r["pseudo_label"] == r["true_label"] for r in chosen), check.get("used", True))
     return read_run_json(folder, "report")["accuracy"], pseudo, cpu
 
 
@@ -107,7 +109,8 @@ def main(argv=None):
         f"`python bench/semi_supervised.py {args.source} --labels {' '.join(map(str, args.labels))} --seeds "
         f"{' '.join(map(str, args.seeds))} --arms {' '.join(args.arms)}`; {os.cpu_count()} cores; test accuracy (%), "
         "mean +- sd over the paired seeds (each seed); gain over supervised; pseudo-labels (the pseudo-label arm): "
-        "chosen per run (of them right), mean; CPU s: process time of each run, mean.",
+        "trained on per run (of them right), mean, and in how many runs the validation check kept them; CPU s: "
+        "process time of each run, mean.",
         "",
         "| labels per class | "
         + " | ".join(arms)
@@ -142,7 +145,9 @@ def _row(labels, arms, results):
         cells.append(f"{gain.mean():+.1f} ({' / '.join(f'{g:+.1f}' for g in gain)})")
     if "pseudo-label" in arms:
         chosen = [r[1] for r in results["pseudo-label"]]
-        cells.append(f"{np.mean([c[0] for c in chosen]):.0f} ({np.mean([c[1] / max(c[0], 1) for c in chosen]):.1%})")
+        used = [c for c in chosen if c[2]]
+        right = f"{np.mean([c[1] / max(c[0], 1) for c in used]):.1%}" if used else "-"
+        cells.append(f"{np.mean([c[0] for c in chosen]):.0f} ({right}); used in {len(used)} of {len(chosen)} runs")
     cells += [f"{np.mean([r[2] for r in results[arm]]):.0f}" for arm in arms]
     return f"| {labels} | " + " | ".join(cells) + " |"
 

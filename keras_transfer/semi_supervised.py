@@ -112,7 +112,7 @@ def pseudo_label_images(
 
     Returns:
         `(pseudo, confidence, check, seconds)`: the first two as `pseudo_labels`' (every image -1 where the check
-        refused them), `check` as `pseudo_label_check`'s (None without `validation`).
+        refused them), `check` as `pseudo_label_check`'s (None without `validation` or without a pseudo-label).
     """
     from keras_transfer.models import extract_features
 
@@ -128,7 +128,7 @@ def pseudo_label_images(
         labelled, labels, unlabelled, info.num_classes, per_class=per_class, threshold=threshold, rounds=rounds
     )
     check = None
-    if validation is not None:
+    if validation is not None and (pseudo >= 0).any():
         check = pseudo_label_check(
             labelled, labels, unlabelled, pseudo, extract_features(model, validation), info.num_classes
         )
