@@ -339,7 +339,13 @@ def _pseudo_labelled(config, resolved, model, data, strategy):
         again = _load(config, resolved.size, strategy, pseudo_labels=pseudo)
     finally:
         data_logger.setLevel(level)
-    again["pseudo"] = pseudo_summary(pseudo, info.labels["unlabelled"], info.class_names)
+    check = read_run_json(config.output, "pseudo_check")
+    refused = check and not check["used"]
+    again["pseudo"] = (
+        f"none, {pseudo_check_line(check)}"
+        if refused
+        else pseudo_summary(pseudo, info.labels["unlabelled"], info.class_names)
+    )
     logger.info(f"Training on {info.sizes['train']} labelled and {int(np.sum(pseudo >= 0))} pseudo-labelled images")
     if again["info"].files is not None:
         files = dict(again["info"].files)

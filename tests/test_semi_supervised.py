@@ -97,6 +97,7 @@ def test_pseudo_labels_the_validation_check_refuses_are_not_trained_on(colour_fo
     said = "the probe with the 6 chosen scored 50.0% on the 12 validation images, without them 75.0%: not used"
     assert said in printed
     assert "Training on 15 labelled and 0 pseudo-labelled images" in printed
+    assert "Pseudo-labelled: none, the probe with the 6 chosen scored 50.0%" in printed  # under the closing table
     with open(run / "pseudo_labels.csv") as f:
         assert not [r for r in csv.DictReader(f) if r["pseudo_label"]]
     with open(run / "splits.csv") as f:
