@@ -351,6 +351,10 @@ def _compute_features(source, candidate, labels_per_class, max_images, batch_siz
     from keras_transfer.models import build_model, extract_features
 
     size = candidate.image_size or _default_size(candidate)
+    # The shuffle of the training split (whose first images are the `max_images` sample) takes TensorFlow's global
+    # seed with its own: set first, so that every candidate gets the same images in the same order, whatever ran
+    # before in the process (another candidate, a run, a notebook cell).
+    keras.utils.set_random_seed(seed)
     train, _, _, info = load_dataset(
         source,
         image_size=size,

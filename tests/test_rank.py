@@ -123,3 +123,18 @@ def test_bad_input_is_refused_before_any_feature(tmp_path, capsys, monkeypatch):
     write_colour_images(tmp_path / "one_class", names=("red",), n=4)
     with pytest.raises(ValueError, match=r"at least two class"):
         rank.rank_backbones(tmp_path / "one_class", ["small_cnn@32"])
+
+
+def test_every_candidate_sees_the_same_images_whatever_ran_before(colour_folder):
+    """TensorFlow's global seed, which earlier work in the process may have set, must not change which images (or
+    in what order) a candidate is scored on: a `max_images` sample is the first images of the shuffled split."""
+    import tensorflow as tf
+
+    def sample(global_seed):
+        tf.random.set_seed(global_seed)  # what another candidate, a run or a notebook cell may have left
+        candidate = rank.parse_candidate("efficientnet_lite0@32:none")
+        return rank.candidate_features(colour_folder, candidate, None, None, 8, 4, 0, {})
+
+    (first, first_labels), (second, second_labels) = sample(1), sample(2)
+    np.testing.assert_array_equal(first_labels, second_labels)
+    np.testing.assert_allclose(first, second, rtol=1e-5, atol=1e-5)
