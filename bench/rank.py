@@ -123,6 +123,21 @@ def agreement(result):
     return out
 
 
+def short_list(result):
+    """A sentence on the candidates marked `close` (the score cannot tell them from the first): the regret of the
+    best of them, and the time of fine-tuning them all."""
+    names = [r["candidate"] for r in result["rows"] if r.get("close")]
+    accuracy = {n: result["tuned"][n][0] for n in result["tuned"]}
+    best = max(names, key=accuracy.get)
+    regret = 100 * (max(accuracy.values()) - accuracy[best])
+    seconds = sum(result["tuned"][n][1] for n in names)
+    return (
+        f"Short list (`close`: within two standard errors of the first's score): {', '.join(names)}; the best of "
+        f"them fine-tuned {100 * accuracy[best]:.1f}% ({best}): regret {regret:.1f} points; fine-tuning all "
+        f"{len(names)}: {seconds:.0f} s."
+    )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sources", nargs="+", help="folders of photos, or fashion_mnist")
@@ -176,6 +191,8 @@ def write(results, args):
             f"Ranking all {len(result['tuned'])} candidates: {result['ranking_seconds']:.0f} s; one "
             f"fine-tune of the top candidate ({top_name}): {result['tuned'][top_name][1]:.0f} s; "
             f"ratio {ratio:.2f} (goal <= 0.20).",
+            "",
+            short_list(result),
         ]
     text = "\n".join(lines) + "\n"
     print(text)

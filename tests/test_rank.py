@@ -55,13 +55,29 @@ def test_nleep_averages_mixtures_so_that_its_seed_matters_less_than_the_features
     assert np.ptp(averaged) < 0.5 * np.ptp(one)
 
 
+def test_close_marks_the_candidates_the_score_cannot_tell_from_the_first():
+    f, labels = _features(n_per_class=10, classes=4, dim=16, separation=1.0)
+    scores = rank.all_scores(f, labels)
+    mixtures = rank.nleep_mixtures(f, labels)
+    assert scores["nleep_se"] == pytest.approx(np.std(mixtures, ddof=1) / np.sqrt(len(mixtures)))
+    assert scores["nleep_se"] > 0
+
+    def row(score, error, name="nleep"):
+        return {"score": score, "nleep_se": error, "score_name": name}
+
+    ranking = rank.mark_close([row(-0.10, 0.01), row(-0.12, 0.01), row(-0.14, 0.01), row(-0.20, 0.03)])
+    assert [r["close"] for r in ranking] == [True, True, False, False]  # 2 errors: 2 * sqrt(2) * 0.01 = 0.028
+    fallback = rank.mark_close([row(0.9, float("nan"), "probe"), row(0.9, float("nan"), "probe")])
+    assert [r["close"] for r in fallback] == [True, False]  # the probe has no error to go by
+
+
 def test_several_labels_per_image_score_the_label_matrix():
     f, labels = _features(classes=3)
     matrix = np.eye(3)[labels]
     matrix[::4, (labels[::4] + 1) % 3] = 1  # some images carry a second label
     scores = rank.all_scores(f, matrix)
     assert np.isfinite(scores["logme"]) and 0 < scores["probe"] <= 1
-    assert np.isnan(scores["nleep"]) and np.isnan(scores["hscore"])
+    assert np.isnan(scores["nleep"]) and np.isnan(scores["hscore"]) and np.isnan(scores["nleep_se"])
     assert rank.recommended(scores) == "probe"  # NLEEP needs one label per image
 
 
@@ -87,7 +103,8 @@ def test_ranks_a_folder_through_the_command_and_reuses_the_features(colour_folde
     with open(out / "ranking.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["rank"] for r in rows] == ["1", "2", "3"]
-    assert {"backbone", "image_size", "score", "seconds", *rank.SCORES} <= set(rows[0])
+    assert {"backbone", "image_size", "score", "seconds", "nleep_se", "close", *rank.SCORES} <= set(rows[0])
+    assert rows[0]["close"] == "True" and float(rows[0]["nleep_se"]) > 0
     assert sorted(r["weights"] for r in rows) == ["imagenet", "none", "none"]
     scores = [float(r["score"]) for r in rows]
     assert scores == sorted(scores, reverse=True) and all(r["images"] == "27" for r in rows)

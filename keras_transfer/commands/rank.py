@@ -63,8 +63,11 @@ def run(args):
         validation_split=args.validation_split,
         test_split=args.test_split,
     )
+    close = [f"{r['backbone']} at {r['image_size']} px" for r in rows[1:] if r["close"]]
     logger.info(
         f"\n{ranking_table(rows)}\n\nscore = {rows[0]['score_name']} (see docs/tools.md); best: {rows[0]['backbone']}"
-        f" at {rows[0]['image_size']} px\n{args.output}/ranking.csv\n{args.output}/ranking.json"
+        f" at {rows[0]['image_size']} px"
+        + (f"; as close as the score can tell: {', '.join(close)} (fine-tune those too if you can)" if close else "")
+        + f"\n{args.output}/ranking.csv\n{args.output}/ranking.json"
     )
     return 0
