@@ -336,6 +336,7 @@ def candidate_features(source, candidate, output_dir, labels_per_class, max_imag
 
     defaults = {k: p.default for k, p in inspect.signature(load_dataset).parameters.items() if k in _SPLIT_OPTIONS}
     settings = {"source": str(source), "labels_per_class": labels_per_class, "max_images": max_images, "seed": seed}
+    settings["order"] = "seeded"  # caches from before the seed was set before loading (another order) are not read
     settings.update(
         {k: str(v) for k, v in sorted({**defaults, **split_options}.items())}
     )  # equal splits, equal settings
