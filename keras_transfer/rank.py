@@ -197,13 +197,16 @@ def all_scores(features, labels, folds=5, seed=0):
     apply: NLEEP and H-score need one label per image), and `nleep_se`: the standard error of NLEEP's mean over its
     mixtures (its own noise: the same images in another order moved it by as much)."""
     multi = np.asarray(labels).ndim == 2
-    mixtures = np.full(2, np.nan) if multi else nleep_mixtures(features, labels, seed)
+    nleep_mean = nleep_se = float("nan")
+    if not multi:
+        mixtures = nleep_mixtures(features, labels, seed)
+        nleep_mean, nleep_se = float(np.mean(mixtures)), float(np.std(mixtures, ddof=1) / np.sqrt(len(mixtures)))
     return {
         "logme": logme(features, labels),
-        "nleep": float(np.mean(mixtures)),
+        "nleep": nleep_mean,
         "hscore": float("nan") if multi else hscore(features, labels),
         "probe": probe_score(features, labels, folds, seed),
-        "nleep_se": float(np.std(mixtures, ddof=1) / np.sqrt(len(mixtures))),
+        "nleep_se": nleep_se,
     }
 
 
